@@ -1,0 +1,302 @@
+// Package binance owns Binance's wire formats: the aggTrade and kline
+// stream frames, REST kline arrays, and the formatting of klines in
+// Binance's own layouts, shared by ingest, sync, serving and the fake
+// exchange.
+package binance
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// ErrNotAggTrade is returned for a well-formed frame that is not an
+// aggTrade event (a kline event, a SUBSCRIBE reply, …).
+var ErrNotAggTrade = errors.New("not an aggTrade frame")
+
+const (
+	hasE = 1 << iota
+	hasA
+	hasS
+	hasP
+	hasQ
+	hasF
+	hasL
+	hasT
+	hasM
+	hasAll = hasE | hasA | hasS | hasP | hasQ | hasF | hasL | hasT | hasM
+)
+
+// ParseAggTrade reads an aggTrade event, bare or wrapped in a combined-stream
+// envelope ({"stream":…,"data":{…}}), and returns the symbol (a sub-slice of
+// frame) and the trade. Unknown fields are ignored.
+//
+// Hand-written because it runs once per trade: about 200 ns and no
+// allocation, 14× faster than encoding/json (DESIGN §5). FuzzParseAggTrade
+// checks it against encoding/json.
+func ParseAggTrade(frame []byte) (symbol []byte, t kline.Trade, err error) {
+	sc := scanner{b: frame}
+	if !sc.open() {
+		return nil, t, sc.fail("expected a JSON object")
+	}
+	var seen uint
+	for sc.more() {
+		key, ok := sc.key()
+		if !ok {
+			return nil, t, sc.fail("bad key")
+		}
+		if len(key) == 4 && string(key) == "data" {
+			return ParseAggTrade(sc.rawValue())
+		}
+		if len(key) != 1 {
+			if !sc.skip() {
+				return nil, t, sc.fail("bad value")
+			}
+			continue
+		}
+		switch key[0] {
+		case 'e':
+			v, ok := sc.str()
+			if !ok {
+				return nil, t, sc.fail(`bad "e"`)
+			}
+			if string(v) != "aggTrade" {
+				return nil, t, ErrNotAggTrade
+			}
+			seen |= hasE
+		case 'a':
+			t.ID, ok = sc.int()
+			seen |= hasA
+		case 's':
+			symbol, ok = sc.str()
+			seen |= hasS
+		case 'p':
+			t.Price, ok = sc.dec()
+			seen |= hasP
+		case 'q':
+			t.Qty, ok = sc.dec()
+			seen |= hasQ
+		case 'f':
+			t.FirstID, ok = sc.int()
+			seen |= hasF
+		case 'l':
+			t.LastID, ok = sc.int()
+			seen |= hasL
+		case 'T':
+			t.Time, ok = sc.int()
+			seen |= hasT
+		case 'm':
+			t.BuyerMaker, ok = sc.bool()
+			seen |= hasM
+		default:
+			ok = sc.skip()
+		}
+		if !ok {
+			return nil, t, sc.fail(fmt.Sprintf("bad %q", key))
+		}
+	}
+	if !sc.close() {
+		return nil, t, sc.fail("unterminated object")
+	}
+	if seen != hasAll {
+		if seen&hasE == 0 {
+			return nil, t, ErrNotAggTrade
+		}
+		return nil, t, fmt.Errorf("aggTrade frame lacks fields (have %09b): %.200q", seen, frame)
+	}
+	if t.LastID < t.FirstID || t.Qty < 0 {
+		return nil, t, fmt.Errorf("aggTrade frame has f > l: %.200q", frame)
+	}
+	return symbol, t, nil
+}
+
+// scanner walks one flat JSON object. Strings with escapes are rejected
+// where a value is needed (Binance never escapes these fields) and skipped
+// correctly elsewhere.
+type scanner struct {
+	b   []byte
+	i   int
+	err string
+}
+
+func (s *scanner) fail(msg string) error {
+	return fmt.Errorf("malformed aggTrade frame at byte %d: %s: %.200q", s.i, msg, s.b)
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scanner) open() bool {
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '{' {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// more reports whether another member follows, consuming a comma.
+func (s *scanner) more() bool {
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] == '}' {
+		return false
+	}
+	if s.b[s.i] == ',' {
+		s.i++
+		s.ws()
+	}
+	return s.i < len(s.b) && s.b[s.i] == '"'
+}
+
+func (s *scanner) close() bool {
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		s.ws()
+		return s.i == len(s.b)
+	}
+	return false
+}
+
+func (s *scanner) key() ([]byte, bool) {
+	k, ok := s.str()
+	if !ok {
+		return nil, false
+	}
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != ':' {
+		return nil, false
+	}
+	s.i++
+	s.ws()
+	return k, true
+}
+
+// str reads a string without escapes.
+func (s *scanner) str() ([]byte, bool) {
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return nil, false
+	}
+	start := s.i + 1
+	for j := start; j < len(s.b); j++ {
+		switch c := s.b[j]; {
+		case c == '"':
+			s.i = j + 1
+			return s.b[start:j], true
+		case c == '\\' || c < 0x20:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+func (s *scanner) int() (int64, bool) {
+	neg := false
+	if s.i < len(s.b) && s.b[s.i] == '-' {
+		neg = true
+		s.i++
+	}
+	start := s.i
+	var v int64
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		if v > (1<<63-1)/10-1 {
+			return 0, false
+		}
+		v = v*10 + int64(s.b[s.i]-'0')
+		s.i++
+	}
+	n := s.i - start
+	if n == 0 || (n > 1 && s.b[start] == '0') {
+		return 0, false
+	}
+	if s.i < len(s.b) {
+		switch s.b[s.i] {
+		case '.', 'e', 'E':
+			return 0, false
+		}
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
+}
+
+func (s *scanner) dec() (int64, bool) {
+	v, ok := s.str()
+	if !ok {
+		return 0, false
+	}
+	m, err := decimal.Parse(v)
+	return m, err == nil
+}
+
+func (s *scanner) bool() (bool, bool) {
+	rest := s.b[s.i:]
+	switch {
+	case len(rest) >= 4 && string(rest[:4]) == "true":
+		s.i += 4
+		return true, true
+	case len(rest) >= 5 && string(rest[:5]) == "false":
+		s.i += 5
+		return false, true
+	}
+	return false, false
+}
+
+// rawValue returns the next value's bytes (an object for "data").
+func (s *scanner) rawValue() []byte {
+	start := s.i
+	if !s.skip() {
+		return s.b[start:start]
+	}
+	return s.b[start:s.i]
+}
+
+// skip passes over any JSON value, nesting included.
+func (s *scanner) skip() bool {
+	depth := 0
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			s.i++
+			for s.i < len(s.b) && s.b[s.i] != '"' {
+				if s.b[s.i] == '\\' {
+					s.i++
+				}
+				s.i++
+			}
+			if s.i >= len(s.b) {
+				return false
+			}
+			s.i++
+		case c == '{' || c == '[':
+			depth++
+			s.i++
+		case c == '}' || c == ']':
+			if depth == 0 {
+				return true
+			}
+			depth--
+			s.i++
+		case c == ',' && depth == 0:
+			return true
+		default:
+			s.i++
+		}
+		if depth == 0 && (c == '"' || c == '}' || c == ']') {
+			return true
+		}
+	}
+	return depth == 0
+}

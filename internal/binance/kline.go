@@ -1,0 +1,181 @@
+package binance
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// KlineEvent is a <symbol>@kline_<interval> stream event.
+type KlineEvent struct {
+	EventType string      `json:"e"`
+	EventTime int64       `json:"E"`
+	Symbol    string      `json:"s"`
+	K         KlineFields `json:"k"`
+}
+
+// KlineFields is the "k" object of a kline event.
+type KlineFields struct {
+	OpenTime         int64  `json:"t"`
+	CloseTime        int64  `json:"T"`
+	Symbol           string `json:"s"`
+	Interval         string `json:"i"`
+	FirstTradeID     int64  `json:"f"`
+	LastTradeID      int64  `json:"L"`
+	Open             string `json:"o"`
+	Close            string `json:"c"`
+	High             string `json:"h"`
+	Low              string `json:"l"`
+	Volume           string `json:"v"`
+	Trades           int64  `json:"n"`
+	Closed           bool   `json:"x"`
+	QuoteVolume      string `json:"q"`
+	TakerVolume      string `json:"V"`
+	TakerQuoteVolume string `json:"Q"`
+	Ignore           string `json:"B"`
+}
+
+// ParseKlineEvent reads a kline event, bare or in a combined-stream envelope.
+func ParseKlineEvent(frame []byte) (KlineEvent, error) {
+	var env struct {
+		Stream string          `json:"stream"`
+		Data   json.RawMessage `json:"data"`
+	}
+	body := frame
+	if bytes.Contains(frame, []byte(`"stream"`)) {
+		if err := json.Unmarshal(frame, &env); err == nil && len(env.Data) > 0 {
+			body = env.Data
+		}
+	}
+	var ev KlineEvent
+	if err := json.Unmarshal(body, &ev); err != nil {
+		return ev, fmt.Errorf("malformed kline event: %w", err)
+	}
+	if ev.EventType != "kline" {
+		return ev, fmt.Errorf("not a kline event (e=%q)", ev.EventType)
+	}
+	return ev, nil
+}
+
+// Kline converts the event's fields to a Kline.
+func (f *KlineFields) Kline() (kline.Kline, error) {
+	k := kline.Kline{
+		OpenTime: f.OpenTime, CloseTime: f.CloseTime, Trades: f.Trades,
+		FirstTradeID: f.FirstTradeID, LastTradeID: f.LastTradeID, Closed: f.Closed,
+	}
+	err := parseFields(&k, f.Open, f.High, f.Low, f.Close, f.Volume, f.QuoteVolume, f.TakerVolume, f.TakerQuoteVolume)
+	return k, err
+}
+
+func parseFields(k *kline.Kline, o, h, l, c, v, q, tv, tq string) error {
+	var err error
+	for _, p := range []struct {
+		dst *int64
+		s   string
+	}{{&k.Open, o}, {&k.High, h}, {&k.Low, l}, {&k.Close, c}} {
+		if *p.dst, err = decimal.Parse(p.s); err != nil {
+			return fmt.Errorf("kline price: %w", err)
+		}
+	}
+	for _, p := range []struct {
+		dst   *decimal.U128
+		s     string
+		scale int
+	}{{&k.Volume, v, decimal.Scale}, {&k.QuoteVolume, q, decimal.QuoteScale}, {&k.TakerVolume, tv, decimal.Scale}, {&k.TakerQuoteVolume, tq, decimal.QuoteScale}} {
+		if *p.dst, err = decimal.ParseU128(p.s, p.scale); err != nil {
+			return fmt.Errorf("kline volume: %w", err)
+		}
+	}
+	return nil
+}
+
+// ParseKlineArray reads one kline in REST / archive layout:
+// [openTime, open, high, low, close, volume, closeTime, quoteVolume, trades,
+// takerBuyVolume, takerBuyQuoteVolume, ignore]. Numbers may be JSON strings
+// or JSON numbers. Shorter rows (OHLCV only, as some tools save them) leave
+// the missing fields zero and report how many fields they had.
+func ParseKlineArray(raw []json.RawMessage) (kline.Kline, int, error) {
+	var k kline.Kline
+	if len(raw) < 6 {
+		return k, len(raw), fmt.Errorf("kline row has %d fields, want at least 6", len(raw))
+	}
+	text := make([]string, len(raw))
+	for i, r := range raw {
+		r = bytes.TrimSpace(r)
+		if len(r) > 0 && r[0] == '"' {
+			var s string
+			if err := json.Unmarshal(r, &s); err != nil {
+				return k, len(raw), fmt.Errorf("kline field %d: %w", i, err)
+			}
+			text[i] = s
+		} else {
+			text[i] = string(r)
+		}
+	}
+	return ParseKlineFields(text)
+}
+
+// ParseKlineFields reads a kline from the text of its fields in REST /
+// archive column order (see ParseKlineArray).
+func ParseKlineFields(f []string) (kline.Kline, int, error) {
+	var k kline.Kline
+	n := len(f)
+	if n < 6 {
+		return k, n, fmt.Errorf("kline row has %d fields, want at least 6", n)
+	}
+	var err error
+	if k.OpenTime, err = strconv.ParseInt(f[0], 10, 64); err != nil {
+		return k, n, fmt.Errorf("kline open time %q: %w", f[0], err)
+	}
+	get := func(i int) string {
+		if i < n {
+			return f[i]
+		}
+		return "0"
+	}
+	if err := parseFields(&k, f[1], f[2], f[3], f[4], f[5], get(7), get(9), get(10)); err != nil {
+		return k, n, err
+	}
+	if n > 6 {
+		if k.CloseTime, err = strconv.ParseInt(f[6], 10, 64); err != nil {
+			return k, n, fmt.Errorf("kline close time %q: %w", f[6], err)
+		}
+	}
+	if n > 8 {
+		if k.Trades, err = strconv.ParseInt(f[8], 10, 64); err != nil {
+			return k, n, fmt.Errorf("kline trade count %q: %w", f[8], err)
+		}
+	}
+	k.FirstTradeID, k.LastTradeID, k.Closed = -1, -1, true
+	return k, n, nil
+}
+
+// AppendKlineArray writes k in REST layout with Binance's number formatting.
+func AppendKlineArray(dst []byte, k *kline.Kline, p kline.Precision) []byte {
+	dst = append(dst, '[')
+	dst = strconv.AppendInt(dst, k.OpenTime, 10)
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendPrice(b, k.Open) })
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendPrice(b, k.High) })
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendPrice(b, k.Low) })
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendPrice(b, k.Close) })
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendQty(b, k.Volume) })
+	dst = append(dst, ',')
+	dst = strconv.AppendInt(dst, k.CloseTime, 10)
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendQuote(b, k.QuoteVolume) })
+	dst = append(dst, ',')
+	dst = strconv.AppendInt(dst, k.Trades, 10)
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendQty(b, k.TakerVolume) })
+	dst = appendQuoted(dst, func(b []byte) []byte { return p.AppendQuote(b, k.TakerQuoteVolume) })
+	dst = append(dst, `,"0"]`...)
+	return dst
+}
+
+func appendQuoted(dst []byte, f func([]byte) []byte) []byte {
+	dst = append(dst, ',', '"')
+	dst = f(dst)
+	return append(dst, '"')
+}

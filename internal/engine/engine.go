@@ -1,0 +1,500 @@
+// Package engine owns the live klines: one goroutine holds, for every
+// symbol and interval, the open kline and the last closed one in a flat slot
+// table (slot = symbol·intervals + interval), applies trades, seeds and
+// corrections to them, closes them on time, and hands every changed kline to
+// its sinks. Nothing else touches that table, so the hot path takes no lock.
+//
+// Time is whatever the last Tick said it is: the engine never reads a clock,
+// so tests drive it by hand and the service feeds it exchange time.
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Sink receives changed klines. Publish is called on the engine goroutine
+// and must not block for long: the engine stalls while it runs. The slice is
+// reused after Publish returns.
+type Sink interface {
+	Publish(updates []kline.Update)
+}
+
+// Config sets up an Engine.
+type Config struct {
+	Intervals []kline.Interval // sorted, shortest first
+	// Grace is how long after its close time a kline without a later trade is
+	// closed by the clock; trades for it arriving later still correct it.
+	Grace time.Duration
+	Sinks []Sink
+	// Queue is the capacity of the event channel (default 1024).
+	Queue int
+}
+
+// Stats are counters the engine keeps; read them with Engine.Stats.
+type Stats struct {
+	Trades     int64 // trades applied
+	Duplicates int64 // trades ignored: aggregate id not above the last one seen
+	Late       int64 // trades that corrected an already closed kline
+	TooLate    int64 // trades older than the last closed kline; sync repairs these
+	Partial    int64 // trades straddling a seed snapshot's last trade id
+	Unknown    int64 // trades for a symbol the engine does not hold
+	Closed     int64 // klines closed
+}
+
+// Engine is the single owner of the live kline table.
+type Engine struct {
+	ivs    []kline.Interval
+	grace  int64
+	sinks  []Sink
+	events chan event
+
+	// Everything below is owned by the Run goroutine.
+	index   map[string]int // symbol → symbol index
+	symbols []symbol
+	cur     []kline.Kline // open kline per slot; OpenTime 0 = not started
+	prev    []kline.Kline // last closed kline per slot; OpenTime 0 = none
+	floor   []int64       // trades with LastID ≤ floor are already in the slot (seed)
+	dirty   []bool
+	dirtyQ  []int32
+	out     []kline.Update
+	now     int64
+	stats   Stats
+	shared  sharedStats
+	free    []int
+	started atomic.Bool
+}
+
+type symbol struct {
+	name   string
+	lastID int64 // highest aggregate id applied
+	active bool
+}
+
+type eventKind uint8
+
+const (
+	evTrades eventKind = iota
+	evAdd
+	evRemove
+	evSeed
+	evCorrect
+	evTick
+	evSnapshot
+)
+
+type event struct {
+	kind     eventKind
+	symbol   string
+	trades   []kline.Trade
+	interval kline.Interval
+	kline    kline.Kline
+	now      int64
+	done     func()
+	reply    chan<- []kline.Update
+}
+
+// New returns an engine; start it with Run.
+func New(cfg Config) (*Engine, error) {
+	if len(cfg.Intervals) == 0 {
+		return nil, fmt.Errorf("engine: no intervals configured")
+	}
+	q := cfg.Queue
+	if q <= 0 {
+		q = 1024
+	}
+	e := &Engine{
+		ivs:    append([]kline.Interval(nil), cfg.Intervals...),
+		grace:  cfg.Grace.Milliseconds(),
+		sinks:  cfg.Sinks,
+		events: make(chan event, q),
+		index:  map[string]int{},
+	}
+	return e, nil
+}
+
+// Intervals returns the engine's intervals, shortest first.
+func (e *Engine) Intervals() []kline.Interval { return e.ivs }
+
+// Stats returns the counters as of the end of the last event processed.
+func (e *Engine) Stats() Stats {
+	return Stats{
+		Trades: e.shared.trades.Load(), Duplicates: e.shared.duplicates.Load(),
+		Late: e.shared.late.Load(), TooLate: e.shared.tooLate.Load(),
+		Partial: e.shared.partial.Load(), Unknown: e.shared.unknown.Load(),
+		Closed: e.shared.closed.Load(),
+	}
+}
+
+// sharedStats mirrors Stats for readers on other goroutines; the engine
+// stores into it after each event, so the hot path counts in plain fields.
+type sharedStats struct {
+	trades, duplicates, late, tooLate, partial, unknown, closed atomic.Int64
+}
+
+// Trades hands a batch of one symbol's trades, in aggregate-id order, to the
+// engine. done, if not nil, is called once the engine no longer needs the
+// slice, so callers can recycle it. It blocks while the event queue is full.
+func (e *Engine) Trades(ctx context.Context, symbol string, trades []kline.Trade, done func()) error {
+	return e.send(ctx, event{kind: evTrades, symbol: symbol, trades: trades, done: done})
+}
+
+// AddSymbol starts keeping klines for symbol. Adding a held symbol is a no-op.
+func (e *Engine) AddSymbol(ctx context.Context, symbol string) error {
+	return e.send(ctx, event{kind: evAdd, symbol: symbol})
+}
+
+// RemoveSymbol closes symbol's open klines and stops keeping it.
+func (e *Engine) RemoveSymbol(ctx context.Context, symbol string) error {
+	return e.send(ctx, event{kind: evRemove, symbol: symbol})
+}
+
+// Seed replaces symbol's open kline of iv with k, a snapshot that already
+// holds every trade up to k.LastTradeID (from a kline stream event or from
+// history); later trades continue it without counting any twice.
+func (e *Engine) Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error {
+	return e.send(ctx, event{kind: evSeed, symbol: symbol, interval: iv, kline: k})
+}
+
+// Correct replaces a closed kline with the exchange's value (reconciliation).
+// It changes the engine's copy if it still holds that kline, and is passed on
+// to the sinks either way.
+func (e *Engine) Correct(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error {
+	return e.send(ctx, event{kind: evCorrect, symbol: symbol, interval: iv, kline: k})
+}
+
+// Tick tells the engine the time (exchange time, ms); klines whose close
+// time plus grace has passed are closed.
+func (e *Engine) Tick(ctx context.Context, now time.Time) error {
+	return e.send(ctx, event{kind: evTick, now: now.UnixMilli()})
+}
+
+// Snapshot returns the open kline of every interval of symbol, and the last
+// closed one where the engine holds it, in interval order (closed first).
+func (e *Engine) Snapshot(ctx context.Context, symbol string) ([]kline.Update, error) {
+	reply := make(chan []kline.Update, 1)
+	if err := e.send(ctx, event{kind: evSnapshot, symbol: symbol, reply: reply}); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-reply:
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (e *Engine) send(ctx context.Context, ev event) error {
+	select {
+	case e.events <- ev:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run processes events until ctx ends. Events already queued when ctx ends
+// are processed first, so a caller that stops its producers and then cancels
+// loses nothing.
+func (e *Engine) Run(ctx context.Context) error {
+	if e.started.Swap(true) {
+		return fmt.Errorf("engine: Run called twice")
+	}
+	for {
+		select {
+		case ev := <-e.events:
+			e.handle(ev)
+		case <-ctx.Done():
+			for {
+				select {
+				case ev := <-e.events:
+					e.handle(ev)
+				default:
+					return nil
+				}
+			}
+		}
+	}
+}
+
+func (e *Engine) handle(ev event) {
+	switch ev.kind {
+	case evTrades:
+		if si, ok := e.index[ev.symbol]; ok && e.symbols[si].active {
+			e.applyTrades(si, ev.trades)
+		} else {
+			e.stats.Unknown += int64(len(ev.trades))
+		}
+		if ev.done != nil {
+			ev.done()
+		}
+	case evAdd:
+		e.addSymbol(ev.symbol)
+	case evRemove:
+		e.removeSymbol(ev.symbol)
+	case evSeed:
+		e.seed(ev.symbol, ev.interval, ev.kline)
+	case evCorrect:
+		e.correct(ev.symbol, ev.interval, ev.kline)
+	case evTick:
+		e.tick(ev.now)
+	case evSnapshot:
+		ev.reply <- e.snapshot(ev.symbol)
+		return
+	}
+	e.flush()
+}
+
+func (e *Engine) addSymbol(name string) {
+	if si, ok := e.index[name]; ok {
+		e.symbols[si].active = true
+		return
+	}
+	n := len(e.ivs)
+	var si int
+	if len(e.free) > 0 {
+		si, e.free = e.free[len(e.free)-1], e.free[:len(e.free)-1]
+		for s := si * n; s < (si+1)*n; s++ {
+			e.cur[s], e.prev[s], e.floor[s] = kline.Kline{}, kline.Kline{}, 0
+		}
+	} else {
+		si = len(e.symbols)
+		e.symbols = append(e.symbols, symbol{})
+		for range n {
+			e.cur = append(e.cur, kline.Kline{})
+			e.prev = append(e.prev, kline.Kline{})
+			e.floor = append(e.floor, 0)
+			e.dirty = append(e.dirty, false)
+		}
+	}
+	e.symbols[si] = symbol{name: name, lastID: -1, active: true}
+	e.index[name] = si
+}
+
+func (e *Engine) removeSymbol(name string) {
+	si, ok := e.index[name]
+	if !ok {
+		return
+	}
+	n := len(e.ivs)
+	for s := si * n; s < (si+1)*n; s++ {
+		if k := &e.cur[s]; k.OpenTime != 0 && k.Trades > 0 {
+			// A delisted symbol's last kline will never see another trade.
+			k.Closed = true
+			e.stats.Closed++
+			e.emit(si, s, k)
+		}
+	}
+	delete(e.index, name)
+	e.symbols[si] = symbol{}
+	e.free = append(e.free, si)
+}
+
+// applyTrades is the hot path: every trade touches every interval's slot.
+func (e *Engine) applyTrades(si int, trades []kline.Trade) {
+	n := len(e.ivs)
+	base := si * n
+	sym := &e.symbols[si]
+	cur := e.cur[base : base+n]
+	floor := e.floor[base : base+n]
+	applied := int64(0)
+	for i := range trades {
+		t := &trades[i]
+		if t.ID <= sym.lastID {
+			e.stats.Duplicates++
+			continue
+		}
+		sym.lastID = t.ID
+		applied++
+		pq := decimal.Mul(t.Price, t.Qty)
+		for j := range cur {
+			k := &cur[j]
+			if t.Time > k.CloseTime || t.Time < k.OpenTime {
+				e.misfit(si, base+j, t, pq)
+				continue
+			}
+			if t.FirstID <= floor[j] {
+				if t.LastID > floor[j] {
+					e.stats.Partial++
+				}
+				continue
+			}
+			k.AddProduct(t, pq)
+		}
+	}
+	e.stats.Trades += applied
+	if applied > 0 {
+		for s := base; s < base+n; s++ {
+			e.markDirty(s)
+		}
+	}
+}
+
+// misfit handles a trade outside the open kline's range: the first trade of
+// a slot, a trade that closes the open kline, or a late one.
+func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
+	iv := e.ivs[s%len(e.ivs)]
+	k := &e.cur[s]
+	switch {
+	case k.OpenTime == 0:
+		*k = kline.Empty(iv, iv.Open(t.Time), t.Price)
+		k.AddProduct(t, pq)
+	case t.Time > k.CloseTime:
+		e.roll(si, s, iv, iv.Open(t.Time))
+		k.AddProduct(t, pq)
+	default:
+		p := &e.prev[s]
+		if p.OpenTime != 0 && t.Time >= p.OpenTime && t.Time <= p.CloseTime {
+			p.AddProduct(t, pq)
+			e.stats.Late++
+			e.emit(si, s, p)
+			if k.Trades == 0 && k.OpenTime == iv.Next(p.OpenTime) {
+				// The open kline still sits at the previous close, which moved.
+				k.Open, k.High, k.Low, k.Close = p.Close, p.Close, p.Close, p.Close
+			}
+			return
+		}
+		e.stats.TooLate++
+	}
+}
+
+// roll closes slot s's open kline and every empty one after it, up to the
+// kline opening at open, which becomes the open kline.
+func (e *Engine) roll(si, s int, iv kline.Interval, open int64) {
+	k := &e.cur[s]
+	for k.OpenTime < open {
+		k.Closed = true
+		e.stats.Closed++
+		e.emit(si, s, k)
+		e.prev[s] = *k
+		*k = kline.Empty(iv, iv.Next(k.OpenTime), k.Close)
+		e.floor[s] = 0
+	}
+	e.markDirty(s)
+}
+
+func (e *Engine) tick(now int64) {
+	if now <= e.now {
+		return
+	}
+	e.now = now
+	n := len(e.ivs)
+	for s := range e.cur {
+		k := &e.cur[s]
+		if k.OpenTime == 0 || now <= k.CloseTime+e.grace {
+			continue
+		}
+		iv := e.ivs[s%n]
+		e.roll(s/n, s, iv, iv.Open(now-e.grace))
+	}
+}
+
+func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline) {
+	s, ok := e.slot(name, iv)
+	if !ok {
+		return
+	}
+	c := &e.cur[s]
+	switch {
+	case c.OpenTime == k.OpenTime || c.OpenTime == 0:
+	case c.OpenTime < k.OpenTime:
+		e.roll(s/len(e.ivs), s, iv, k.OpenTime)
+	default:
+		return // the snapshot is older than what the engine already holds
+	}
+	k.Closed = false
+	k.CloseTime = iv.CloseTime(k.OpenTime)
+	*c = k
+	e.floor[s] = k.LastTradeID
+	e.markDirty(s)
+}
+
+func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
+	k.Closed = true
+	k.CloseTime = iv.CloseTime(k.OpenTime)
+	s, ok := e.slot(name, iv)
+	if ok && e.prev[s].OpenTime == k.OpenTime {
+		e.prev[s] = k
+		if c := &e.cur[s]; c.Trades == 0 && c.OpenTime == iv.Next(k.OpenTime) {
+			c.Open, c.High, c.Low, c.Close = k.Close, k.Close, k.Close, k.Close
+			e.markDirty(s)
+		}
+	}
+	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Kline: k})
+}
+
+func (e *Engine) snapshot(name string) []kline.Update {
+	si, ok := e.index[name]
+	if !ok {
+		return nil
+	}
+	n := len(e.ivs)
+	var out []kline.Update
+	for j, iv := range e.ivs {
+		s := si*n + j
+		if e.prev[s].OpenTime != 0 {
+			out = append(out, kline.Update{Symbol: name, Interval: iv, Kline: e.prev[s]})
+		}
+		if e.cur[s].OpenTime != 0 {
+			out = append(out, kline.Update{Symbol: name, Interval: iv, Kline: e.cur[s]})
+		}
+	}
+	return out
+}
+
+func (e *Engine) slot(name string, iv kline.Interval) (int, bool) {
+	si, ok := e.index[name]
+	if !ok {
+		return 0, false
+	}
+	for j, v := range e.ivs {
+		if v.String() == iv.String() {
+			return si*len(e.ivs) + j, true
+		}
+	}
+	return 0, false
+}
+
+func (e *Engine) emit(si, s int, k *kline.Kline) {
+	e.out = append(e.out, kline.Update{Symbol: e.symbols[si].name, Interval: e.ivs[s%len(e.ivs)], Kline: *k})
+}
+
+func (e *Engine) markDirty(s int) {
+	if !e.dirty[s] {
+		e.dirty[s] = true
+		e.dirtyQ = append(e.dirtyQ, int32(s))
+	}
+}
+
+// flush hands closed klines (already in out) and the open klines of dirty
+// slots to the sinks, then publishes the counters.
+func (e *Engine) flush() {
+	n := len(e.ivs)
+	for _, s := range e.dirtyQ {
+		e.dirty[s] = false
+		if e.cur[s].OpenTime != 0 && e.symbols[int(s)/n].active {
+			e.emit(int(s)/n, int(s), &e.cur[s])
+		}
+	}
+	e.dirtyQ = e.dirtyQ[:0]
+	if len(e.out) > 0 {
+		for _, sink := range e.sinks {
+			sink.Publish(e.out)
+		}
+		clear(e.out)
+		e.out = e.out[:0]
+	}
+	st, sh := &e.stats, &e.shared
+	sh.trades.Store(st.Trades)
+	sh.duplicates.Store(st.Duplicates)
+	sh.late.Store(st.Late)
+	sh.tooLate.Store(st.TooLate)
+	sh.partial.Store(st.Partial)
+	sh.unknown.Store(st.Unknown)
+	sh.closed.Store(st.Closed)
+}

@@ -1,0 +1,419 @@
+// Package store owns klagg's persistent state: closed and open klines and
+// symbol metadata in a SQLite database in WAL mode, its schema and
+// migrations, and the single writer that turns engine updates into batched
+// idempotent upserts.
+//
+// Driver: zombiezen.com/go/sqlite (modernc's pure-Go SQLite behind a direct,
+// allocation-free API). Measured on this machine class it does 360k
+// inserts/s and 266k updates/s with 0 allocations per row, within a few
+// percent of cgo's mattn/go-sqlite3, without needing a C toolchain; going
+// through database/sql would cost 25–40 % of write speed (DESIGN §5,
+// BenchmarkUpsert in this package).
+//
+// Decimals are stored as TEXT in canonical form ("37000.1"): exact, readable
+// with the sqlite3 shell, and wide enough for 128-bit quote volumes.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"zombiezen.com/go/sqlite"
+	"zombiezen.com/go/sqlite/sqlitex"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// migrations are applied in order; PRAGMA user_version counts how many ran.
+// Append, never edit.
+var migrations = []string{
+	`CREATE TABLE klines (
+		symbol                 TEXT    NOT NULL,
+		interval               TEXT    NOT NULL,
+		open_time              INTEGER NOT NULL,
+		close_time             INTEGER NOT NULL,
+		open                   TEXT    NOT NULL,
+		high                   TEXT    NOT NULL,
+		low                    TEXT    NOT NULL,
+		close                  TEXT    NOT NULL,
+		volume                 TEXT    NOT NULL,
+		quote_volume           TEXT    NOT NULL,
+		trades                 INTEGER NOT NULL,
+		taker_buy_volume       TEXT    NOT NULL,
+		taker_buy_quote_volume TEXT    NOT NULL,
+		first_trade_id         INTEGER NOT NULL,
+		last_trade_id          INTEGER NOT NULL,
+		closed                 INTEGER NOT NULL,
+		PRIMARY KEY (symbol, interval, open_time)
+	) WITHOUT ROWID;
+	CREATE TABLE symbols (
+		symbol             TEXT PRIMARY KEY,
+		status             TEXT    NOT NULL,
+		base_asset         TEXT    NOT NULL,
+		quote_asset        TEXT    NOT NULL,
+		contract_type      TEXT    NOT NULL,
+		price_precision    INTEGER NOT NULL,
+		quantity_precision INTEGER NOT NULL,
+		onboard_date       INTEGER NOT NULL
+	) WITHOUT ROWID;`,
+}
+
+// Symbol is a symbol's exchangeInfo metadata.
+type Symbol struct {
+	Name              string
+	Status            string // TRADING, SETTLING, …
+	BaseAsset         string
+	QuoteAsset        string
+	ContractType      string // PERPETUAL, …
+	PricePrecision    int
+	QuantityPrecision int
+	OnboardDate       int64 // ms
+}
+
+// Store is a SQLite kline database. Reads run concurrently on a pool; writes
+// are serialized on one connection.
+type Store struct {
+	path  string
+	wmu   sync.Mutex
+	w     *sqlite.Conn
+	read  *sqlitex.Pool
+	rbuf  []byte // guarded by wmu
+}
+
+// Open opens or creates the database at path and brings its schema up to date.
+func Open(path string) (*Store, error) {
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("store: create folder for %s: %w", path, err)
+		}
+	}
+	w, err := sqlite.OpenConn(path, sqlite.OpenReadWrite|sqlite.OpenCreate|sqlite.OpenWAL)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	w.SetBusyTimeout(10 * time.Second)
+	if err := sqlitex.ExecuteScript(w, `PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;`, nil); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("store: set up %s: %w", path, err)
+	}
+	if err := migrate(w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("store: migrate %s: %w", path, err)
+	}
+	read, err := sqlitex.NewPool(path, sqlitex.PoolOptions{
+		Flags:    sqlite.OpenReadOnly | sqlite.OpenWAL,
+		PoolSize: 4,
+		PrepareConn: func(c *sqlite.Conn) error {
+			c.SetBusyTimeout(10 * time.Second)
+			return nil
+		},
+	})
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("store: open readers on %s: %w", path, err)
+	}
+	return &Store{path: path, w: w, read: read}, nil
+}
+
+func migrate(c *sqlite.Conn) (err error) {
+	var version int
+	err = sqlitex.ExecuteTransient(c, "PRAGMA user_version", &sqlitex.ExecOptions{
+		ResultFunc: func(s *sqlite.Stmt) error { version = s.ColumnInt(0); return nil },
+	})
+	if err != nil {
+		return err
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this klagg understands (%d): upgrade klagg", version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		end, err := sqlitex.ImmediateTransaction(c)
+		if err != nil {
+			return err
+		}
+		err = sqlitex.ExecuteScript(c, migrations[v]+fmt.Sprintf("\nPRAGMA user_version=%d;", v+1), nil)
+		end(&err)
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+	}
+	return nil
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close closes the database.
+func (s *Store) Close() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return errors.Join(s.read.Close(), s.w.Close())
+}
+
+const upsertSQL = `INSERT INTO klines (symbol, interval, open_time, close_time, open, high, low, close,
+	volume, quote_volume, trades, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT (symbol, interval, open_time) DO UPDATE SET
+	close_time=excluded.close_time, open=excluded.open, high=excluded.high, low=excluded.low,
+	close=excluded.close, volume=excluded.volume, quote_volume=excluded.quote_volume,
+	trades=excluded.trades, taker_buy_volume=excluded.taker_buy_volume,
+	taker_buy_quote_volume=excluded.taker_buy_quote_volume, first_trade_id=excluded.first_trade_id,
+	last_trade_id=excluded.last_trade_id, closed=excluded.closed`
+
+// Upsert writes updates in one transaction: all or none. Writing the same
+// kline twice leaves one row with the later value.
+func (s *Store) Upsert(updates []kline.Update) (err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	end, err := sqlitex.ImmediateTransaction(s.w)
+	if err != nil {
+		return fmt.Errorf("store: begin write: %w", err)
+	}
+	defer end(&err)
+	st := s.w.Prep(upsertSQL)
+	for i := range updates {
+		u := &updates[i]
+		k := &u.Kline
+		st.BindText(1, u.Symbol)
+		st.BindText(2, u.Interval.String())
+		st.BindInt64(3, k.OpenTime)
+		st.BindInt64(4, k.CloseTime)
+		s.bindPrice(st, 5, k.Open)
+		s.bindPrice(st, 6, k.High)
+		s.bindPrice(st, 7, k.Low)
+		s.bindPrice(st, 8, k.Close)
+		s.bindU128(st, 9, k.Volume, decimal.Scale)
+		s.bindU128(st, 10, k.QuoteVolume, decimal.QuoteScale)
+		st.BindInt64(11, k.Trades)
+		s.bindU128(st, 12, k.TakerVolume, decimal.Scale)
+		s.bindU128(st, 13, k.TakerQuoteVolume, decimal.QuoteScale)
+		st.BindInt64(14, k.FirstTradeID)
+		st.BindInt64(15, k.LastTradeID)
+		st.BindBool(16, k.Closed)
+		if _, err := st.Step(); err != nil {
+			st.Reset()
+			return fmt.Errorf("store: upsert %s %s %d: %w", u.Symbol, u.Interval, k.OpenTime, err)
+		}
+		if err := st.Reset(); err != nil {
+			return fmt.Errorf("store: upsert: %w", err)
+		}
+	}
+	return nil
+}
+
+// bindPrice and bindU128 format into a reused buffer; BindBytes would store a
+// BLOB, so the text is bound through BindText (SQLite copies it).
+func (s *Store) bindPrice(st *sqlite.Stmt, i int, m int64) {
+	s.rbuf = decimal.Append(s.rbuf[:0], m, 0)
+	st.BindText(i, string(s.rbuf))
+}
+
+func (s *Store) bindU128(st *sqlite.Stmt, i int, u decimal.U128, scale int) {
+	s.rbuf = u.AppendScaled(s.rbuf[:0], scale, 0)
+	st.BindText(i, string(s.rbuf))
+}
+
+// Query selects klines of one symbol and interval with start ≤ open_time ≤
+// end, oldest first. With limit > 0 it returns at most limit klines: the
+// oldest ones when fromEnd is false, the newest ones when true (Binance's
+// rule when only a limit is given).
+type Query struct {
+	Symbol   string
+	Interval kline.Interval
+	Start    int64 // inclusive; 0 for no bound
+	End      int64 // inclusive; 0 for no bound
+	Limit    int
+	FromEnd  bool
+}
+
+// Klines runs q.
+func (s *Store) Klines(ctx context.Context, q Query) ([]kline.Kline, error) {
+	c, err := s.read.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer s.read.Put(c)
+	end := q.End
+	if end == 0 {
+		end = 1<<63 - 1
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = -1
+	}
+	order := "ASC"
+	if q.FromEnd {
+		order = "DESC"
+	}
+	st := c.Prep(`SELECT open_time, close_time, open, high, low, close, volume, quote_volume, trades,
+		taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed
+		FROM klines WHERE symbol = ? AND interval = ? AND open_time >= ? AND open_time <= ?
+		ORDER BY open_time ` + order + ` LIMIT ?`)
+	defer st.Reset()
+	st.BindText(1, q.Symbol)
+	st.BindText(2, q.Interval.String())
+	st.BindInt64(3, q.Start)
+	st.BindInt64(4, end)
+	st.BindInt64(5, int64(limit))
+	var out []kline.Kline
+	for {
+		row, err := st.Step()
+		if err != nil {
+			return nil, fmt.Errorf("store: read klines of %s %s: %w", q.Symbol, q.Interval, err)
+		}
+		if !row {
+			break
+		}
+		k, err := scanKline(st)
+		if err != nil {
+			return nil, fmt.Errorf("store: kline %s %s: %w", q.Symbol, q.Interval, err)
+		}
+		out = append(out, k)
+	}
+	if q.FromEnd {
+		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+			out[i], out[j] = out[j], out[i]
+		}
+	}
+	return out, nil
+}
+
+// Last returns the newest stored kline of symbol and iv.
+func (s *Store) Last(ctx context.Context, symbol string, iv kline.Interval) (kline.Kline, bool, error) {
+	ks, err := s.Klines(ctx, Query{Symbol: symbol, Interval: iv, Limit: 1, FromEnd: true})
+	if err != nil || len(ks) == 0 {
+		return kline.Kline{}, false, err
+	}
+	return ks[0], true, nil
+}
+
+func scanKline(st *sqlite.Stmt) (kline.Kline, error) {
+	k := kline.Kline{
+		OpenTime:     st.ColumnInt64(0),
+		CloseTime:    st.ColumnInt64(1),
+		Trades:       st.ColumnInt64(8),
+		FirstTradeID: st.ColumnInt64(11),
+		LastTradeID:  st.ColumnInt64(12),
+		Closed:       st.ColumnBool(13),
+	}
+	var err error
+	prices := []*int64{&k.Open, &k.High, &k.Low, &k.Close}
+	for i, p := range prices {
+		if *p, err = decimal.Parse(st.ColumnText(2 + i)); err != nil {
+			return k, err
+		}
+	}
+	vols := []struct {
+		dst   *decimal.U128
+		col   int
+		scale int
+	}{
+		{&k.Volume, 6, decimal.Scale}, {&k.QuoteVolume, 7, decimal.QuoteScale},
+		{&k.TakerVolume, 9, decimal.Scale}, {&k.TakerQuoteVolume, 10, decimal.QuoteScale},
+	}
+	for _, v := range vols {
+		if *v.dst, err = decimal.ParseU128(st.ColumnText(v.col), v.scale); err != nil {
+			return k, err
+		}
+	}
+	return k, nil
+}
+
+// Series lists the (symbol, interval) pairs the store holds, with their row
+// counts, for tools that compare whole stores.
+func (s *Store) Series(ctx context.Context) (map[[2]string]int, error) {
+	c, err := s.read.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer s.read.Put(c)
+	out := map[[2]string]int{}
+	err = sqlitex.Execute(c, `SELECT symbol, interval, count(*) FROM klines GROUP BY symbol, interval`, &sqlitex.ExecOptions{
+		ResultFunc: func(st *sqlite.Stmt) error {
+			out[[2]string{st.ColumnText(0), st.ColumnText(1)}] = st.ColumnInt(2)
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: list series: %w", err)
+	}
+	return out, nil
+}
+
+// PutSymbols upserts symbol metadata.
+func (s *Store) PutSymbols(syms []Symbol) (err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	end, err := sqlitex.ImmediateTransaction(s.w)
+	if err != nil {
+		return fmt.Errorf("store: begin write: %w", err)
+	}
+	defer end(&err)
+	for _, y := range syms {
+		err := sqlitex.Execute(s.w, `INSERT INTO symbols (symbol, status, base_asset, quote_asset, contract_type,
+			price_precision, quantity_precision, onboard_date) VALUES (?,?,?,?,?,?,?,?)
+			ON CONFLICT (symbol) DO UPDATE SET status=excluded.status, base_asset=excluded.base_asset,
+			quote_asset=excluded.quote_asset, contract_type=excluded.contract_type,
+			price_precision=excluded.price_precision, quantity_precision=excluded.quantity_precision,
+			onboard_date=excluded.onboard_date`, &sqlitex.ExecOptions{
+			Args: []any{y.Name, y.Status, y.BaseAsset, y.QuoteAsset, y.ContractType, y.PricePrecision, y.QuantityPrecision, y.OnboardDate},
+		})
+		if err != nil {
+			return fmt.Errorf("store: save symbol %s: %w", y.Name, err)
+		}
+	}
+	return nil
+}
+
+// Symbols returns all stored symbol metadata, ordered by onboard date.
+func (s *Store) Symbols(ctx context.Context) ([]Symbol, error) {
+	c, err := s.read.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer s.read.Put(c)
+	var out []Symbol
+	err = sqlitex.Execute(c, `SELECT symbol, status, base_asset, quote_asset, contract_type, price_precision,
+		quantity_precision, onboard_date FROM symbols ORDER BY onboard_date, symbol`, &sqlitex.ExecOptions{
+		ResultFunc: func(st *sqlite.Stmt) error {
+			out = append(out, Symbol{
+				Name: st.ColumnText(0), Status: st.ColumnText(1), BaseAsset: st.ColumnText(2),
+				QuoteAsset: st.ColumnText(3), ContractType: st.ColumnText(4),
+				PricePrecision: st.ColumnInt(5), QuantityPrecision: st.ColumnInt(6), OnboardDate: st.ColumnInt64(7),
+			})
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read symbols: %w", err)
+	}
+	return out, nil
+}
+
+// WriteKlines stores one symbol's klines of one interval and its formatting
+// precision, in transactions of up to 10,000 rows; it makes the store an
+// output of `klagg build`. Rewriting the same klines is idempotent, so an
+// interrupted build is repaired by running it again.
+func (s *Store) WriteKlines(symbol string, iv kline.Interval, p kline.Precision, ks []kline.Kline) error {
+	if err := s.PutSymbols([]Symbol{{Name: symbol, Status: "ARCHIVE", PricePrecision: p.Price, QuantityPrecision: p.Qty}}); err != nil {
+		return err
+	}
+	const chunk = 10_000
+	buf := make([]kline.Update, 0, min(chunk, len(ks)))
+	for off := 0; off < len(ks); off += chunk {
+		buf = buf[:0]
+		for _, k := range ks[off:min(off+chunk, len(ks))] {
+			buf = append(buf, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
+		}
+		if err := s.Upsert(buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package store
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Source is where the writer takes updates from: in the service, the
+// engine's Coalescer.
+type Source interface {
+	Ready() <-chan struct{}
+	Drain(dst []kline.Update) []kline.Update
+}
+
+// Writer is the one goroutine that writes engine updates to the store, in
+// batches of up to BatchSize rows per transaction. When a write fails (disk
+// full, database locked) the batch is kept, merged with newer updates by
+// key, and retried with backoff: nothing is dropped, and memory stays
+// bounded by the number of distinct klines.
+type Writer struct {
+	store     *Store
+	src       Source
+	log       *slog.Logger
+	batchSize int
+
+	written  atomic.Int64
+	failures atomic.Int64
+	backlog  atomic.Int64
+}
+
+// NewWriter returns a writer from src into s.
+func NewWriter(s *Store, src Source, log *slog.Logger) *Writer {
+	return &Writer{store: s, src: src, log: log, batchSize: 5000}
+}
+
+// Written is the number of kline rows written so far.
+func (w *Writer) Written() int64 { return w.written.Load() }
+
+// Failures is the number of failed write attempts.
+func (w *Writer) Failures() int64 { return w.failures.Load() }
+
+// Backlog is the number of updates drained but not yet written.
+func (w *Writer) Backlog() int64 { return w.backlog.Load() }
+
+// Run writes until ctx ends, then drains and writes what is left and
+// returns. Callers stop the engine first so the final drain is complete.
+// It returns the last write error if the final flush failed.
+func (w *Writer) Run(ctx context.Context) error {
+	var (
+		batch   []kline.Update
+		retry   map[kline.Key]kline.Update
+		backoff = 100 * time.Millisecond
+		timer   *time.Timer
+		wait    <-chan time.Time
+	)
+	flush := func() error {
+		batch = w.src.Drain(batch[:0])
+		if len(retry) > 0 {
+			// Newer drained versions win over the ones that failed.
+			for i := range batch {
+				delete(retry, batch[i].Key())
+			}
+			for _, u := range retry {
+				batch = append(batch, u)
+			}
+			clear(retry)
+		}
+		w.backlog.Store(int64(len(batch)))
+		for off := 0; off < len(batch); off += w.batchSize {
+			chunk := batch[off:min(off+w.batchSize, len(batch))]
+			if err := w.store.Upsert(chunk); err != nil {
+				w.failures.Add(1)
+				if retry == nil {
+					retry = make(map[kline.Key]kline.Update)
+				}
+				for _, u := range batch[off:] {
+					retry[u.Key()] = u
+				}
+				return err
+			}
+			w.written.Add(int64(len(chunk)))
+			w.backlog.Add(-int64(len(chunk)))
+		}
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			var err error
+			// A few quick attempts: the final flush must not be lost to a
+			// momentary lock, but shutdown must not hang on a dead disk.
+			for attempt := 0; attempt < 5; attempt++ {
+				if err = flush(); err == nil {
+					return nil
+				}
+				w.log.Error("final kline flush failed, retrying", "err", err, "pending", len(retry))
+				time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+			}
+			return err
+		case <-w.src.Ready():
+			if wait != nil {
+				continue // backing off; the retry timer will drain
+			}
+		case <-wait:
+			wait = nil
+		}
+		if err := flush(); err != nil {
+			w.log.Error("writing klines failed; keeping them and retrying", "err", err, "pending", len(retry), "retry_in", backoff)
+			if timer == nil {
+				timer = time.NewTimer(backoff)
+			} else {
+				timer.Reset(backoff)
+			}
+			wait = timer.C
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
