@@ -133,29 +133,33 @@ func String(m int64) string { return string(Append(nil, m, 0)) }
 func appendScaled(dst []byte, lo, hi uint64, scale, decimals int) []byte {
 	var buf [48]byte
 	digits := U128{hi, lo}.appendDigits(buf[:0])
-	// Pad so there is at least one integer digit.
-	for len(digits) <= scale {
-		digits = append([]byte{'0'}, digits...)
-	}
 	intLen := len(digits) - scale
-	frac := digits[intLen:]
-	// Drop trailing zeros beyond the requested decimals only.
-	keep := len(frac)
-	for keep > decimals && frac[keep-1] == '0' {
+	// frac is the i-th decimal digit; digits may be shorter than scale.
+	frac := func(i int) byte {
+		if j := intLen + i; j >= 0 {
+			return digits[j]
+		}
+		return '0'
+	}
+	// Trailing zeros beyond the requested decimals carry nothing.
+	keep := scale
+	for keep > decimals && frac(keep-1) == '0' {
 		keep--
 	}
-	dst = append(dst, digits[:intLen]...)
-	if keep > 0 {
-		dst = append(dst, '.')
-		dst = append(dst, frac[:keep]...)
-		for i := keep; i < decimals; i++ {
-			dst = append(dst, '0')
-		}
-	} else if decimals > 0 {
-		dst = append(dst, '.')
-		for i := 0; i < decimals; i++ {
-			dst = append(dst, '0')
-		}
+	if intLen <= 0 {
+		dst = append(dst, '0')
+	} else {
+		dst = append(dst, digits[:intLen]...)
+	}
+	if keep == 0 && decimals == 0 {
+		return dst
+	}
+	dst = append(dst, '.')
+	for i := 0; i < keep; i++ {
+		dst = append(dst, frac(i))
+	}
+	for i := keep; i < decimals; i++ {
+		dst = append(dst, '0')
 	}
 	return dst
 }

@@ -98,9 +98,14 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	w.SetBusyTimeout(10 * time.Second)
-	if err := sqlitex.ExecuteScript(w, `PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;`, nil); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("store: set up %s: %w", path, err)
+	// synchronous=NORMAL in WAL mode: a power cut may lose the last
+	// transactions but never corrupts the file; klagg refills from the
+	// exchange after a restart anyway.
+	for _, pragma := range []string{"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA cache_size=-65536"} {
+		if err := sqlitex.ExecuteTransient(w, pragma, nil); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("store: set up %s (%s): %w", path, pragma, err)
+		}
 	}
 	if err := migrate(w); err != nil {
 		w.Close()

@@ -1,0 +1,225 @@
+package engine
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/synth"
+)
+
+const t0 = int64(1_699_999_200_000) // an hour boundary
+
+func trade(id, ms int64, price string, qty string, buyerMaker bool) kline.Trade {
+	p, _ := decimal.Parse(price)
+	q, _ := decimal.Parse(qty)
+	return kline.Trade{ID: id, Price: p, Qty: q, FirstID: id * 10, LastID: id*10 + 1, Time: ms, BuyerMaker: buyerMaker}
+}
+
+func TestClockClosesAndOpensAtPreviousClose(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute()}, 2*time.Second)
+	h.add("BTCUSDT")
+	h.trades("BTCUSDT", []kline.Trade{trade(1, t0+1000, "100.5", "2", false), trade(2, t0+2000, "101", "1", true)})
+	h.tick(t0 + 60_000 + 1999) // within grace: still open
+	h.sync()
+	ks := h.c.series("BTCUSDT", "1m")
+	if len(ks) != 1 || ks[0].Closed {
+		t.Fatalf("closed before grace passed: %+v", ks)
+	}
+	h.tick(t0 + 3*60_000 + 2001) // two quiet minutes then grace
+	h.sync()
+	ks = h.c.series("BTCUSDT", "1m")
+	if len(ks) != 4 {
+		t.Fatalf("got %d klines, want 4 (traded, 2 empty closed, 1 open)", len(ks))
+	}
+	close101, _ := decimal.Parse("101")
+	for i, k := range ks[1:] {
+		if k.Trades != 0 || k.Open != close101 || k.High != close101 || k.Low != close101 || k.Close != close101 || !k.Volume.IsZero() {
+			t.Errorf("empty kline %d not at previous close: %+v", i+1, k)
+		}
+		if k.FirstTradeID != -1 || k.LastTradeID != -1 {
+			t.Errorf("empty kline %d has trade ids", i+1)
+		}
+	}
+	if !ks[0].Closed || !ks[1].Closed || !ks[2].Closed || ks[3].Closed {
+		t.Errorf("closed flags: %v %v %v %v", ks[0].Closed, ks[1].Closed, ks[2].Closed, ks[3].Closed)
+	}
+	if ks[0].Trades != 4 || ks[0].Volume.String(8) != "3" || ks[0].TakerVolume.String(8) != "2" || ks[0].TakerQuoteVolume.String(16) != "201" {
+		t.Errorf("traded kline wrong: %+v", ks[0])
+	}
+}
+
+func TestLateTradeCorrectsClosedKline(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute(), kline.MustInterval("5m")}, 0)
+	h.add("X")
+	h.trades("X", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
+	h.tick(t0 + 60_000 + 10) // 1m closed by the clock; 5m still open
+	h.trades("X", []kline.Trade{trade(2, t0+59_000, "12", "1", false)})
+	h.sync()
+	ks := h.c.series("X", "1m")
+	if len(ks) != 2 || !ks[0].Closed || ks[0].Close != 12*decimal.Unit || ks[0].Trades != 4 {
+		t.Fatalf("late trade did not correct the closed kline: %+v", ks)
+	}
+	if ks[1].Open != 12*decimal.Unit || ks[1].Trades != 0 {
+		t.Errorf("open empty kline not moved to the corrected close: %+v", ks[1])
+	}
+	if st := h.e.Stats(); st.Late != 1 || st.TooLate != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	// Older than the last closed kline: counted, not applied.
+	h.tick(t0 + 3*60_000)
+	h.trades("X", []kline.Trade{trade(3, t0+30_000, "99", "1", false)})
+	h.sync()
+	if st := h.e.Stats(); st.TooLate != 1 {
+		t.Errorf("too-late trade not counted: %+v", st)
+	}
+	// The 5m kline is still open, so the same trade is simply applied there.
+	if ks := h.c.series("X", "5m"); len(ks) != 1 || ks[0].Trades != 6 || ks[0].High != 99*decimal.Unit {
+		t.Errorf("5m kline: %+v", ks)
+	}
+}
+
+func TestDuplicatesAndUnknownSymbols(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute()}, 0)
+	h.add("X")
+	tr := trade(5, t0+1, "1", "1", true)
+	h.trades("X", []kline.Trade{tr, tr, trade(4, t0+2, "2", "1", true)})
+	h.trades("Y", []kline.Trade{tr})
+	h.sync()
+	st := h.e.Stats()
+	if st.Trades != 1 || st.Duplicates != 2 || st.Unknown != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestRemoveSymbolFinalizes(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute()}, 0)
+	h.add("X")
+	h.trades("X", []kline.Trade{trade(1, t0+1, "1", "1", true)})
+	if err := h.e.RemoveSymbol(context.Background(), "X"); err != nil {
+		t.Fatal(err)
+	}
+	h.trades("X", []kline.Trade{trade(2, t0+2, "1", "1", true)})
+	h.sync()
+	ks := h.c.series("X", "1m")
+	if len(ks) != 1 || !ks[0].Closed || ks[0].Trades != 2 {
+		t.Fatalf("removed symbol's kline not finalized: %+v", ks)
+	}
+	if h.e.Stats().Unknown != 1 {
+		t.Fatal("trade after removal not counted as unknown")
+	}
+}
+
+// TestProperties runs random trade sequences through the engine.
+func TestProperties(t *testing.T) {
+	ivs := append(kline.BinanceIntervals(), kline.MustInterval("2m"), kline.MustInterval("90m"))
+	kline.SortIntervals(ivs)
+	for seed := uint64(1); seed <= 5; seed++ {
+		m := synth.DefaultMarket(int(seed), seed, t0-int64(seed)*7_777_777)
+		m.MeanGapMs = 5_000
+		m.QuietEvery = 50
+		st := synth.NewStream(m)
+		trades := make([]kline.Trade, 20_000)
+		var wantTrades int64
+		for i := range trades {
+			trades[i] = st.Next()
+			wantTrades += trades[i].LastID - trades[i].FirstID + 1
+		}
+		end := st.Time()
+		r := rand.New(rand.NewPCG(seed, 99))
+
+		run := func(batches func(func([]kline.Trade))) *collector {
+			h := newHarness(t, ivs, 0)
+			h.add(m.Symbol)
+			batches(func(b []kline.Trade) { h.trades(m.Symbol, b) })
+			h.tick(kline.MustInterval("1M").Next(kline.MustInterval("1M").Open(end)) + 1)
+			h.sync()
+			h.stop()
+			return h.c
+		}
+		whole := run(func(send func([]kline.Trade)) { send(trades) })
+		split := run(func(send func([]kline.Trade)) {
+			for i := 0; i < len(trades); {
+				n := min(len(trades)-i, 1+r.IntN(50))
+				send(trades[i : i+n])
+				i += n
+			}
+		})
+		dup := run(func(send func([]kline.Trade)) {
+			for i := range trades {
+				send(trades[i : i+1])
+				if r.IntN(10) == 0 {
+					send(trades[max(0, i-r.IntN(5)) : i+1]) // repeats
+				}
+			}
+		})
+
+		ones := whole.series(m.Symbol, "1m")
+		var sum int64
+		for _, k := range ones {
+			sum += k.Trades
+		}
+		if sum != wantTrades {
+			t.Fatalf("seed %d: Σ trades = %d, want Σ(l−f+1) = %d", seed, sum, wantTrades)
+		}
+		for _, iv := range ivs {
+			a, b, c := whole.series(m.Symbol, iv.String()), split.series(m.Symbol, iv.String()), dup.series(m.Symbol, iv.String())
+			if len(a) != len(b) || len(a) != len(c) {
+				t.Fatalf("seed %d %s: %d/%d/%d klines for whole/split/duplicated input", seed, iv, len(a), len(b), len(c))
+			}
+			roll := kline.Rollup(iv, ones)
+			if len(roll) != len(a) {
+				t.Fatalf("seed %d %s: %d klines, 1m rollup gives %d", seed, iv, len(a), len(roll))
+			}
+			for i := range a {
+				if a[i] != b[i] || a[i] != c[i] {
+					t.Fatalf("seed %d %s %d: batch split or duplicates changed the kline:\n%+v\n%+v\n%+v", seed, iv, a[i].OpenTime, a[i], b[i], c[i])
+				}
+				k := a[i]
+				if k.Low > k.Open || k.Low > k.Close || k.High < k.Open || k.High < k.Close {
+					t.Fatalf("seed %d %s: low ≤ open, close ≤ high violated: %+v", seed, iv, k)
+				}
+				if i > 0 && a[i].OpenTime != iv.Next(a[i-1].OpenTime) {
+					t.Fatalf("seed %d %s: gap after %d", seed, iv, a[i-1].OpenTime)
+				}
+				if i == 0 && iv.Open(ones[0].OpenTime) != ones[0].OpenTime {
+					continue // first bucket starts before the first trade in both
+				}
+				if roll[i] != k {
+					t.Fatalf("seed %d %s %d: engine kline differs from the 1m aggregate:\n%+v\n%+v", seed, iv, k.OpenTime, k, roll[i])
+				}
+			}
+		}
+	}
+}
+
+func TestCoalescerKeepsNewest(t *testing.T) {
+	c := NewCoalescer()
+	iv := kline.OneMinute()
+	for i := int64(0); i < 100; i++ {
+		c.Publish([]kline.Update{
+			{Symbol: "A", Interval: iv, Kline: kline.Kline{OpenTime: t0, Trades: i}},
+			{Symbol: "B", Interval: iv, Kline: kline.Kline{OpenTime: t0 + i%3, Trades: i}},
+		})
+	}
+	select {
+	case <-c.Ready():
+	default:
+		t.Fatal("not signalled")
+	}
+	got := c.Drain(nil)
+	if len(got) != 4 {
+		t.Fatalf("drained %d, want 4", len(got))
+	}
+	for _, u := range got {
+		if u.Symbol == "A" && u.Trades != 99 {
+			t.Errorf("A kept version %d, want 99", u.Trades)
+		}
+	}
+	if c.Len() != 0 || len(c.Drain(nil)) != 0 {
+		t.Fatal("not empty after drain")
+	}
+}

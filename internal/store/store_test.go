@@ -1,0 +1,209 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"testing"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+func testKline(open int64, i int64) kline.Kline {
+	return kline.Kline{
+		OpenTime: open, CloseTime: open + 59_999,
+		Open: 100*decimal.Unit + i, High: 101 * decimal.Unit, Low: 99 * decimal.Unit, Close: 100 * decimal.Unit,
+		Volume:      decimal.FromInt64(5 * decimal.Unit),
+		QuoteVolume: decimal.U128{Hi: 7, Lo: 12345}, // past int64: exact in TEXT
+		TakerVolume: decimal.FromInt64(2), TakerQuoteVolume: decimal.FromInt64(3),
+		Trades: i, FirstTradeID: i * 10, LastTradeID: i*10 + 9, Closed: i%2 == 0,
+	}
+}
+
+func open(t testing.TB) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "sub", "klagg.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestUpsertAndQuery(t *testing.T) {
+	s := open(t)
+	iv := kline.OneMinute()
+	var ups []kline.Update
+	for i := int64(0); i < 100; i++ {
+		ups = append(ups, kline.Update{Symbol: "BTCUSDT", Interval: iv, Kline: testKline(i*60_000, i)})
+	}
+	if err := s.Upsert(ups); err != nil {
+		t.Fatal(err)
+	}
+	// Idempotent, later wins.
+	ups[5].Trades = 555
+	if err := s.Upsert(ups[5:6]); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	all, err := s.Klines(ctx, Query{Symbol: "BTCUSDT", Interval: iv})
+	if err != nil || len(all) != 100 {
+		t.Fatalf("got %d klines, %v", len(all), err)
+	}
+	if all[5] != ups[5].Kline || all[7] != ups[7].Kline {
+		t.Fatalf("round trip:\n%+v\n%+v", all[5], ups[5].Kline)
+	}
+	rng, _ := s.Klines(ctx, Query{Symbol: "BTCUSDT", Interval: iv, Start: 10 * 60_000, End: 20 * 60_000, Limit: 5})
+	if len(rng) != 5 || rng[0].OpenTime != 10*60_000 {
+		t.Fatalf("range: %d from %d", len(rng), rng[0].OpenTime)
+	}
+	tail, _ := s.Klines(ctx, Query{Symbol: "BTCUSDT", Interval: iv, Limit: 3, FromEnd: true})
+	if len(tail) != 3 || tail[2].OpenTime != 99*60_000 || tail[0].OpenTime != 97*60_000 {
+		t.Fatalf("newest 3: %+v", tail)
+	}
+	last, ok, err := s.Last(ctx, "BTCUSDT", iv)
+	if err != nil || !ok || last.OpenTime != 99*60_000 {
+		t.Fatalf("last: %v %v %v", last.OpenTime, ok, err)
+	}
+	if _, ok, _ := s.Last(ctx, "ETHUSDT", iv); ok {
+		t.Fatal("last of unknown symbol")
+	}
+}
+
+func TestReopenKeepsDataAndSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sym := Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 2, QuantityPrecision: 3, OnboardDate: 1569398400000}
+	if err := s.PutSymbols([]Symbol{sym}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Upsert([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: testKline(0, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	syms, err := s.Symbols(context.Background())
+	if err != nil || len(syms) != 1 || syms[0] != sym {
+		t.Fatalf("symbols after reopen: %+v %v", syms, err)
+	}
+	series, _ := s.Series(context.Background())
+	if series[[2]string{"BTCUSDT", "1m"}] != 1 {
+		t.Fatalf("series after reopen: %v", series)
+	}
+}
+
+// fakeSource hands out updates published to it, like the engine's Coalescer.
+type fakeSource struct {
+	ch  chan []kline.Update
+	pen []kline.Update
+}
+
+func (f *fakeSource) Ready() <-chan struct{} { return nil }
+func (f *fakeSource) Drain(dst []kline.Update) []kline.Update {
+	for {
+		select {
+		case us := <-f.ch:
+			dst = append(dst, us...)
+		default:
+			return dst
+		}
+	}
+}
+
+func TestWriterFlushesOnStop(t *testing.T) {
+	s := open(t)
+	src := &fakeSource{ch: make(chan []kline.Update, 10)}
+	w := NewWriter(s, src, slog.New(slog.DiscardHandler))
+	for i := int64(0); i < 5; i++ {
+		src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(i*60_000, i)}}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // stop at once: everything pending must still be written
+	if err := w.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w.Written() != 5 {
+		t.Fatalf("written %d, want 5", w.Written())
+	}
+	ks, _ := s.Klines(context.Background(), Query{Symbol: "A", Interval: kline.OneMinute()})
+	if len(ks) != 5 {
+		t.Fatalf("stored %d", len(ks))
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.wmu.Lock()
+	err = execScript(s, "PRAGMA user_version=99")
+	s.wmu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(path); err == nil {
+		t.Fatal("opened a database from a newer klagg")
+	}
+}
+
+// BenchmarkUpsert measures kline upserts per second in batches of 5,000
+// spread over 100 symbols, half of them inserts and half updates.
+func BenchmarkUpsert(b *testing.B) {
+	s := open(b)
+	iv := kline.OneMinute()
+	batch := make([]kline.Update, 5000)
+	names := make([]string, 100)
+	for i := range names {
+		names[i] = fmt.Sprintf("S%03dUSDT", i)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range batch {
+			n := int64(i*len(batch)/2 + j)
+			batch[j] = kline.Update{Symbol: names[j%100], Interval: iv, Kline: testKline(n*60_000, n)}
+		}
+		if err := s.Upsert(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "upserts/s")
+}
+
+// BenchmarkUpsertLive is the service's pattern: the open klines of 1,000
+// symbols × 7 intervals rewritten batch after batch, with a new kline
+// opening for 1m every tenth batch.
+func BenchmarkUpsertLive(b *testing.B) {
+	s := open(b)
+	ivs, _ := kline.ParseIntervals("1m,5m,30m,1h,4h,1d,1w")
+	var batch []kline.Update
+	for sym := range 1000 {
+		for _, iv := range ivs {
+			batch = append(batch, kline.Update{Symbol: fmt.Sprintf("S%04dUSDT", sym), Interval: iv, Kline: testKline(0, int64(sym))})
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range batch {
+			batch[j].Trades++
+			if i%10 == 0 && batch[j].Interval.String() == "1m" {
+				batch[j].OpenTime += 60_000
+			}
+		}
+		if err := s.Upsert(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "upserts/s")
+}
