@@ -79,11 +79,11 @@ type Symbol struct {
 // Store is a SQLite kline database. Reads run concurrently on a pool; writes
 // are serialized on one connection.
 type Store struct {
-	path  string
-	wmu   sync.Mutex
-	w     *sqlite.Conn
-	read  *sqlitex.Pool
-	rbuf  []byte // guarded by wmu
+	path string
+	wmu  sync.Mutex
+	w    *sqlite.Conn
+	read *sqlitex.Pool
+	rbuf []byte // guarded by wmu
 }
 
 // Open opens or creates the database at path and brings its schema up to date.
