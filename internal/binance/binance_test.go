@@ -1,0 +1,108 @@
+package binance
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+const combined = `{"stream":"ctkusdt@aggTrade","data":{"e":"aggTrade","E":1626992741575,"a":16599292,"s":"CTKUSDT","p":"1.01100","q":"10","nq":"10","f":23961322,"l":23961325,"T":1626992741421,"m":false,"x":{"nested":[1,"}"]}}}`
+
+func TestParseAggTrade(t *testing.T) {
+	sym, tr, err := ParseAggTrade([]byte(combined))
+	want := kline.Trade{ID: 16599292, Price: 101100000, Qty: 10 * decimal.Unit, FirstID: 23961322, LastID: 23961325, Time: 1626992741421}
+	if err != nil || string(sym) != "CTKUSDT" || tr != want {
+		t.Fatalf("got %s %+v %v", sym, tr, err)
+	}
+	bare := `{"e":"aggTrade","E":1,"s":"X","a":1,"p":"1","q":"2","f":3,"l":3,"T":4,"m":true}`
+	if _, tr, err := ParseAggTrade([]byte(bare)); err != nil || !tr.BuyerMaker {
+		t.Fatalf("bare frame: %+v %v", tr, err)
+	}
+	for _, f := range []string{`{"result":null,"id":1}`, `{"stream":"x@kline_1m","data":{"e":"kline","k":{}}}`} {
+		if _, _, err := ParseAggTrade([]byte(f)); !errors.Is(err, ErrNotAggTrade) {
+			t.Errorf("%s: err = %v, want ErrNotAggTrade", f, err)
+		}
+	}
+	for _, f := range []string{``, `{`, `[]`, `{"e":"aggTrade"}`, `{"e":"aggTrade","E":1,"s":"X","a":1,"p":"x","q":"2","f":3,"l":3,"T":4,"m":true}`,
+		`{"e":"aggTrade","E":1,"s":"X","a":1,"p":"1","q":"2","f":3,"l":2,"T":4,"m":true}`,
+		`{"e":"aggTrade","E":1,"s":"X","a":1.5,"p":"1","q":"2","f":3,"l":3,"T":4,"m":true}`,
+		`{"e":"aggTrade","E":1,"s":"X","a":1,"p":"1","q":"2","f":3,"l":3,"T":4,"m":true} trailing`} {
+		if _, _, err := ParseAggTrade([]byte(f)); err == nil {
+			t.Errorf("%q accepted", f)
+		}
+	}
+}
+
+// FuzzParseAggTrade checks the hand-written scanner against encoding/json:
+// what it accepts, encoding/json reads the same way.
+func FuzzParseAggTrade(f *testing.F) {
+	f.Add(combined)
+	f.Add(`{"e":"aggTrade","E":1,"s":"X","a":1,"p":"1","q":"2","f":3,"l":3,"T":4,"m":true}`)
+	f.Add(`{"result":null,"id":1}`)
+	f.Fuzz(func(t *testing.T, frame string) {
+		sym, tr, err := ParseAggTrade([]byte(frame))
+		if err != nil {
+			return
+		}
+		// A map keeps keys exactly (struct decoding would match "t" to "T").
+		var env map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(frame), &env); err != nil {
+			// The scanner is lenient about the syntax of fields it skips;
+			// it must never be lenient about the fields it reads.
+			return
+		}
+		if d, ok := env["data"]; ok {
+			if err := json.Unmarshal(d, &env); err != nil {
+				return
+			}
+		}
+		str := func(k string) string {
+			var s string
+			if err := json.Unmarshal(env[k], &s); err != nil {
+				t.Fatalf("scanner accepted %s=%s", k, env[k])
+			}
+			return s
+		}
+		num := func(k string) int64 {
+			var v int64
+			if err := json.Unmarshal(env[k], &v); err != nil {
+				t.Fatalf("scanner accepted %s=%s", k, env[k])
+			}
+			return v
+		}
+		var m bool
+		if err := json.Unmarshal(env["m"], &m); err != nil {
+			t.Fatalf("scanner accepted m=%s", env["m"])
+		}
+		p, _ := decimal.Parse(str("p"))
+		q, _ := decimal.Parse(str("q"))
+		want := kline.Trade{ID: num("a"), Price: p, Qty: q, FirstID: num("f"), LastID: num("l"), Time: num("T"), BuyerMaker: m}
+		if str("e") != "aggTrade" || string(sym) != str("s") || tr != want {
+			t.Fatalf("scanner read %s %+v, encoding/json %+v", sym, tr, want)
+		}
+	})
+}
+
+func TestKlineArrayRoundTrip(t *testing.T) {
+	k := kline.Kline{OpenTime: 1, CloseTime: 60000, Open: 3700010000000, High: 3700010000000, Low: 3700000000000, Close: 3700000000000,
+		Volume: decimal.FromInt64(100000), QuoteVolume: decimal.Mul(3700010000000, 100000), Trades: 3,
+		TakerVolume: decimal.FromInt64(0), TakerQuoteVolume: decimal.FromInt64(0)}
+	b := AppendKlineArray(nil, &k, kline.Precision{Price: 2, Qty: 3})
+	want := `[1,"37000.10","37000.10","37000.00","37000.00","0.001",60000,"37.00010",3,"0.000","0.00000","0"]`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+	var raw []json.RawMessage
+	json.Unmarshal(b, &raw)
+	back, n, err := ParseKlineArray(raw)
+	if err != nil || n != 12 {
+		t.Fatal(err)
+	}
+	back.FirstTradeID, back.LastTradeID, back.Closed = 0, 0, false
+	if back != k {
+		t.Fatalf("round trip: %+v", back)
+	}
+}
