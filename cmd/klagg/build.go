@@ -78,7 +78,16 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "built %d symbols from %d files: %d rows (%d duplicates ignored) in %s, %.0f rows/s\n",
 		st.Symbols, st.Files, st.Rows, st.Duplicates, el.Round(time.Millisecond), float64(st.Rows)/el.Seconds())
 	for _, iv := range ivs {
-		fmt.Fprintf(e.stdout, "  %-4s %d klines\n", iv, st.Klines[iv.String()])
+		fmt.Fprintf(e.stdout, "  %-4s %d klines", iv, st.Klines[iv.String()])
+		if n := st.Partial[iv.String()]; n > 0 {
+			where := "not written to the CSV files"
+			if *db != "" {
+				where = "stored as open"
+			}
+			fmt.Fprintf(e.stdout, " (+%d only partly covered by the input dates: %s)", n, where)
+		}
+		fmt.Fprintln(e.stdout)
 	}
+	fmt.Fprintf(e.stdout, "peak memory %d MB\n", peakRSSMB())
 	return nil
 }

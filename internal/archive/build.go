@@ -36,14 +36,15 @@ type BuildStats struct {
 	Files, Symbols int
 	Rows           int64
 	Duplicates     int64
-	Klines         map[string]int // by interval
+	Klines         map[string]int // fully covered klines, by interval
+	Partial        map[string]int // klines the input covers only in part, by interval
 }
 
 // Build reads aggTrades archives, groups them by symbol, and hands every
 // symbol's klines of every interval to out. Rows may come in any order and
 // repeat: klines are aggregated by aggregate id, not by row order.
 func Build(ctx context.Context, cfg BuildConfig, out Output) (BuildStats, error) {
-	st := BuildStats{Klines: map[string]int{}}
+	st := BuildStats{Klines: map[string]int{}, Partial: map[string]int{}}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -102,11 +103,15 @@ func Build(ctx context.Context, cfg BuildConfig, out Output) (BuildStats, error)
 			}
 			for i := range ks {
 				ks[i].Closed = cov.covers(ks[i].OpenTime, ks[i].CloseTime)
+				if ks[i].Closed {
+					st.Klines[iv.String()]++
+				} else {
+					st.Partial[iv.String()]++
+				}
 			}
 			if err := out.WriteKlines(sym, iv, prec, ks); err != nil {
 				return st, err
 			}
-			st.Klines[iv.String()] += len(ks)
 		}
 		log.Info("built klines", "symbol", sym, "rows", ts.Rows, "duplicates", series.Duplicates(),
 			"price_decimals", prec.Price, "qty_decimals", prec.Qty)

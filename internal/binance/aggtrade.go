@@ -116,9 +116,8 @@ func ParseAggTrade(frame []byte) (symbol []byte, t kline.Trade, err error) {
 // where a value is needed (Binance never escapes these fields) and skipped
 // correctly elsewhere.
 type scanner struct {
-	b   []byte
-	i   int
-	err string
+	b []byte
+	i int
 }
 
 func (s *scanner) fail(msg string) error {

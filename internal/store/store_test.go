@@ -103,8 +103,7 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 
 // fakeSource hands out updates published to it, like the engine's Coalescer.
 type fakeSource struct {
-	ch  chan []kline.Update
-	pen []kline.Update
+	ch chan []kline.Update
 }
 
 func (f *fakeSource) Ready() <-chan struct{} { return nil }

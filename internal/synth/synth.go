@@ -5,6 +5,8 @@
 package synth
 
 import (
+	"bufio"
+	"io"
 	"math/rand/v2"
 	"strconv"
 
@@ -75,6 +77,7 @@ type Stream struct {
 	id     int64
 	tradID int64
 	time   int64
+	back   *kline.Trade // a trade handed back by WriteCSV
 }
 
 // NewStream starts m's trade stream.
@@ -100,6 +103,10 @@ func pow10(n int) int64 {
 
 // Next returns the next trade.
 func (s *Stream) Next() kline.Trade {
+	if t := s.back; t != nil {
+		s.back = nil
+		return *t
+	}
 	gap := int64(s.r.ExpFloat64() * s.m.MeanGapMs)
 	if s.m.QuietEvery > 0 && s.r.IntN(s.m.QuietEvery) == 0 {
 		gap += int64(60_000 + s.r.IntN(5*60_000))
@@ -152,3 +159,30 @@ func AppendCSV(dst []byte, t *kline.Trade, p kline.Precision) []byte {
 
 // CSVHeader is the header row of futures aggTrades archives.
 const CSVHeader = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker\n"
+
+// WriteCSV writes the stream's trades as futures aggTrades archive rows
+// (with a header row when header is set) until a trade would reach time
+// until or rows have been written, whichever is first (rows ≤ 0: no limit).
+// It returns how many rows it wrote; the trade that stopped it is the
+// stream's next.
+func WriteCSV(w io.Writer, s *Stream, until int64, rows int, header bool) (int, error) {
+	bw := bufio.NewWriterSize(w, 1<<16)
+	if header {
+		bw.WriteString(CSVHeader)
+	}
+	var line []byte
+	n := 0
+	for rows <= 0 || n < rows {
+		t := s.Next()
+		if t.Time >= until {
+			s.back = &t // it belongs to the next file
+			break
+		}
+		line = AppendCSV(line[:0], &t, s.m.Precision)
+		if _, err := bw.Write(line); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, bw.Flush()
+}
