@@ -34,6 +34,9 @@ func commands() []command {
 	return []command{
 		{"build", "[-intervals 1m,5m,...] (-out DIR | -db PATH) FILE...", "turn aggTrades archives into klines", runBuild},
 		{"verify", "(-db PATH | -ours FILE...) REFERENCE...", "compare klines with Binance's, field by field", runVerify},
+		{"backfill", "", "store closed klines from REST for every symbol and interval, then exit", runBackfill},
+		{"demo", "[-symbols N]", "run the service against a built-in fake exchange (no network needed)", runDemo},
+		{"fake-exchange", "[-symbols N] [-speed X] [-listen ADDR]", "run the fake Binance exchange alone", runFakeExchange},
 	}
 }
 
@@ -140,8 +143,4 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return errUsage
 	}
 	return nil
-}
-
-func runService(ctx context.Context, e *env, args []string) error {
-	return fmt.Errorf("the live service is not built yet; use 'klagg build' or 'klagg verify'")
 }

@@ -88,7 +88,8 @@ func (k *Kline) AddProduct(t *Trade, pq decimal.U128) {
 
 // Merge folds o, a kline covering part of k's time range, into k. Klines
 // without trades carry no information beyond their price, which the caller
-// set when it created k.
+// set when it created k. Klines without trade ids (from REST) must be merged
+// in time order.
 func (k *Kline) Merge(o *Kline) {
 	if o.Trades == 0 {
 		return
@@ -99,11 +100,17 @@ func (k *Kline) Merge(o *Kline) {
 	} else {
 		k.High = max(k.High, o.High)
 		k.Low = min(k.Low, o.Low)
-		if o.FirstTradeID < k.FirstTradeID {
-			k.Open, k.FirstTradeID = o.Open, o.FirstTradeID
-		}
-		if o.LastTradeID > k.LastTradeID {
-			k.Close, k.LastTradeID = o.Close, o.LastTradeID
+		switch {
+		case o.FirstTradeID < 0 || k.FirstTradeID < 0:
+			// REST klines carry no trade ids; they are merged in time order.
+			k.Close, k.LastTradeID = o.Close, max(k.LastTradeID, o.LastTradeID)
+		default:
+			if o.FirstTradeID < k.FirstTradeID {
+				k.Open, k.FirstTradeID = o.Open, o.FirstTradeID
+			}
+			if o.LastTradeID > k.LastTradeID {
+				k.Close, k.LastTradeID = o.Close, o.LastTradeID
+			}
 		}
 	}
 	k.Trades += o.Trades

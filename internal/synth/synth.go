@@ -133,6 +133,9 @@ func (s *Stream) Next() kline.Trade {
 	return t
 }
 
+// Unread hands t back: the next call to Next returns it again.
+func (s *Stream) Unread(t kline.Trade) { s.back = &t }
+
 // Time is the time of the last trade generated (or the start).
 func (s *Stream) Time() int64 { return s.time }
 
@@ -175,7 +178,7 @@ func WriteCSV(w io.Writer, s *Stream, until int64, rows int, header bool) (int, 
 	for rows <= 0 || n < rows {
 		t := s.Next()
 		if t.Time >= until {
-			s.back = &t // it belongs to the next file
+			s.Unread(t) // it belongs to the next file
 			break
 		}
 		line = AppendCSV(line[:0], &t, s.m.Precision)

@@ -1,0 +1,316 @@
+package binance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Client calls Binance's USDⓈ-M REST API within a request-weight budget.
+type Client struct {
+	base   string
+	http   *http.Client
+	log    *slog.Logger
+	weight *Weight
+}
+
+// NewClient returns a client for the REST root base (https://fapi.binance.com)
+// using hc for transport and budget weight per minute.
+func NewClient(base string, hc *http.Client, budget int, log *slog.Logger) *Client {
+	return &Client{base: strings.TrimRight(base, "/"), http: hc, log: log, weight: NewWeight(budget)}
+}
+
+// Weight returns the client's weight accounting.
+func (c *Client) Weight() *Weight { return c.weight }
+
+// APIError is an error answer from Binance.
+type APIError struct {
+	Status int
+	Code   int    `json:"code"`
+	Msg    string `json:"msg"`
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("binance answered %d: %s (code %d)", e.Status, e.Msg, e.Code)
+}
+
+// Weight keeps klagg within Binance's per-IP request weight per minute.
+//
+// Binance counts weight in fixed wall-clock minutes and reports the minute's
+// total in X-MBX-USED-WEIGHT-1M. A token bucket (golang.org/x/time/rate)
+// would allow a full burst at the end of one minute and again at the start
+// of the next while still over-running a fixed window; this small
+// fixed-window counter mirrors the server's own rule instead.
+type Weight struct {
+	mu      sync.Mutex
+	budget  int
+	window  time.Time // start of the current minute
+	used    int       // reserved or reported, whichever is higher
+	blocked time.Time // no requests before this (429 / 418)
+	total   int64
+}
+
+// NewWeight returns a budget of n weight per minute.
+func NewWeight(n int) *Weight { return &Weight{budget: n} }
+
+// Acquire waits until w weight can be spent without exceeding the budget.
+func (wt *Weight) Acquire(ctx context.Context, w int) error {
+	for {
+		wt.mu.Lock()
+		now := time.Now()
+		if m := now.Truncate(time.Minute); m.After(wt.window) {
+			wt.window, wt.used = m, 0
+		}
+		var wait time.Duration
+		switch {
+		case now.Before(wt.blocked):
+			wait = wt.blocked.Sub(now)
+		case wt.used+w > wt.budget:
+			wait = wt.window.Add(time.Minute).Sub(now) + 10*time.Millisecond
+		default:
+			wt.used += w
+			wt.total += int64(w)
+			wt.mu.Unlock()
+			return nil
+		}
+		wt.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// report takes the server's count for the current minute.
+func (wt *Weight) report(used int) {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	wt.used = max(wt.used, used)
+}
+
+// block stops all requests until now+d.
+func (wt *Weight) block(d time.Duration) {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	if t := time.Now().Add(d); t.After(wt.blocked) {
+		wt.blocked = t
+	}
+}
+
+// Used returns the weight used in the current minute and in total.
+func (wt *Weight) Used() (minute int, total int64) {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	if time.Now().Truncate(time.Minute).After(wt.window) {
+		return 0, wt.total
+	}
+	return wt.used, wt.total
+}
+
+// get performs a GET with weight w, retrying server errors and network
+// failures with backoff and waiting out 429 and 418 as Retry-After says.
+func (c *Client) get(ctx context.Context, path string, q url.Values, w int, dst any) error {
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	backoff := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		if err := c.weight.Acquire(ctx, w); err != nil {
+			return err
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.http.Do(req)
+		var retry time.Duration
+		if err == nil {
+			body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			resp.Body.Close()
+			if used, perr := strconv.Atoi(resp.Header.Get("X-MBX-USED-WEIGHT-1M")); perr == nil {
+				c.weight.report(used)
+			}
+			switch {
+			case rerr != nil:
+				err = rerr
+			case resp.StatusCode == http.StatusOK:
+				if err := json.Unmarshal(body, dst); err != nil {
+					return fmt.Errorf("GET %s: unexpected answer: %w", path, err)
+				}
+				return nil
+			case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusTeapot:
+				retry = retryAfter(resp)
+				c.weight.block(retry)
+				c.log.Warn("binance rate limit: pausing REST requests", "status", resp.StatusCode, "retry_after", retry, "path", path)
+				continue
+			case resp.StatusCode >= 500:
+				err = fmt.Errorf("GET %s: server error %d", path, resp.StatusCode)
+			default:
+				ae := &APIError{Status: resp.StatusCode}
+				if json.Unmarshal(body, ae) != nil {
+					ae.Msg = strings.TrimSpace(string(body))
+				}
+				return fmt.Errorf("GET %s: %w", path, ae)
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if attempt >= 8 {
+			return fmt.Errorf("GET %s failed %d times, last: %w", path, attempt, err)
+		}
+		c.log.Debug("binance request failed, retrying", "path", path, "err", err, "in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func retryAfter(resp *http.Response) time.Duration {
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	return 60 * time.Second
+}
+
+// ServerTime returns the exchange's clock.
+func (c *Client) ServerTime(ctx context.Context) (time.Time, error) {
+	var r struct {
+		ServerTime int64 `json:"serverTime"`
+	}
+	if err := c.get(ctx, "/fapi/v1/time", nil, 1, &r); err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(r.ServerTime), nil
+}
+
+// SymbolInfo is the part of exchangeInfo klagg uses.
+type SymbolInfo struct {
+	Symbol            string `json:"symbol"`
+	ContractType      string `json:"contractType"`
+	Status            string `json:"status"`
+	BaseAsset         string `json:"baseAsset"`
+	QuoteAsset        string `json:"quoteAsset"`
+	PricePrecision    int    `json:"pricePrecision"`
+	QuantityPrecision int    `json:"quantityPrecision"`
+	OnboardDate       int64  `json:"onboardDate"`
+}
+
+// ExchangeInfo returns every symbol the exchange lists.
+func (c *Client) ExchangeInfo(ctx context.Context) ([]SymbolInfo, error) {
+	var r struct {
+		Symbols []SymbolInfo `json:"symbols"`
+	}
+	if err := c.get(ctx, "/fapi/v1/exchangeInfo", nil, 1, &r); err != nil {
+		return nil, err
+	}
+	return r.Symbols, nil
+}
+
+// KlinesWeight is Binance's weight of a klines request with this limit.
+func KlinesWeight(limit int) int {
+	switch {
+	case limit < 100:
+		return 1
+	case limit < 500:
+		return 2
+	case limit <= 1000:
+		return 5
+	}
+	return 10
+}
+
+// Klines returns up to limit klines of symbol and iv with open time ≥ start
+// (and ≤ end when end > 0), oldest first. REST klines carry no trade ids:
+// FirstTradeID and LastTradeID are -1.
+func (c *Client) Klines(ctx context.Context, symbol string, iv kline.Interval, start, end int64, limit int) ([]kline.Kline, error) {
+	q := url.Values{"symbol": {symbol}, "interval": {iv.String()}, "limit": {strconv.Itoa(limit)}}
+	if start > 0 {
+		q.Set("startTime", strconv.FormatInt(start, 10))
+	}
+	if end > 0 {
+		q.Set("endTime", strconv.FormatInt(end, 10))
+	}
+	var rows [][]json.RawMessage
+	if err := c.get(ctx, "/fapi/v1/klines", q, KlinesWeight(limit), &rows); err != nil {
+		return nil, err
+	}
+	out := make([]kline.Kline, 0, len(rows))
+	for _, r := range rows {
+		k, _, err := ParseKlineArray(r)
+		if err != nil {
+			return nil, fmt.Errorf("klines of %s %s: %w", symbol, iv, err)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// AggTradesWeight is the weight of one aggTrades request.
+const AggTradesWeight = 20
+
+// AggTrades returns up to limit (≤ 1000) aggregated trades of symbol: from
+// aggregate id fromID when fromID ≥ 0, else from time start (within an
+// hour), else the most recent ones.
+func (c *Client) AggTrades(ctx context.Context, symbol string, fromID, start int64, limit int) ([]kline.Trade, error) {
+	q := url.Values{"symbol": {symbol}, "limit": {strconv.Itoa(limit)}}
+	switch {
+	case fromID >= 0:
+		q.Set("fromId", strconv.FormatInt(fromID, 10))
+	case start >= 0:
+		q.Set("startTime", strconv.FormatInt(start, 10))
+		q.Set("endTime", strconv.FormatInt(start+time.Hour.Milliseconds()-1, 10))
+	}
+	var rows []struct {
+		A int64  `json:"a"`
+		P string `json:"p"`
+		Q string `json:"q"`
+		F int64  `json:"f"`
+		L int64  `json:"l"`
+		T int64  `json:"T"`
+		M bool   `json:"m"`
+	}
+	if err := c.get(ctx, "/fapi/v1/aggTrades", q, AggTradesWeight, &rows); err != nil {
+		return nil, err
+	}
+	out := make([]kline.Trade, len(rows))
+	for i, r := range rows {
+		p, err := decimal.Parse(r.P)
+		if err != nil {
+			return nil, fmt.Errorf("aggTrades of %s: price: %w", symbol, err)
+		}
+		qty, err := decimal.Parse(r.Q)
+		if err != nil {
+			return nil, fmt.Errorf("aggTrades of %s: quantity: %w", symbol, err)
+		}
+		out[i] = kline.Trade{ID: r.A, Price: p, Qty: qty, FirstID: r.F, LastID: r.L, Time: r.T, BuyerMaker: r.M}
+	}
+	return out, nil
+}
+
+// IsInvalidSymbol reports whether err is Binance's "Invalid symbol" answer.
+func IsInvalidSymbol(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == -1121
+}

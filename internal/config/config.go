@@ -1,0 +1,214 @@
+// Package config owns klagg's configuration: the TOML file, its embedded
+// defaults, and validation with messages that name the key at fault.
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+//go:embed default.toml
+var defaultTOML []byte
+
+// Default returns the embedded default configuration file.
+func Default() []byte { return bytes.Clone(defaultTOML) }
+
+// Duration is a time.Duration written as "3s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"250ms\", \"3s\" or \"5m\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is klagg's configuration.
+type Config struct {
+	Exchange struct {
+		RESTURL              string   `toml:"rest_url"`
+		WSURL                string   `toml:"ws_url"`
+		Proxy                string   `toml:"proxy"`
+		WeightPerMinute      int      `toml:"weight_per_minute"`
+		StreamsPerConnection int      `toml:"streams_per_connection"`
+		ReadTimeout          Duration `toml:"read_timeout"`
+		RotateAfter          Duration `toml:"rotate_after"`
+		SymbolsPoll          Duration `toml:"symbols_poll"`
+		TimeSync             Duration `toml:"time_sync"`
+	} `toml:"exchange"`
+	Symbols struct {
+		Include []string `toml:"include"`
+		Exclude []string `toml:"exclude"`
+	} `toml:"symbols"`
+	Klines struct {
+		Intervals     []string `toml:"intervals"`
+		Grace         Duration `toml:"grace"`
+		BackfillLimit int      `toml:"backfill_limit"`
+	} `toml:"klines"`
+	Reconcile struct {
+		Enabled bool     `toml:"enabled"`
+		Delay   Duration `toml:"delay"`
+	} `toml:"reconcile"`
+	Database struct {
+		Path string `toml:"path"`
+	} `toml:"database"`
+	Server struct {
+		Listen string `toml:"listen"`
+	} `toml:"server"`
+	Log struct {
+		StatusInterval Duration `toml:"status_interval"`
+	} `toml:"log"`
+
+	// Intervals is Klines.Intervals parsed, shortest first.
+	Intervals []kline.Interval `toml:"-"`
+}
+
+// DefaultPath is where the config is read when CONFIG_PATH is not set.
+const DefaultPath = "config/aggregate_config.toml"
+
+// Load reads the configuration: defaults, overlaid with the file at path.
+// When the file does not exist it is created with the defaults and created
+// is true.
+func Load(path string) (cfg *Config, created bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, false, fmt.Errorf("config %s is missing and its folder cannot be created: %w", path, err)
+		}
+		if err := os.WriteFile(path, defaultTOML, 0o644); err != nil {
+			return nil, false, fmt.Errorf("config %s is missing and cannot be written: %w", path, err)
+		}
+		created = true
+		data = defaultTOML
+	} else if err != nil {
+		return nil, false, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err = Parse(data)
+	if err != nil {
+		return nil, created, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, created, nil
+}
+
+// Parse reads TOML over the defaults and validates the result. Unknown keys
+// are errors that name the key and its line.
+func Parse(data []byte) (*Config, error) {
+	cfg := &Config{}
+	if err := decode(defaultTOML, cfg); err != nil {
+		return nil, fmt.Errorf("embedded defaults: %w", err)
+	}
+	if err := decode(data, cfg); err != nil {
+		return nil, err
+	}
+	return cfg, cfg.validate()
+}
+
+func decode(data []byte, cfg *Config) error {
+	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			var keys []string
+			for _, e := range sm.Errors {
+				row, _ := e.Position()
+				keys = append(keys, fmt.Sprintf("%q (line %d)", strings.Join(e.Key(), "."), row))
+			}
+			return fmt.Errorf("unknown key %s: check its spelling against the defaults (klagg -h shows where they are written)", strings.Join(keys, ", "))
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return fmt.Errorf("line %d, column %d: %s (key %s)", row, col, de.Error(), strings.Join(de.Key(), "."))
+		}
+		return err
+	}
+	return nil
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+	checkURL := func(key, v string, schemes ...string) {
+		u, err := url.Parse(v)
+		if err != nil || u.Host == "" {
+			bad(key, "%q is not a URL like %s://host", v, schemes[0])
+			return
+		}
+		for _, s := range schemes {
+			if u.Scheme == s {
+				return
+			}
+		}
+		bad(key, "scheme %q is not one of %s", u.Scheme, strings.Join(schemes, ", "))
+	}
+	checkURL("exchange.rest_url", c.Exchange.RESTURL, "https", "http")
+	checkURL("exchange.ws_url", c.Exchange.WSURL, "wss", "ws")
+	if c.Exchange.Proxy != "" {
+		checkURL("exchange.proxy", c.Exchange.Proxy, "http", "https", "socks5", "socks5h")
+	}
+	if w := c.Exchange.WeightPerMinute; w < 10 || w > 6000 {
+		bad("exchange.weight_per_minute", "%d is outside 10..6000 (Binance allows 2400)", w)
+	}
+	if n := c.Exchange.StreamsPerConnection; n < 1 || n > 1024 {
+		bad("exchange.streams_per_connection", "%d is outside 1..1024 (Binance's limit)", n)
+	}
+	positive := func(key string, d Duration) {
+		if d.Duration <= 0 {
+			bad(key, "must be positive, e.g. \"5s\"")
+		}
+	}
+	positive("exchange.read_timeout", c.Exchange.ReadTimeout)
+	positive("exchange.rotate_after", c.Exchange.RotateAfter)
+	positive("exchange.symbols_poll", c.Exchange.SymbolsPoll)
+	positive("exchange.time_sync", c.Exchange.TimeSync)
+	positive("log.status_interval", c.Log.StatusInterval)
+	if c.Exchange.RotateAfter.Duration >= 24*time.Hour {
+		bad("exchange.rotate_after", "%s is not before Binance's 24h connection cut", c.Exchange.RotateAfter)
+	}
+	if c.Klines.Grace.Duration < 0 {
+		bad("klines.grace", "must not be negative")
+	}
+	if c.Reconcile.Delay.Duration < 0 {
+		bad("reconcile.delay", "must not be negative")
+	}
+	if n := c.Klines.BackfillLimit; n < 0 || n > 100_000 {
+		bad("klines.backfill_limit", "%d is outside 0..100000", n)
+	}
+	ivs, err := kline.ParseIntervals(strings.Join(c.Klines.Intervals, ","))
+	if err != nil {
+		bad("klines.intervals", "%v", err)
+	}
+	c.Intervals = ivs
+	if c.Database.Path == "" {
+		bad("database.path", "must not be empty")
+	}
+	if c.Server.Listen == "" {
+		bad("server.listen", "must not be empty, e.g. \"127.0.0.1:8080\"")
+	}
+	for i, s := range c.Symbols.Include {
+		c.Symbols.Include[i] = strings.ToUpper(s)
+	}
+	for i, s := range c.Symbols.Exclude {
+		c.Symbols.Exclude[i] = strings.ToUpper(s)
+	}
+	return errors.Join(errs...)
+}

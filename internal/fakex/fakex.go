@@ -1,0 +1,437 @@
+// Package fakex is klagg's fake Binance USDⓈ-M exchange, in the spirit of
+// net/http/httptest: a loopback server that speaks Binance's REST and
+// WebSocket protocol from generated trades, computes its own reference
+// klines with a separate, deliberately plain implementation, and misbehaves
+// on command (dropped or stalled connections, malformed frames, 429/418/5xx,
+// lifetime cuts, listings and delistings, a shifted clock).
+//
+// Its clock is simulated: it starts at Config.Start and runs Config.Speed
+// times faster than the wall clock, so a test can live through 30 minutes
+// of market in a few seconds.
+package fakex
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/synth"
+)
+
+// Config sets up an Exchange. Zero fields take the defaults in brackets.
+type Config struct {
+	Symbols int           // generated symbols trading from the start [10]
+	Seed    uint64        // generator seed [1]
+	Start   time.Time     // simulated time at the start [now, truncated to the minute]
+	History time.Duration // trades generated before Start, for backfill [0]
+	Speed   float64       // simulated seconds per wall-clock second [1]
+	// MeanGap is the mean simulated time between one symbol's trades [200ms].
+	MeanGap time.Duration
+	// QuietEvery makes about one gap in N a quiet stretch of minutes [0: never].
+	QuietEvery int
+
+	PingInterval      time.Duration // server pings [3m]
+	Lifetime          time.Duration // connections are cut after this [24h]
+	MaxStreamsPerConn int           // [1024]
+	MaxMsgsPerSecond  int           // incoming messages per second per connection [10]
+	WeightPerMinute   int           // REST request weight per minute [2400]
+	// Tick is the wall-clock period of trade generation and delivery [10ms].
+	Tick time.Duration
+	// Addr is the listen address [127.0.0.1:0, a free port].
+	Addr string
+	Log  *slog.Logger
+}
+
+// Exchange is a running fake exchange.
+type Exchange struct {
+	cfg  Config
+	srv  *http.Server
+	ln   net.Listener
+	log  *slog.Logger
+	stop context.CancelFunc
+	done chan struct{}
+
+	mu       sync.Mutex
+	realT0   time.Time
+	shift    time.Duration
+	simNow   int64 // last simulated time generated up to
+	symbols  []*symbol
+	bySym    map[string]*symbol
+	conns    map[*wsConn]bool
+	weight   weightWindow
+	restFail []restFault
+	stats    Stats
+	waiters  []waiter
+}
+
+type waiter struct {
+	at int64
+	ch chan struct{}
+}
+
+// Stats are what the exchange observed, for tests to assert on.
+type Stats struct {
+	Connections   int // WebSocket connections accepted
+	Subscribes    int
+	RESTRequests  int
+	Rejected429   int
+	Banned418     int
+	MaxWeight1M   int // highest request weight used in any minute window
+	TradesSent    int
+	LifetimeCuts  int
+	ServerErrors  int
+	MessagesLimit int // connections closed for exceeding the message rate
+}
+
+type symbol struct {
+	name    string
+	prec    kline.Precision
+	status  string
+	onboard int64
+	stream  *synth.Stream
+	trades  []kline.Trade // the whole history, in id order
+}
+
+// New starts an exchange on a loopback port.
+func New(cfg Config) (*Exchange, error) {
+	if cfg.Symbols == 0 {
+		cfg.Symbols = 10
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = 1
+	}
+	if cfg.Start.IsZero() {
+		cfg.Start = time.Now().Truncate(time.Minute)
+	}
+	if cfg.Speed == 0 {
+		cfg.Speed = 1
+	}
+	if cfg.MeanGap == 0 {
+		cfg.MeanGap = 200 * time.Millisecond
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 3 * time.Minute
+	}
+	if cfg.Lifetime == 0 {
+		cfg.Lifetime = 24 * time.Hour
+	}
+	if cfg.MaxStreamsPerConn == 0 {
+		cfg.MaxStreamsPerConn = 1024
+	}
+	if cfg.MaxMsgsPerSecond == 0 {
+		cfg.MaxMsgsPerSecond = 10
+	}
+	if cfg.WeightPerMinute == 0 {
+		cfg.WeightPerMinute = 2400
+	}
+	if cfg.Tick == 0 {
+		cfg.Tick = 10 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	x := &Exchange{
+		cfg: cfg, log: cfg.Log, bySym: map[string]*symbol{}, conns: map[*wsConn]bool{},
+		done: make(chan struct{}), realT0: time.Now(),
+	}
+	from := cfg.Start.Add(-cfg.History).UnixMilli()
+	for i := 0; i < cfg.Symbols; i++ {
+		x.addSymbolLocked(i, from)
+	}
+	x.generateLocked(cfg.Start.UnixMilli())
+
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("fakex: listen: %w", err)
+	}
+	x.ln = ln
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /fapi/v1/ping", x.rest(1, x.handlePing))
+	mux.HandleFunc("GET /fapi/v1/time", x.rest(1, x.handleTime))
+	mux.HandleFunc("GET /fapi/v1/exchangeInfo", x.rest(1, x.handleExchangeInfo))
+	mux.HandleFunc("GET /fapi/v1/klines", x.rest(-1, x.handleKlines))
+	mux.HandleFunc("GET /fapi/v1/aggTrades", x.rest(20, x.handleAggTrades))
+	mux.HandleFunc("GET /market/stream", x.handleWS)
+	mux.HandleFunc("GET /market/ws/", x.handleWS)
+	x.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	x.stop = cancel
+	go x.srv.Serve(ln)
+	go x.run(ctx)
+	return x, nil
+}
+
+func (x *Exchange) addSymbolLocked(i int, from int64) *symbol {
+	m := synth.DefaultMarket(i, x.cfg.Seed, from)
+	m.MeanGapMs = float64(x.cfg.MeanGap) / float64(time.Millisecond)
+	m.QuietEvery = x.cfg.QuietEvery
+	s := &symbol{name: m.Symbol, prec: m.Precision, status: "TRADING", onboard: from, stream: synth.NewStream(m)}
+	x.symbols = append(x.symbols, s)
+	x.bySym[s.name] = s
+	return s
+}
+
+// URL is the base URL for REST ("http://127.0.0.1:port"); WebSocket uses
+// the same host with ws://.
+func (x *Exchange) URL() string { return "http://" + x.ln.Addr().String() }
+
+// WSURL is the WebSocket root (klagg appends /market/stream).
+func (x *Exchange) WSURL() string { return "ws://" + x.ln.Addr().String() }
+
+// Close stops the exchange and cuts every connection.
+func (x *Exchange) Close() {
+	x.stop()
+	<-x.done
+	x.mu.Lock()
+	for c := range x.conns {
+		c.kill()
+	}
+	x.mu.Unlock()
+	x.srv.Close()
+}
+
+// Now is the exchange's simulated time.
+func (x *Exchange) Now() time.Time {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return time.UnixMilli(x.nowLocked())
+}
+
+func (x *Exchange) nowLocked() int64 {
+	real := time.Since(x.realT0)
+	return x.cfg.Start.UnixMilli() + int64(float64(real.Milliseconds())*x.cfg.Speed) + x.shift.Milliseconds()
+}
+
+// run generates trades up to the simulated now every tick and pushes them
+// to subscribers.
+func (x *Exchange) run(ctx context.Context) {
+	defer close(x.done)
+	t := time.NewTicker(x.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		x.mu.Lock()
+		now := x.nowLocked()
+		fresh := x.generateLocked(now)
+		conns := make([]*wsConn, 0, len(x.conns))
+		for c := range x.conns {
+			conns = append(conns, c)
+		}
+		waiting := x.waiters[:0]
+		var due []chan struct{}
+		for _, w := range x.waiters {
+			if w.at <= now {
+				due = append(due, w.ch)
+			} else {
+				waiting = append(waiting, w)
+			}
+		}
+		x.waiters = waiting
+		x.mu.Unlock()
+		for _, c := range conns {
+			c.deliver(fresh, now)
+		}
+		for _, ch := range due {
+			close(ch)
+		}
+	}
+}
+
+// generateLocked extends every trading symbol's history to simulated time
+// now and returns the new trades by symbol.
+func (x *Exchange) generateLocked(now int64) map[string][]kline.Trade {
+	fresh := map[string][]kline.Trade{}
+	for _, s := range x.symbols {
+		if s.status != "TRADING" {
+			continue
+		}
+		for {
+			t := s.stream.Next()
+			if t.Time > now {
+				s.stream.Unread(t)
+				break
+			}
+			s.trades = append(s.trades, t)
+			fresh[s.name] = append(fresh[s.name], t)
+		}
+	}
+	if now > x.simNow {
+		x.simNow = now
+	}
+	return fresh
+}
+
+// WaitUntil blocks until the exchange has generated and sent every trade up
+// to simulated time t, or ctx ends.
+func (x *Exchange) WaitUntil(ctx context.Context, t time.Time) error {
+	ch := make(chan struct{})
+	x.mu.Lock()
+	x.waiters = append(x.waiters, waiter{t.UnixMilli(), ch})
+	x.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Symbols lists the symbols with their status.
+func (x *Exchange) Symbols() map[string]string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string]string{}
+	for _, s := range x.symbols {
+		out[s.name] = s.status
+	}
+	return out
+}
+
+// Trades returns a copy of symbol's trade history so far.
+func (x *Exchange) Trades(symbol string) []kline.Trade {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	s := x.bySym[symbol]
+	if s == nil {
+		return nil
+	}
+	return append([]kline.Trade(nil), s.trades...)
+}
+
+// Precision returns symbol's formatting precision.
+func (x *Exchange) Precision(symbol string) kline.Precision {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if s := x.bySym[symbol]; s != nil {
+		return s.prec
+	}
+	return kline.Precision{}
+}
+
+// Stats returns what the exchange observed so far.
+func (x *Exchange) Stats() Stats {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.stats
+}
+
+// ListSymbol adds a new TRADING symbol, onboarded now, and returns its name.
+func (x *Exchange) ListSymbol() string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	s := x.addSymbolLocked(len(x.symbols), x.nowLocked())
+	return s.name
+}
+
+// Delist stops a symbol trading (status SETTLING); its history stays.
+func (x *Exchange) Delist(symbol string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if s := x.bySym[symbol]; s != nil {
+		s.status = "SETTLING"
+	}
+}
+
+// ShiftClock moves the exchange's clock by d.
+func (x *Exchange) ShiftClock(d time.Duration) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.shift += d
+}
+
+// DropConnections closes every WebSocket connection at once, as a network
+// failure would.
+func (x *Exchange) DropConnections() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.conns {
+		c.kill()
+	}
+}
+
+// StallConnections stops sending anything, pings included, on every
+// current connection, without closing it.
+func (x *Exchange) StallConnections() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.conns {
+		c.stall()
+	}
+}
+
+// CutAtLifetime closes every current connection as its lifetime would.
+func (x *Exchange) CutAtLifetime() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.conns {
+		x.stats.LifetimeCuts++
+		c.cut("connection lifetime reached")
+	}
+}
+
+// SendMalformed queues n malformed or unknown frames on every connection.
+func (x *Exchange) SendMalformed(n int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.conns {
+		c.malformed(n)
+	}
+}
+
+type restFault struct {
+	status     int
+	retryAfter time.Duration
+}
+
+// FailREST makes the next REST requests fail, one per given status: 429 and
+// 418 carry Retry-After of retryAfter, anything else is a plain error.
+func (x *Exchange) FailREST(retryAfter time.Duration, statuses ...int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, s := range statuses {
+		x.restFail = append(x.restFail, restFault{s, retryAfter})
+	}
+}
+
+// ReferenceKlines computes symbol's klines of iv whose open time lies in
+// [from, to], from the exchange's own trade history, with a plain
+// implementation independent of klagg's engine. Intervals without trades
+// after the first trade are filled at the previous close.
+func (x *Exchange) ReferenceKlines(symbol string, iv kline.Interval, from, to int64) []kline.Kline {
+	x.mu.Lock()
+	s := x.bySym[symbol]
+	var trades []kline.Trade
+	if s != nil {
+		trades = s.trades
+	}
+	x.mu.Unlock()
+	return Reference(trades, iv, from, to)
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func streamSymbol(stream string) (string, string, bool) {
+	sym, kind, ok := strings.Cut(stream, "@")
+	return strings.ToUpper(sym), kind, ok
+}

@@ -1,0 +1,329 @@
+package fakex
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// weightWindow is Binance's per-IP request weight over one wall-clock minute.
+type weightWindow struct {
+	start      time.Time
+	used       int
+	warned     bool // a 429 was sent in this window
+	bannedTill time.Time
+}
+
+type apiError struct {
+	status int
+	code   int
+	msg    string
+}
+
+func badRequest(code int, msg string) *apiError { return &apiError{http.StatusBadRequest, code, msg} }
+
+// rest wraps a handler with Binance's weight accounting and failure modes.
+// A weight of -1 means the handler's weight depends on its parameters
+// (klines: by limit).
+func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *apiError)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		weight := weight
+		if weight < 0 {
+			weight = klinesWeight(r)
+		}
+		x.mu.Lock()
+		x.stats.RESTRequests++
+		realNow := time.Now()
+		ww := &x.weight
+		if realNow.Sub(ww.start) >= time.Minute {
+			ww.start, ww.used, ww.warned = realNow.Truncate(time.Minute), 0, false
+		}
+		var fault *restFault
+		if len(x.restFail) > 0 {
+			fault = &x.restFail[0]
+			x.restFail = x.restFail[1:]
+		}
+		status, retry := 0, time.Duration(0)
+		switch {
+		case realNow.Before(ww.bannedTill):
+			status, retry = http.StatusTeapot, ww.bannedTill.Sub(realNow)
+			x.stats.Banned418++
+		case fault != nil:
+			status, retry = fault.status, fault.retryAfter
+			switch status {
+			case http.StatusTeapot:
+				ww.bannedTill = realNow.Add(retry)
+				x.stats.Banned418++
+			case http.StatusTooManyRequests:
+				x.stats.Rejected429++
+			default:
+				x.stats.ServerErrors++
+			}
+		case ww.used+weight > x.cfg.WeightPerMinute:
+			retry = ww.start.Add(time.Minute).Sub(realNow)
+			if ww.warned {
+				// Ignoring a 429 earns a ban.
+				status, ww.bannedTill = http.StatusTeapot, realNow.Add(2*time.Minute)
+				retry = 2 * time.Minute
+				x.stats.Banned418++
+			} else {
+				status, ww.warned = http.StatusTooManyRequests, true
+				x.stats.Rejected429++
+			}
+		default:
+			ww.used += weight
+			x.stats.MaxWeight1M = max(x.stats.MaxWeight1M, ww.used)
+		}
+		used := ww.used
+		now := x.nowLocked()
+		x.mu.Unlock()
+
+		w.Header().Set("X-MBX-USED-WEIGHT-1M", strconv.Itoa(used))
+		w.Header().Set("Content-Type", "application/json")
+		if status != 0 {
+			if retry > 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+			}
+			w.WriteHeader(status)
+			msg := "Too many requests; current limit is exceeded."
+			if status == http.StatusTeapot {
+				msg = "Way too many requests; IP banned."
+			} else if status >= 500 {
+				msg = "Internal error; unable to process your request. Please try again."
+			}
+			json.NewEncoder(w).Encode(map[string]any{"code": -1003, "msg": msg})
+			return
+		}
+		v, aerr := h(r, now)
+		if aerr != nil {
+			w.WriteHeader(aerr.status)
+			json.NewEncoder(w).Encode(map[string]any{"code": aerr.code, "msg": aerr.msg})
+			return
+		}
+		if raw, ok := v.(json.RawMessage); ok {
+			w.Write(raw)
+			return
+		}
+		json.NewEncoder(w).Encode(v)
+	}
+}
+
+// klinesWeight is Binance's weight of a klines request, by its limit.
+func klinesWeight(r *http.Request) int {
+	limit := 500
+	if s := r.URL.Query().Get("limit"); s != "" {
+		if n, err := strconv.Atoi(s); err == nil {
+			limit = n
+		}
+	}
+	switch {
+	case limit < 100:
+		return 1
+	case limit < 500:
+		return 2
+	case limit <= 1000:
+		return 5
+	}
+	return 10
+}
+
+func (x *Exchange) handlePing(*http.Request, int64) (any, *apiError) { return struct{}{}, nil }
+
+func (x *Exchange) handleTime(_ *http.Request, now int64) (any, *apiError) {
+	return map[string]int64{"serverTime": now}, nil
+}
+
+type symbolInfo struct {
+	Symbol            string `json:"symbol"`
+	Pair              string `json:"pair"`
+	ContractType      string `json:"contractType"`
+	DeliveryDate      int64  `json:"deliveryDate"`
+	OnboardDate       int64  `json:"onboardDate"`
+	Status            string `json:"status"`
+	BaseAsset         string `json:"baseAsset"`
+	QuoteAsset        string `json:"quoteAsset"`
+	MarginAsset       string `json:"marginAsset"`
+	PricePrecision    int    `json:"pricePrecision"`
+	QuantityPrecision int    `json:"quantityPrecision"`
+}
+
+func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiError) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	syms := []symbolInfo{}
+	for _, s := range x.symbols {
+		base := s.name[:len(s.name)-4]
+		syms = append(syms, symbolInfo{
+			Symbol: s.name, Pair: s.name, ContractType: "PERPETUAL", DeliveryDate: 4133404800000,
+			OnboardDate: s.onboard, Status: s.status, BaseAsset: base, QuoteAsset: "USDT", MarginAsset: "USDT",
+			PricePrecision: s.prec.Price, QuantityPrecision: s.prec.Qty,
+		})
+	}
+	// A quarterly contract and a coin-quoted one, which klagg must leave out.
+	syms = append(syms,
+		symbolInfo{Symbol: "BTCUSDT_261225", Pair: "BTCUSDT", ContractType: "CURRENT_QUARTER", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", PricePrecision: 1, QuantityPrecision: 3},
+		symbolInfo{Symbol: "ETHBTC", Pair: "ETHBTC", ContractType: "PERPETUAL", Status: "TRADING", BaseAsset: "ETH", QuoteAsset: "BTC", PricePrecision: 6, QuantityPrecision: 3})
+	return map[string]any{
+		"timezone": "UTC", "serverTime": now,
+		"rateLimits": []map[string]any{{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": x.cfg.WeightPerMinute}},
+		"symbols":    syms,
+	}, nil
+}
+
+func (x *Exchange) lookup(r *http.Request) (*symbol, *apiError) {
+	name := r.URL.Query().Get("symbol")
+	if name == "" {
+		return nil, badRequest(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+	}
+	x.mu.Lock()
+	s := x.bySym[name]
+	x.mu.Unlock()
+	if s == nil {
+		return nil, badRequest(-1121, "Invalid symbol.")
+	}
+	return s, nil
+}
+
+func intParam(r *http.Request, name string, def int64) (int64, *apiError) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, badRequest(-1100, fmt.Sprintf("Illegal characters found in parameter '%s'; legal range is '^[0-9]{1,20}$'.", name))
+	}
+	return v, nil
+}
+
+func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *apiError) {
+	s, aerr := x.lookup(r)
+	if aerr != nil {
+		return nil, aerr
+	}
+	iv, err := kline.ParseInterval(r.URL.Query().Get("interval"))
+	if err != nil {
+		return nil, badRequest(-1120, "Invalid interval.")
+	}
+	limit, aerr := intParam(r, "limit", 500)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if limit <= 0 || limit > 1500 {
+		return nil, badRequest(-1130, "Data sent for parameter 'limit' is not valid.")
+	}
+	start, aerr := intParam(r, "startTime", -1)
+	if aerr != nil {
+		return nil, aerr
+	}
+	end, aerr := intParam(r, "endTime", now)
+	if aerr != nil {
+		return nil, aerr
+	}
+	end = min(end, now)
+	x.mu.Lock()
+	trades := s.trades
+	prec := s.prec
+	x.mu.Unlock()
+	var ks []kline.Kline
+	if start >= 0 {
+		if start > end {
+			return nil, badRequest(-1023, "Start time is greater than end time.")
+		}
+		// Only the first limit klines from start are needed.
+		to := end
+		if d := iv.Duration(); d > 0 && start+d.Milliseconds()*limit < to {
+			to = start + d.Milliseconds()*(limit+1)
+		}
+		ks = Reference(trades, iv, start, min(to, end))
+		ks = ks[:min(len(ks), int(limit))]
+	} else {
+		from := end - iv.Duration().Milliseconds()*(limit+1)
+		ks = Reference(trades, iv, from, end)
+		ks = ks[max(0, len(ks)-int(limit)):]
+	}
+	buf := []byte{'['}
+	for i := range ks {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = binance.AppendKlineArray(buf, &ks[i], prec)
+	}
+	return json.RawMessage(append(buf, ']')), nil
+}
+
+type aggTradeJSON struct {
+	A int64  `json:"a"`
+	P string `json:"p"`
+	Q string `json:"q"`
+	F int64  `json:"f"`
+	L int64  `json:"l"`
+	T int64  `json:"T"`
+	M bool   `json:"m"`
+}
+
+func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) {
+	s, aerr := x.lookup(r)
+	if aerr != nil {
+		return nil, aerr
+	}
+	limit, aerr := intParam(r, "limit", 500)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if limit <= 0 || limit > 1000 {
+		return nil, badRequest(-1130, "Data sent for parameter 'limit' is not valid.")
+	}
+	fromID, aerr := intParam(r, "fromId", -1)
+	if aerr != nil {
+		return nil, aerr
+	}
+	start, aerr := intParam(r, "startTime", -1)
+	if aerr != nil {
+		return nil, aerr
+	}
+	end, aerr := intParam(r, "endTime", -1)
+	if aerr != nil {
+		return nil, aerr
+	}
+	x.mu.Lock()
+	trades := s.trades
+	prec := s.prec
+	x.mu.Unlock()
+	var sel []kline.Trade
+	switch {
+	case fromID >= 0:
+		i := sort.Search(len(trades), func(i int) bool { return trades[i].ID >= fromID })
+		sel = trades[i:min(len(trades), i+int(limit))]
+	case start >= 0 || end >= 0:
+		if start < 0 {
+			start = end - time.Hour.Milliseconds()
+		}
+		if end < 0 {
+			end = start + time.Hour.Milliseconds()
+		}
+		if end-start > time.Hour.Milliseconds() {
+			return nil, badRequest(-1127, "More than 1 hours between startTime and endTime.")
+		}
+		i := sort.Search(len(trades), func(i int) bool { return trades[i].Time >= start })
+		j := i
+		for j < len(trades) && trades[j].Time <= end && j-i < int(limit) {
+			j++
+		}
+		sel = trades[i:j]
+	default:
+		sel = trades[max(0, len(trades)-int(limit)):]
+	}
+	out := make([]aggTradeJSON, len(sel))
+	for i, t := range sel {
+		out[i] = aggTradeJSON{A: t.ID, P: string(prec.AppendPrice(nil, t.Price)), Q: string(decimal.Append(nil, t.Qty, prec.Qty)), F: t.FirstID, L: t.LastID, T: t.Time, M: t.BuyerMaker}
+	}
+	return out, nil
+}

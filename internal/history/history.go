@@ -1,0 +1,258 @@
+// Package history owns catching up with the exchange: seeding the engine's
+// open klines so the first live kline of every interval is complete,
+// backfilling closed klines from REST into the store, and reconciling each
+// closed 1m kline with the exchange's own.
+package history
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Exchange is the REST API history reads from.
+type Exchange interface {
+	Klines(ctx context.Context, symbol string, iv kline.Interval, start, end int64, limit int) ([]kline.Kline, error)
+	AggTrades(ctx context.Context, symbol string, fromID, start int64, limit int) ([]kline.Trade, error)
+}
+
+// Engine takes seeds and corrections.
+type Engine interface {
+	Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error
+	Correct(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error
+}
+
+// Router anchors a symbol's live trade sequence.
+type Router interface {
+	Start(ctx context.Context, symbol string, next int64, trades []kline.Trade) error
+}
+
+// Store is where backfilled klines go.
+type Store interface {
+	Last(ctx context.Context, symbol string, iv kline.Interval) (kline.Kline, bool, error)
+	Upsert(updates []kline.Update) error
+}
+
+// History catches symbols up. Its methods may be called from several
+// goroutines; REST weight is shared through the Exchange.
+type History struct {
+	ex        Exchange
+	engine    Engine
+	router    Router
+	store     Store
+	ivs       []kline.Interval
+	limit     int
+	log       *slog.Logger
+	Backfills atomic.Int64 // klines written by backfill
+	Requests  atomic.Int64
+}
+
+// New returns a History for intervals ivs, backfilling at most limit klines
+// per interval for a symbol the store does not have yet.
+func New(ex Exchange, engine Engine, router Router, store Store, ivs []kline.Interval, limit int, log *slog.Logger) *History {
+	return &History{ex: ex, engine: engine, router: router, store: store, ivs: ivs, limit: limit, log: log}
+}
+
+const (
+	minute = int64(60_000)
+	hour   = 60 * minute
+	day    = 24 * hour
+)
+
+// piece is a time range [from, to) covered by klines of one granularity.
+type piece struct {
+	g        int64 // 1m, 1h or 1d in ms
+	from, to int64
+}
+
+// decompose covers [s, e) with as few 1d, 1h and 1m klines as possible.
+func decompose(s, e int64) []piece {
+	var out []piece
+	for p := s; p < e; {
+		switch {
+		case p%day == 0 && p+day <= e:
+			q := e - e%day
+			out = append(out, piece{day, p, q})
+			p = q
+		case p%hour == 0 && p+hour <= e:
+			q := e - e%hour
+			out = append(out, piece{hour, p, q})
+			p = q
+		default:
+			q := min(p-p%hour+hour, e)
+			out = append(out, piece{minute, p, q})
+			p = q
+		}
+	}
+	return out
+}
+
+var granularity = map[int64]kline.Interval{
+	minute: kline.MustInterval("1m"), hour: kline.MustInterval("1h"), day: kline.MustInterval("1d"),
+}
+
+// Seed makes the engine's open kline of every interval of symbol exact as
+// of the latest trade, and starts the router's sequence after it. It returns
+// the open time m0 of the current minute (0 if the symbol never traded):
+// klines opening before iv.Open(m0) are history's to backfill, later ones
+// the engine's.
+//
+// The open kline of an interval is the exchange's closed 1d, 1h and 1m
+// klines covering [open, m0) merged with the trades since m0, which the
+// router then continues by aggregate id. That costs two aggTrades calls and
+// at most three kline calls per symbol, whatever the intervals.
+func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
+	latest, err := h.ex.AggTrades(ctx, symbol, -1, -1, 1)
+	if err != nil {
+		return 0, fmt.Errorf("seed %s: latest trade: %w", symbol, err)
+	}
+	h.Requests.Add(1)
+	if len(latest) == 0 {
+		// Never traded: the sequence starts at the first trade ever.
+		return 0, h.router.Start(ctx, symbol, 0, nil)
+	}
+	m0 := kline.OneMinute().Open(latest[0].Time)
+	var trades []kline.Trade
+	for from, start := int64(-1), m0; ; {
+		page, err := h.ex.AggTrades(ctx, symbol, from, start, 1000)
+		if err != nil {
+			return 0, fmt.Errorf("seed %s: trades since %d: %w", symbol, m0, err)
+		}
+		h.Requests.Add(1)
+		for _, t := range page {
+			if t.Time >= m0 && (len(trades) == 0 || t.ID == trades[len(trades)-1].ID+1) {
+				trades = append(trades, t)
+			}
+		}
+		if len(page) < 1000 {
+			break
+		}
+		from, start = page[len(page)-1].ID+1, -1
+	}
+	next := latest[0].ID + 1
+	if len(trades) > 0 {
+		next = trades[len(trades)-1].ID + 1
+	}
+
+	// Which klines of each granularity the open klines need.
+	need := map[int64][2]int64{minute: {m0 - minute, m0}} // m0−1m gives the previous close
+	pieces := make([][]piece, len(h.ivs))
+	for i, iv := range h.ivs {
+		pieces[i] = decompose(iv.Open(m0), m0)
+		for _, p := range pieces[i] {
+			r, ok := need[p.g]
+			if !ok {
+				r = [2]int64{p.from, p.to}
+			}
+			need[p.g] = [2]int64{min(r[0], p.from), max(r[1], p.to)}
+		}
+	}
+	got := map[int64]map[int64]kline.Kline{}
+	for g, r := range need {
+		ks, err := h.ex.Klines(ctx, symbol, granularity[g], r[0], r[1]-1, 1500)
+		if err != nil {
+			return 0, fmt.Errorf("seed %s: %s klines: %w", symbol, granularity[g], err)
+		}
+		h.Requests.Add(1)
+		got[g] = map[int64]kline.Kline{}
+		for _, k := range ks {
+			got[g][k.OpenTime] = k
+		}
+	}
+	prev, ok := got[minute][m0-minute]
+	prevClose := prev.Close
+	if !ok && len(trades) > 0 {
+		prevClose = trades[0].Price // listed this minute
+	}
+	for i, iv := range h.ivs {
+		base := kline.Empty(iv, iv.Open(m0), prevClose)
+		for _, p := range pieces[i] {
+			step := granularity[p.g]
+			for t := p.from; t < p.to; t = step.Next(t) {
+				if k, ok := got[p.g][t]; ok {
+					base.Merge(&k)
+				}
+			}
+		}
+		if base.Trades == 0 {
+			base.Open, base.High, base.Low, base.Close = prevClose, prevClose, prevClose, prevClose
+		}
+		if err := h.engine.Seed(ctx, symbol, iv, base); err != nil {
+			return 0, err
+		}
+	}
+	if err := h.router.Start(ctx, symbol, next, trades); err != nil {
+		return 0, err
+	}
+	return m0, nil
+}
+
+// Backfill stores symbol's closed klines of every interval that open before
+// iv.Open(m0): from the last stored one on, or the last limit klines.
+// progress, if set, is called after each request.
+func (h *History) Backfill(ctx context.Context, symbol string, m0 int64, progress func()) error {
+	if m0 == 0 {
+		return nil
+	}
+	for _, iv := range h.ivs {
+		if err := h.backfill(ctx, symbol, iv, iv.Open(m0), progress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval, end int64, progress func()) error {
+	last, ok, err := h.store.Last(ctx, symbol, iv)
+	if err != nil {
+		return err
+	}
+	start := end
+	if ok && last.Closed && last.OpenTime < end {
+		start = iv.Next(last.OpenTime)
+	} else if ok && last.OpenTime < end {
+		start = last.OpenTime // stored while open: fetch it again
+	} else {
+		for range h.limit {
+			start = iv.Prev(start)
+		}
+	}
+	for start < end {
+		ks, err := h.ex.Klines(ctx, symbol, iv, start, end-1, 1000)
+		if err != nil {
+			return fmt.Errorf("backfill %s %s: %w", symbol, iv, err)
+		}
+		h.Requests.Add(1)
+		if progress != nil {
+			progress()
+		}
+		ups := make([]kline.Update, 0, len(ks))
+		for _, k := range ks {
+			if k.OpenTime >= end {
+				break
+			}
+			k.Closed = true
+			ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
+		}
+		if len(ups) > 0 {
+			if err := h.store.Upsert(ups); err != nil {
+				return err
+			}
+			h.Backfills.Add(int64(len(ups)))
+		}
+		if len(ks) < 1000 {
+			return nil
+		}
+		start = iv.Next(ks[len(ks)-1].OpenTime)
+	}
+	return nil
+}
+
+// BackfillRequests estimates the requests Backfill makes for one symbol that
+// has nothing stored, for progress bars.
+func (h *History) BackfillRequests() int {
+	return len(h.ivs) * ((h.limit + 999) / 1000)
+}

@@ -1,0 +1,458 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/klagg/klagg/internal/binance"
+)
+
+// Config sets up Ingest.
+type Config struct {
+	URL            string        // WebSocket root, e.g. wss://fstream.binance.com
+	StreamsPerConn int           // streams per connection (Binance allows 1024) [200]
+	ReadTimeout    time.Duration // reconnect when nothing arrives for this long [5m]
+	RotateAfter    time.Duration // replace a connection after this, before Binance's 24h cut [23h]
+	HTTPClient     *http.Client  // for dialing (proxy settings)
+	Log            *slog.Logger
+}
+
+// Stats are ingest's counters.
+type Stats struct {
+	Frames      atomic.Int64 // WebSocket messages received
+	Trades      atomic.Int64 // aggTrade frames parsed
+	Other       atomic.Int64 // well-formed frames that are not trades (replies, other events)
+	Malformed   atomic.Int64 // frames that could not be parsed
+	Connects    atomic.Int64 // successful dials
+	Reconnects  atomic.Int64 // dials after a connection was lost
+	Rotations   atomic.Int64 // planned replacements before the lifetime
+	LastFrameMs atomic.Int64 // unix ms of the last frame
+}
+
+// ConnState describes one connection for status pages.
+type ConnState struct {
+	ID         int
+	Streams    int
+	Connected  bool
+	Since      time.Time
+	Reconnects int64
+}
+
+// Ingest keeps one aggTrade stream per subscribed symbol, sharded over
+// connections of at most StreamsPerConn streams.
+type Ingest struct {
+	cfg    Config
+	router *Router
+	log    *slog.Logger
+	stats  Stats
+
+	mu     sync.Mutex
+	ctx    context.Context
+	conns  []*conn
+	bySym  map[string]*conn
+	nextID int
+}
+
+// New returns an Ingest delivering into router.
+func New(cfg Config, router *Router) *Ingest {
+	if cfg.StreamsPerConn <= 0 {
+		cfg.StreamsPerConn = 200
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = 5 * time.Minute
+	}
+	if cfg.RotateAfter <= 0 {
+		cfg.RotateAfter = 23 * time.Hour
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	return &Ingest{cfg: cfg, router: router, log: cfg.Log, bySym: map[string]*conn{}}
+}
+
+// Stats returns the counters.
+func (in *Ingest) Stats() *Stats { return &in.stats }
+
+// Run keeps connections until ctx ends, then closes them.
+func (in *Ingest) Run(ctx context.Context) error {
+	in.mu.Lock()
+	in.ctx = ctx
+	for _, c := range in.conns {
+		c.start(ctx)
+	}
+	in.mu.Unlock()
+	<-ctx.Done()
+	in.mu.Lock()
+	conns := append([]*conn(nil), in.conns...)
+	in.mu.Unlock()
+	for _, c := range conns {
+		c.wait()
+	}
+	return nil
+}
+
+// Subscribe adds symbols' aggTrade streams, on connections with room or on
+// new ones.
+func (in *Ingest) Subscribe(symbols ...string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, s := range symbols {
+		if in.bySym[s] != nil {
+			continue
+		}
+		var c *conn
+		for _, cc := range in.conns {
+			if cc.size() < in.cfg.StreamsPerConn {
+				c = cc
+				break
+			}
+		}
+		if c == nil {
+			in.nextID++
+			c = newConn(in, in.nextID)
+			in.conns = append(in.conns, c)
+			if in.ctx != nil {
+				defer c.start(in.ctx)
+			}
+		}
+		c.add(s)
+		in.bySym[s] = c
+	}
+}
+
+// Unsubscribe drops symbols' streams.
+func (in *Ingest) Unsubscribe(symbols ...string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, s := range symbols {
+		if c := in.bySym[s]; c != nil {
+			c.remove(s)
+			delete(in.bySym, s)
+		}
+	}
+}
+
+// Connections describes the connections.
+func (in *Ingest) Connections() []ConnState {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	out := make([]ConnState, 0, len(in.conns))
+	for _, c := range in.conns {
+		out = append(out, c.state())
+	}
+	return out
+}
+
+// conn is one logical connection: a set of streams kept on a WebSocket
+// session, replaced by a new session on loss or before its lifetime ends.
+type conn struct {
+	in *Ingest
+	id int
+
+	mu        sync.Mutex
+	symbols   map[string]string // "BTCUSDT" → "BTCUSDT", to intern names from frames
+	session   *websocket.Conn
+	since     time.Time
+	reconn    int64
+	started   bool
+	done      chan struct{}
+	changed   chan struct{} // subscriptions changed while connected
+	pendingOp []op
+}
+
+type op struct {
+	method  string
+	streams []string
+}
+
+func newConn(in *Ingest, id int) *conn {
+	return &conn{in: in, id: id, symbols: map[string]string{}, done: make(chan struct{}), changed: make(chan struct{}, 1)}
+}
+
+func (c *conn) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.symbols)
+}
+
+func streamName(symbol string) string { return strings.ToLower(symbol) + "@aggTrade" }
+
+func (c *conn) add(symbol string) {
+	c.mu.Lock()
+	c.symbols[symbol] = symbol
+	c.pendingOp = append(c.pendingOp, op{"SUBSCRIBE", []string{streamName(symbol)}})
+	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *conn) remove(symbol string) {
+	c.mu.Lock()
+	delete(c.symbols, symbol)
+	c.pendingOp = append(c.pendingOp, op{"UNSUBSCRIBE", []string{streamName(symbol)}})
+	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *conn) signal() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (c *conn) state() ConnState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return ConnState{ID: c.id, Streams: len(c.symbols), Connected: c.session != nil, Since: c.since, Reconnects: c.reconn}
+}
+
+func (c *conn) start(ctx context.Context) {
+	c.mu.Lock()
+	if c.started {
+		c.mu.Unlock()
+		return
+	}
+	c.started = true
+	c.mu.Unlock()
+	go c.run(ctx)
+}
+
+func (c *conn) wait() {
+	c.mu.Lock()
+	started := c.started
+	c.mu.Unlock()
+	if started {
+		<-c.done
+	}
+}
+
+func (c *conn) url() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	streams := make([]string, 0, len(c.symbols))
+	for s := range c.symbols {
+		streams = append(streams, streamName(s))
+	}
+	sort.Strings(streams)
+	c.pendingOp = nil // the URL carries every current stream
+	return strings.TrimRight(c.in.cfg.URL, "/") + "/market/stream?streams=" + strings.Join(streams, "/")
+}
+
+// session is one WebSocket connection with its reader running.
+type session struct {
+	ws      *websocket.Conn
+	cancel  context.CancelFunc
+	readErr chan error
+	first   chan struct{} // closed on the first frame
+	last    atomic.Int64  // unix ms of the last frame
+}
+
+// open dials a session carrying every current stream and starts reading it.
+func (c *conn) open(ctx context.Context) (*session, error) {
+	ws, _, err := websocket.Dial(ctx, c.url(), &websocket.DialOptions{HTTPClient: c.in.cfg.HTTPClient})
+	if err != nil {
+		return nil, err
+	}
+	ws.SetReadLimit(1 << 20)
+	sctx, cancel := context.WithCancel(ctx)
+	s := &session{ws: ws, cancel: cancel, readErr: make(chan error, 1), first: make(chan struct{})}
+	s.last.Store(time.Now().UnixMilli())
+	go func() {
+		var once sync.Once
+		for {
+			typ, b, err := ws.Read(sctx)
+			if err != nil {
+				s.readErr <- err
+				return
+			}
+			s.last.Store(time.Now().UnixMilli())
+			once.Do(func() { close(s.first) })
+			if typ == websocket.MessageText {
+				c.handle(sctx, b)
+			}
+		}
+	}()
+	c.in.stats.Connects.Add(1)
+	c.mu.Lock()
+	c.session, c.since = ws, time.Now()
+	c.mu.Unlock()
+	return s, nil
+}
+
+// close ends the session and waits for its reader.
+func (s *session) close(code websocket.StatusCode, reason string) {
+	if code == 0 {
+		s.ws.CloseNow()
+	} else {
+		s.ws.Close(code, reason)
+	}
+	s.cancel()
+	<-s.readErr
+}
+
+// run keeps a session open until ctx ends: dial, read, and on loss dial
+// again with jittered exponential backoff. Before the lifetime ends a new
+// session replaces the old one with an overlap; the router drops the
+// trades both delivered.
+func (c *conn) run(ctx context.Context) {
+	defer close(c.done)
+	log := c.in.log.With("conn", c.id)
+	backoff := 100 * time.Millisecond
+	lost := false
+	pause := func() bool {
+		wait := backoff/2 + rand.N(backoff)
+		backoff = min(2*backoff, 30*time.Second)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		if c.size() == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.changed:
+				continue
+			}
+		}
+		s, err := c.open(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("cannot connect to the trade stream; retrying", "err", err)
+			if !pause() {
+				return
+			}
+			continue
+		}
+		if lost {
+			c.in.stats.Reconnects.Add(1)
+			c.mu.Lock()
+			c.reconn++
+			c.mu.Unlock()
+		}
+		backoff = 100 * time.Millisecond
+		for s != nil {
+			s = c.serve(ctx, s, log)
+		}
+		c.mu.Lock()
+		c.session = nil
+		c.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		lost = true
+		log.Warn("trade stream lost; reconnecting")
+		if !pause() {
+			return
+		}
+	}
+}
+
+// serve watches session s until it fails, ctx ends, or it is time to
+// rotate; it returns the replacing session after a rotation, else nil.
+func (c *conn) serve(ctx context.Context, s *session, log *slog.Logger) *session {
+	watch := time.NewTicker(min(c.in.cfg.ReadTimeout/4, time.Second))
+	defer watch.Stop()
+	life := time.NewTimer(c.in.cfg.RotateAfter)
+	defer life.Stop()
+	sent := 0
+	for {
+		select {
+		case <-ctx.Done():
+			s.close(websocket.StatusNormalClosure, "klagg stopping")
+			return nil
+		case err := <-s.readErr:
+			log.Info("trade stream closed", "err", err)
+			s.readErr <- err // for close
+			s.close(0, "")
+			return nil
+		case <-watch.C:
+			if time.Since(time.UnixMilli(s.last.Load())) > c.in.cfg.ReadTimeout {
+				log.Warn("trade stream silent; dropping it", "silent_for", c.in.cfg.ReadTimeout)
+				s.close(0, "")
+				return nil
+			}
+		case <-c.changed:
+			c.mu.Lock()
+			ops := c.pendingOp
+			c.pendingOp = nil
+			c.mu.Unlock()
+			for _, o := range ops {
+				sent++
+				msg, _ := json.Marshal(map[string]any{"method": o.method, "params": o.streams, "id": sent})
+				if err := s.ws.Write(ctx, websocket.MessageText, msg); err != nil {
+					log.Warn("sending "+o.method+" failed; reconnecting with the full list", "err", err)
+					s.close(0, "")
+					return nil
+				}
+				// Binance takes at most 10 messages a second per connection.
+				time.Sleep(150 * time.Millisecond)
+			}
+		case <-life.C:
+			log.Info("rotating trade stream before its lifetime ends")
+			ns, err := c.open(ctx)
+			if err != nil {
+				log.Warn("rotation dial failed; keeping the old session", "err", err)
+				life.Reset(time.Minute)
+				continue
+			}
+			// Let go of the old session only once the new one delivers.
+			select {
+			case <-ns.first:
+			case <-time.After(10 * time.Second):
+			case <-ctx.Done():
+			}
+			s.close(websocket.StatusNormalClosure, "rotated")
+			c.in.stats.Rotations.Add(1)
+			return ns
+		}
+	}
+}
+
+// handle parses one frame and passes a trade to the router.
+func (c *conn) handle(ctx context.Context, b []byte) {
+	st := &c.in.stats
+	st.Frames.Add(1)
+	st.LastFrameMs.Store(time.Now().UnixMilli())
+	sym, t, err := binance.ParseAggTrade(b)
+	switch {
+	case err == nil:
+	case errors.Is(err, binance.ErrNotAggTrade):
+		st.Other.Add(1)
+		return
+	default:
+		if st.Malformed.Add(1) <= 10 {
+			c.in.log.Warn("malformed frame ignored", "conn", c.id, "err", err)
+		}
+		return
+	}
+	c.mu.Lock()
+	name, ok := c.symbols[string(sym)]
+	c.mu.Unlock()
+	if !ok {
+		st.Other.Add(1) // a stream we no longer want
+		return
+	}
+	st.Trades.Add(1)
+	c.in.router.Deliver(ctx, name, t)
+}
+
+// String describes the connection for logs.
+func (c *conn) String() string { return fmt.Sprintf("conn %d", c.id) }

@@ -1,0 +1,352 @@
+// Package ingest owns klagg's market-data input: the WebSocket connections
+// that carry the aggTrade streams (sharded, kept alive, rotated before
+// Binance's 24 h cut, reconnected with backoff) and the router that turns
+// what they deliver into one gap-free, duplicate-free trade sequence per
+// symbol.
+//
+// The router relies on Binance's aggregate ids being consecutive per symbol:
+// a trade is forwarded only when it is the next id. Anything earlier is a
+// duplicate (overlapping connections, replays); anything later waits while
+// the gap is filled from REST aggTrades. This one rule makes reconnects,
+// rotations, stalls and dropped frames lose nothing and count nothing twice.
+package ingest
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Sink takes each symbol's trades in id order: the engine.
+type Sink interface {
+	Trades(ctx context.Context, symbol string, trades []kline.Trade, done func()) error
+}
+
+// Filler fetches trades by aggregate id: the REST client.
+type Filler interface {
+	AggTrades(ctx context.Context, symbol string, fromID, start int64, limit int) ([]kline.Trade, error)
+}
+
+// RouterStats are the router's counters.
+type RouterStats struct {
+	Forwarded   atomic.Int64 // trades handed to the sink
+	Duplicates  atomic.Int64 // trades already forwarded (overlap, replays)
+	Fills       atomic.Int64 // REST fills requested
+	Filled      atomic.Int64 // trades that came from REST fills
+	Unfillable  atomic.Int64 // gaps the exchange could not fill
+	Buffered    atomic.Int64 // trades waiting for a gap or a start
+	Overflowing atomic.Int64 // trades dropped from full buffers (refilled from REST)
+}
+
+type item struct {
+	symbol string
+	trade  kline.Trade
+}
+
+type fillResult struct {
+	symbol string
+	from   int64
+	trades []kline.Trade
+	err    error
+}
+
+type control struct {
+	symbol string
+	start  bool // else: remove
+	next   int64
+	trades []kline.Trade
+	done   chan struct{}
+}
+
+// symState is one symbol's position in its trade sequence.
+type symState struct {
+	next    int64         // id the sink needs next; -1 until Start
+	pending []kline.Trade // later trades, sorted by id
+	filling bool
+	gapAt   time.Time // when the current gap was first seen
+}
+
+// Router is the single owner of every symbol's sequence position.
+type Router struct {
+	sink    Sink
+	filler  Filler
+	log     *slog.Logger
+	in      chan item
+	fills   chan fillResult
+	ctl     chan control
+	gapWait time.Duration
+	maxBuf  int
+	stats   RouterStats
+
+	// Owned by Run.
+	syms map[string]*symState
+	out  map[string][]kline.Trade
+}
+
+// NewRouter returns a router into sink that fills gaps through filler.
+// gapWait is how long a gap may stand before REST is asked (another
+// connection may still deliver it).
+func NewRouter(sink Sink, filler Filler, gapWait time.Duration, log *slog.Logger) *Router {
+	return &Router{
+		sink: sink, filler: filler, log: log, gapWait: gapWait, maxBuf: 200_000,
+		in: make(chan item, 1<<16), fills: make(chan fillResult, 64), ctl: make(chan control),
+		syms: map[string]*symState{}, out: map[string][]kline.Trade{},
+	}
+}
+
+// Stats returns the router's counters.
+func (r *Router) Stats() *RouterStats { return &r.stats }
+
+// Deliver queues one trade received from a connection.
+func (r *Router) Deliver(ctx context.Context, symbol string, t kline.Trade) {
+	select {
+	case r.in <- item{symbol, t}:
+	case <-ctx.Done():
+	}
+}
+
+// Start anchors symbol's sequence: trades (consecutive, possibly empty)
+// are forwarded first, and next is the id expected after them. Trades
+// delivered before Start wait. It returns once the router has taken it.
+func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
+	return r.control(ctx, control{symbol: symbol, start: true, next: next, trades: trades})
+}
+
+// Remove forgets symbol.
+func (r *Router) Remove(ctx context.Context, symbol string) error {
+	return r.control(ctx, control{symbol: symbol})
+}
+
+func (r *Router) control(ctx context.Context, c control) error {
+	c.done = make(chan struct{})
+	select {
+	case r.ctl <- c:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run routes until ctx ends.
+func (r *Router) Run(ctx context.Context) error {
+	tick := time.NewTicker(r.gapWait / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case it := <-r.in:
+			r.take(it.symbol, it.trade)
+			// Drain what is already queued, so bursts reach the sink as
+			// batches while a lone trade goes out at once.
+			for n := 0; n < 4096; n++ {
+				select {
+				case it := <-r.in:
+					r.take(it.symbol, it.trade)
+					continue
+				default:
+				}
+				break
+			}
+		case f := <-r.fills:
+			r.filled(ctx, f)
+		case c := <-r.ctl:
+			r.apply(c)
+			close(c.done)
+		case <-tick.C:
+			r.checkGaps(ctx)
+		}
+		if err := r.flush(ctx); err != nil {
+			return nil
+		}
+	}
+}
+
+func (r *Router) state(symbol string) *symState {
+	s := r.syms[symbol]
+	if s == nil {
+		s = &symState{next: -1}
+		r.syms[symbol] = s
+	}
+	return s
+}
+
+func (r *Router) apply(c control) {
+	if !c.start {
+		if s := r.syms[c.symbol]; s != nil {
+			r.stats.Buffered.Add(-int64(len(s.pending)))
+		}
+		delete(r.syms, c.symbol)
+		delete(r.out, c.symbol)
+		return
+	}
+	s := r.state(c.symbol)
+	if s.next >= 0 {
+		return // already started
+	}
+	s.next = c.next
+	if len(c.trades) > 0 {
+		s.next = c.trades[0].ID
+	}
+	for _, t := range c.trades {
+		r.accept(c.symbol, s, t)
+	}
+	// Drop what the start already covers, then release what follows.
+	r.release(c.symbol, s)
+}
+
+// take handles one delivered trade.
+func (r *Router) take(symbol string, t kline.Trade) {
+	s := r.state(symbol)
+	if s.next < 0 {
+		r.buffer(s, t)
+		return
+	}
+	r.accept(symbol, s, t)
+}
+
+// accept forwards t if it is next, buffers it if later, drops it if earlier.
+func (r *Router) accept(symbol string, s *symState, t kline.Trade) {
+	switch {
+	case t.ID < s.next:
+		r.stats.Duplicates.Add(1)
+	case t.ID == s.next:
+		r.out[symbol] = append(r.out[symbol], t)
+		s.next++
+		if len(s.pending) > 0 {
+			r.release(symbol, s)
+		}
+	default:
+		r.buffer(s, t)
+	}
+}
+
+func (r *Router) buffer(s *symState, t kline.Trade) {
+	n := len(s.pending)
+	if n > 0 && s.pending[n-1].ID >= t.ID {
+		i := sort.Search(n, func(i int) bool { return s.pending[i].ID >= t.ID })
+		if s.pending[i].ID == t.ID {
+			r.stats.Duplicates.Add(1)
+			return
+		}
+		s.pending = append(s.pending, kline.Trade{})
+		copy(s.pending[i+1:], s.pending[i:])
+		s.pending[i] = t
+	} else {
+		if n >= r.maxBuf {
+			// Keep the oldest: the newest will come again from a fill.
+			r.stats.Overflowing.Add(1)
+			return
+		}
+		s.pending = append(s.pending, t)
+	}
+	r.stats.Buffered.Add(1)
+	if s.gapAt.IsZero() {
+		s.gapAt = time.Now()
+	}
+}
+
+// release forwards the consecutive run at the head of pending.
+func (r *Router) release(symbol string, s *symState) {
+	i := 0
+	for ; i < len(s.pending); i++ {
+		t := s.pending[i]
+		if t.ID < s.next {
+			r.stats.Duplicates.Add(1)
+			continue
+		}
+		if t.ID != s.next {
+			break
+		}
+		r.out[symbol] = append(r.out[symbol], t)
+		s.next++
+	}
+	if i > 0 {
+		r.stats.Buffered.Add(-int64(i))
+		s.pending = append(s.pending[:0], s.pending[i:]...)
+	}
+	if len(s.pending) == 0 {
+		s.gapAt = time.Time{}
+	}
+}
+
+func (r *Router) checkGaps(ctx context.Context) {
+	now := time.Now()
+	for sym, s := range r.syms {
+		if s.next < 0 || s.filling || len(s.pending) == 0 || now.Sub(s.gapAt) < r.gapWait {
+			continue
+		}
+		s.filling = true
+		r.stats.Fills.Add(1)
+		go func(sym string, from int64) {
+			ts, err := r.filler.AggTrades(ctx, sym, from, -1, 1000)
+			select {
+			case r.fills <- fillResult{sym, from, ts, err}:
+			case <-ctx.Done():
+			}
+		}(sym, s.next)
+	}
+}
+
+func (r *Router) filled(ctx context.Context, f fillResult) {
+	s := r.syms[f.symbol]
+	if s == nil {
+		return
+	}
+	s.filling = false
+	if f.err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("filling a trade gap from REST failed; will retry", "symbol", f.symbol, "from_id", f.from, "err", f.err)
+		}
+		s.gapAt = time.Now()
+		return
+	}
+	if len(f.trades) == 0 || f.trades[0].ID > s.next {
+		// The exchange has no trades with these ids: skip to what it has.
+		to := int64(-1)
+		if len(f.trades) > 0 {
+			to = f.trades[0].ID
+		} else if len(s.pending) > 0 {
+			to = s.pending[0].ID
+		}
+		if to > s.next {
+			r.stats.Unfillable.Add(1)
+			r.log.Warn("trade ids missing on the exchange; skipping them", "symbol", f.symbol, "from_id", s.next, "to_id", to)
+			s.next = to
+		}
+	}
+	for _, t := range f.trades {
+		if t.ID >= s.next {
+			r.stats.Filled.Add(1)
+		}
+		r.accept(f.symbol, s, t)
+	}
+	r.release(f.symbol, s)
+	if len(s.pending) > 0 {
+		s.gapAt = time.Now().Add(-r.gapWait) // more to fill: go again at once
+	}
+}
+
+// flush hands the forwarded trades to the sink, one batch per symbol.
+func (r *Router) flush(ctx context.Context) error {
+	for sym, ts := range r.out {
+		if len(ts) == 0 {
+			continue
+		}
+		if err := r.sink.Trades(ctx, sym, ts, nil); err != nil {
+			return err
+		}
+		r.stats.Forwarded.Add(int64(len(ts)))
+		r.out[sym] = nil // the sink owns ts now
+	}
+	return nil
+}

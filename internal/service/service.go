@@ -1,0 +1,481 @@
+// Package service owns the running klagg service: it builds every part from
+// the configuration, starts them in dependency order (store, engine and
+// writer, ingest, catch-up), keeps the symbol set in step with exchangeInfo,
+// logs a status line, and on stop shuts down in reverse order so that every
+// kline reaches the store.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/config"
+	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/history"
+	"github.com/klagg/klagg/internal/ingest"
+	"github.com/klagg/klagg/internal/store"
+)
+
+// Service is klagg running.
+type Service struct {
+	cfg        *config.Config
+	log        *slog.Logger
+	Store      *store.Store
+	Client     *binance.Client
+	Engine     *engine.Engine
+	coalescer  *engine.Coalescer
+	writer     *store.Writer
+	Router     *ingest.Router
+	Ingest     *ingest.Ingest
+	History    *history.History
+	Reconciler *history.Reconciler
+	// Progress, if set, is told about backfill progress (for a terminal bar).
+	Progress func(done, total int)
+
+	offset   atomic.Int64 // exchange clock − local clock, ms
+	ready    atomic.Bool
+	started  time.Time
+	mu       sync.Mutex
+	symbols  map[string]store.Symbol // live symbols
+	lastSeen struct {
+		trades int64
+		at     time.Time
+	}
+}
+
+// New builds the service; nothing runs until Run.
+func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Service, error) {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.Proxy = nil
+	if cfg.Exchange.Proxy != "" {
+		u, err := url.Parse(cfg.Exchange.Proxy)
+		if err != nil {
+			return nil, fmt.Errorf("exchange.proxy: %w", err)
+		}
+		transport.Proxy = http.ProxyURL(u)
+	}
+	transport.MaxIdleConnsPerHost = 16
+	hc := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	wsClient := &http.Client{Transport: transport}
+
+	st, err := store.Open(cfg.Database.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%w (database.path in the config)", err)
+	}
+	s := &Service{cfg: cfg, log: log, Store: st, symbols: map[string]store.Symbol{}}
+	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
+	s.coalescer = engine.NewCoalescer()
+	sinks := append([]engine.Sink{s.coalescer}, extraSinks...)
+	if cfg.Reconcile.Enabled {
+		s.Reconciler = history.NewReconciler(s.Client, cfg.Reconcile.Delay.Duration, s.ExchangeNow, log.With("part", "reconcile"))
+		sinks = append(sinks, s.Reconciler)
+	}
+	s.Engine, err = engine.New(engine.Config{Intervals: cfg.Intervals, Grace: cfg.Klines.Grace.Duration, Sinks: sinks, Queue: 4096})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.writer = store.NewWriter(st, s.coalescer, log.With("part", "writer"))
+	s.Router = ingest.NewRouter(s.Engine, s.Client, 300*time.Millisecond, log.With("part", "router"))
+	s.Ingest = ingest.New(ingest.Config{
+		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
+		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
+		HTTPClient: wsClient, Log: log.With("part", "ingest"),
+	}, s.Router)
+	s.History = history.New(s.Client, s.Engine, s.Router, st, cfg.Intervals, cfg.Klines.BackfillLimit, log.With("part", "history"))
+	return s, nil
+}
+
+// ExchangeNow is the local clock corrected by the measured offset to the
+// exchange's.
+func (s *Service) ExchangeNow() time.Time {
+	return time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
+}
+
+// Ready reports whether startup catch-up is done.
+func (s *Service) Ready() bool { return s.ready.Load() }
+
+// Run runs the service until ctx ends, then stops it and flushes the store.
+func (s *Service) Run(ctx context.Context) (err error) {
+	s.started = time.Now()
+	defer func() { err = errors.Join(err, s.Store.Close()) }()
+
+	// Three lifetimes, stopped in reverse: inputs, the engine, the writer.
+	inCtx, stopIn := context.WithCancel(context.Background())
+	engCtx, stopEng := context.WithCancel(context.Background())
+	wCtx, stopW := context.WithCancel(context.Background())
+	var inWG, engWG, wWG sync.WaitGroup
+	var writeErr error
+	wWG.Go(func() { writeErr = s.writer.Run(wCtx) })
+	engWG.Go(func() { s.Engine.Run(engCtx) })
+	defer func() {
+		stopIn()
+		inWG.Wait()
+		stopEng()
+		engWG.Wait()
+		stopW()
+		wWG.Wait()
+		if writeErr != nil {
+			err = errors.Join(err, fmt.Errorf("final write to the store failed; the newest klines are lost: %w", writeErr))
+		}
+		s.log.Info("stopped", "klines_written", s.writer.Written())
+	}()
+	go func() {
+		<-ctx.Done()
+		stopIn()
+	}()
+
+	if err := s.syncTime(inCtx); err != nil {
+		return s.startErr(ctx, err)
+	}
+	infos, err := s.Client.ExchangeInfo(inCtx)
+	if err != nil {
+		return s.startErr(ctx, fmt.Errorf("read exchangeInfo from %s: %w", s.cfg.Exchange.RESTURL, err))
+	}
+	syms := s.filter(infos)
+	if len(syms) == 0 {
+		return fmt.Errorf("exchangeInfo lists no TRADING USDT perpetual matching symbols.include/exclude")
+	}
+	s.log.Info("symbols", "count", len(syms), "intervals", len(s.cfg.Intervals))
+
+	inWG.Go(func() { s.Router.Run(inCtx) })
+	inWG.Go(func() { s.Ingest.Run(inCtx) })
+	inWG.Go(func() { s.tick(inCtx) })
+	if s.Reconciler != nil {
+		inWG.Go(func() { s.Reconciler.Run(inCtx, s.Engine) })
+	}
+	if err := s.addSymbols(inCtx, syms); err != nil {
+		return s.startErr(ctx, err)
+	}
+	s.ready.Store(true)
+	s.log.Info("caught up; live", "symbols", len(syms), "took", time.Since(s.started).Round(time.Millisecond))
+
+	inWG.Go(func() { s.poll(inCtx) })
+	s.status(inCtx)
+	return nil
+}
+
+// startErr reports a startup failure, or nothing if the user stopped us.
+func (s *Service) startErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *Service) syncTime(ctx context.Context) error {
+	t0 := time.Now()
+	st, err := s.Client.ServerTime(ctx)
+	if err != nil {
+		return fmt.Errorf("reach the exchange at %s: %w", s.cfg.Exchange.RESTURL, err)
+	}
+	rtt := time.Since(t0)
+	s.offset.Store(st.Sub(t0.Add(rtt / 2)).Milliseconds())
+	return nil
+}
+
+// tick tells the engine the exchange time four times a second.
+func (s *Service) tick(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	sync := time.NewTicker(s.cfg.Exchange.TimeSync.Duration)
+	defer sync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.Engine.Tick(ctx, s.ExchangeNow())
+		case <-sync.C:
+			if err := s.syncTime(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("exchange time sync failed", "err", err)
+			}
+		}
+	}
+}
+
+// filter keeps TRADING USDT perpetuals that the include and exclude lists
+// allow, ordered by onboard date.
+func (s *Service) filter(infos []binance.SymbolInfo) []store.Symbol {
+	var out []store.Symbol
+	for _, i := range infos {
+		if i.ContractType != "PERPETUAL" || i.QuoteAsset != "USDT" || i.Status != "TRADING" {
+			continue
+		}
+		if len(s.cfg.Symbols.Include) > 0 && !slices.Contains(s.cfg.Symbols.Include, i.Symbol) {
+			continue
+		}
+		if slices.Contains(s.cfg.Symbols.Exclude, i.Symbol) {
+			continue
+		}
+		out = append(out, store.Symbol{
+			Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
+			ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
+			OnboardDate: i.OnboardDate,
+		})
+	}
+	sort.SliceStable(out, func(a, b int) bool { return out[a].OnboardDate < out[b].OnboardDate })
+	return out
+}
+
+// addSymbols starts keeping syms: subscribe first so no trade is missed,
+// seed every open kline, then backfill closed history.
+func (s *Service) addSymbols(ctx context.Context, syms []store.Symbol) error {
+	if err := s.Store.PutSymbols(syms); err != nil {
+		return err
+	}
+	names := make([]string, len(syms))
+	for i, y := range syms {
+		names[i] = y.Name
+		if err := s.Engine.AddSymbol(ctx, y.Name); err != nil {
+			return err
+		}
+	}
+	s.Ingest.Subscribe(names...)
+	m0 := make([]int64, len(names))
+	err := s.parallel(ctx, names, func(i int, name string) error {
+		var err error
+		m0[i], err = s.History.Seed(ctx, name)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, y := range syms {
+		s.symbols[y.Name] = y
+	}
+	s.mu.Unlock()
+	total, done := len(names)*s.History.BackfillRequests(), atomic.Int64{}
+	return s.parallel(ctx, names, func(i int, name string) error {
+		return s.History.Backfill(ctx, name, m0[i], func() {
+			n := done.Add(1)
+			if s.Progress != nil {
+				s.Progress(int(n), total)
+			}
+		})
+	})
+}
+
+// parallel runs f over names with a few workers; REST weight, not
+// concurrency, is the limit, and the client enforces it.
+func (s *Service) parallel(ctx context.Context, names []string, f func(int, string) error) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	next := atomic.Int64{}
+	for range min(4, len(names)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(names) || ctx.Err() != nil {
+					return
+				}
+				if err := f(i, names[i]); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// poll follows exchangeInfo: new listings are caught up and subscribed,
+// symbols that stop trading are finalized and unsubscribed.
+func (s *Service) poll(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Exchange.SymbolsPoll.Duration)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		infos, err := s.Client.ExchangeInfo(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("polling exchangeInfo failed", "err", err)
+			}
+			continue
+		}
+		live := map[string]bool{}
+		var added []store.Symbol
+		s.mu.Lock()
+		for _, y := range s.filter(infos) {
+			live[y.Name] = true
+			if _, ok := s.symbols[y.Name]; !ok {
+				added = append(added, y)
+			}
+		}
+		var removed []store.Symbol
+		for name, y := range s.symbols {
+			if !live[name] {
+				y.Status = "DELISTED"
+				for _, i := range infos {
+					if i.Symbol == name {
+						y.Status = i.Status
+					}
+				}
+				removed = append(removed, y)
+				delete(s.symbols, name)
+			}
+		}
+		s.mu.Unlock()
+		for _, y := range removed {
+			s.log.Info("symbol stopped trading; finalizing it", "symbol", y.Name, "status", y.Status)
+			s.Ingest.Unsubscribe(y.Name)
+			s.Router.Remove(ctx, y.Name)
+			s.Engine.RemoveSymbol(ctx, y.Name)
+		}
+		if len(removed) > 0 {
+			if err := s.Store.PutSymbols(removed); err != nil {
+				s.log.Warn("saving symbol status failed", "err", err)
+			}
+		}
+		if len(added) > 0 {
+			s.log.Info("new symbols listed; catching them up", "count", len(added), "first", added[0].Name)
+			if err := s.addSymbols(ctx, added); err != nil && ctx.Err() == nil {
+				s.log.Error("catching up new symbols failed", "err", err)
+			}
+		}
+	}
+}
+
+// Status are the figures of the status line.
+type Status struct {
+	Ready          bool              `json:"ready"`
+	Uptime         string            `json:"uptime"`
+	Symbols        int               `json:"symbols"`
+	Intervals      int               `json:"intervals"`
+	Connections    int               `json:"connections"`
+	Connected      int               `json:"connected"`
+	Reconnects     int64             `json:"reconnects"`
+	Frames         int64             `json:"frames"`
+	Malformed      int64             `json:"malformed_frames"`
+	Trades         int64             `json:"trades"`
+	TradesPerSec   float64           `json:"trades_per_second"`
+	GapFills       int64             `json:"gap_fills"`
+	KlinesWritten  int64             `json:"klines_written"`
+	WriterBacklog  int               `json:"writer_backlog"`
+	WriteFailures  int64             `json:"write_failures"`
+	LagMs          int64             `json:"lag_ms"`
+	RESTWeight1M   int               `json:"rest_weight_1m"`
+	Reconciled     int64             `json:"reconciled"`
+	ReconcileDiffs map[string]int64  `json:"reconcile_diffs"`
+	Late           int64             `json:"late_trades"`
+	Extra          map[string]string `json:"-"`
+}
+
+// Status returns the current figures.
+func (s *Service) Status() Status {
+	s.mu.Lock()
+	nsym := len(s.symbols)
+	now := time.Now()
+	fwd := s.Router.Stats().Forwarded.Load()
+	rate := 0.0
+	if !s.lastSeen.at.IsZero() {
+		if d := now.Sub(s.lastSeen.at).Seconds(); d > 0 {
+			rate = float64(fwd-s.lastSeen.trades) / d
+		}
+	}
+	s.lastSeen.trades, s.lastSeen.at = fwd, now
+	s.mu.Unlock()
+	conns := s.Ingest.Connections()
+	connected := 0
+	for _, c := range conns {
+		if c.Connected {
+			connected++
+		}
+	}
+	ist := s.Ingest.Stats()
+	est := s.Engine.Stats()
+	w1m, _ := s.Client.Weight().Used()
+	st := Status{
+		Ready: s.Ready(), Uptime: time.Since(s.started).Round(time.Second).String(),
+		Symbols: nsym, Intervals: len(s.cfg.Intervals), Connections: len(conns), Connected: connected,
+		Reconnects: ist.Reconnects.Load(), Frames: ist.Frames.Load(), Malformed: ist.Malformed.Load(),
+		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
+		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
+		RESTWeight1M: w1m, Late: est.Late,
+	}
+	if last := ist.LastFrameMs.Load(); last > 0 {
+		st.LagMs = now.UnixMilli() - last
+	}
+	if s.Reconciler != nil {
+		st.Reconciled = s.Reconciler.Checked.Load()
+		st.ReconcileDiffs = s.Reconciler.FieldDiffs()
+	}
+	return st
+}
+
+func (s *Service) status(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Log.StatusInterval.Duration)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := s.Status()
+		s.log.Info("status", "symbols", st.Symbols, "connections", fmt.Sprintf("%d/%d", st.Connected, st.Connections),
+			"trades_per_s", int(st.TradesPerSec), "klines_written", st.KlinesWritten, "reconnects", st.Reconnects,
+			"lag_ms", st.LagMs, "gap_fills", st.GapFills, "rest_weight_1m", st.RESTWeight1M)
+	}
+}
+
+// Backfill stores closed klines of every interval for every symbol, from
+// the last stored one or the last klines.backfill_limit, and returns: the
+// `klagg backfill` command.
+func (s *Service) Backfill(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, s.Store.Close()) }()
+	if err := s.syncTime(ctx); err != nil {
+		return err
+	}
+	infos, err := s.Client.ExchangeInfo(ctx)
+	if err != nil {
+		return fmt.Errorf("read exchangeInfo from %s: %w", s.cfg.Exchange.RESTURL, err)
+	}
+	syms := s.filter(infos)
+	if err := s.Store.PutSymbols(syms); err != nil {
+		return err
+	}
+	names := make([]string, len(syms))
+	for i, y := range syms {
+		names[i] = y.Name
+	}
+	m0 := s.ExchangeNow().UnixMilli()
+	m0 -= m0 % 60_000
+	total, done := len(names)*s.History.BackfillRequests(), atomic.Int64{}
+	start := time.Now()
+	err = s.parallel(ctx, names, func(_ int, name string) error {
+		return s.History.Backfill(ctx, name, m0, func() {
+			if s.Progress != nil {
+				s.Progress(int(done.Add(1)), total)
+			}
+		})
+	})
+	_, weight := s.Client.Weight().Used()
+	s.log.Info("backfill done", "symbols", len(names), "klines", s.History.Backfills.Load(),
+		"requests", s.History.Requests.Load(), "weight", weight, "took", time.Since(start).Round(time.Millisecond))
+	return err
+}
