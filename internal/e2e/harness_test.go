@@ -63,6 +63,7 @@ type run struct {
 	lines  []string
 	live   chan struct{}
 	exited chan error
+	liveAt time.Time // exchange time when klagg first went live
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
@@ -93,11 +94,12 @@ func newRun(t *testing.T, xcfg fakex.Config, extra string) *run {
 	r := &run{t: t, x: x, dir: dir, db: filepath.Join(dir, "klagg.db"), conf: filepath.Join(dir, "klagg.toml")}
 	cfg := fmt.Sprintf(`
 [exchange]
+#EXCHANGE#
 rest_url = %q
 ws_url = %q
 read_timeout = "3s"
 symbols_poll = "1s"
-time_sync = "5s"
+time_sync = "300ms"
 [klines]
 intervals = %s
 backfill_limit = 100
@@ -128,6 +130,33 @@ status_interval = "2s"
 		}
 	})
 	return r
+}
+
+// appendExchange adds a line to the config's [exchange] table.
+func (r *run) appendExchange(line string) {
+	r.t.Helper()
+	data, err := os.ReadFile(r.conf)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	s := strings.Replace(string(data), "#EXCHANGE#", line+"\n#EXCHANGE#", 1)
+	if err := os.WriteFile(r.conf, []byte(s), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// checkListed requires a symbol listed mid-run to have live klines.
+func (r *run) checkListed(sym string) {
+	r.t.Helper()
+	st, err := store.Open(r.db)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer st.Close()
+	ks, err := st.Klines(context.Background(), store.Query{Symbol: sym, Interval: kline.OneMinute()})
+	if err != nil || len(ks) < 3 {
+		r.t.Errorf("listed symbol %s has %d 1m klines (%v)", sym, len(ks), err)
+	}
 }
 
 // startKlagg runs the binary and waits until it reports being live.
@@ -165,6 +194,9 @@ func (r *run) startKlagg() {
 	}()
 	select {
 	case <-live:
+		if r.liveAt.IsZero() {
+			r.liveAt = r.x.Now()
+		}
 	case err := <-exited:
 		exited <- err
 		r.t.Fatalf("klagg exited before going live: %v", err)
@@ -173,13 +205,14 @@ func (r *run) startKlagg() {
 	}
 }
 
-// until waits for the exchange's simulated clock.
+// until waits until the exchange's simulated clock is d past the moment
+// klagg first went live.
 func (r *run) until(d time.Duration) {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := r.x.WaitUntil(ctx, start.Add(d)); err != nil {
-		r.t.Fatalf("waiting for exchange time %s: %v", start.Add(d), err)
+	if err := r.x.WaitUntil(ctx, r.liveAt.Add(d)); err != nil {
+		r.t.Fatalf("waiting for exchange time %s: %v", r.liveAt.Add(d), err)
 	}
 }
 
@@ -285,8 +318,8 @@ func (r *run) check(until time.Duration) {
 				compared++
 			}
 			if iv.String() == "1m" && status == "TRADING" {
-				if last := closed[len(closed)-1].CloseTime; last < start.Add(until).UnixMilli()-3*60_000 {
-					r.t.Errorf("%s 1m: closed klines end at %s, want them near %s", sym, ms(last), start.Add(until).UTC())
+				if last := closed[len(closed)-1].CloseTime; last < r.liveAt.Add(until).UnixMilli()-3*60_000 {
+					r.t.Errorf("%s 1m: closed klines end at %s, want them near %s", sym, ms(last), r.liveAt.Add(until).UTC())
 				}
 			}
 		}
@@ -295,6 +328,60 @@ func (r *run) check(until time.Duration) {
 		return
 	}
 	r.t.Logf("%d closed klines of %d symbols equal the exchange's", compared, symbols)
+}
+
+// checkSnapshot requires the store to hold one consistent state per
+// symbol: every stored kline, open ones included, equals the exchange's
+// klines built from the trades up to the last trade id the store holds.
+// It shows that a stop flushed every kline the engine changed.
+func (r *run) checkSnapshot() {
+	r.t.Helper()
+	st, err := store.Open(r.db)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer st.Close()
+	ivs, _ := kline.ParseIntervals(strings.Trim(strings.ReplaceAll(testIntervals, `"`, ""), "[]"))
+	ctx := context.Background()
+	open := 0
+	for sym := range r.x.Symbols() {
+		ones, err := st.Klines(ctx, store.Query{Symbol: sym, Interval: kline.OneMinute()})
+		if err != nil || len(ones) == 0 {
+			r.t.Fatalf("%s: no 1m klines (%v)", sym, err)
+		}
+		last := int64(-1)
+		for _, k := range ones {
+			last = max(last, k.LastTradeID)
+		}
+		var trades []kline.Trade
+		for _, t := range r.x.Trades(sym) {
+			if t.LastID <= last {
+				trades = append(trades, t)
+			}
+		}
+		for _, iv := range ivs {
+			ks, _ := st.Klines(ctx, store.Query{Symbol: sym, Interval: iv, Limit: 3, FromEnd: true})
+			for _, k := range ks {
+				ref := fakex.Reference(trades, iv, k.OpenTime, k.OpenTime)
+				if len(ref) != 1 {
+					r.t.Errorf("%s %s %s: no reference kline", sym, iv, ms(k.OpenTime))
+					continue
+				}
+				w := ref[0]
+				w.Closed = k.Closed
+				if k.FirstTradeID < 0 && k.Trades > 0 {
+					w.FirstTradeID, w.LastTradeID = k.FirstTradeID, k.LastTradeID
+				}
+				if !k.Closed {
+					open++
+				}
+				if k != w {
+					r.t.Errorf("%s %s %s (closed=%v) not flushed consistently:\n got %+v\nwant %+v", sym, iv, ms(k.OpenTime), k.Closed, k, w)
+				}
+			}
+		}
+	}
+	r.t.Logf("stored open klines consistent with the last stored trade: %d checked", open)
 }
 
 func ms(t int64) string { return time.UnixMilli(t).UTC().Format("2006-01-02 15:04") }

@@ -154,7 +154,7 @@ func New(cfg Config) (*Exchange, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fakex: listen: %w", err)
 	}
-	x.ln = ln
+	x.ln = stallListener{ln}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /fapi/v1/ping", x.rest(1, x.handlePing))
 	mux.HandleFunc("GET /fapi/v1/time", x.rest(1, x.handleTime))
@@ -163,10 +163,10 @@ func New(cfg Config) (*Exchange, error) {
 	mux.HandleFunc("GET /fapi/v1/aggTrades", x.rest(20, x.handleAggTrades))
 	mux.HandleFunc("GET /market/stream", x.handleWS)
 	mux.HandleFunc("GET /market/ws/", x.handleWS)
-	x.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	x.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: withConn}
 	ctx, cancel := context.WithCancel(context.Background())
 	x.stop = cancel
-	go x.srv.Serve(ln)
+	go x.srv.Serve(x.ln)
 	go x.run(ctx)
 	return x, nil
 }

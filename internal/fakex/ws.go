@@ -21,6 +21,7 @@ import (
 type wsConn struct {
 	x        *Exchange
 	c        *websocket.Conn
+	raw      *stallConn
 	combined bool
 	out      chan []byte
 	ctx      context.Context
@@ -51,7 +52,8 @@ func (x *Exchange) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	wc := &wsConn{x: x, c: c, combined: combined, out: make(chan []byte, 1<<16), ctx: ctx, cancel: cancel, subs: map[string]bool{}}
+	raw, _ := r.Context().Value(connKey{}).(*stallConn)
+	wc := &wsConn{x: x, c: c, raw: raw, combined: combined, out: make(chan []byte, 1<<16), ctx: ctx, cancel: cancel, subs: map[string]bool{}}
 	for _, s := range streams {
 		wc.subs[strings.ToLower(s)] = true
 	}
@@ -91,6 +93,9 @@ func (wc *wsConn) stall() {
 	wc.mu.Lock()
 	wc.stalled = true
 	wc.mu.Unlock()
+	if wc.raw != nil {
+		wc.raw.stall()
+	}
 }
 
 func (wc *wsConn) malformed(n int) {

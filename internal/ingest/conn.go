@@ -21,11 +21,12 @@ import (
 
 // Config sets up Ingest.
 type Config struct {
-	URL            string        // WebSocket root, e.g. wss://fstream.binance.com
-	StreamsPerConn int           // streams per connection (Binance allows 1024) [200]
-	ReadTimeout    time.Duration // reconnect when nothing arrives for this long [5m]
-	RotateAfter    time.Duration // replace a connection after this, before Binance's 24h cut [23h]
-	HTTPClient     *http.Client  // for dialing (proxy settings)
+	URL            string           // WebSocket root, e.g. wss://fstream.binance.com
+	StreamsPerConn int              // streams per connection (Binance allows 1024) [200]
+	ReadTimeout    time.Duration    // reconnect when nothing arrives for this long [5m]
+	RotateAfter    time.Duration    // replace a connection after this, before Binance's 24h cut [23h]
+	HTTPClient     *http.Client     // for dialing (proxy settings)
+	Now            func() time.Time // exchange time [time.Now]
 	Log            *slog.Logger
 }
 
@@ -78,6 +79,9 @@ func New(cfg Config, router *Router) *Ingest {
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = http.DefaultClient
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Ingest{cfg: cfg, router: router, log: cfg.Log, bySym: map[string]*conn{}}
 }
@@ -256,7 +260,8 @@ type session struct {
 	cancel  context.CancelFunc
 	readErr chan error
 	first   chan struct{} // closed on the first frame
-	last    atomic.Int64  // unix ms of the last frame
+	last    atomic.Int64  // unix ms of the last frame or pong
+	pinging atomic.Bool
 }
 
 // open dials a session carrying every current stream and starts reading it.
@@ -321,14 +326,19 @@ func (c *conn) run(ctx context.Context) {
 			return true
 		}
 	}
+	idle := time.NewTicker(500 * time.Millisecond)
+	defer idle.Stop()
 	for ctx.Err() == nil {
 		if c.size() == 0 {
+			// Nothing to miss: an idle connection holds no one back.
+			c.in.router.Alive(ctx, c.id, c.in.cfg.Now().UnixMilli())
 			select {
 			case <-ctx.Done():
 				return
 			case <-c.changed:
-				continue
+			case <-idle.C:
 			}
+			continue
 		}
 		s, err := c.open(ctx)
 		if err != nil {
@@ -345,7 +355,12 @@ func (c *conn) run(ctx context.Context) {
 			c.in.stats.Reconnects.Add(1)
 			c.mu.Lock()
 			c.reconn++
+			syms := make([]string, 0, len(c.symbols))
+			for sym := range c.symbols {
+				syms = append(syms, sym)
+			}
 			c.mu.Unlock()
+			c.in.router.Reconnected(ctx, syms)
 		}
 		backoff = 100 * time.Millisecond
 		for s != nil {
@@ -353,10 +368,15 @@ func (c *conn) run(ctx context.Context) {
 		}
 		c.mu.Lock()
 		c.session = nil
+		syms := make([]string, 0, len(c.symbols))
+		for sym := range c.symbols {
+			syms = append(syms, sym)
+		}
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
+		c.in.router.Lost(ctx, syms)
 		lost = true
 		log.Warn("trade stream lost; reconnecting")
 		if !pause() {
@@ -368,7 +388,7 @@ func (c *conn) run(ctx context.Context) {
 // serve watches session s until it fails, ctx ends, or it is time to
 // rotate; it returns the replacing session after a rotation, else nil.
 func (c *conn) serve(ctx context.Context, s *session, log *slog.Logger) *session {
-	watch := time.NewTicker(min(c.in.cfg.ReadTimeout/4, time.Second))
+	watch := time.NewTicker(min(c.in.cfg.ReadTimeout/4, 500*time.Millisecond))
 	defer watch.Stop()
 	life := time.NewTimer(c.in.cfg.RotateAfter)
 	defer life.Stop()
@@ -384,10 +404,25 @@ func (c *conn) serve(ctx context.Context, s *session, log *slog.Logger) *session
 			s.close(0, "")
 			return nil
 		case <-watch.C:
-			if time.Since(time.UnixMilli(s.last.Load())) > c.in.cfg.ReadTimeout {
+			quiet := time.Since(time.UnixMilli(s.last.Load()))
+			if quiet > c.in.cfg.ReadTimeout {
 				log.Warn("trade stream silent; dropping it", "silent_for", c.in.cfg.ReadTimeout)
 				s.close(0, "")
 				return nil
+			}
+			if quiet > time.Second && !s.pinging.Swap(true) {
+				// A pong proves the connection is current even when no
+				// trade comes, so klines can close on time.
+				go func() {
+					defer s.pinging.Store(false)
+					pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+					defer cancel()
+					sent := c.in.cfg.Now().UnixMilli()
+					if s.ws.Ping(pctx) == nil {
+						s.last.Store(time.Now().UnixMilli())
+						c.in.router.Alive(ctx, c.id, sent)
+					}
+				}()
 			}
 		case <-c.changed:
 			c.mu.Lock()
@@ -451,7 +486,7 @@ func (c *conn) handle(ctx context.Context, b []byte) {
 		return
 	}
 	st.Trades.Add(1)
-	c.in.router.Deliver(ctx, name, t)
+	c.in.router.Deliver(ctx, c.id, name, t)
 }
 
 // String describes the connection for logs.

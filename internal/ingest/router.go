@@ -42,32 +42,43 @@ type RouterStats struct {
 	Overflowing atomic.Int64 // trades dropped from full buffers (refilled from REST)
 }
 
+// item is a trade, or with symbol "" a sign of life, from connection conn;
+// at is the exchange time (ms) up to which conn has delivered everything.
 type item struct {
 	symbol string
+	conn   int
+	at     int64
 	trade  kline.Trade
 }
 
 type fillResult struct {
 	symbol string
 	from   int64
+	epoch  int
 	trades []kline.Trade
 	err    error
 }
 
 type control struct {
-	symbol string
-	start  bool // else: remove
-	next   int64
-	trades []kline.Trade
-	done   chan struct{}
+	symbol  string
+	start   bool     // else: remove
+	suspect []string // else: symbols whose connection was lost or is back
+	down    bool     // with suspect: lost (true) or back (false)
+	next    int64
+	trades  []kline.Trade
+	done    chan struct{}
 }
 
 // symState is one symbol's position in its trade sequence.
 type symState struct {
-	next    int64         // id the sink needs next; -1 until Start
-	pending []kline.Trade // later trades, sorted by id
-	filling bool
-	gapAt   time.Time // when the current gap was first seen
+	next     int64         // id the sink needs next; -1 until Start
+	lastTime int64         // trade time of the last trade forwarded
+	pending  []kline.Trade // later trades, sorted by id
+	suspect  bool          // may have missed trades (reconnect): fill from REST
+	down     bool          // its connection is lost
+	epoch    int           // bumped on loss and return; older fills cannot clear suspect
+	filling  bool
+	gapAt    time.Time // when the current gap was first seen
 }
 
 // Router is the single owner of every symbol's sequence position.
@@ -82,9 +93,18 @@ type Router struct {
 	maxBuf  int
 	stats   RouterStats
 
+	// watermark is the exchange time (ms) up to which every connection has
+	// delivered everything: the min over connections of their last trade
+	// time, or of exchange time at their last pong when idle; hold is the trade time before which a symbol waiting
+	// on a gap may have missing trades (0: none waiting). Together they
+	// tell the engine's clock how far it may close klines.
+	watermark atomic.Int64
+	hold      atomic.Int64
+
 	// Owned by Run.
-	syms map[string]*symState
-	out  map[string][]kline.Trade
+	syms  map[string]*symState
+	out   map[string][]kline.Trade
+	alive map[int]int64 // connection → last sign of life
 }
 
 // NewRouter returns a router into sink that fills gaps through filler.
@@ -94,17 +114,37 @@ func NewRouter(sink Sink, filler Filler, gapWait time.Duration, log *slog.Logger
 	return &Router{
 		sink: sink, filler: filler, log: log, gapWait: gapWait, maxBuf: 200_000,
 		in: make(chan item, 1<<16), fills: make(chan fillResult, 64), ctl: make(chan control),
-		syms: map[string]*symState{}, out: map[string][]kline.Trade{},
+		syms: map[string]*symState{}, out: map[string][]kline.Trade{}, alive: map[int]int64{},
 	}
+}
+
+// Watermark returns the exchange time (ms) up to which every connection has
+// delivered its trades; 0 before the first.
+func (r *Router) Watermark() int64 { return r.watermark.Load() }
+
+// Hold returns the exchange time before which some symbol may still be
+// missing trades (a gap being filled), and whether there is one.
+func (r *Router) Hold() (int64, bool) {
+	h := r.hold.Load()
+	return h, h > 0
 }
 
 // Stats returns the router's counters.
 func (r *Router) Stats() *RouterStats { return &r.stats }
 
-// Deliver queues one trade received from a connection.
-func (r *Router) Deliver(ctx context.Context, symbol string, t kline.Trade) {
+// Deliver queues one trade received from connection conn.
+func (r *Router) Deliver(ctx context.Context, conn int, symbol string, t kline.Trade) {
 	select {
-	case r.in <- item{symbol, t}:
+	case r.in <- item{symbol: symbol, conn: conn, at: t.Time, trade: t}:
+	case <-ctx.Done():
+	}
+}
+
+// Alive records that connection conn has delivered everything up to
+// exchange time at (a pong, or an idle connection).
+func (r *Router) Alive(ctx context.Context, conn int, at int64) {
+	select {
+	case r.in <- item{conn: conn, at: at}:
 	case <-ctx.Done():
 	}
 }
@@ -114,6 +154,19 @@ func (r *Router) Deliver(ctx context.Context, symbol string, t kline.Trade) {
 // delivered before Start wait. It returns once the router has taken it.
 func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
 	return r.control(ctx, control{symbol: symbol, start: true, next: next, trades: trades})
+}
+
+// Lost tells the router that symbols' connection is lost: they may miss
+// trades even where no later trade shows a gap, so the engine's clock is
+// held at their last trade until they are back and filled from REST.
+func (r *Router) Lost(ctx context.Context, symbols []string) error {
+	return r.control(ctx, control{suspect: symbols, down: true})
+}
+
+// Reconnected tells the router that symbols' connection is back: each is
+// filled from REST up to the exchange's present, which releases the clock.
+func (r *Router) Reconnected(ctx context.Context, symbols []string) error {
+	return r.control(ctx, control{suspect: symbols})
 }
 
 // Remove forgets symbol.
@@ -145,18 +198,19 @@ func (r *Router) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case it := <-r.in:
-			r.take(it.symbol, it.trade)
+			r.take(it)
 			// Drain what is already queued, so bursts reach the sink as
 			// batches while a lone trade goes out at once.
 			for n := 0; n < 4096; n++ {
 				select {
 				case it := <-r.in:
-					r.take(it.symbol, it.trade)
+					r.take(it)
 					continue
 				default:
 				}
 				break
 			}
+			r.updateWatermark()
 		case f := <-r.fills:
 			r.filled(ctx, f)
 		case c := <-r.ctl:
@@ -181,12 +235,24 @@ func (r *Router) state(symbol string) *symState {
 }
 
 func (r *Router) apply(c control) {
+	if c.suspect != nil {
+		for _, sym := range c.suspect {
+			if s := r.syms[sym]; s != nil && s.next >= 0 {
+				s.suspect, s.down = true, c.down
+				s.epoch++
+				s.gapAt = time.Now().Add(-r.gapWait)
+			}
+		}
+		r.updateHold()
+		return
+	}
 	if !c.start {
 		if s := r.syms[c.symbol]; s != nil {
 			r.stats.Buffered.Add(-int64(len(s.pending)))
 		}
 		delete(r.syms, c.symbol)
 		delete(r.out, c.symbol)
+		r.updateHold()
 		return
 	}
 	s := r.state(c.symbol)
@@ -204,14 +270,49 @@ func (r *Router) apply(c control) {
 	r.release(c.symbol, s)
 }
 
-// take handles one delivered trade.
-func (r *Router) take(symbol string, t kline.Trade) {
-	s := r.state(symbol)
-	if s.next < 0 {
-		r.buffer(s, t)
+// take handles one delivered item.
+func (r *Router) take(it item) {
+	r.alive[it.conn] = max(r.alive[it.conn], it.at)
+	if it.symbol == "" {
 		return
 	}
-	r.accept(symbol, s, t)
+	s := r.state(it.symbol)
+	if s.next < 0 {
+		r.buffer(s, it.trade)
+		return
+	}
+	r.accept(it.symbol, s, it.trade)
+}
+
+func (r *Router) updateWatermark() {
+	w := int64(0)
+	for _, at := range r.alive {
+		if w == 0 || at < w {
+			w = at
+		}
+	}
+	r.watermark.Store(w)
+}
+
+// updateHold recomputes the hold over symbols waiting on a gap or a start.
+func (r *Router) updateHold() {
+	h := int64(0)
+	for _, s := range r.syms {
+		if len(s.pending) == 0 && !s.suspect {
+			continue
+		}
+		t := s.lastTime
+		if (s.next < 0 || t == 0) && len(s.pending) > 0 {
+			t = s.pending[0].Time - 1
+		}
+		if t <= 0 {
+			t = 1 // nothing known yet: hold everything
+		}
+		if h == 0 || t < h {
+			h = t
+		}
+	}
+	r.hold.Store(h)
 }
 
 // accept forwards t if it is next, buffers it if later, drops it if earlier.
@@ -222,6 +323,7 @@ func (r *Router) accept(symbol string, s *symState, t kline.Trade) {
 	case t.ID == s.next:
 		r.out[symbol] = append(r.out[symbol], t)
 		s.next++
+		s.lastTime = t.Time
 		if len(s.pending) > 0 {
 			r.release(symbol, s)
 		}
@@ -252,6 +354,7 @@ func (r *Router) buffer(s *symState, t kline.Trade) {
 	r.stats.Buffered.Add(1)
 	if s.gapAt.IsZero() {
 		s.gapAt = time.Now()
+		r.updateHold() // before anything lets the clock pass the gap
 	}
 }
 
@@ -269,31 +372,33 @@ func (r *Router) release(symbol string, s *symState) {
 		}
 		r.out[symbol] = append(r.out[symbol], t)
 		s.next++
+		s.lastTime = t.Time
 	}
 	if i > 0 {
 		r.stats.Buffered.Add(-int64(i))
 		s.pending = append(s.pending[:0], s.pending[i:]...)
 	}
-	if len(s.pending) == 0 {
+	if len(s.pending) == 0 && !s.suspect && !s.gapAt.IsZero() {
 		s.gapAt = time.Time{}
+		r.updateHold()
 	}
 }
 
 func (r *Router) checkGaps(ctx context.Context) {
 	now := time.Now()
 	for sym, s := range r.syms {
-		if s.next < 0 || s.filling || len(s.pending) == 0 || now.Sub(s.gapAt) < r.gapWait {
+		if s.next < 0 || s.filling || (len(s.pending) == 0 && !s.suspect) || now.Sub(s.gapAt) < r.gapWait {
 			continue
 		}
 		s.filling = true
 		r.stats.Fills.Add(1)
-		go func(sym string, from int64) {
+		go func(sym string, from int64, epoch int) {
 			ts, err := r.filler.AggTrades(ctx, sym, from, -1, 1000)
 			select {
-			case r.fills <- fillResult{sym, from, ts, err}:
+			case r.fills <- fillResult{sym, from, epoch, ts, err}:
 			case <-ctx.Done():
 			}
-		}(sym, s.next)
+		}(sym, s.next, s.epoch)
 	}
 }
 
@@ -330,9 +435,19 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 		}
 		r.accept(f.symbol, s, t)
 	}
+	if len(f.trades) < 1000 && !s.down && f.epoch == s.epoch {
+		// The exchange had nothing more since the connection came back:
+		// the symbol is caught up.
+		s.suspect = false
+	}
 	r.release(f.symbol, s)
-	if len(s.pending) > 0 {
+	switch {
+	case s.down:
+		s.gapAt = time.Now() // filled what it could; again after gapWait
+	case len(s.pending) > 0 || s.suspect:
 		s.gapAt = time.Now().Add(-r.gapWait) // more to fill: go again at once
+	default:
+		r.updateHold()
 	}
 }
 

@@ -90,7 +90,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	s.Ingest = ingest.New(ingest.Config{
 		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
-		HTTPClient: wsClient, Log: log.With("part", "ingest"),
+		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
 	s.History = history.New(s.Client, s.Engine, s.Router, st, cfg.Intervals, cfg.Klines.BackfillLimit, log.With("part", "history"))
 	return s, nil
@@ -195,13 +195,30 @@ func (s *Service) tick(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.Engine.Tick(ctx, s.ExchangeNow())
+			if now, ok := s.clock(); ok {
+				s.Engine.Tick(ctx, now)
+			}
 		case <-sync.C:
 			if err := s.syncTime(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("exchange time sync failed", "err", err)
 			}
 		}
 	}
+}
+
+// clock is the time up to which the engine may close klines: exchange time,
+// held back to what every connection has delivered and to the start of any
+// gap being filled, so that no kline closes while its trades are in flight.
+func (s *Service) clock() (time.Time, bool) {
+	w := s.Router.Watermark()
+	if w == 0 {
+		return time.Time{}, false
+	}
+	now := min(s.ExchangeNow().UnixMilli(), w)
+	if h, ok := s.Router.Hold(); ok {
+		now = min(now, h)
+	}
+	return time.UnixMilli(now), true
 }
 
 // filter keeps TRADING USDT perpetuals that the include and exclude lists
