@@ -155,7 +155,9 @@ func TestBuildCrashSafety(t *testing.T) {
 	dir := t.TempDir()
 	files := genArchives(t, dir, 8, 40)
 	clean, crashed := filepath.Join(dir, "clean.db"), filepath.Join(dir, "crashed.db")
-	args := func(db string) []string { return append([]string{"build", "-intervals", "1m,5m,1h,1d", "-db", db}, files...) }
+	args := func(db string) []string {
+		return append([]string{"build", "-intervals", "1m,5m,1h,1d", "-db", db}, files...)
+	}
 	if r := klagg(t, args(clean)...); r.code != 0 {
 		t.Fatalf("clean build: %+v", r)
 	}

@@ -132,14 +132,21 @@ status_interval = "2s"
 	return r
 }
 
-// appendExchange adds a line to the config's [exchange] table.
+// appendExchange sets a key of the config's [exchange] table.
 func (r *run) appendExchange(line string) {
 	r.t.Helper()
 	data, err := os.ReadFile(r.conf)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	s := strings.Replace(string(data), "#EXCHANGE#", line+"\n#EXCHANGE#", 1)
+	key := strings.TrimSpace(strings.SplitN(line, "=", 2)[0])
+	var kept []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(l, key+" =") {
+			kept = append(kept, l)
+		}
+	}
+	s := strings.Replace(strings.Join(kept, "\n"), "#EXCHANGE#", line+"\n#EXCHANGE#", 1)
 	if err := os.WriteFile(r.conf, []byte(s), 0o644); err != nil {
 		r.t.Fatal(err)
 	}
@@ -289,7 +296,7 @@ func (r *run) check(until time.Duration) {
 				}
 			}
 			if len(closed) == 0 {
-				if iv.Duration() <= time.Hour {
+				if iv.String() == "1m" {
 					r.t.Errorf("%s %s: no closed klines stored", sym, iv)
 				}
 				continue

@@ -132,16 +132,17 @@ func TestExchangeClockAhead(t *testing.T) {
 	r.check(8 * time.Minute)
 }
 
-// TestWeightBudget starts 8 symbols under a budget of 300 weight a minute:
+// TestWeightBudget starts 4 symbols under a budget of 200 weight a minute:
 // startup needs more, so klagg must spread it over minutes and never get a 429.
 func TestWeightBudget(t *testing.T) {
-	r := newRun(t, fakex.Config{WeightPerMinute: 300, Speed: 5}, "")
-	r.appendExchange(`weight_per_minute = 300`)
+	r := newRun(t, fakex.Config{Symbols: 4, WeightPerMinute: 200, Speed: 5}, "")
+	r.appendExchange(`weight_per_minute = 200`)
+	r.appendExchange(`time_sync = "10s"`)
 	r.startKlagg()
 	r.until(2 * time.Minute)
 	r.stop()
 	st := r.x.Stats()
-	if st.Rejected429 != 0 || st.Banned418 != 0 || st.MaxWeight1M > 300 {
+	if st.Rejected429 != 0 || st.Banned418 != 0 || st.MaxWeight1M > 200 {
 		t.Errorf("budget exceeded: %+v", st)
 	}
 	r.check(2 * time.Minute)

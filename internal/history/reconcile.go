@@ -18,10 +18,10 @@ import (
 // It is an engine sink: Publish only records closed 1m klines, so the engine
 // never waits on REST.
 type Reconciler struct {
-	ex     Exchange
-	delay  time.Duration
-	now    func() time.Time // exchange time
-	log    *slog.Logger
+	ex    Exchange
+	delay time.Duration
+	now   func() time.Time // exchange time
+	log   *slog.Logger
 
 	mu      sync.Mutex
 	pending map[kline.Key]kline.Update
