@@ -1,0 +1,53 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestMissingFileGetsDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config", "aggregate_config.toml")
+	cfg, created, err := Load(path)
+	if err != nil || !created {
+		t.Fatalf("Load: created=%v err=%v", created, err)
+	}
+	if cfg.Exchange.RESTURL != "https://fapi.binance.com" || cfg.Exchange.WSURL != "wss://fstream.binance.com" ||
+		len(cfg.Intervals) != 15 || cfg.Server.Listen != "127.0.0.1:8080" || cfg.Klines.BackfillLimit != 1000 {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil || !strings.Contains(string(data), "# klagg configuration") {
+		t.Fatalf("default file not written with its comments: %v", err)
+	}
+	if _, created, err := Load(path); err != nil || created {
+		t.Fatalf("second Load: created=%v err=%v", created, err)
+	}
+}
+
+func TestOverlayAndValidation(t *testing.T) {
+	cfg, err := Parse([]byte("[klines]\nintervals = [\"1m\", \"90m\"]\n[database]\npath = \"x.db\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Intervals) != 2 || cfg.Intervals[1].String() != "90m" || cfg.Database.Path != "x.db" || cfg.Exchange.WeightPerMinute != 2400 {
+		t.Errorf("overlay: %+v", cfg)
+	}
+	cases := map[string]string{
+		"[exchange]\nrest_ulr = \"http://x\"\n":             `unknown key "exchange.rest_ulr" (line 2)`,
+		"[klines]\nintervals = [\"1m\", \"7x\"]\n":           `klines.intervals: invalid interval "7x"`,
+		"[exchange]\nread_timeout = \"soon\"\n":             `"soon" is not a duration`,
+		"[exchange]\nws_url = \"https://x\"\n":              `exchange.ws_url: scheme "https" is not one of wss, ws`,
+		"[exchange]\nstreams_per_connection = 2000\n":       "exchange.streams_per_connection: 2000 is outside 1..1024",
+		"[exchange]\nrotate_after = \"25h\"\n":              "not before Binance's 24h connection cut",
+		"[exchange]\nproxy = \"ftp://p\"\n":                 "exchange.proxy",
+		"[database]\npath = \"\"\n[server]\nlisten = \"\"\n": "database.path: must not be empty",
+	}
+	for in, want := range cases {
+		_, err := Parse([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error containing %q", in, err, want)
+		}
+	}
+}
