@@ -35,13 +35,13 @@ func TestOverlayAndValidation(t *testing.T) {
 		t.Errorf("overlay: %+v", cfg)
 	}
 	cases := map[string]string{
-		"[exchange]\nrest_ulr = \"http://x\"\n":             `unknown key "exchange.rest_ulr" (line 2)`,
+		"[exchange]\nrest_ulr = \"http://x\"\n":              `unknown key "exchange.rest_ulr" (line 2)`,
 		"[klines]\nintervals = [\"1m\", \"7x\"]\n":           `klines.intervals: invalid interval "7x"`,
-		"[exchange]\nread_timeout = \"soon\"\n":             `"soon" is not a duration`,
-		"[exchange]\nws_url = \"https://x\"\n":              `exchange.ws_url: scheme "https" is not one of wss, ws`,
-		"[exchange]\nstreams_per_connection = 2000\n":       "exchange.streams_per_connection: 2000 is outside 1..1024",
-		"[exchange]\nrotate_after = \"25h\"\n":              "not before Binance's 24h connection cut",
-		"[exchange]\nproxy = \"ftp://p\"\n":                 "exchange.proxy",
+		"[exchange]\nread_timeout = \"soon\"\n":              `"soon" is not a duration`,
+		"[exchange]\nws_url = \"https://x\"\n":               `exchange.ws_url: scheme "https" is not one of wss, ws`,
+		"[exchange]\nstreams_per_connection = 2000\n":        "exchange.streams_per_connection: 2000 is outside 1..1024",
+		"[exchange]\nrotate_after = \"25h\"\n":               "not before Binance's 24h connection cut",
+		"[exchange]\nproxy = \"ftp://p\"\n":                  "exchange.proxy",
 		"[database]\npath = \"\"\n[server]\nlisten = \"\"\n": "database.path: must not be empty",
 	}
 	for in, want := range cases {
