@@ -7,6 +7,7 @@ package binance
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
@@ -70,7 +71,9 @@ func ParseAggTrade(frame []byte) (symbol []byte, t kline.Trade, err error) {
 			t.ID, ok = sc.int()
 			seen |= hasA
 		case 's':
+			// Symbols may be non-ASCII (Binance lists some), never invalid UTF-8.
 			symbol, ok = sc.str()
+			ok = ok && utf8.Valid(symbol)
 			seen |= hasS
 		case 'p':
 			t.Price, ok = sc.dec()
