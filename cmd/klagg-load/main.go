@@ -5,6 +5,11 @@
 //
 // writes <SYMBOL>-aggTrades-<date>.csv files holding rows trades in all,
 // split evenly over the symbols, one file per symbol and UTC day.
+//
+//	klagg-load live -klagg /tmp/klagg -symbols 1000 -rate 10000 -duration 60s
+//
+// runs the klagg binary against an in-process fake exchange trading at the
+// given rate and reports the trade rate klagg sustained and its memory.
 package main
 
 import (
@@ -27,13 +32,15 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR")
+		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D]")
 	}
 	switch args[0] {
 	case "trades":
 		return runTrades(args[1:], stdout, stderr)
+	case "live":
+		return runLive(args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown command %q: want trades", args[0])
+	return fmt.Errorf("unknown command %q: want trades or live", args[0])
 }
 
 func runTrades(args []string, stdout, stderr io.Writer) error {

@@ -165,8 +165,8 @@ func (c *Config) validate() error {
 	if c.Exchange.Proxy != "" {
 		checkURL("exchange.proxy", c.Exchange.Proxy, "http", "https", "socks5", "socks5h")
 	}
-	if w := c.Exchange.WeightPerMinute; w < 10 || w > 6000 {
-		bad("exchange.weight_per_minute", "%d is outside 10..6000 (Binance allows 2400)", w)
+	if w := c.Exchange.WeightPerMinute; w < 10 {
+		bad("exchange.weight_per_minute", "%d is below 10 (Binance allows 2400)", w)
 	}
 	if n := c.Exchange.StreamsPerConnection; n < 1 || n > 1024 {
 		bad("exchange.streams_per_connection", "%d is outside 1..1024 (Binance's limit)", n)
