@@ -123,15 +123,7 @@ func klinesWeight(r *http.Request) int {
 			limit = n
 		}
 	}
-	switch {
-	case limit < 100:
-		return 1
-	case limit < 500:
-		return 2
-	case limit <= 1000:
-		return 5
-	}
-	return 10
+	return binance.KlinesWeight(limit)
 }
 
 func (x *Exchange) handlePing(*http.Request, int64) (any, *apiError) { return struct{}{}, nil }
