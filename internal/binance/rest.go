@@ -282,29 +282,17 @@ func (c *Client) AggTrades(ctx context.Context, symbol string, fromID, start int
 		q.Set("startTime", strconv.FormatInt(start, 10))
 		q.Set("endTime", strconv.FormatInt(start+time.Hour.Milliseconds()-1, 10))
 	}
-	var rows []struct {
-		A int64  `json:"a"`
-		P string `json:"p"`
-		Q string `json:"q"`
-		F int64  `json:"f"`
-		L int64  `json:"l"`
-		T int64  `json:"T"`
-		M bool   `json:"m"`
-	}
+	var rows []AggTradeJSON
 	if err := c.get(ctx, "/fapi/v1/aggTrades", q, AggTradesWeight, &rows); err != nil {
 		return nil, err
 	}
 	out := make([]kline.Trade, len(rows))
 	for i, r := range rows {
-		p, err := decimal.Parse(r.P)
+		t, err := r.Trade()
 		if err != nil {
-			return nil, fmt.Errorf("aggTrades of %s: price: %w", symbol, err)
+			return nil, fmt.Errorf("aggTrades of %s: %w", symbol, err)
 		}
-		qty, err := decimal.Parse(r.Q)
-		if err != nil {
-			return nil, fmt.Errorf("aggTrades of %s: quantity: %w", symbol, err)
-		}
-		out[i] = kline.Trade{ID: r.A, Price: p, Qty: qty, FirstID: r.F, LastID: r.L, Time: r.T, BuyerMaker: r.M}
+		out[i] = t
 	}
 	return out, nil
 }
@@ -313,4 +301,35 @@ func (c *Client) AggTrades(ctx context.Context, symbol string, fromID, start int
 func IsInvalidSymbol(err error) bool {
 	var ae *APIError
 	return errors.As(err, &ae) && ae.Code == -1121
+}
+
+// AggTradeJSON is one aggregated trade as REST aggTrades returns it (and as
+// the archived JSON of that endpoint holds it).
+type AggTradeJSON struct {
+	A int64  `json:"a"`
+	P string `json:"p"`
+	Q string `json:"q"`
+	F int64  `json:"f"`
+	L int64  `json:"l"`
+	T int64  `json:"T"`
+	M bool   `json:"m"`
+}
+
+// Trade converts the row, with exact decimals.
+func (r AggTradeJSON) Trade() (kline.Trade, error) {
+	p, err := decimal.Parse(r.P)
+	if err != nil {
+		return kline.Trade{}, fmt.Errorf("price: %w", err)
+	}
+	q, err := decimal.Parse(r.Q)
+	if err != nil {
+		return kline.Trade{}, fmt.Errorf("quantity: %w", err)
+	}
+	return kline.Trade{ID: r.A, Price: p, Qty: q, FirstID: r.F, LastID: r.L, Time: r.T, BuyerMaker: r.M}, nil
+}
+
+// AggTradeRow renders t in REST layout with symbol precision p.
+func AggTradeRow(t *kline.Trade, p kline.Precision) AggTradeJSON {
+	return AggTradeJSON{A: t.ID, P: string(p.AppendPrice(nil, t.Price)), Q: string(decimal.Append(nil, t.Qty, p.Qty)),
+		F: t.FirstID, L: t.LastID, T: t.Time, M: t.BuyerMaker}
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/klagg/klagg/internal/binance"
-	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -251,16 +250,6 @@ func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *apiError) {
 	return json.RawMessage(append(buf, ']')), nil
 }
 
-type aggTradeJSON struct {
-	A int64  `json:"a"`
-	P string `json:"p"`
-	Q string `json:"q"`
-	F int64  `json:"f"`
-	L int64  `json:"l"`
-	T int64  `json:"T"`
-	M bool   `json:"m"`
-}
-
 func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) {
 	s, aerr := x.lookup(r)
 	if aerr != nil {
@@ -313,9 +302,9 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) 
 	default:
 		sel = trades[max(0, len(trades)-int(limit)):]
 	}
-	out := make([]aggTradeJSON, len(sel))
-	for i, t := range sel {
-		out[i] = aggTradeJSON{A: t.ID, P: string(prec.AppendPrice(nil, t.Price)), Q: string(decimal.Append(nil, t.Qty, prec.Qty)), F: t.FirstID, L: t.LastID, T: t.Time, M: t.BuyerMaker}
+	out := make([]binance.AggTradeJSON, len(sel))
+	for i := range sel {
+		out[i] = binance.AggTradeRow(&sel[i], prec)
 	}
 	return out, nil
 }

@@ -165,8 +165,11 @@ type conn struct {
 	in *Ingest
 	id int
 
-	mu        sync.Mutex
-	symbols   map[string]string // "BTCUSDT" → "BTCUSDT", to intern names from frames
+	mu      sync.Mutex
+	symbols map[string]string // "BTCUSDT" → "BTCUSDT", guarded by mu
+	// names is a read-only copy of symbols for the frame path, replaced on
+	// every change, so reading a trade takes no lock and interns the name.
+	names     atomic.Pointer[map[string]string]
 	session   *websocket.Conn
 	since     time.Time
 	reconn    int64
@@ -196,6 +199,7 @@ func streamName(symbol string) string { return strings.ToLower(symbol) + "@aggTr
 func (c *conn) add(symbol string) {
 	c.mu.Lock()
 	c.symbols[symbol] = symbol
+	c.publishNames()
 	c.pendingOp = append(c.pendingOp, op{"SUBSCRIBE", []string{streamName(symbol)}})
 	c.mu.Unlock()
 	c.signal()
@@ -204,9 +208,19 @@ func (c *conn) add(symbol string) {
 func (c *conn) remove(symbol string) {
 	c.mu.Lock()
 	delete(c.symbols, symbol)
+	c.publishNames()
 	c.pendingOp = append(c.pendingOp, op{"UNSUBSCRIBE", []string{streamName(symbol)}})
 	c.mu.Unlock()
 	c.signal()
+}
+
+// publishNames copies symbols for the frame path; called with mu held.
+func (c *conn) publishNames() {
+	m := make(map[string]string, len(c.symbols))
+	for k, v := range c.symbols {
+		m[k] = v
+	}
+	c.names.Store(&m)
 }
 
 func (c *conn) signal() {
@@ -478,9 +492,11 @@ func (c *conn) handle(ctx context.Context, b []byte) {
 		}
 		return
 	}
-	c.mu.Lock()
-	name, ok := c.symbols[string(sym)]
-	c.mu.Unlock()
+	var name string
+	ok := false
+	if m := c.names.Load(); m != nil {
+		name, ok = (*m)[string(sym)]
+	}
 	if !ok {
 		st.Other.Add(1) // a stream we no longer want
 		return

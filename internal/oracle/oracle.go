@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -60,30 +60,18 @@ func FreqtradeTrades(tb testing.TB, dir string) []kline.Trade {
 		tb.Fatal(err)
 	}
 	var rows []struct {
-		Info struct {
-			A int64  `json:"a"`
-			P string `json:"p"`
-			Q string `json:"q"`
-			F int64  `json:"f"`
-			L int64  `json:"l"`
-			T int64  `json:"T"`
-			M bool   `json:"m"`
-		} `json:"info"`
+		Info binance.AggTradeJSON `json:"info"`
 	}
 	if err := json.NewDecoder(zr).Decode(&rows); err != nil {
 		tb.Fatal(err)
 	}
 	out := make([]kline.Trade, len(rows))
 	for i, r := range rows {
-		p, err := decimal.Parse(r.Info.P)
+		t, err := r.Info.Trade()
 		if err != nil {
 			tb.Fatal(err)
 		}
-		q, err := decimal.Parse(r.Info.Q)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		out[i] = kline.Trade{ID: r.Info.A, Price: p, Qty: q, FirstID: r.Info.F, LastID: r.Info.L, Time: r.Info.T, BuyerMaker: r.Info.M}
+		out[i] = t
 	}
 	return out
 }
