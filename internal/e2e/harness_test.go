@@ -64,6 +64,9 @@ type run struct {
 	live   chan struct{}
 	exited chan error
 	liveAt time.Time // exchange time when klagg first went live
+	// hidden is set when the exchange hid trades: klagg's trade ids then
+	// differ where a hidden trade was a kline's first or last, by design.
+	hidden bool
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
@@ -315,7 +318,7 @@ func (r *run) check(until time.Duration) {
 					r.t.Errorf("%s %s %s: stored but the exchange has no such kline", sym, iv, ms(k.OpenTime))
 					continue
 				}
-				if k.FirstTradeID < 0 && k.Trades > 0 { // from REST: no trade ids
+				if (k.FirstTradeID < 0 && k.Trades > 0) || r.hidden { // from REST: no trade ids
 					w.FirstTradeID, w.LastTradeID = k.FirstTradeID, k.LastTradeID
 				}
 				w.Closed = true

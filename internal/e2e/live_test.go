@@ -77,6 +77,23 @@ func TestMalformedFrames(t *testing.T) {
 	r.check(8 * time.Minute)
 }
 
+// TestHiddenTrades has the exchange keep trades out of its streams, as it
+// does with insurance-fund trades: reconciliation must find every one and
+// carry it into every interval.
+func TestHiddenTrades(t *testing.T) {
+	r := newRun(t, fakex.Config{}, "")
+	r.hidden = true
+	r.startKlagg()
+	r.until(3 * time.Minute)
+	r.x.HideTrades(40)
+	r.until(10 * time.Minute)
+	r.stop()
+	if !r.logged("kline differs from the exchange's; taking the exchange's") {
+		t.Error("reconciliation found no difference")
+	}
+	r.check(10 * time.Minute)
+}
+
 func TestRESTErrors(t *testing.T) {
 	r := newRun(t, fakex.Config{}, "")
 	// The first requests meet a 503, a 429, then a 418 ban of 2 s.

@@ -45,6 +45,9 @@ type Stats struct {
 	Partial    int64 // trades straddling a seed snapshot's last trade id
 	Unknown    int64 // trades for a symbol the engine does not hold
 	Closed     int64 // klines closed
+	// Unamended counts longer-interval klines a correction came too late
+	// for: the engine no longer held them, so they keep klagg's value.
+	Unamended int64
 }
 
 // Engine is the single owner of the live kline table.
@@ -60,6 +63,10 @@ type Engine struct {
 	cur     []kline.Kline // open kline per slot; OpenTime 0 = not started
 	prev    []kline.Kline // last closed kline per slot; OpenTime 0 = none
 	floor   []int64       // trades with LastID ≤ floor are already in the slot (seed)
+	// recent holds, per symbol, the 1m klines closed before the 1m slot's
+	// prev, direct-mapped by minute, so that a reconciliation arriving
+	// minutes late can still be carried into the longer intervals.
+	recent  []kline.Kline
 	dirty   []bool
 	dirtyQ  []int32
 	out     []kline.Update
@@ -127,14 +134,14 @@ func (e *Engine) Stats() Stats {
 		Trades: e.shared.trades.Load(), Duplicates: e.shared.duplicates.Load(),
 		Late: e.shared.late.Load(), TooLate: e.shared.tooLate.Load(),
 		Partial: e.shared.partial.Load(), Unknown: e.shared.unknown.Load(),
-		Closed: e.shared.closed.Load(),
+		Closed: e.shared.closed.Load(), Unamended: e.shared.unamended.Load(),
 	}
 }
 
 // sharedStats mirrors Stats for readers on other goroutines; the engine
 // stores into it after each event, so the hot path counts in plain fields.
 type sharedStats struct {
-	trades, duplicates, late, tooLate, partial, unknown, closed atomic.Int64
+	trades, duplicates, late, tooLate, partial, unknown, closed, unamended atomic.Int64
 }
 
 // Trades hands a batch of one symbol's trades, in aggregate-id order, to the
@@ -262,9 +269,11 @@ func (e *Engine) addSymbol(name string) {
 		for s := si * n; s < (si+1)*n; s++ {
 			e.cur[s], e.prev[s], e.floor[s] = kline.Kline{}, kline.Kline{}, 0
 		}
+		clear(e.recent[si*recentMinutes : (si+1)*recentMinutes])
 	} else {
 		si = len(e.symbols)
 		e.symbols = append(e.symbols, symbol{})
+		e.recent = append(e.recent, make([]kline.Kline, recentMinutes)...)
 		for range n {
 			e.cur = append(e.cur, kline.Kline{})
 			e.prev = append(e.prev, kline.Kline{})
@@ -353,10 +362,7 @@ func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
 			p.AddProduct(t, pq)
 			e.stats.Late++
 			e.emit(si, s, p)
-			if k.Trades == 0 && k.OpenTime == iv.Next(p.OpenTime) {
-				// The open kline still sits at the previous close, which moved.
-				k.Open, k.High, k.Low, k.Close = p.Close, p.Close, p.Close, p.Close
-			}
+			e.followPrev(s, iv)
 			return
 		}
 		e.stats.TooLate++
@@ -367,10 +373,14 @@ func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
 // kline opening at open, which becomes the open kline.
 func (e *Engine) roll(si, s int, iv kline.Interval, open int64) {
 	k := &e.cur[s]
+	oneMinute := s%len(e.ivs) == 0 && iv.Duration() == time.Minute
 	for k.OpenTime < open {
 		k.Closed = true
 		e.stats.Closed++
 		e.emit(si, s, k)
+		if p := &e.prev[s]; oneMinute && p.OpenTime != 0 {
+			*e.recentAt(si, p.OpenTime) = *p
+		}
 		e.prev[s] = *k
 		*k = kline.Empty(iv, iv.Next(k.OpenTime), k.Close)
 		e.floor[s] = 0
@@ -417,15 +427,96 @@ func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline) {
 func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 	k.Closed = true
 	k.CloseTime = iv.CloseTime(k.OpenTime)
-	s, ok := e.slot(name, iv)
-	if ok && e.prev[s].OpenTime == k.OpenTime {
-		e.prev[s] = k
-		if c := &e.cur[s]; c.Trades == 0 && c.OpenTime == iv.Next(k.OpenTime) {
-			c.Open, c.High, c.Low, c.Close = k.Close, k.Close, k.Close, k.Close
-			e.markDirty(s)
+	if s, ok := e.slot(name, iv); ok {
+		var held *kline.Kline
+		switch {
+		case e.prev[s].OpenTime == k.OpenTime:
+			held = &e.prev[s]
+		case s%len(e.ivs) == 0 && iv.Duration() == time.Minute:
+			if r := e.recentAt(s/len(e.ivs), k.OpenTime); r.OpenTime == k.OpenTime {
+				held = r
+			}
+		}
+		if held != nil {
+			old := *held
+			*held = k
+			e.followPrev(s, iv)
+			if s%len(e.ivs) == 0 && iv.Duration() == time.Minute {
+				e.amendLonger(s, &old, &k)
+			}
 		}
 	}
 	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Kline: k})
+}
+
+// recentMinutes is how many closed 1m klines per symbol the engine keeps
+// for late reconciliation: corrections up to about a quarter of an hour
+// late still reach the longer intervals.
+const recentMinutes = 16
+
+func (e *Engine) recentAt(si int, open int64) *kline.Kline {
+	return &e.recent[si*recentMinutes+int(open/60_000%recentMinutes)]
+}
+
+// minute returns symbol si's 1m kline opening at open where the engine
+// still holds it (slot s is the symbol's 1m slot).
+func (e *Engine) minute(si, s int, open int64) *kline.Kline {
+	switch {
+	case e.cur[s].OpenTime == open:
+		return &e.cur[s]
+	case e.prev[s].OpenTime == open:
+		return &e.prev[s]
+	}
+	if r := e.recentAt(si, open); r.OpenTime == open {
+		return r
+	}
+	return nil
+}
+
+// followPrev moves slot s's open kline to the previous close while it has no
+// trade of its own, after that close changed.
+func (e *Engine) followPrev(s int, iv kline.Interval) {
+	p := &e.prev[s]
+	if c := &e.cur[s]; c.Trades == 0 && c.OpenTime == iv.Next(p.OpenTime) {
+		c.Open, c.High, c.Low, c.Close = p.Close, p.Close, p.Close, p.Close
+		e.markDirty(s)
+	}
+}
+
+// amendLonger carries a corrected 1m kline (slot s, old → ex) into the
+// klines of the symbol's longer intervals that contain that minute: the open
+// one, or the one that has just closed, which is re-emitted.
+func (e *Engine) amendLonger(s int, old, ex *kline.Kline) {
+	n := len(e.ivs)
+	si := s / n
+	m := ex.OpenTime
+	for sj := s + 1; sj < (si+1)*n; sj++ {
+		t, closed := &e.cur[sj], false
+		if m < t.OpenTime || m > t.CloseTime {
+			t, closed = &e.prev[sj], true
+			if m < t.OpenTime || m > t.CloseTime {
+				e.stats.Unamended++
+				continue
+			}
+		}
+		// Trade counts are exact, so the minute holds t's first trade when
+		// no trade of t is earlier, and its last when none is later; the
+		// later ones are in the minutes the engine still holds.
+		later := int64(0)
+		for mm := m + 60_000; mm <= t.CloseTime && mm <= e.cur[s].OpenTime; mm += 60_000 {
+			if k := e.minute(si, s, mm); k != nil {
+				later += k.Trades
+			}
+		}
+		earlier := t.Trades - old.Trades - later
+		t.Amend(old, ex, earlier == 0, later == 0)
+		if closed {
+			e.emit(si, sj, t)
+			e.followPrev(sj, e.ivs[sj%n])
+		} else {
+			e.markDirty(sj)
+		}
+	}
 }
 
 func (e *Engine) snapshot(name string) []kline.Update {
@@ -494,6 +585,7 @@ func (e *Engine) flush() {
 	sh.duplicates.Store(st.Duplicates)
 	sh.late.Store(st.Late)
 	sh.tooLate.Store(st.TooLate)
+	sh.unamended.Store(st.Unamended)
 	sh.partial.Store(st.Partial)
 	sh.unknown.Store(st.Unknown)
 	sh.closed.Store(st.Closed)

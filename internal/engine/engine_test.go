@@ -223,3 +223,108 @@ func TestCoalescerKeepsNewest(t *testing.T) {
 		t.Fatal("not empty after drain")
 	}
 }
+
+// TestCorrectionReachesLongerIntervals hides some trades from the engine,
+// as the aggTrade stream hides insurance-fund trades, then corrects each
+// closed minute with its full value 3 s after it closed, as the reconciler
+// does: every interval must then equal the klines of all trades.
+func TestCorrectionReachesLongerIntervals(t *testing.T) {
+	ivs := []kline.Interval{kline.OneMinute(), kline.MustInterval("3m"), kline.MustInterval("5m"),
+		kline.MustInterval("15m"), kline.MustInterval("1h"), kline.MustInterval("1d")}
+	for _, c := range []struct {
+		seed      uint64
+		gapMs     float64
+		hideOneIn int
+		trades    int
+		lag       int // minutes a correction comes late
+	}{{1, 2_000, 15, 20_000, 0}, {2, 20_000, 3, 6_000, 0}, {3, 5_000, 4, 10_000, 2}} {
+		m := synth.DefaultMarket(int(c.seed), c.seed, t0)
+		m.MeanGapMs, m.QuietEvery = c.gapMs, 40
+		st := synth.NewStream(m)
+		r := rand.New(rand.NewPCG(c.seed, 7))
+		all := make([]kline.Trade, c.trades)
+		hidden := make([]bool, c.trades)
+		for i := range all {
+			all[i] = st.Next()
+			hidden[i] = r.IntN(c.hideOneIn) == 0
+		}
+		h := newHarness(t, ivs, 0)
+		h.add(m.Symbol)
+		one := kline.OneMinute()
+		hidden[0] = false // the engine's klines start at its first trade
+		ref1m := refKlines(t, one, all)
+		sent := 0
+		hid := 0
+		for i := range len(ref1m) + c.lag {
+			if i < len(ref1m) {
+				cut := ref1m[i].CloseTime + 3_001
+				var batch []kline.Trade
+				for ; sent < len(all) && all[sent].Time < cut; sent++ {
+					if hidden[sent] {
+						hid++
+						continue
+					}
+					batch = append(batch, all[sent])
+				}
+				if len(batch) > 0 {
+					h.trades(m.Symbol, batch)
+				}
+				h.tick(cut)
+				h.sync()
+			}
+			if i < c.lag {
+				continue
+			}
+			want := ref1m[i-c.lag]
+			ours := h.c.latest[kline.Key{Symbol: m.Symbol, Interval: "1m", OpenTime: want.OpenTime}]
+			ex := want
+			ex.FirstTradeID, ex.LastTradeID = ours.FirstTradeID, ours.LastTradeID
+			if err := h.e.Correct(context.Background(), m.Symbol, one, ex); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.sync()
+		if st := h.e.Stats(); st.Unamended != 0 {
+			t.Fatalf("seed %d: %d longer klines not amended", c.seed, st.Unamended)
+		}
+		if hid == 0 {
+			t.Fatal("no trade hidden: the test shows nothing")
+		}
+		for _, iv := range ivs {
+			want := map[int64]kline.Kline{}
+			for _, k := range refKlines(t, iv, all) {
+				want[k.OpenTime] = k
+			}
+			checked := 0
+			for _, k := range h.c.series(m.Symbol, iv.String()) {
+				w, ok := want[k.OpenTime]
+				if !k.Closed || !ok {
+					continue
+				}
+				k.FirstTradeID, k.LastTradeID, w.FirstTradeID, w.LastTradeID = 0, 0, 0, 0
+				w.Closed = true
+				if k != w {
+					t.Fatalf("seed %d %s %d: after corrections\n got %+v\nwant %+v", c.seed, iv, k.OpenTime, k, w)
+				}
+				checked++
+			}
+			if checked == 0 {
+				t.Fatalf("seed %d %s: no closed kline compared", c.seed, iv)
+			}
+		}
+	}
+}
+
+// refKlines builds iv's klines of trades with kline.Series, gap-free from
+// the first trade's bucket.
+func refKlines(t *testing.T, iv kline.Interval, trades []kline.Trade) []kline.Kline {
+	t.Helper()
+	s, err := kline.NewSeries(iv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range trades {
+		s.Add(&trades[i])
+	}
+	return s.Klines()
+}

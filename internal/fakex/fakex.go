@@ -67,6 +67,7 @@ type Exchange struct {
 	conns    map[*wsConn]bool
 	weight   weightWindow
 	restFail []restFault
+	hide     int // generated trades still to hide
 	stats    Stats
 	waiters  []waiter
 }
@@ -96,7 +97,19 @@ type symbol struct {
 	status  string
 	onboard int64
 	stream  *synth.Stream
-	trades  []kline.Trade // the whole history, in id order
+	trades  []kline.Trade // what the aggTrade stream and REST show, in id order
+	// all is the whole history, hidden trades included; nil while there are
+	// none, so the common case keeps one copy.
+	all    []kline.Trade
+	hidden int64 // trades hidden so far; later aggregate ids skip them
+}
+
+// history is every trade, hidden ones included: what klines are made of.
+func (s *symbol) history() []kline.Trade {
+	if s.all != nil {
+		return s.all
+	}
+	return s.trades
 }
 
 // New starts an exchange on a loopback port.
@@ -265,7 +278,22 @@ func (x *Exchange) generateLocked(now int64) map[string][]kline.Trade {
 				s.stream.Unread(t)
 				break
 			}
+			if x.hide > 0 {
+				// Like an insurance-fund trade: in the klines, not in the
+				// stream, and no aggregate id of its own.
+				x.hide--
+				if s.all == nil {
+					s.all = append([]kline.Trade(nil), s.trades...)
+				}
+				s.all = append(s.all, t)
+				s.hidden++
+				continue
+			}
+			t.ID -= s.hidden
 			s.trades = append(s.trades, t)
+			if s.all != nil {
+				s.all = append(s.all, t)
+			}
 			fresh[s.name] = append(fresh[s.name], t)
 		}
 	}
@@ -301,7 +329,8 @@ func (x *Exchange) Symbols() map[string]string {
 	return out
 }
 
-// Trades returns a copy of symbol's trade history so far.
+// Trades returns a copy of symbol's trade history so far, hidden trades
+// included.
 func (x *Exchange) Trades(symbol string) []kline.Trade {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -309,7 +338,7 @@ func (x *Exchange) Trades(symbol string) []kline.Trade {
 	if s == nil {
 		return nil
 	}
-	return append([]kline.Trade(nil), s.trades...)
+	return append([]kline.Trade(nil), s.history()...)
 }
 
 // Precision returns symbol's formatting precision.
@@ -407,6 +436,15 @@ func (x *Exchange) FailREST(retryAfter time.Duration, statuses ...int) {
 	}
 }
 
+// HideTrades keeps the next n generated trades out of the aggTrade stream
+// and REST aggTrades while counting them in the klines, as Binance does with
+// insurance-fund and ADL trades; only reconciliation can find them.
+func (x *Exchange) HideTrades(n int) {
+	x.mu.Lock()
+	x.hide += n
+	x.mu.Unlock()
+}
+
 // ReferenceKlines computes symbol's klines of iv whose open time lies in
 // [from, to], from the exchange's own trade history, with a plain
 // implementation independent of klagg's engine. Intervals without trades
@@ -416,7 +454,7 @@ func (x *Exchange) ReferenceKlines(symbol string, iv kline.Interval, from, to in
 	s := x.bySym[symbol]
 	var trades []kline.Trade
 	if s != nil {
-		trades = s.trades
+		trades = s.history()
 	}
 	x.mu.Unlock()
 	return Reference(trades, iv, from, to)

@@ -220,7 +220,7 @@ func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *apiError) {
 	}
 	end = min(end, now)
 	x.mu.Lock()
-	trades := s.trades
+	trades := s.history()
 	prec := s.prec
 	x.mu.Unlock()
 	var ks []kline.Kline

@@ -65,7 +65,7 @@ func (r *Reconciler) FieldDiffs() map[string]int64 {
 // Run checks due klines every second until ctx ends, sending corrections
 // to engine (the same engine it is a sink of).
 func (r *Reconciler) Run(ctx context.Context, engine Engine) error {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(min(time.Second, max(r.delay/2, 10*time.Millisecond)))
 	defer t.Stop()
 	for {
 		select {

@@ -120,6 +120,37 @@ func (k *Kline) Merge(o *Kline) {
 	k.TakerQuoteVolume = k.TakerQuoteVolume.Add(o.TakerQuoteVolume)
 }
 
+// Amend replaces, inside k (a kline of a longer interval), what one of its
+// minutes contributed: old as klagg built it, ex as the exchange reports it.
+// The exchange's minute holds every trade of old and possibly more that no
+// stream showed (insurance-fund and ADL trades), so sums move by ex − old
+// and the extremes can only widen. first and last tell whether that minute
+// now holds k's first and last trade, which only the caller can know; open
+// and close follow ex there.
+func (k *Kline) Amend(old, ex *Kline, first, last bool) {
+	had := k.Trades - old.Trades
+	k.Trades += ex.Trades - old.Trades
+	k.Volume = k.Volume.Sub(old.Volume).Add(ex.Volume)
+	k.QuoteVolume = k.QuoteVolume.Sub(old.QuoteVolume).Add(ex.QuoteVolume)
+	k.TakerVolume = k.TakerVolume.Sub(old.TakerVolume).Add(ex.TakerVolume)
+	k.TakerQuoteVolume = k.TakerQuoteVolume.Sub(old.TakerQuoteVolume).Add(ex.TakerQuoteVolume)
+	if ex.Trades == 0 {
+		return
+	}
+	if had == 0 {
+		k.Open, k.High, k.Low, k.Close = ex.Open, ex.High, ex.Low, ex.Close
+		return
+	}
+	k.High = max(k.High, ex.High)
+	k.Low = min(k.Low, ex.Low)
+	if first {
+		k.Open = ex.Open
+	}
+	if last {
+		k.Close = ex.Close
+	}
+}
+
 // Rollup aggregates consecutive klines of a shorter interval (typically 1m,
 // gap-free and ordered by open time) into klines of iv. A bucket that is
 // only partly covered by the input is still returned; callers that care use

@@ -398,6 +398,7 @@ type Status struct {
 	RESTWeight1M   int               `json:"rest_weight_1m"`
 	Reconciled     int64             `json:"reconciled"`
 	ReconcileDiffs map[string]int64  `json:"reconcile_diffs"`
+	Unamended      int64             `json:"reconcile_unamended"`
 	Late           int64             `json:"late_trades"`
 	Extra          map[string]string `json:"-"`
 }
@@ -432,7 +433,7 @@ func (s *Service) Status() Status {
 		Reconnects: ist.Reconnects.Load(), Frames: ist.Frames.Load(), Malformed: ist.Malformed.Load(),
 		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
 		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
-		RESTWeight1M: w1m, Late: est.Late,
+		RESTWeight1M: w1m, Late: est.Late, Unamended: est.Unamended,
 	}
 	if last := ist.LastFrameMs.Load(); last > 0 {
 		st.LagMs = now.UnixMilli() - last
