@@ -106,3 +106,23 @@ func TestKlineArrayRoundTrip(t *testing.T) {
 		t.Fatalf("round trip: %+v", back)
 	}
 }
+
+func TestKlineEventLayout(t *testing.T) {
+	k := kline.Kline{OpenTime: 1, CloseTime: 60000, Open: 3700010000000, High: 3700010000000, Low: 3700000000000, Close: 3700000000000,
+		Volume: decimal.FromInt64(100000), QuoteVolume: decimal.Mul(3700010000000, 100000), Trades: 3,
+		FirstTradeID: 7, LastTradeID: 9, Closed: true}
+	b := AppendKlineEvent(nil, "BTCUSDT", "1m", 123, &k, kline.Precision{Price: 2, Qty: 3})
+	// Binance's own field order, as in its documentation and captures.
+	want := `{"e":"kline","E":123,"s":"BTCUSDT","k":{"t":1,"T":60000,"s":"BTCUSDT","i":"1m","f":7,"L":9,"o":"37000.10","c":"37000.00","h":"37000.10","l":"37000.00","v":"0.001","n":3,"x":true,"q":"37.00010","V":"0.000","Q":"0.00000","B":"0"}}`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+	ev, err := ParseKlineEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ev.K.Kline()
+	if err != nil || back != k || ev.Symbol != "BTCUSDT" || ev.K.Interval != "1m" {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+}

@@ -179,3 +179,45 @@ func appendQuoted(dst []byte, f func([]byte) []byte) []byte {
 	dst = f(dst)
 	return append(dst, '"')
 }
+
+// AppendKlineEvent writes a <symbol>@kline_<interval> stream event for k in
+// Binance's layout and field order, E being the event time in ms.
+func AppendKlineEvent(dst []byte, symbol, interval string, eventTime int64, k *kline.Kline, p kline.Precision) []byte {
+	dst = append(dst, `{"e":"kline","E":`...)
+	dst = strconv.AppendInt(dst, eventTime, 10)
+	dst = append(dst, `,"s":"`...)
+	dst = append(dst, symbol...)
+	dst = append(dst, `","k":{"t":`...)
+	dst = strconv.AppendInt(dst, k.OpenTime, 10)
+	dst = append(dst, `,"T":`...)
+	dst = strconv.AppendInt(dst, k.CloseTime, 10)
+	dst = append(dst, `,"s":"`...)
+	dst = append(dst, symbol...)
+	dst = append(dst, `","i":"`...)
+	dst = append(dst, interval...)
+	dst = append(dst, `","f":`...)
+	dst = strconv.AppendInt(dst, k.FirstTradeID, 10)
+	dst = append(dst, `,"L":`...)
+	dst = strconv.AppendInt(dst, k.LastTradeID, 10)
+	dst = appendField(dst, "o", func(b []byte) []byte { return p.AppendPrice(b, k.Open) })
+	dst = appendField(dst, "c", func(b []byte) []byte { return p.AppendPrice(b, k.Close) })
+	dst = appendField(dst, "h", func(b []byte) []byte { return p.AppendPrice(b, k.High) })
+	dst = appendField(dst, "l", func(b []byte) []byte { return p.AppendPrice(b, k.Low) })
+	dst = appendField(dst, "v", func(b []byte) []byte { return p.AppendQty(b, k.Volume) })
+	dst = append(dst, `,"n":`...)
+	dst = strconv.AppendInt(dst, k.Trades, 10)
+	dst = append(dst, `,"x":`...)
+	dst = strconv.AppendBool(dst, k.Closed)
+	dst = appendField(dst, "q", func(b []byte) []byte { return p.AppendQuote(b, k.QuoteVolume) })
+	dst = appendField(dst, "V", func(b []byte) []byte { return p.AppendQty(b, k.TakerVolume) })
+	dst = appendField(dst, "Q", func(b []byte) []byte { return p.AppendQuote(b, k.TakerQuoteVolume) })
+	return append(dst, `,"B":"0"}}`...)
+}
+
+func appendField(dst []byte, name string, f func([]byte) []byte) []byte {
+	dst = append(dst, ',', '"')
+	dst = append(dst, name...)
+	dst = append(dst, `":"`...)
+	dst = f(dst)
+	return append(dst, '"')
+}

@@ -1,0 +1,305 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+var (
+	oneMin  = kline.OneMinute()
+	fiveMin = kline.MustInterval("5m")
+)
+
+func newServer(t testing.TB, cfg Config) (*Server, string) {
+	t.Helper()
+	cfg.Intervals = []kline.Interval{oneMin, fiveMin}
+	cfg.Symbol = func(s string) (kline.Precision, bool) {
+		return kline.Precision{Price: 2, Qty: 3}, s == "BTCUSDT" || s == "ETHUSDT"
+	}
+	s := New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	hs := httptest.NewServer(s)
+	t.Cleanup(func() { hs.Close(); cancel(); <-done })
+	return s, "ws" + strings.TrimPrefix(hs.URL, "http")
+}
+
+func dial(t testing.TB, url string) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadLimit(1 << 20)
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+func read(t testing.TB, c *websocket.Conn) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, b, err := c.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func write(t testing.TB, c *websocket.Conn, msg string) {
+	t.Helper()
+	if err := c.Write(context.Background(), websocket.MessageText, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func update(sym string, iv kline.Interval, open, trades int64, closed bool) kline.Update {
+	k := kline.Empty(iv, open, 100_00000000)
+	k.Trades, k.Closed = trades, closed
+	k.FirstTradeID, k.LastTradeID = 1, trades
+	return kline.Update{Symbol: sym, Interval: iv, Kline: k}
+}
+
+func parseEvent(t testing.TB, b []byte) binance.KlineEvent {
+	t.Helper()
+	ev, err := binance.ParseKlineEvent(b)
+	if err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	return ev
+}
+
+func TestSubscribeCurrentThenChangesThenClose(t *testing.T) {
+	s, url := newServer(t, Config{PushInterval: 5 * time.Millisecond})
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, 60_000, 3, false)})
+
+	c := dial(t, url+"/market/stream")
+	write(t, c, `{"method":"SUBSCRIBE","params":["btcusdt@kline_1m"],"id":7}`)
+	if got := string(read(t, c)); got != `{"result":null,"id":7}` {
+		t.Fatalf("reply %s", got)
+	}
+	first := read(t, c)
+	if !strings.HasPrefix(string(first), `{"stream":"btcusdt@kline_1m","data":{"e":"kline"`) {
+		t.Fatalf("current kline not sent on subscribe, got %s", first)
+	}
+	if ev := parseEvent(t, first); ev.K.Trades != 3 || ev.K.Closed {
+		t.Fatalf("current kline: %+v", ev.K)
+	}
+	// A burst of changes within one push interval arrives coalesced, the
+	// newest last.
+	for n := int64(4); n <= 200; n++ {
+		s.Publish([]kline.Update{update("BTCUSDT", oneMin, 60_000, n, false)})
+	}
+	var got []int64
+	for len(got) == 0 || got[len(got)-1] != 200 {
+		got = append(got, parseEvent(t, read(t, c)).K.Trades)
+	}
+	if len(got) > 50 {
+		t.Errorf("%d events for 197 changes: not coalesced", len(got))
+	}
+	// The close goes out at once, with x:true, then the next kline.
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, 60_000, 201, true), update("BTCUSDT", oneMin, 120_000, 1, false)})
+	ev := parseEvent(t, read(t, c))
+	if !ev.K.Closed || ev.K.Trades != 201 || ev.K.OpenTime != 60_000 {
+		t.Fatalf("closing event: %+v", ev.K)
+	}
+	if ev := parseEvent(t, read(t, c)); ev.K.Closed || ev.K.OpenTime != 120_000 {
+		t.Fatalf("next kline: %+v", ev.K)
+	}
+	// Other streams are not sent.
+	s.Publish([]kline.Update{update("ETHUSDT", oneMin, 120_000, 1, false), update("BTCUSDT", fiveMin, 0, 9, false)})
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, 120_000, 2, false)})
+	if ev := parseEvent(t, read(t, c)); ev.Symbol != "BTCUSDT" || ev.K.Interval != "1m" || ev.K.Trades != 2 {
+		t.Fatalf("unsubscribed stream leaked: %+v", ev)
+	}
+	write(t, c, `{"method":"LIST_SUBSCRIPTIONS","id":"x"}`)
+	if got := string(read(t, c)); got != `{"result":["btcusdt@kline_1m"],"id":"x"}` {
+		t.Fatalf("list: %s", got)
+	}
+	write(t, c, `{"method":"UNSUBSCRIBE","params":["btcusdt@kline_1m"],"id":8}`)
+	if got := string(read(t, c)); got != `{"result":null,"id":8}` {
+		t.Fatalf("unsubscribe: %s", got)
+	}
+	write(t, c, `{"method":"LIST_SUBSCRIPTIONS","id":9}`)
+	if got := string(read(t, c)); got != `{"result":[],"id":9}` {
+		t.Fatalf("list after unsubscribe: %s", got)
+	}
+}
+
+func TestRawStreamFromPath(t *testing.T) {
+	s, url := newServer(t, Config{PushInterval: 5 * time.Millisecond})
+	c := dial(t, url+"/ws/btcusdt@kline_5m")
+	s.Publish([]kline.Update{update("BTCUSDT", fiveMin, 0, 5, false)})
+	b := read(t, c)
+	if !strings.HasPrefix(string(b), `{"e":"kline"`) {
+		t.Fatalf("raw stream wraps events: %s", b)
+	}
+	if ev := parseEvent(t, b); ev.K.Interval != "5m" || ev.K.Trades != 5 {
+		t.Fatalf("%+v", ev.K)
+	}
+}
+
+func TestBadRequestsGetErrors(t *testing.T) {
+	_, url := newServer(t, Config{})
+	c := dial(t, url+"/market/ws")
+	for _, tc := range []struct{ msg, want string }{
+		{`not json`, `"code":3`},
+		{`{"method":"SUBSCRIBE","params":["btcusdt@kline_7x"],"id":1}`, `"code":2`},
+		{`{"method":"SUBSCRIBE","params":["dogeusdt@kline_1m"],"id":2}`, `unknown symbol`},
+		{`{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":3}`, `not a stream klagg serves`},
+		{`{"method":"SUBSCRIBE","params":"btcusdt@kline_1m","id":4}`, `"code":1`},
+		{`{"method":"DANCE","id":5}`, `unknown variant`},
+		{`{"method":"SUBSCRIBE","id":{}}`, `request ID`},
+		{`{"method":"SUBSCRIBE","foo":1,"id":6}`, `"code":0`},
+	} {
+		write(t, c, tc.msg)
+		got := string(read(t, c))
+		if !strings.Contains(got, `"error":{`) || !strings.Contains(got, tc.want) {
+			t.Errorf("%s → %s, want an error with %s", tc.msg, got, tc.want)
+		}
+	}
+	// Still up and answering.
+	write(t, c, `{"method":"LIST_SUBSCRIPTIONS","id":10}`)
+	if got := string(read(t, c)); got != `{"result":[],"id":10}` {
+		t.Fatalf("after errors: %s", got)
+	}
+}
+
+func TestStreamLimits(t *testing.T) {
+	s, url := newServer(t, Config{MaxStreamsPerConn: 2, MaxConns: 1})
+	c := dial(t, url+"/market/ws")
+	write(t, c, `{"method":"SUBSCRIBE","params":["btcusdt@kline_1m","btcusdt@kline_5m","ethusdt@kline_1m"],"id":1}`)
+	if got := string(read(t, c)); !strings.Contains(got, "at most 2 streams") {
+		t.Fatalf("stream limit: %s", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, resp, err := websocket.Dial(ctx, url+"/market/ws", nil); err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Fatalf("second connection over the limit: %v", err)
+	}
+	if s.Stats().Rejected.Load() != 1 {
+		t.Fatal("rejection not counted")
+	}
+}
+
+// TestSlowClientDropped: a client that stops reading is closed once its
+// queue is full, while another client on the same stream keeps receiving.
+func TestSlowClientDropped(t *testing.T) {
+	s, url := newServer(t, Config{ClientBuffer: 16, PushInterval: time.Millisecond})
+	slow := dial(t, url+"/market/ws/btcusdt@kline_1m")
+	fast := dial(t, url+"/market/ws/btcusdt@kline_1m")
+	for s.Stats().Clients.Load() < 2 || s.subscribers("BTCUSDT", "1m") < 2 {
+		runtimeGosched()
+	}
+	received := make(chan int64, 1<<20)
+	go func() {
+		for {
+			_, b, err := fast.Read(context.Background())
+			if err != nil {
+				close(received)
+				return
+			}
+			var ev binance.KlineEvent
+			json.Unmarshal(b, &ev)
+			received <- ev.K.OpenTime
+		}
+	}()
+	// Closing events are each sent: publish until the slow client, whose
+	// socket buffers fill, is dropped, letting the fast one catch up every
+	// few events so that only the slow one can fall behind.
+	open := int64(0)
+	waitFast := func(want int64) {
+		for got := range received {
+			if got == want {
+				return
+			}
+		}
+		t.Fatal("fast client was closed")
+	}
+	for s.Stats().Dropped.Load() == 0 {
+		open += 60_000
+		if open > 60_000*1_000_000 {
+			t.Fatal("slow client never dropped")
+		}
+		s.Publish([]kline.Update{update("BTCUSDT", oneMin, open, 1, true)})
+		if open%(60_000*8) == 0 {
+			waitFast(open)
+		}
+	}
+	last := open + 60_000
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, last, 1, true)})
+	waitFast(last)
+	// The slow client finds the reason when it reads again.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := slow.Read(ctx); err != nil {
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || !strings.Contains(ce.Reason, "too slow") {
+				t.Fatalf("slow client closed with %v", err)
+			}
+			break
+		}
+	}
+	if d := s.Stats().Dropped.Load(); d != 1 {
+		t.Fatalf("%d clients dropped, want only the slow one", d)
+	}
+}
+
+func TestBadHandshakes(t *testing.T) {
+	_, url := newServer(t, Config{})
+	ctx := context.Background()
+	for _, path := range []string{"/market/ws/btcusdt@kline_9m", "/market/stream?streams=nope@kline_1m", "/market/other"} {
+		_, resp, err := websocket.Dial(ctx, url+path, nil)
+		if err == nil || resp == nil || resp.StatusCode/100 != 4 {
+			t.Errorf("%s: want a 4xx, got %v", path, err)
+		}
+	}
+}
+
+// FuzzRequest feeds any message to the request handler: every message gets
+// exactly one reply, an error or a result, and nothing panics.
+func FuzzRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"method":"SUBSCRIBE","params":["btcusdt@kline_1m"],"id":1}`,
+		`{"method":"UNSUBSCRIBE","params":["btcusdt@kline_1m"],"id":2}`,
+		`{"method":"LIST_SUBSCRIPTIONS","id":3}`,
+		`{"method":"SUBSCRIBE","params":[1,2],"id":"a"}`,
+		`{"method":null}`, `[]`, `{"id":1e400}`, "\xff", `{"method":"SUBSCRIBE","params":["BTCUSDT@kline_1m"]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	s := New(Config{Intervals: []kline.Interval{oneMin}, Symbol: func(s string) (kline.Precision, bool) {
+		return kline.Precision{}, s == "BTCUSDT"
+	}})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		c := &client{s: s, out: make(chan []byte, 8), subs: map[string]streamKey{}}
+		s.request(c, msg)
+		if len(c.out) != 1 {
+			t.Fatalf("%d replies to %q", len(c.out), msg)
+		}
+		var reply struct {
+			Result any              `json:"result"`
+			Error  *binance.WSError `json:"error"`
+			ID     json.RawMessage  `json:"id"`
+		}
+		b := <-c.out
+		if err := json.Unmarshal(b, &reply); err != nil || len(reply.ID) == 0 {
+			t.Fatalf("reply %s to %q is not a reply: %v", b, msg, err)
+		}
+		s.unsubscribe(c, nil)
+	})
+}
