@@ -3,15 +3,24 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/klagg/klagg/internal/api"
 	"github.com/klagg/klagg/internal/config"
+	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/service"
+	"github.com/klagg/klagg/internal/stream"
+	"github.com/klagg/klagg/internal/web"
 )
 
 func configPath() string {
@@ -46,17 +55,74 @@ func runService(ctx context.Context, e *env, args []string) error {
 	return serve(ctx, e, cfg)
 }
 
-// serve runs the service until ctx ends; a second SIGINT or SIGTERM while
-// it flushes forces the exit.
+// serve runs the service and its HTTP API until ctx ends; a second SIGINT
+// or SIGTERM while it flushes forces the exit.
 func serve(ctx context.Context, e *env, cfg *config.Config) error {
-	svc, err := service.New(cfg, e.log)
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
+		return fmt.Errorf("serve on %s (server.listen in the config): %w", cfg.Server.Listen, err)
+	}
+	var svc *service.Service
+	streams := stream.New(stream.Config{
+		PushInterval: cfg.Server.PushInterval.Duration, ClientBuffer: cfg.Server.ClientBuffer,
+		MaxStreamsPerConn: cfg.Server.MaxStreamsPerConn, MaxConns: cfg.Server.MaxConnections,
+		PingInterval: cfg.Server.PingInterval.Duration, Intervals: cfg.Intervals,
+		Symbol:         func(name string) (kline.Precision, bool) { return svc.Precision(name) },
+		OriginPatterns: corsHosts(cfg.Server.CORSOrigins), Log: e.log.With("part", "stream"),
+	})
+	svc, err = service.New(cfg, e.log, streams)
+	if err != nil {
+		ln.Close()
 		return err
 	}
 	svc.Progress = progress(e, "backfill")
+	handler := api.New(api.Config{Source: svc, Store: svc.Store, Streams: streams, Page: web.Handler(),
+		Token: cfg.Server.Token, CORS: cfg.Server.CORSOrigins, Log: e.log.With("part", "api")})
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10,
+		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
+	if !web.Built() {
+		e.log.Warn("the chart page's library is not built in; run ./scripts/run, or ./scripts/web before building")
+	}
+
+	// The API stops before the service, so no request reads a closed store.
+	svcCtx, stopSvc := context.WithCancel(context.Background())
+	streamCtx, stopStreams := context.WithCancel(context.Background())
+	defer stopStreams()
+	go streams.Run(streamCtx)
+	go hs.Serve(ln)
+	shutdown := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+		stopStreams()
+	}
+	go func() {
+		<-ctx.Done()
+		shutdown()
+		stopSvc()
+	}()
 	forceOnSecondSignal(ctx, e)
-	e.log.Info("klagg starting", "version", version, "exchange", cfg.Exchange.RESTURL, "database", cfg.Database.Path, "listen", cfg.Server.Listen)
-	return svc.Run(ctx)
+	e.log.Info("klagg starting", "version", version, "exchange", cfg.Exchange.RESTURL, "database", cfg.Database.Path,
+		"listen", "http://"+ln.Addr().String())
+	err = svc.Run(svcCtx)
+	stopSvc()
+	shutdown()
+	return err
+}
+
+// corsHosts turns CORS origins into the host patterns the WebSocket
+// handshake checks.
+func corsHosts(origins []string) []string {
+	var out []string
+	for _, o := range origins {
+		if o == "*" {
+			return []string{"*"}
+		}
+		if u, err := url.Parse(o); err == nil && u.Host != "" {
+			out = append(out, u.Host)
+		}
+	}
+	return out
 }
 
 func forceOnSecondSignal(ctx context.Context, e *env) {

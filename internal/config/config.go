@@ -70,7 +70,14 @@ type Config struct {
 		Path string `toml:"path"`
 	} `toml:"database"`
 	Server struct {
-		Listen string `toml:"listen"`
+		Listen            string   `toml:"listen"`
+		Token             string   `toml:"token"`
+		CORSOrigins       []string `toml:"cors_origins"`
+		PushInterval      Duration `toml:"push_interval"`
+		ClientBuffer      int      `toml:"client_buffer"`
+		MaxConnections    int      `toml:"max_connections"`
+		MaxStreamsPerConn int      `toml:"max_streams_per_connection"`
+		PingInterval      Duration `toml:"ping_interval"`
 	} `toml:"server"`
 	Log struct {
 		StatusInterval Duration `toml:"status_interval"`
@@ -203,6 +210,17 @@ func (c *Config) validate() error {
 	}
 	if c.Server.Listen == "" {
 		bad("server.listen", "must not be empty, e.g. \"127.0.0.1:8080\"")
+	}
+	positive("server.push_interval", c.Server.PushInterval)
+	positive("server.ping_interval", c.Server.PingInterval)
+	if n := c.Server.ClientBuffer; n < 1 || n > 1_000_000 {
+		bad("server.client_buffer", "%d is outside 1..1000000", n)
+	}
+	if n := c.Server.MaxConnections; n < 1 {
+		bad("server.max_connections", "must be at least 1")
+	}
+	if n := c.Server.MaxStreamsPerConn; n < 1 {
+		bad("server.max_streams_per_connection", "must be at least 1")
 	}
 	for i, s := range c.Symbols.Include {
 		c.Symbols.Include[i] = strings.ToUpper(s)

@@ -44,11 +44,11 @@ type Stats struct {
 
 // ConnState describes one connection for status pages.
 type ConnState struct {
-	ID         int
-	Streams    int
-	Connected  bool
-	Since      time.Time
-	Reconnects int64
+	ID         int       `json:"id"`
+	Streams    int       `json:"streams"`
+	Connected  bool      `json:"connected"`
+	Since      time.Time `json:"since"`
+	Reconnects int64     `json:"reconnects"`
 }
 
 // Ingest keeps one aggTrade stream per subscribed symbol, sharded over

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"github.com/klagg/klagg/internal/engine"
 	"github.com/klagg/klagg/internal/history"
 	"github.com/klagg/klagg/internal/ingest"
+	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 )
 
@@ -42,15 +44,13 @@ type Service struct {
 	// Progress, if set, is told about backfill progress (for a terminal bar).
 	Progress func(done, total int)
 
-	offset   atomic.Int64 // exchange clock − local clock, ms
-	ready    atomic.Bool
-	started  time.Time
-	mu       sync.Mutex
-	symbols  map[string]store.Symbol // live symbols
-	lastSeen struct {
-		trades int64
-		at     time.Time
-	}
+	offset  atomic.Int64 // exchange clock − local clock, ms
+	ready   atomic.Bool
+	started time.Time
+	mu      sync.Mutex
+	symbols map[string]store.Symbol // live symbols
+	known   map[string]store.Symbol // every symbol with history, live or not
+	rate    atomic.Uint64           // trades per second, float64 bits
 }
 
 // New builds the service; nothing runs until Run.
@@ -72,7 +72,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("%w (database.path in the config)", err)
 	}
-	s := &Service{cfg: cfg, log: log, Store: st, symbols: map[string]store.Symbol{}}
+	s := &Service{cfg: cfg, log: log, Store: st, symbols: map[string]store.Symbol{}, known: map[string]store.Symbol{}}
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
 	sinks := append([]engine.Sink{s.coalescer}, extraSinks...)
@@ -135,6 +135,15 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		stopIn()
 	}()
 
+	stored, err := s.Store.Symbols(inCtx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, y := range stored {
+		s.known[y.Name] = y
+	}
+	s.mu.Unlock()
 	if err := s.syncTime(inCtx); err != nil {
 		return s.startErr(ctx, err)
 	}
@@ -184,10 +193,12 @@ func (s *Service) syncTime(ctx context.Context) error {
 	return nil
 }
 
-// tick tells the engine the exchange time four times a second.
+// tick tells the engine the exchange time four times a second, and
+// measures the trade rate.
 func (s *Service) tick(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	lastAt, lastN := time.Now(), s.Router.Stats().Forwarded.Load()
 	sync := time.NewTicker(s.cfg.Exchange.TimeSync.Duration)
 	defer sync.Stop()
 	for {
@@ -197,6 +208,11 @@ func (s *Service) tick(ctx context.Context) {
 		case <-t.C:
 			if now, ok := s.clock(); ok {
 				s.Engine.Tick(ctx, now)
+			}
+			if d := time.Since(lastAt); d >= time.Second {
+				n := s.Router.Stats().Forwarded.Load()
+				s.rate.Store(math.Float64bits(float64(n-lastN) / d.Seconds()))
+				lastAt, lastN = time.Now(), n
 			}
 		case <-sync.C:
 			if err := s.syncTime(ctx); err != nil && ctx.Err() == nil {
@@ -271,6 +287,7 @@ func (s *Service) addSymbols(ctx context.Context, syms []store.Symbol) error {
 	s.mu.Lock()
 	for _, y := range syms {
 		s.symbols[y.Name] = y
+		s.known[y.Name] = y
 	}
 	s.mu.Unlock()
 	total, done := len(names)*s.History.BackfillRequests(), atomic.Int64{}
@@ -354,6 +371,7 @@ func (s *Service) poll(ctx context.Context) {
 				}
 				removed = append(removed, y)
 				delete(s.symbols, name)
+				s.known[name] = y
 			}
 		}
 		s.mu.Unlock()
@@ -377,46 +395,69 @@ func (s *Service) poll(ctx context.Context) {
 	}
 }
 
+// Symbols returns the symbols klagg keeps live, by name.
+func (s *Service) Symbols() []store.Symbol {
+	s.mu.Lock()
+	out := make([]store.Symbol, 0, len(s.symbols))
+	for _, y := range s.symbols {
+		out = append(out, y)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Symbol returns a symbol klagg has klines of, live or not.
+func (s *Service) Symbol(name string) (store.Symbol, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	y, ok := s.known[name]
+	return y, ok
+}
+
+// Precision is the number formatting of a symbol klagg has klines of.
+func (s *Service) Precision(name string) (kline.Precision, bool) {
+	y, ok := s.Symbol(name)
+	return kline.Precision{Price: y.PricePrecision, Qty: y.QuantityPrecision}, ok
+}
+
+// Intervals returns the configured intervals, shortest first.
+func (s *Service) Intervals() []kline.Interval { return s.cfg.Intervals }
+
 // Status are the figures of the status line.
 type Status struct {
-	Ready          bool              `json:"ready"`
-	Uptime         string            `json:"uptime"`
-	Symbols        int               `json:"symbols"`
-	Intervals      int               `json:"intervals"`
-	Connections    int               `json:"connections"`
-	Connected      int               `json:"connected"`
-	Reconnects     int64             `json:"reconnects"`
-	Frames         int64             `json:"frames"`
-	Malformed      int64             `json:"malformed_frames"`
-	Trades         int64             `json:"trades"`
-	TradesPerSec   float64           `json:"trades_per_second"`
-	GapFills       int64             `json:"gap_fills"`
-	KlinesWritten  int64             `json:"klines_written"`
-	WriterBacklog  int               `json:"writer_backlog"`
-	WriteFailures  int64             `json:"write_failures"`
-	LagMs          int64             `json:"lag_ms"`
-	RESTWeight1M   int               `json:"rest_weight_1m"`
-	Reconciled     int64             `json:"reconciled"`
-	ReconcileDiffs map[string]int64  `json:"reconcile_diffs"`
-	Unamended      int64             `json:"reconcile_unamended"`
-	Late           int64             `json:"late_trades"`
-	Extra          map[string]string `json:"-"`
+	Ready          bool               `json:"ready"`
+	Uptime         string             `json:"uptime"`
+	Symbols        int                `json:"symbols"`
+	Intervals      int                `json:"intervals"`
+	Connections    int                `json:"connections"`
+	Connected      int                `json:"connected"`
+	Reconnects     int64              `json:"reconnects"`
+	Frames         int64              `json:"frames"`
+	Malformed      int64              `json:"malformed_frames"`
+	Trades         int64              `json:"trades"`
+	TradesPerSec   float64            `json:"trades_per_second"`
+	GapFills       int64              `json:"gap_fills"`
+	KlinesWritten  int64              `json:"klines_written"`
+	WriterBacklog  int                `json:"writer_backlog"`
+	WriteFailures  int64              `json:"write_failures"`
+	LagMs          int64              `json:"lag_ms"`
+	RESTWeight1M   int                `json:"rest_weight_1m"`
+	Reconciled     int64              `json:"reconciled"`
+	ReconcileDiffs map[string]int64   `json:"reconcile_diffs"`
+	Unamended      int64              `json:"reconcile_unamended"`
+	Late           int64              `json:"late_trades"`
+	ConnStates     []ingest.ConnState `json:"connection_states"`
+	Extra          map[string]string  `json:"-"`
 }
 
 // Status returns the current figures.
 func (s *Service) Status() Status {
 	s.mu.Lock()
 	nsym := len(s.symbols)
-	now := time.Now()
-	fwd := s.Router.Stats().Forwarded.Load()
-	rate := 0.0
-	if !s.lastSeen.at.IsZero() {
-		if d := now.Sub(s.lastSeen.at).Seconds(); d > 0 {
-			rate = float64(fwd-s.lastSeen.trades) / d
-		}
-	}
-	s.lastSeen.trades, s.lastSeen.at = fwd, now
 	s.mu.Unlock()
+	now := time.Now()
+	rate := math.Float64frombits(s.rate.Load())
 	conns := s.Ingest.Connections()
 	connected := 0
 	for _, c := range conns {
@@ -433,7 +474,7 @@ func (s *Service) Status() Status {
 		Reconnects: ist.Reconnects.Load(), Frames: ist.Frames.Load(), Malformed: ist.Malformed.Load(),
 		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
 		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
-		RESTWeight1M: w1m, Late: est.Late, Unamended: est.Unamended,
+		RESTWeight1M: w1m, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
 	}
 	if last := ist.LastFrameMs.Load(); last > 0 {
 		st.LagMs = now.UnixMilli() - last

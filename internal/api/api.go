@@ -1,0 +1,356 @@
+// Package api owns klagg's HTTP surface: Binance-compatible REST
+// (/fapi/v1/klines, exchangeInfo, time, ping) answered from the store and the
+// live klines, klagg's own /api/v1/status, /healthz, /readyz and /metrics,
+// the WebSocket streams and chart page it mounts, and the access rules in
+// front of all of them (token, CORS, bounded requests).
+package api
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/service"
+	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/stream"
+)
+
+// Source is the running service the API reports on.
+type Source interface {
+	Symbols() []store.Symbol                 // live symbols
+	Symbol(name string) (store.Symbol, bool) // any symbol with history
+	Intervals() []kline.Interval
+	Status() service.Status
+	Ready() bool
+	ExchangeNow() time.Time
+}
+
+// Store reads stored klines.
+type Store interface {
+	Klines(ctx context.Context, q store.Query) ([]kline.Kline, error)
+}
+
+// Streams is the WebSocket API, which also knows the newest live klines.
+type Streams interface {
+	http.Handler
+	Latest(symbol string, iv kline.Interval) (kline.Kline, bool)
+	Stats() *stream.Stats
+}
+
+// Config sets up a Server.
+type Config struct {
+	Source  Source
+	Store   Store
+	Streams Streams
+	Page    http.Handler // the chart page and its files, at /
+	Token   string       // required on every request but health and page files when set
+	CORS    []string     // allowed origins; "*" for any
+	Log     *slog.Logger
+}
+
+// Server is klagg's HTTP handler.
+type Server struct {
+	cfg     Config
+	mux     *http.ServeMux
+	metrics *metrics.Set
+	bufs    sync.Pool
+}
+
+// New returns the API handler.
+func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), metrics: metrics.NewSet()}
+	s.bufs.New = func() any { b := make([]byte, 0, 64<<10); return &b }
+	m := s.mux
+	m.HandleFunc("GET /fapi/v1/klines", s.klines)
+	m.HandleFunc("GET /fapi/v1/exchangeInfo", s.exchangeInfo)
+	m.HandleFunc("GET /fapi/v1/time", s.time)
+	m.HandleFunc("GET /fapi/v1/ping", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, struct{}{}) })
+	m.HandleFunc("GET /api/v1/status", s.status)
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	m.HandleFunc("GET /readyz", s.readyz)
+	m.HandleFunc("GET /metrics", s.writeMetrics)
+	for _, p := range []string{"GET /market/ws/", "GET /market/ws", "GET /market/stream", "GET /ws/", "GET /ws", "GET /stream"} {
+		m.Handle(p, cfg.Streams)
+	}
+	if cfg.Page != nil {
+		m.Handle("GET /", cfg.Page)
+	}
+	return s
+}
+
+// ServeHTTP applies CORS and the token, then routes, counting every
+// request by route and status code.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := &recorder{ResponseWriter: w, code: http.StatusOK}
+	defer func() {
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		s.metrics.GetOrCreateCounter(fmt.Sprintf(`klagg_api_requests_total{route=%q,code="%d"}`, route, rec.code)).Inc()
+	}()
+	if s.cors(rec, r) {
+		return
+	}
+	if !s.authorized(r) {
+		writeError(rec, &Error{http.StatusUnauthorized, -2015, "Invalid API-key: this klagg requires its token (Authorization: Bearer <token>, X-MBX-APIKEY or ?token=)."})
+		return
+	}
+	s.mux.ServeHTTP(rec, r)
+}
+
+// open paths need no token: health probes, and the chart page's files,
+// which carry no data and pass the token from the page's URL to the API.
+func open(path string) bool {
+	return path == "/healthz" || path == "/readyz" || path == "/" || strings.HasPrefix(path, "/assets/")
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	if s.cfg.Token == "" || open(r.URL.Path) {
+		return true
+	}
+	got := r.URL.Query().Get("token")
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		got = strings.TrimPrefix(h, "Bearer ")
+	} else if h := r.Header.Get("X-MBX-APIKEY"); h != "" {
+		got = h
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) == 1
+}
+
+// cors sets the CORS headers for an allowed origin and answers preflight
+// requests; it reports whether the request was answered.
+func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || len(s.cfg.CORS) == 0 {
+		return false
+	}
+	if !slices.Contains(s.cfg.CORS, "*") && !slices.Contains(s.cfg.CORS, origin) {
+		return false
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	if r.Method == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "GET")
+		h.Set("Access-Control-Allow-Headers", "Authorization, X-MBX-APIKEY")
+		h.Set("Access-Control-Max-Age", "600")
+		w.WriteHeader(http.StatusNoContent)
+		return true
+	}
+	return false
+}
+
+func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
+	q, aerr := ParseKlinesQuery(r.URL.Query())
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	sym, ok := s.cfg.Source.Symbol(q.Symbol)
+	if !ok {
+		writeError(w, badParam(-1121, "Invalid symbol."))
+		return
+	}
+	if !slices.ContainsFunc(s.cfg.Source.Intervals(), func(v kline.Interval) bool { return v.String() == q.Interval.String() }) {
+		writeError(w, badParam(-1120, fmt.Sprintf("Invalid interval: this klagg keeps %s (klines.intervals in its config).", strings.Join(intervalNames(s.cfg.Source.Intervals()), ", "))))
+		return
+	}
+	// A slow database gets a clear error rather than a hung client.
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	ks, err := s.read(ctx, q)
+	if err != nil {
+		s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
+		writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
+		return
+	}
+	prec := kline.Precision{Price: sym.PricePrecision, Qty: sym.QuantityPrecision}
+	bp := s.bufs.Get().(*[]byte)
+	b := append((*bp)[:0], '[')
+	for i := range ks {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = binance.AppendKlineArray(b, &ks[i], prec)
+	}
+	b = append(b, ']')
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(b)
+	*bp = b
+	s.bufs.Put(bp)
+}
+
+// read answers q from the store, with the live kline from memory in place
+// of the store's older copy, or after the stored ones when it is newer.
+func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error) {
+	sq := store.Query{Symbol: q.Symbol, Interval: q.Interval, Limit: q.Limit}
+	switch {
+	case q.Start >= 0:
+		sq.Start = max(q.Start, 1)
+		if q.End >= 0 {
+			sq.End = q.End
+		}
+	case q.End >= 0:
+		sq.End, sq.FromEnd = q.End, true
+	default:
+		sq.FromEnd = true
+	}
+	ks, err := s.cfg.Store.Klines(ctx, sq)
+	if err != nil {
+		return nil, err
+	}
+	live, ok := s.cfg.Streams.Latest(q.Symbol, q.Interval)
+	if !ok || (q.Start >= 0 && live.OpenTime < q.Start) || (q.End >= 0 && live.OpenTime > q.End) {
+		return ks, nil
+	}
+	switch n := len(ks); {
+	case n > 0 && ks[n-1].OpenTime == live.OpenTime:
+		ks[n-1] = live
+	case n > 0 && ks[n-1].OpenTime > live.OpenTime:
+	case n < q.Limit:
+		ks = append(ks, live)
+	case sq.FromEnd:
+		ks = append(ks[1:], live)
+	}
+	return ks, nil
+}
+
+func intervalNames(ivs []kline.Interval) []string {
+	names := make([]string, len(ivs))
+	for i, v := range ivs {
+		names[i] = v.String()
+	}
+	return names
+}
+
+// symbolInfo is one exchangeInfo symbol: the fields Binance clients read,
+// with the values klagg knows.
+type symbolInfo struct {
+	Symbol            string `json:"symbol"`
+	Pair              string `json:"pair"`
+	ContractType      string `json:"contractType"`
+	DeliveryDate      int64  `json:"deliveryDate"`
+	OnboardDate       int64  `json:"onboardDate"`
+	Status            string `json:"status"`
+	BaseAsset         string `json:"baseAsset"`
+	QuoteAsset        string `json:"quoteAsset"`
+	MarginAsset       string `json:"marginAsset"`
+	PricePrecision    int    `json:"pricePrecision"`
+	QuantityPrecision int    `json:"quantityPrecision"`
+	BaseAssetPrec     int    `json:"baseAssetPrecision"`
+	QuotePrecision    int    `json:"quotePrecision"`
+	UnderlyingType    string `json:"underlyingType"`
+	Filters           []any  `json:"filters"`
+	OrderTypes        []any  `json:"orderTypes"`
+	TimeInForce       []any  `json:"timeInForce"`
+}
+
+func (s *Server) exchangeInfo(w http.ResponseWriter, _ *http.Request) {
+	syms := s.cfg.Source.Symbols()
+	out := struct {
+		Timezone        string       `json:"timezone"`
+		ServerTime      int64        `json:"serverTime"`
+		RateLimits      []any        `json:"rateLimits"`
+		ExchangeFilters []any        `json:"exchangeFilters"`
+		Assets          []any        `json:"assets"`
+		Symbols         []symbolInfo `json:"symbols"`
+	}{Timezone: "UTC", ServerTime: s.cfg.Source.ExchangeNow().UnixMilli(),
+		RateLimits: []any{}, ExchangeFilters: []any{}, Assets: []any{}, Symbols: make([]symbolInfo, len(syms))}
+	for i, y := range syms {
+		out.Symbols[i] = symbolInfo{Symbol: y.Name, Pair: y.Name, ContractType: y.ContractType,
+			DeliveryDate: 4133404800000, OnboardDate: y.OnboardDate, Status: y.Status, BaseAsset: y.BaseAsset,
+			QuoteAsset: y.QuoteAsset, MarginAsset: y.QuoteAsset, PricePrecision: y.PricePrecision,
+			QuantityPrecision: y.QuantityPrecision, BaseAssetPrec: 8, QuotePrecision: 8, UnderlyingType: "COIN",
+			Filters: []any{}, OrderTypes: []any{}, TimeInForce: []any{}}
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) time(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, map[string]int64{"serverTime": s.cfg.Source.ExchangeNow().UnixMilli()})
+}
+
+// Status is /api/v1/status: the service's figures and the stream clients.
+type Status struct {
+	service.Status
+	IntervalNames []string `json:"interval_names"`
+	StreamClients int64    `json:"stream_clients"`
+	StreamDropped int64    `json:"stream_clients_dropped"`
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	st := s.cfg.Streams.Stats()
+	writeJSON(w, Status{s.cfg.Source.Status(), intervalNames(s.cfg.Source.Intervals()), st.Clients.Load(), st.Dropped.Load()})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !s.cfg.Source.Ready() {
+		http.Error(w, "catching up", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ready\n"))
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *Error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	json.NewEncoder(w).Encode(e)
+}
+
+// recorder keeps the status code for the request counter, and still lets
+// the WebSocket handler take over the connection.
+type recorder struct {
+	http.ResponseWriter
+	code    int
+	written bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.written {
+		r.code, r.written = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.written = true
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil {
+		r.code = http.StatusSwitchingProtocols
+	}
+	return c, rw, err
+}
