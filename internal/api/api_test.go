@@ -1,0 +1,286 @@
+package api
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/service"
+	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/stream"
+)
+
+type source struct{ ready bool }
+
+var btc = store.Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 1, QuantityPrecision: 3}
+
+func (source) Symbols() []store.Symbol { return []store.Symbol{btc} }
+func (source) Symbol(n string) (store.Symbol, bool) {
+	return btc, n == "BTCUSDT"
+}
+func (source) Intervals() []kline.Interval {
+	return []kline.Interval{kline.OneMinute(), kline.MustInterval("1h")}
+}
+func (source) Status() service.Status {
+	return service.Status{Symbols: 1, Trades: 42, ReconcileDiffs: map[string]int64{"volume": 2}}
+}
+func (s source) Ready() bool          { return s.ready }
+func (source) ExchangeNow() time.Time { return time.UnixMilli(1_700_000_000_000) }
+
+const t0 = int64(1_699_999_200_000) // an hour boundary
+
+func mk(open int64, price int64, closed bool) kline.Kline {
+	k := kline.Empty(kline.OneMinute(), open, price*decimal.Unit)
+	k.Trades, k.Volume, k.FirstTradeID, k.LastTradeID, k.Closed = 1, decimal.FromInt64(decimal.Unit), 1, 1, closed
+	return k
+}
+
+// newAPI serves 100 stored 1m klines (the last open) from a real SQLite
+// file, with a newer live kline in the stream server.
+func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	var us []kline.Update
+	for i := range int64(100) {
+		us = append(us, kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(t0+i*60_000, 100+i, i < 99)})
+	}
+	if err := st.Upsert(us); err != nil {
+		t.Fatal(err)
+	}
+	src := source{ready: true}
+	ss := stream.New(stream.Config{Intervals: src.Intervals(), Symbol: func(s string) (kline.Precision, bool) { return kline.Precision{Price: 1, Qty: 3}, s == "BTCUSDT" }})
+	h := New(Config{Source: src, Store: st, Streams: ss, Token: token, CORS: cors})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, ss
+}
+
+func get(t *testing.T, u string, hdr ...string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", u, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func klines(t *testing.T, base, query string) []kline.Kline {
+	t.Helper()
+	code, body := get(t, base+"/fapi/v1/klines?"+query)
+	if code != 200 {
+		t.Fatalf("%s: %d %s", query, code, body)
+	}
+	var rows [][]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &rows); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]kline.Kline, len(rows))
+	for i, r := range rows {
+		k, _, err := binance.ParseKlineArray(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = k
+	}
+	return out
+}
+
+func TestKlinesRanges(t *testing.T) {
+	srv, ss := newAPI(t, "", nil)
+	u := srv.URL
+	// The store's last kline is open; the live one replaces it.
+	live := mk(t0+99*60_000, 500, false)
+	live.Trades = 7
+	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: live}})
+	ks := klines(t, u, "symbol=BTCUSDT&interval=1m")
+	if len(ks) != 100 || ks[99].Trades != 7 || ks[99].Open != 500*decimal.Unit {
+		t.Fatalf("latest: %d klines, last %+v", len(ks), ks[len(ks)-1])
+	}
+	// A newer live kline goes after the stored ones; limit still holds.
+	next := mk(t0+100*60_000, 600, false)
+	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: next}})
+	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&limit=5")
+	if len(ks) != 5 || ks[4].OpenTime != next.OpenTime || ks[0].OpenTime != t0+96*60_000 {
+		t.Fatalf("limit 5: %d klines, %d..%d", len(ks), ks[0].OpenTime, ks[len(ks)-1].OpenTime)
+	}
+	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&startTime="+itoa(t0+10*60_000)+"&limit=3")
+	if len(ks) != 3 || ks[0].OpenTime != t0+10*60_000 || ks[2].OpenTime != t0+12*60_000 {
+		t.Fatalf("from start: %+v", ks)
+	}
+	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&endTime="+itoa(t0+10*60_000)+"&limit=3")
+	if len(ks) != 3 || ks[2].OpenTime != t0+10*60_000 {
+		t.Fatalf("to end: %+v", ks)
+	}
+	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&startTime="+itoa(t0+5*60_000)+"&endTime="+itoa(t0+7*60_000))
+	if len(ks) != 3 || !ks[2].Closed {
+		t.Fatalf("range: %+v", ks)
+	}
+	if ks := klines(t, u, "symbol=BTCUSDT&interval=1h"); len(ks) != 0 {
+		t.Fatalf("1h has nothing stored: %+v", ks)
+	}
+}
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+func TestBinanceErrors(t *testing.T) {
+	srv, _ := newAPI(t, "", nil)
+	for _, tc := range []struct {
+		query string
+		code  int
+		want  string
+	}{
+		{"interval=1m", 400, `{"code":-1102,`},
+		{"symbol=BTCUSDT", 400, `{"code":-1102,`},
+		{"symbol=NOPE&interval=1m", 400, `{"code":-1121,"msg":"Invalid symbol."}`},
+		{"symbol=BTCUSDT&interval=2x", 400, `{"code":-1120,`},
+		{"symbol=BTCUSDT&interval=5m", 400, `{"code":-1120,`},
+		{"symbol=BTCUSDT&interval=1m&limit=0", 400, `{"code":-1130,`},
+		{"symbol=BTCUSDT&interval=1m&limit=1501", 400, `{"code":-1130,`},
+		{"symbol=BTCUSDT&interval=1m&limit=x", 400, `{"code":-1100,`},
+		{"symbol=BTCUSDT&interval=1m&startTime=-5", 400, `{"code":-1100,`},
+		{"symbol=BTCUSDT&interval=1m&startTime=9&endTime=3", 400, `{"code":-1023,"msg":"Start time is greater than end time."}`},
+		{"symbol=BTCUSDT&symbol=ETHUSDT&interval=1m", 400, `{"code":-1101,`},
+	} {
+		code, body := get(t, srv.URL+"/fapi/v1/klines?"+tc.query)
+		if code != tc.code || !strings.HasPrefix(body, tc.want) {
+			t.Errorf("%s → %d %s, want %d %s", tc.query, code, body, tc.code, tc.want)
+		}
+	}
+	if code, _ := get(t, srv.URL+"/fapi/v1/nothing"); code != 404 {
+		t.Errorf("unknown route: %d", code)
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/fapi/v1/klines", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 405 {
+		t.Errorf("POST: %v %v", resp.StatusCode, err)
+	}
+}
+
+func TestOwnEndpoints(t *testing.T) {
+	srv, _ := newAPI(t, "", nil)
+	for path, want := range map[string]string{
+		"/fapi/v1/ping":         `{}`,
+		"/fapi/v1/time":         `{"serverTime":1700000000000}`,
+		"/healthz":              "ok",
+		"/readyz":               "ready",
+		"/fapi/v1/exchangeInfo": `"symbol":"BTCUSDT","pair":"BTCUSDT","contractType":"PERPETUAL"`,
+		"/api/v1/status":        `"interval_names":["1m","1h"]`,
+	} {
+		if code, body := get(t, srv.URL+path); code != 200 || !strings.Contains(body, want) {
+			t.Errorf("%s → %d %s, want %s", path, code, body, want)
+		}
+	}
+	get(t, srv.URL+"/fapi/v1/klines?symbol=NOPE&interval=1m")
+	_, m := get(t, srv.URL+"/metrics")
+	for _, want := range []string{
+		"klagg_trades_total 42", `klagg_reconcile_differences_total{field="volume"} 2`,
+		`klagg_api_requests_total{route="GET /fapi/v1/klines",code="400"} 1`, "klagg_stream_clients 0",
+		"klagg_writer_queue_depth 0", "go_goroutines",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+func TestToken(t *testing.T) {
+	srv, _ := newAPI(t, "s3cret", nil)
+	u := srv.URL + "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1"
+	if code, body := get(t, u); code != 401 || !strings.Contains(body, `"code":-2015`) {
+		t.Fatalf("no token: %d %s", code, body)
+	}
+	if code, _ := get(t, u, "Authorization", "Bearer wrong"); code != 401 {
+		t.Fatalf("wrong token: %d", code)
+	}
+	for _, ok := range [][]string{{"Authorization", "Bearer s3cret"}, {"X-MBX-APIKEY", "s3cret"}} {
+		if code, _ := get(t, u, ok...); code != 200 {
+			t.Fatalf("%s: %d", ok[0], code)
+		}
+	}
+	if code, _ := get(t, u+"&token=s3cret"); code != 200 {
+		t.Fatalf("query token: %d", code)
+	}
+	if code, _ := get(t, srv.URL+"/healthz"); code != 200 {
+		t.Fatalf("healthz needs no token: %d", code)
+	}
+	ws := "ws" + strings.TrimPrefix(srv.URL, "http") + "/market/ws/btcusdt@kline_1m"
+	if code, _ := get(t, strings.Replace(ws, "ws", "http", 1)); code != 401 {
+		t.Fatalf("stream without token: %d", code)
+	}
+}
+
+func TestCORS(t *testing.T) {
+	srv, _ := newAPI(t, "", []string{"https://app.example"})
+	req, _ := http.NewRequest("OPTIONS", srv.URL+"/fapi/v1/klines", nil)
+	req.Header.Set("Origin", "https://app.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+		t.Fatalf("preflight: %v %+v", err, resp)
+	}
+	req, _ = http.NewRequest("GET", srv.URL+"/fapi/v1/ping", nil)
+	req.Header.Set("Origin", "https://evil.example")
+	resp, _ = http.DefaultClient.Do(req)
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("CORS allowed an origin not configured")
+	}
+	off, _ := newAPI(t, "", nil)
+	req, _ = http.NewRequest("GET", off.URL+"/fapi/v1/ping", nil)
+	req.Header.Set("Origin", "https://app.example")
+	resp, _ = http.DefaultClient.Do(req)
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("CORS on by default")
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	ss := stream.New(stream.Config{Symbol: func(string) (kline.Precision, bool) { return kline.Precision{}, false }})
+	srv := httptest.NewServer(New(Config{Source: source{}, Streams: ss}))
+	defer srv.Close()
+	if code, _ := get(t, srv.URL+"/readyz"); code != 503 {
+		t.Fatalf("readyz while catching up: %d", code)
+	}
+}
+
+// FuzzKlinesQuery: any query string gets either a valid query or a Binance
+// error, never a panic, and a valid query satisfies Binance's rules.
+func FuzzKlinesQuery(f *testing.F) {
+	for _, s := range []string{"symbol=BTCUSDT&interval=1m", "symbol=X&interval=1M&limit=1500&startTime=0&endTime=99",
+		"interval=7d&limit=-1", "symbol=%zz", "limit=1e3", "startTime=99999999999999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		vals, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		q, aerr := ParseKlinesQuery(vals)
+		if aerr != nil {
+			if aerr.Code >= 0 || aerr.Status != 400 || aerr.Msg == "" {
+				t.Fatalf("bad error %+v for %q", aerr, raw)
+			}
+			return
+		}
+		if q.Symbol == "" || q.Limit < 1 || q.Limit > MaxLimit || (q.Start >= 0 && q.End >= 0 && q.Start > q.End) {
+			t.Fatalf("accepted %q as %+v", raw, q)
+		}
+	})
+}
