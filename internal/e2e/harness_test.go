@@ -67,6 +67,7 @@ type run struct {
 	// hidden is set when the exchange hid trades: klagg's trade ids then
 	// differ where a hidden trade was a kline's first or last, by design.
 	hidden bool
+	base   string // klagg's HTTP root, from its log
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
@@ -110,6 +111,9 @@ backfill_limit = 100
 delay = "500ms"
 [database]
 path = %q
+[server]
+listen = "127.0.0.1:0"
+push_interval = "20ms"
 [log]
 status_interval = "2s"
 %s`, x.URL(), x.WSURL(), testIntervals, r.db, extra)
@@ -196,6 +200,11 @@ func (r *run) startKlagg() {
 			r.mu.Lock()
 			r.lines = append(r.lines, line)
 			r.mu.Unlock()
+			if _, addr, ok := strings.Cut(line, " listen="); ok && strings.Contains(line, `msg="klagg starting"`) {
+				r.mu.Lock()
+				r.base = strings.Fields(addr)[0]
+				r.mu.Unlock()
+			}
 			if strings.Contains(line, `msg="caught up; live"`) {
 				once.Do(func() { close(live) })
 			}

@@ -77,7 +77,7 @@ async function show(symbol, interval) {
   candles.setData(cs);
   volume.setData(vs);
   state.candles = cs.length;
-  state.last = cs[cs.length - 1] || null;
+  state.last = cs.length ? { ...cs[cs.length - 1], volume: vs[vs.length - 1].value } : null;
   chart.timeScale().scrollToRealTime();
 
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -99,7 +99,7 @@ async function show(symbol, interval) {
     if (!state.last || c.time > state.last.time) state.candles++;
     candles.update(c);
     volume.update(v);
-    state.last = c;
+    state.last = { ...c, volume: v.value };
     state.updates++;
   };
 }
