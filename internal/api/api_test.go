@@ -284,3 +284,33 @@ func FuzzKlinesQuery(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkKlines1500 is the handler alone on a real SQLite file: what
+// one request for 1500 klines costs before the network.
+func BenchmarkKlines1500(b *testing.B) {
+	st, err := store.Open(filepath.Join(b.TempDir(), "k.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	var us []kline.Update
+	for i := range int64(2000) {
+		k := mk(t0+i*60_000, 100+i%50, true)
+		k.QuoteVolume = decimal.Mul(123456789, 987654321)
+		us = append(us, kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: k})
+	}
+	if err := st.Upsert(us); err != nil {
+		b.Fatal(err)
+	}
+	ss := stream.New(stream.Config{Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 1, Qty: 3}, true }})
+	h := New(Config{Source: source{ready: true}, Store: st, Streams: ss})
+	req := httptest.NewRequest("GET", "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code)
+		}
+	}
+}
