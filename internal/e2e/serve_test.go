@@ -95,7 +95,6 @@ func TestBinanceClient(t *testing.T) {
 
 func fmtPrice(p kline.Precision, m int64) string { return string(p.AppendPrice(nil, m)) }
 
-
 // chromium returns Debian's chromium, skipping the test where it is not
 // installed (failing in CI, which installs it).
 func chromium(t *testing.T) string {
