@@ -243,23 +243,13 @@ func intervalNames(ivs []kline.Interval) []string {
 // symbolInfo is one exchangeInfo symbol: the fields Binance clients read,
 // with the values klagg knows.
 type symbolInfo struct {
-	Symbol            string `json:"symbol"`
-	Pair              string `json:"pair"`
-	ContractType      string `json:"contractType"`
-	DeliveryDate      int64  `json:"deliveryDate"`
-	OnboardDate       int64  `json:"onboardDate"`
-	Status            string `json:"status"`
-	BaseAsset         string `json:"baseAsset"`
-	QuoteAsset        string `json:"quoteAsset"`
-	MarginAsset       string `json:"marginAsset"`
-	PricePrecision    int    `json:"pricePrecision"`
-	QuantityPrecision int    `json:"quantityPrecision"`
-	BaseAssetPrec     int    `json:"baseAssetPrecision"`
-	QuotePrecision    int    `json:"quotePrecision"`
-	UnderlyingType    string `json:"underlyingType"`
-	Filters           []any  `json:"filters"`
-	OrderTypes        []any  `json:"orderTypes"`
-	TimeInForce       []any  `json:"timeInForce"`
+	binance.SymbolInfo
+	BaseAssetPrec  int    `json:"baseAssetPrecision"`
+	QuotePrecision int    `json:"quotePrecision"`
+	UnderlyingType string `json:"underlyingType"`
+	Filters        []any  `json:"filters"`
+	OrderTypes     []any  `json:"orderTypes"`
+	TimeInForce    []any  `json:"timeInForce"`
 }
 
 func (s *Server) exchangeInfo(w http.ResponseWriter, _ *http.Request) {
@@ -274,10 +264,10 @@ func (s *Server) exchangeInfo(w http.ResponseWriter, _ *http.Request) {
 	}{Timezone: "UTC", ServerTime: s.cfg.Source.ExchangeNow().UnixMilli(),
 		RateLimits: []any{}, ExchangeFilters: []any{}, Assets: []any{}, Symbols: make([]symbolInfo, len(syms))}
 	for i, y := range syms {
-		out.Symbols[i] = symbolInfo{Symbol: y.Name, Pair: y.Name, ContractType: y.ContractType,
+		out.Symbols[i] = symbolInfo{SymbolInfo: binance.SymbolInfo{Symbol: y.Name, Pair: y.Name, ContractType: y.ContractType,
 			DeliveryDate: 4133404800000, OnboardDate: y.OnboardDate, Status: y.Status, BaseAsset: y.BaseAsset,
 			QuoteAsset: y.QuoteAsset, MarginAsset: y.QuoteAsset, PricePrecision: y.PricePrecision,
-			QuantityPrecision: y.QuantityPrecision, BaseAssetPrec: 8, QuotePrecision: 8, UnderlyingType: "COIN",
+			QuantityPrecision: y.QuantityPrecision}, BaseAssetPrec: 8, QuotePrecision: 8, UnderlyingType: "COIN",
 			Filters: []any{}, OrderTypes: []any{}, TimeInForce: []any{}}
 	}
 	writeJSON(w, out)

@@ -208,13 +208,16 @@ func (c *Client) ServerTime(ctx context.Context) (time.Time, error) {
 // SymbolInfo is the part of exchangeInfo klagg uses.
 type SymbolInfo struct {
 	Symbol            string `json:"symbol"`
+	Pair              string `json:"pair"`
 	ContractType      string `json:"contractType"`
+	DeliveryDate      int64  `json:"deliveryDate"`
+	OnboardDate       int64  `json:"onboardDate"`
 	Status            string `json:"status"`
 	BaseAsset         string `json:"baseAsset"`
 	QuoteAsset        string `json:"quoteAsset"`
+	MarginAsset       string `json:"marginAsset"`
 	PricePrecision    int    `json:"pricePrecision"`
 	QuantityPrecision int    `json:"quantityPrecision"`
-	OnboardDate       int64  `json:"onboardDate"`
 }
 
 // ExchangeInfo returns every symbol the exchange lists.

@@ -131,27 +131,13 @@ func (x *Exchange) handleTime(_ *http.Request, now int64) (any, *apiError) {
 	return map[string]int64{"serverTime": now}, nil
 }
 
-type symbolInfo struct {
-	Symbol            string `json:"symbol"`
-	Pair              string `json:"pair"`
-	ContractType      string `json:"contractType"`
-	DeliveryDate      int64  `json:"deliveryDate"`
-	OnboardDate       int64  `json:"onboardDate"`
-	Status            string `json:"status"`
-	BaseAsset         string `json:"baseAsset"`
-	QuoteAsset        string `json:"quoteAsset"`
-	MarginAsset       string `json:"marginAsset"`
-	PricePrecision    int    `json:"pricePrecision"`
-	QuantityPrecision int    `json:"quantityPrecision"`
-}
-
 func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiError) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	syms := []symbolInfo{}
+	syms := []binance.SymbolInfo{}
 	for _, s := range x.symbols {
 		base := s.name[:len(s.name)-4]
-		syms = append(syms, symbolInfo{
+		syms = append(syms, binance.SymbolInfo{
 			Symbol: s.name, Pair: s.name, ContractType: "PERPETUAL", DeliveryDate: 4133404800000,
 			OnboardDate: s.onboard, Status: s.status, BaseAsset: base, QuoteAsset: "USDT", MarginAsset: "USDT",
 			PricePrecision: s.prec.Price, QuantityPrecision: s.prec.Qty,
@@ -159,8 +145,8 @@ func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiErro
 	}
 	// A quarterly contract and a coin-quoted one, which klagg must leave out.
 	syms = append(syms,
-		symbolInfo{Symbol: "BTCUSDT_261225", Pair: "BTCUSDT", ContractType: "CURRENT_QUARTER", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", PricePrecision: 1, QuantityPrecision: 3},
-		symbolInfo{Symbol: "ETHBTC", Pair: "ETHBTC", ContractType: "PERPETUAL", Status: "TRADING", BaseAsset: "ETH", QuoteAsset: "BTC", PricePrecision: 6, QuantityPrecision: 3})
+		binance.SymbolInfo{Symbol: "BTCUSDT_261225", Pair: "BTCUSDT", ContractType: "CURRENT_QUARTER", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", PricePrecision: 1, QuantityPrecision: 3},
+		binance.SymbolInfo{Symbol: "ETHBTC", Pair: "ETHBTC", ContractType: "PERPETUAL", Status: "TRADING", BaseAsset: "ETH", QuoteAsset: "BTC", PricePrecision: 6, QuantityPrecision: 3})
 	return map[string]any{
 		"timezone": "UTC", "serverTime": now,
 		"rateLimits": []map[string]any{{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": x.cfg.WeightPerMinute}},
