@@ -448,7 +448,6 @@ type Status struct {
 	Unamended      int64              `json:"reconcile_unamended"`
 	Late           int64              `json:"late_trades"`
 	ConnStates     []ingest.ConnState `json:"connection_states"`
-	Extra          map[string]string  `json:"-"`
 }
 
 // Status returns the current figures.
