@@ -276,7 +276,8 @@ func TestCorrectionReachesLongerIntervals(t *testing.T) {
 				continue
 			}
 			want := ref1m[i-c.lag]
-			ours := h.c.latest[kline.Key{Symbol: m.Symbol, Interval: "1m", OpenTime: want.OpenTime}]
+			h.sync()
+			ours := h.c.get(kline.Key{Symbol: m.Symbol, Interval: "1m", OpenTime: want.OpenTime})
 			ex := want
 			ex.FirstTradeID, ex.LastTradeID = ours.FirstTradeID, ours.LastTradeID
 			if err := h.e.Correct(context.Background(), m.Symbol, one, ex); err != nil {

@@ -27,6 +27,12 @@ func (c *collector) Publish(us []kline.Update) {
 	}
 }
 
+func (c *collector) get(k kline.Key) kline.Update {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.latest[k]
+}
+
 // series returns the newest klines of symbol and interval, by open time.
 func (c *collector) series(symbol, iv string) []kline.Kline {
 	c.mu.Lock()
