@@ -224,6 +224,7 @@ func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error)
 	case n > 0 && ks[n-1].OpenTime == live.OpenTime:
 		ks[n-1] = live
 	case n > 0 && ks[n-1].OpenTime > live.OpenTime:
+		// The store is ahead of memory (a symbol no longer traded): keep it.
 	case n < q.Limit:
 		ks = append(ks, live)
 	case sq.FromEnd:

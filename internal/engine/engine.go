@@ -373,7 +373,7 @@ func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
 // kline opening at open, which becomes the open kline.
 func (e *Engine) roll(si, s int, iv kline.Interval, open int64) {
 	k := &e.cur[s]
-	oneMinute := s%len(e.ivs) == 0 && iv.Duration() == time.Minute
+	oneMinute := e.isOneMinute(s)
 	for k.OpenTime < open {
 		k.Closed = true
 		e.stats.Closed++
@@ -432,7 +432,7 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 		switch {
 		case e.prev[s].OpenTime == k.OpenTime:
 			held = &e.prev[s]
-		case s%len(e.ivs) == 0 && iv.Duration() == time.Minute:
+		case e.isOneMinute(s):
 			if r := e.recentAt(s/len(e.ivs), k.OpenTime); r.OpenTime == k.OpenTime {
 				held = r
 			}
@@ -441,12 +441,19 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 			old := *held
 			*held = k
 			e.followPrev(s, iv)
-			if s%len(e.ivs) == 0 && iv.Duration() == time.Minute {
+			if e.isOneMinute(s) {
 				e.amendLonger(s, &old, &k)
 			}
 		}
 	}
 	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Kline: k})
+}
+
+// isOneMinute tells whether slot s is its symbol's 1m slot, the one whose
+// closed klines the engine remembers and whose corrections reach the
+// longer intervals.
+func (e *Engine) isOneMinute(s int) bool {
+	return s%len(e.ivs) == 0 && e.ivs[0].Duration() == time.Minute
 }
 
 // recentMinutes is how many closed 1m klines per symbol the engine keeps

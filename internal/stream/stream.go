@@ -257,10 +257,8 @@ func (s *Server) parseStream(name string) (streamKey, *binance.WSError) {
 	if _, ok := s.cfg.Symbol(symbol); !ok || sym != strings.ToLower(sym) {
 		return streamKey{}, &binance.WSError{Code: 2, Msg: fmt.Sprintf("Invalid request: unknown symbol in %q (symbols are lower case in stream names)", name)}
 	}
-	for _, v := range s.cfg.Intervals {
-		if v.String() == iv {
-			return streamKey{symbol, iv}, nil
-		}
+	if s.intervalOf(iv).String() != "" {
+		return streamKey{symbol, iv}, nil
 	}
 	return streamKey{}, &binance.WSError{Code: 2, Msg: fmt.Sprintf("Invalid request: interval %q in %q is not kept by this klagg", iv, name)}
 }
@@ -297,6 +295,7 @@ func (s *Server) subscribe(c *client, keys []streamKey, names []string) {
 	}
 }
 
+// intervalOf returns the kept interval named name, or the zero Interval.
 func (s *Server) intervalOf(name string) kline.Interval {
 	for _, v := range s.cfg.Intervals {
 		if v.String() == name {
