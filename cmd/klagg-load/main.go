@@ -10,6 +10,12 @@
 //
 // runs the klagg binary against an in-process fake exchange trading at the
 // given rate and reports the trade rate klagg sustained and its memory.
+//
+//	klagg-load blast -klagg /tmp/klagg -symbols 1000 [-rate 100000]
+//
+// runs the klagg binary against a minimal exchange that sends aggTrade
+// frames as fast as klagg reads them (or at the given rate) and reports
+// klagg's trade rate, its trade-to-consumer latency and its memory.
 package main
 
 import (
@@ -32,15 +38,17 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D]")
+		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D]")
 	}
 	switch args[0] {
 	case "trades":
 		return runTrades(args[1:], stdout, stderr)
 	case "live":
 		return runLive(args[1:], stdout, stderr)
+	case "blast":
+		return runBlast(args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown command %q: want trades or live", args[0])
+	return fmt.Errorf("unknown command %q: want trades, live or blast", args[0])
 }
 
 func runTrades(args []string, stdout, stderr io.Writer) error {

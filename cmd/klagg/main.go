@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 )
@@ -48,6 +49,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr, log: newLogger(stderr)}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if path := os.Getenv("KLAGG_CPUPROFILE"); path != "" {
+		// For finding where a load test's time goes: go tool pprof klagg path.
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintf(stderr, "klagg: KLAGG_CPUPROFILE: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "klagg: KLAGG_CPUPROFILE: %v\n", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if len(args) > 0 {
 		switch args[0] {
 		case "-h", "--help", "help":

@@ -11,6 +11,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -36,6 +37,7 @@ type Source interface {
 	Status() service.Status
 	Ready() bool
 	ExchangeNow() time.Time
+	WritePrometheus(w io.Writer) // the source's own metrics
 }
 
 // Store reads stored klines.

@@ -24,7 +24,8 @@ type source struct{ ready bool }
 
 var btc = store.Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 1, QuantityPrecision: 3}
 
-func (source) Symbols() []store.Symbol { return []store.Symbol{btc} }
+func (source) Symbols() []store.Symbol     { return []store.Symbol{btc} }
+func (source) WritePrometheus(w io.Writer) { io.WriteString(w, "source_metric 1\n") }
 func (source) Symbol(n string) (store.Symbol, bool) {
 	return btc, n == "BTCUSDT"
 }
@@ -193,7 +194,7 @@ func TestOwnEndpoints(t *testing.T) {
 	_, m := get(t, srv.URL+"/metrics")
 	for _, want := range []string{
 		"klagg_trades_total 42", `klagg_reconcile_differences_total{field="volume"} 2`,
-		`klagg_api_requests_total{route="GET /fapi/v1/klines",code="400"} 1`, "klagg_stream_clients 0",
+		`klagg_api_requests_total{route="GET /fapi/v1/klines",code="400"} 1`, "klagg_stream_clients 0", "source_metric 1",
 		"klagg_writer_queue_depth 0", "go_goroutines",
 	} {
 		if !strings.Contains(m, want) {

@@ -39,78 +39,98 @@ const (
 // checks it against encoding/json.
 func ParseAggTrade(frame []byte) (symbol []byte, t kline.Trade, err error) {
 	sc := scanner{b: frame}
-	if !sc.open() {
-		return nil, t, sc.fail("expected a JSON object")
+	if symbol, t, err = sc.event(true); err != nil {
+		return nil, t, err
+	}
+	if sc.ws(); sc.i != len(sc.b) {
+		return nil, t, sc.fail("data after the object")
+	}
+	return symbol, t, nil
+}
+
+// event reads the aggTrade object at the scanner, or with envelope also a
+// combined-stream envelope whose "data" is one, parsed in place.
+func (s *scanner) event(envelope bool) (symbol []byte, t kline.Trade, err error) {
+	if !s.open() {
+		return nil, t, s.fail("expected a JSON object")
 	}
 	var seen uint
-	for sc.more() {
-		key, ok := sc.key()
+	wrapped := false
+	for s.more() {
+		key, ok := s.key()
 		if !ok {
-			return nil, t, sc.fail("bad key")
+			return nil, t, s.fail("bad key")
 		}
-		if len(key) == 4 && string(key) == "data" {
-			return ParseAggTrade(sc.rawValue())
+		if envelope && len(key) == 4 && string(key) == "data" {
+			if symbol, t, err = s.event(false); err != nil {
+				return nil, t, err
+			}
+			wrapped = true
+			continue
 		}
 		if len(key) != 1 {
-			if !sc.skip() {
-				return nil, t, sc.fail("bad value")
+			if !s.skip() {
+				return nil, t, s.fail("bad value")
 			}
 			continue
 		}
 		switch key[0] {
 		case 'e':
-			v, ok := sc.str()
+			v, ok := s.str()
 			if !ok {
-				return nil, t, sc.fail(`bad "e"`)
+				return nil, t, s.fail(`bad "e"`)
 			}
 			if string(v) != "aggTrade" {
 				return nil, t, ErrNotAggTrade
 			}
 			seen |= hasE
 		case 'a':
-			t.ID, ok = sc.int()
+			t.ID, ok = s.int()
 			seen |= hasA
 		case 's':
 			// Symbols may be non-ASCII (Binance lists some), never invalid UTF-8.
-			symbol, ok = sc.str()
+			symbol, ok = s.str()
 			ok = ok && utf8.Valid(symbol)
 			seen |= hasS
 		case 'p':
-			t.Price, ok = sc.dec()
+			t.Price, ok = s.dec()
 			seen |= hasP
 		case 'q':
-			t.Qty, ok = sc.dec()
+			t.Qty, ok = s.dec()
 			seen |= hasQ
 		case 'f':
-			t.FirstID, ok = sc.int()
+			t.FirstID, ok = s.int()
 			seen |= hasF
 		case 'l':
-			t.LastID, ok = sc.int()
+			t.LastID, ok = s.int()
 			seen |= hasL
 		case 'T':
-			t.Time, ok = sc.int()
+			t.Time, ok = s.int()
 			seen |= hasT
 		case 'm':
-			t.BuyerMaker, ok = sc.bool()
+			t.BuyerMaker, ok = s.bool()
 			seen |= hasM
 		default:
-			ok = sc.skip()
+			ok = s.skip()
 		}
 		if !ok {
-			return nil, t, sc.fail(fmt.Sprintf("bad %q", key))
+			return nil, t, s.fail(fmt.Sprintf("bad %q", key))
 		}
 	}
-	if !sc.close() {
-		return nil, t, sc.fail("unterminated object")
+	if !s.close() {
+		return nil, t, s.fail("unterminated object")
+	}
+	if wrapped {
+		return symbol, t, nil
 	}
 	if seen != hasAll {
 		if seen&hasE == 0 {
 			return nil, t, ErrNotAggTrade
 		}
-		return nil, t, fmt.Errorf("aggTrade frame lacks fields (have %09b): %.200q", seen, frame)
+		return nil, t, fmt.Errorf("aggTrade frame lacks fields (have %09b): %.200q", seen, s.b)
 	}
 	if t.LastID < t.FirstID || t.Qty < 0 {
-		return nil, t, fmt.Errorf("aggTrade frame has f > l: %.200q", frame)
+		return nil, t, fmt.Errorf("aggTrade frame has f > l: %.200q", s.b)
 	}
 	return symbol, t, nil
 }
@@ -164,8 +184,7 @@ func (s *scanner) close() bool {
 	s.ws()
 	if s.i < len(s.b) && s.b[s.i] == '}' {
 		s.i++
-		s.ws()
-		return s.i == len(s.b)
+		return true
 	}
 	return false
 }
@@ -253,15 +272,6 @@ func (s *scanner) bool() (bool, bool) {
 		return false, true
 	}
 	return false, false
-}
-
-// rawValue returns the next value's bytes (an object for "data").
-func (s *scanner) rawValue() []byte {
-	start := s.i
-	if !s.skip() {
-		return s.b[start:start]
-	}
-	return s.b[start:s.i]
 }
 
 // skip passes over any JSON value, nesting included.

@@ -67,7 +67,8 @@ type Config struct {
 		Delay   Duration `toml:"delay"`
 	} `toml:"reconcile"`
 	Database struct {
-		Path string `toml:"path"`
+		Path       string   `toml:"path"`
+		WriteEvery Duration `toml:"write_every"`
 	} `toml:"database"`
 	Server struct {
 		Listen            string   `toml:"listen"`
@@ -207,6 +208,9 @@ func (c *Config) validate() error {
 	c.Intervals = ivs
 	if c.Database.Path == "" {
 		bad("database.path", "must not be empty")
+	}
+	if d := c.Database.WriteEvery.Duration; d < 0 || d > time.Minute {
+		bad("database.write_every", "%s is outside 0s..1m", d)
 	}
 	if c.Server.Listen == "" {
 		bad("server.listen", "must not be empty, e.g. \"127.0.0.1:8080\"")

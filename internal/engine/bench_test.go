@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/synth"
@@ -109,7 +110,7 @@ func BenchmarkEngine(b *testing.B) {
 				bs[i][j].ID += shift
 				bs[i][j].Time += tshift
 			}
-			e.Trades(ctx, syms[i%len(syms)], ts, nil)
+			e.Trades(ctx, syms[i%len(syms)], ts, time.Time{})
 			n += len(ts)
 		}
 	}

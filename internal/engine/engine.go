@@ -34,6 +34,9 @@ type Config struct {
 	Sinks []Sink
 	// Queue is the capacity of the event channel (default 1024).
 	Queue int
+	// Latency, if set, is told for each trade batch with a known arrival
+	// time how long its first trade took from arrival to the sinks.
+	Latency func(time.Duration)
 }
 
 // Stats are counters the engine keeps; read them with Engine.Stats.
@@ -52,10 +55,11 @@ type Stats struct {
 
 // Engine is the single owner of the live kline table.
 type Engine struct {
-	ivs    []kline.Interval
-	grace  int64
-	sinks  []Sink
-	events chan event
+	ivs     []kline.Interval
+	grace   int64
+	sinks   []Sink
+	latency func(time.Duration)
+	events  chan event
 
 	// Everything below is owned by the Run goroutine.
 	index   map[string]int // symbol → symbol index
@@ -102,7 +106,7 @@ type event struct {
 	interval kline.Interval
 	kline    kline.Kline
 	now      int64
-	done     func()
+	received time.Time
 	reply    chan<- []kline.Update
 }
 
@@ -116,11 +120,12 @@ func New(cfg Config) (*Engine, error) {
 		q = 1024
 	}
 	e := &Engine{
-		ivs:    append([]kline.Interval(nil), cfg.Intervals...),
-		grace:  cfg.Grace.Milliseconds(),
-		sinks:  cfg.Sinks,
-		events: make(chan event, q),
-		index:  map[string]int{},
+		ivs:     append([]kline.Interval(nil), cfg.Intervals...),
+		grace:   cfg.Grace.Milliseconds(),
+		sinks:   cfg.Sinks,
+		latency: cfg.Latency,
+		events:  make(chan event, q),
+		index:   map[string]int{},
 	}
 	return e, nil
 }
@@ -145,10 +150,11 @@ type sharedStats struct {
 }
 
 // Trades hands a batch of one symbol's trades, in aggregate-id order, to the
-// engine. done, if not nil, is called once the engine no longer needs the
-// slice, so callers can recycle it. It blocks while the event queue is full.
-func (e *Engine) Trades(ctx context.Context, symbol string, trades []kline.Trade, done func()) error {
-	return e.send(ctx, event{kind: evTrades, symbol: symbol, trades: trades, done: done})
+// engine, which keeps the slice. received is when the first of them reached
+// klagg (zero if unknown); Config.Latency is told how long it took from
+// there to the sinks. It blocks while the event queue is full.
+func (e *Engine) Trades(ctx context.Context, symbol string, trades []kline.Trade, received time.Time) error {
+	return e.send(ctx, event{kind: evTrades, symbol: symbol, trades: trades, received: received})
 }
 
 // AddSymbol starts keeping klines for symbol. Adding a held symbol is a no-op.
@@ -237,9 +243,6 @@ func (e *Engine) handle(ev event) {
 		} else {
 			e.stats.Unknown += int64(len(ev.trades))
 		}
-		if ev.done != nil {
-			ev.done()
-		}
 	case evAdd:
 		e.addSymbol(ev.symbol)
 	case evRemove:
@@ -255,6 +258,9 @@ func (e *Engine) handle(ev event) {
 		return
 	}
 	e.flush()
+	if e.latency != nil && !ev.received.IsZero() {
+		e.latency(time.Since(ev.received))
+	}
 }
 
 func (e *Engine) addSymbol(name string) {

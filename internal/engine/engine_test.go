@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -328,4 +329,30 @@ func refKlines(t *testing.T, iv kline.Interval, trades []kline.Trade) []kline.Kl
 		s.Add(&trades[i])
 	}
 	return s.Klines()
+}
+
+func TestLatencyFromArrivalToSinks(t *testing.T) {
+	var mu sync.Mutex
+	var got []time.Duration
+	e, err := New(Config{Intervals: []kline.Interval{kline.OneMinute()}, Sinks: []Sink{newCollector()},
+		Latency: func(d time.Duration) { mu.Lock(); got = append(got, d); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	e.AddSymbol(ctx, "X")
+	arrived := time.Now().Add(-time.Hour)
+	e.Trades(ctx, "X", []kline.Trade{trade(1, t0+1, "1", "1", true)}, arrived)
+	e.Trades(ctx, "X", []kline.Trade{trade(2, t0+2, "1", "1", true)}, time.Time{}) // arrival unknown: not reported
+	if _, err := e.Snapshot(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] < time.Hour {
+		t.Fatalf("latencies %v, want one of at least 1h", got)
+	}
 }

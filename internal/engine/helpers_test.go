@@ -95,7 +95,7 @@ func (h *harness) add(sym string) {
 
 func (h *harness) trades(sym string, ts []kline.Trade) {
 	h.t.Helper()
-	if err := h.e.Trades(context.Background(), sym, ts, nil); err != nil {
+	if err := h.e.Trades(context.Background(), sym, ts, time.Time{}); err != nil {
 		h.t.Fatal(err)
 	}
 }

@@ -23,7 +23,8 @@ import (
 
 // Sink takes each symbol's trades in id order: the engine.
 type Sink interface {
-	Trades(ctx context.Context, symbol string, trades []kline.Trade, done func()) error
+	// received is when the first of trades arrived (zero if unknown).
+	Trades(ctx context.Context, symbol string, trades []kline.Trade, received time.Time) error
 }
 
 // Filler fetches trades by aggregate id: the REST client.
@@ -45,10 +46,17 @@ type RouterStats struct {
 // item is a trade, or with symbol "" a sign of life, from connection conn;
 // at is the exchange time (ms) up to which conn has delivered everything.
 type item struct {
-	symbol string
-	conn   int
-	at     int64
-	trade  kline.Trade
+	symbol   string
+	conn     int
+	at       int64
+	trade    kline.Trade
+	received time.Time
+}
+
+// batch is one symbol's trades forwarded since the last flush.
+type batch struct {
+	trades   []kline.Trade
+	received time.Time // when the first of them with a known arrival arrived
 }
 
 type fillResult struct {
@@ -103,7 +111,7 @@ type Router struct {
 
 	// Owned by Run.
 	syms  map[string]*symState
-	out   map[string][]kline.Trade
+	out   map[string]*batch
 	alive map[int]int64 // connection → last sign of life
 }
 
@@ -114,7 +122,7 @@ func NewRouter(sink Sink, filler Filler, gapWait time.Duration, log *slog.Logger
 	return &Router{
 		sink: sink, filler: filler, log: log, gapWait: gapWait, maxBuf: 200_000,
 		in: make(chan item, 1<<16), fills: make(chan fillResult, 64), ctl: make(chan control),
-		syms: map[string]*symState{}, out: map[string][]kline.Trade{}, alive: map[int]int64{},
+		syms: map[string]*symState{}, out: map[string]*batch{}, alive: map[int]int64{},
 	}
 }
 
@@ -132,10 +140,18 @@ func (r *Router) Hold() (int64, bool) {
 // Stats returns the router's counters.
 func (r *Router) Stats() *RouterStats { return &r.stats }
 
-// Deliver queues one trade received from connection conn.
-func (r *Router) Deliver(ctx context.Context, conn int, symbol string, t kline.Trade) {
+// Deliver queues one trade that arrived on connection conn at received.
+func (r *Router) Deliver(ctx context.Context, conn int, symbol string, t kline.Trade, received time.Time) {
+	it := item{symbol: symbol, conn: conn, at: t.Time, trade: t, received: received}
+	// The one-case select is a plain channel send; the two-case one below
+	// locks both channels, which at a million trades a second shows.
 	select {
-	case r.in <- item{symbol: symbol, conn: conn, at: t.Time, trade: t}:
+	case r.in <- it:
+		return
+	default:
+	}
+	select {
+	case r.in <- it:
 	case <-ctx.Done():
 	}
 }
@@ -264,7 +280,7 @@ func (r *Router) apply(c control) {
 		s.next = c.trades[0].ID
 	}
 	for _, t := range c.trades {
-		r.accept(c.symbol, s, t)
+		r.accept(c.symbol, s, t, time.Time{})
 	}
 	// Drop what the start already covers, then release what follows.
 	r.release(c.symbol, s)
@@ -281,7 +297,7 @@ func (r *Router) take(it item) {
 		r.buffer(s, it.trade)
 		return
 	}
-	r.accept(it.symbol, s, it.trade)
+	r.accept(it.symbol, s, it.trade, it.received)
 }
 
 func (r *Router) updateWatermark() {
@@ -316,12 +332,12 @@ func (r *Router) updateHold() {
 }
 
 // accept forwards t if it is next, buffers it if later, drops it if earlier.
-func (r *Router) accept(symbol string, s *symState, t kline.Trade) {
+func (r *Router) accept(symbol string, s *symState, t kline.Trade, received time.Time) {
 	switch {
 	case t.ID < s.next:
 		r.stats.Duplicates.Add(1)
 	case t.ID == s.next:
-		r.out[symbol] = append(r.out[symbol], t)
+		r.forward(symbol, t, received)
 		s.next++
 		s.lastTime = t.Time
 		if len(s.pending) > 0 {
@@ -370,7 +386,7 @@ func (r *Router) release(symbol string, s *symState) {
 		if t.ID != s.next {
 			break
 		}
-		r.out[symbol] = append(r.out[symbol], t)
+		r.forward(symbol, t, time.Time{})
 		s.next++
 		s.lastTime = t.Time
 	}
@@ -433,7 +449,7 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 		if t.ID >= s.next {
 			r.stats.Filled.Add(1)
 		}
-		r.accept(f.symbol, s, t)
+		r.accept(f.symbol, s, t, time.Time{})
 	}
 	if len(f.trades) < 1000 && !s.down && f.epoch == s.epoch {
 		// The exchange had nothing more since the connection came back:
@@ -453,15 +469,28 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 
 // flush hands the forwarded trades to the sink, one batch per symbol.
 func (r *Router) flush(ctx context.Context) error {
-	for sym, ts := range r.out {
-		if len(ts) == 0 {
+	for sym, b := range r.out {
+		if len(b.trades) == 0 {
 			continue
 		}
-		if err := r.sink.Trades(ctx, sym, ts, nil); err != nil {
+		if err := r.sink.Trades(ctx, sym, b.trades, b.received); err != nil {
 			return err
 		}
-		r.stats.Forwarded.Add(int64(len(ts)))
-		r.out[sym] = nil // the sink owns ts now
+		r.stats.Forwarded.Add(int64(len(b.trades)))
+		*b = batch{} // the sink owns the trades now
 	}
 	return nil
+}
+
+// forward adds t to symbol's next batch for the sink.
+func (r *Router) forward(symbol string, t kline.Trade, received time.Time) {
+	b := r.out[symbol]
+	if b == nil {
+		b = &batch{}
+		r.out[symbol] = b
+	}
+	if b.received.IsZero() {
+		b.received = received
+	}
+	b.trades = append(b.trades, t)
 }

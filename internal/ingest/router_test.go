@@ -12,7 +12,7 @@ import (
 
 type chanSink struct{ ch chan []kline.Trade }
 
-func (s chanSink) Trades(_ context.Context, _ string, ts []kline.Trade, _ func()) error {
+func (s chanSink) Trades(_ context.Context, _ string, ts []kline.Trade, _ time.Time) error {
 	s.ch <- ts
 	return nil
 }
@@ -74,17 +74,17 @@ func TestRouterOrdersDedupesAndFills(t *testing.T) {
 	}
 	r, out, ctx := startRouter(t, h)
 	// Delivered before the start: held until then.
-	r.Deliver(ctx, 1, "X", tr(103))
+	r.Deliver(ctx, 1, "X", tr(103), time.Now())
 	if err := r.Start(ctx, "X", 0, []kline.Trade{tr(100), tr(101)}); err != nil {
 		t.Fatal(err)
 	}
 	// 102 never arrives on the stream: filled from history. 103 repeats;
 	// 105 comes twice from two connections; 104 comes late.
-	r.Deliver(ctx, 1, "X", tr(103))
-	r.Deliver(ctx, 2, "X", tr(105))
-	r.Deliver(ctx, 1, "X", tr(105))
-	r.Deliver(ctx, 1, "X", tr(104))
-	r.Deliver(ctx, 1, "X", tr(106))
+	r.Deliver(ctx, 1, "X", tr(103), time.Now())
+	r.Deliver(ctx, 2, "X", tr(105), time.Now())
+	r.Deliver(ctx, 1, "X", tr(105), time.Now())
+	r.Deliver(ctx, 1, "X", tr(104), time.Now())
+	r.Deliver(ctx, 1, "X", tr(106), time.Now())
 	ids := collect(t, out, 7)
 	for i, id := range ids[:7] {
 		if id != int64(100+i) {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/config"
@@ -51,6 +54,7 @@ type Service struct {
 	symbols map[string]store.Symbol // live symbols
 	known   map[string]store.Symbol // every symbol with history, live or not
 	rate    atomic.Uint64           // trades per second, float64 bits
+	metrics *metrics.Set            // figures only the service sees, for /metrics
 }
 
 // New builds the service; nothing runs until Run.
@@ -72,7 +76,8 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("%w (database.path in the config)", err)
 	}
-	s := &Service{cfg: cfg, log: log, Store: st, symbols: map[string]store.Symbol{}, known: map[string]store.Symbol{}}
+	s := &Service{cfg: cfg, log: log, Store: st, symbols: map[string]store.Symbol{}, known: map[string]store.Symbol{}, metrics: metrics.NewSet()}
+	latency := s.metrics.NewSummaryExt("klagg_trade_to_consumer_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
 	sinks := append([]engine.Sink{s.coalescer}, extraSinks...)
@@ -80,12 +85,13 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		s.Reconciler = history.NewReconciler(s.Client, cfg.Reconcile.Delay.Duration, s.ExchangeNow, log.With("part", "reconcile"))
 		sinks = append(sinks, s.Reconciler)
 	}
-	s.Engine, err = engine.New(engine.Config{Intervals: cfg.Intervals, Grace: cfg.Klines.Grace.Duration, Sinks: sinks, Queue: 4096})
+	s.Engine, err = engine.New(engine.Config{Intervals: cfg.Intervals, Grace: cfg.Klines.Grace.Duration, Sinks: sinks, Queue: 4096,
+		Latency: func(d time.Duration) { latency.Update(d.Seconds()) }})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	s.writer = store.NewWriter(st, s.coalescer, log.With("part", "writer"))
+	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, log.With("part", "writer"))
 	s.Router = ingest.NewRouter(s.Engine, s.Client, 300*time.Millisecond, log.With("part", "router"))
 	s.Ingest = ingest.New(ingest.Config{
 		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
@@ -95,6 +101,11 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	s.History = history.New(s.Client, s.Engine, s.Router, st, cfg.Intervals, cfg.Klines.BackfillLimit, log.With("part", "history"))
 	return s, nil
 }
+
+// WritePrometheus writes the service's own metrics (the time from a trade's
+// arrival to the kline update reaching every consumer, over the last minute)
+// in Prometheus's text format.
+func (s *Service) WritePrometheus(w io.Writer) { s.metrics.WritePrometheus(w) }
 
 // ExchangeNow is the local clock corrected by the measured offset to the
 // exchange's.

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
@@ -103,11 +105,14 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 
 // fakeSource hands out updates published to it, like the engine's Coalescer.
 type fakeSource struct {
-	ch chan []kline.Update
+	ch     chan []kline.Update
+	ready  chan struct{}
+	drains atomic.Int64
 }
 
-func (f *fakeSource) Ready() <-chan struct{} { return nil }
+func (f *fakeSource) Ready() <-chan struct{} { return f.ready }
 func (f *fakeSource) Drain(dst []kline.Update) []kline.Update {
+	f.drains.Add(1)
 	for {
 		select {
 		case us := <-f.ch:
@@ -121,7 +126,7 @@ func (f *fakeSource) Drain(dst []kline.Update) []kline.Update {
 func TestWriterFlushesOnStop(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10)}
-	w := NewWriter(s, src, slog.New(slog.DiscardHandler))
+	w := NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
 	for i := int64(0); i < 5; i++ {
 		src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(i*60_000, i)}}
 	}
@@ -136,6 +141,30 @@ func TestWriterFlushesOnStop(t *testing.T) {
 	ks, _ := s.Klines(context.Background(), Query{Symbol: "A", Interval: kline.OneMinute()})
 	if len(ks) != 5 {
 		t.Fatalf("stored %d", len(ks))
+	}
+}
+
+func TestWriterWritesAtMostOncePerInterval(t *testing.T) {
+	s := open(t)
+	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
+	w := NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)}}
+	src.ready <- struct{}{} // the first write goes at once
+	src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(60_000, 2)}}
+	src.ready <- struct{}{} // within the hour: waits
+	src.ready <- struct{}{} // taken only once the writer handled the one before
+	if n := src.drains.Load(); n != 1 {
+		t.Fatalf("drained %d times within the interval, want 1", n)
+	}
+	cancel() // stopping writes what waits
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if w.Written() != 2 {
+		t.Fatalf("written %d, want 2", w.Written())
 	}
 }
 

@@ -26,15 +26,20 @@ type Writer struct {
 	src       Source
 	log       *slog.Logger
 	batchSize int
+	every     time.Duration
 
 	written  atomic.Int64
 	failures atomic.Int64
 	backlog  atomic.Int64
 }
 
-// NewWriter returns a writer from src into s.
-func NewWriter(s *Store, src Source, log *slog.Logger) *Writer {
-	return &Writer{store: s, src: src, log: log, batchSize: 5000}
+// NewWriter returns a writer from src into s that writes at most once per
+// every. Under load every open kline changes all the time; writing them
+// once a second instead of as fast as SQLite goes keeps the writer from
+// taking a core from ingest, and what a crash loses in between is read back
+// from the exchange on the next start.
+func NewWriter(s *Store, src Source, every time.Duration, log *slog.Logger) *Writer {
+	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every}
 }
 
 // Written is the number of kline rows written so far.
@@ -56,7 +61,16 @@ func (w *Writer) Run(ctx context.Context) error {
 		backoff = 100 * time.Millisecond
 		timer   *time.Timer
 		wait    <-chan time.Time
+		last    time.Time
 	)
+	arm := func(d time.Duration) <-chan time.Time {
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		return timer.C
+	}
 	flush := func() error {
 		batch = w.src.Drain(batch[:0])
 		if len(retry) > 0 {
@@ -103,19 +117,19 @@ func (w *Writer) Run(ctx context.Context) error {
 			return err
 		case <-w.src.Ready():
 			if wait != nil {
-				continue // backing off; the retry timer will drain
+				continue // backing off or waiting; the timer will drain
+			}
+			if d := w.every - time.Since(last); d > 0 {
+				wait = arm(d)
+				continue
 			}
 		case <-wait:
 			wait = nil
 		}
+		last = time.Now()
 		if err := flush(); err != nil {
 			w.log.Error("writing klines failed; keeping them and retrying", "err", err, "pending", len(retry), "retry_in", backoff)
-			if timer == nil {
-				timer = time.NewTimer(backoff)
-			} else {
-				timer.Reset(backoff)
-			}
-			wait = timer.C
+			wait = arm(backoff)
 			backoff = min(2*backoff, 10*time.Second)
 			continue
 		}

@@ -1,0 +1,459 @@
+package main
+
+import (
+	"bufio"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+)
+
+// runBlast measures klagg's ingest ceiling and latency: a minimal exchange
+// whose WebSocket sends aggTrade frames as fast as klagg takes them (or at
+// -rate), with klagg's real binary reading them.
+func runBlast(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("blast", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bin := fs.String("klagg", "", "path to the klagg binary (go build -o /tmp/klagg ./cmd/klagg)")
+	symbols := fs.Int("symbols", 1000, "symbols")
+	rate := fs.Float64("rate", 0, "trades per second over all symbols (0: as fast as klagg reads)")
+	dur := fs.Duration("duration", 20*time.Second, "how long to measure after a warm-up")
+	warm := fs.Duration("warmup", 5*time.Second, "time after klagg is live before measuring")
+	intervals := fs.String("intervals", "1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d,3d,1w,1M", "klagg's intervals")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *bin == "" {
+		return fmt.Errorf("blast: -klagg is required")
+	}
+	b := &blaster{symbols: make([]string, *symbols), rate: *rate}
+	for i := range b.symbols {
+		b.symbols[i] = fmt.Sprintf("B%04dUSDT", i)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: b.handler()}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	dir, err := os.MkdirTemp("", "klagg-blast")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	k, err := startKlagg(*bin, dir, fmt.Sprintf(`[exchange]
+rest_url = "http://%[1]s"
+ws_url = "ws://%[1]s"
+weight_per_minute = 1000000
+[klines]
+intervals = [%[2]s]
+backfill_limit = 0
+[reconcile]
+enabled = false
+[server]
+listen = "127.0.0.1:0"
+[log]
+status_interval = "5s"
+`, ln.Addr(), quoteList(*intervals)))
+	if err != nil {
+		return err
+	}
+	defer k.stop()
+	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, k.liveAfter.Round(time.Millisecond))
+
+	time.Sleep(*warm)
+	st0, err := k.status()
+	if err != nil {
+		return err
+	}
+	t0, sent0 := time.Now(), b.sent.Load()
+	var rssMax int
+	for end := t0.Add(*dur); time.Now().Before(end); time.Sleep(time.Second) {
+		rssMax = max(rssMax, rssMB(k.cmd.Process.Pid))
+	}
+	st1, err := k.status()
+	if err != nil {
+		return err
+	}
+	secs := time.Since(t0).Seconds()
+	quantiles, err := k.latency()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "offered %.0f trades/s; klagg applied %.0f trades/s (%d frames, %d malformed); writer backlog %d; RSS max %d MB\n",
+		float64(b.sent.Load()-sent0)/secs, float64(st1.Trades-st0.Trades)/secs, st1.Frames-st0.Frames, st1.Malformed, st1.WriterBacklog, rssMax)
+	fmt.Fprintf(stdout, "trade arrival → kline update handed to consumers (last minute): %s\n", quantiles)
+	return nil
+}
+
+// blaster is a Binance-shaped exchange with no history whose trade streams
+// run as fast as the reader takes them. It writes WebSocket frames itself,
+// batching thousands per write, so that it costs little of the CPU that
+// klagg is being measured on; coder/websocket flushes every message.
+type blaster struct {
+	symbols []string
+	rate    float64
+	sent    atomic.Int64
+}
+
+func (b *blaster) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/fapi/v1/ping", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "{}") })
+	mux.HandleFunc("/fapi/v1/time", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `{"serverTime":%d}`, time.Now().UnixMilli())
+	})
+	mux.HandleFunc("/fapi/v1/exchangeInfo", func(w http.ResponseWriter, _ *http.Request) {
+		infos := make([]binance.SymbolInfo, len(b.symbols))
+		for i, s := range b.symbols {
+			infos[i] = binance.SymbolInfo{Symbol: s, Pair: s, ContractType: "PERPETUAL", Status: "TRADING",
+				BaseAsset: strings.TrimSuffix(s, "USDT"), QuoteAsset: "USDT", MarginAsset: "USDT", PricePrecision: 2, QuantityPrecision: 3}
+		}
+		json.NewEncoder(w).Encode(map[string]any{"timezone": "UTC", "serverTime": time.Now().UnixMilli(), "symbols": infos})
+	})
+	// No history: klagg starts every symbol at aggregate id 0.
+	mux.HandleFunc("/fapi/v1/klines", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "[]") })
+	mux.HandleFunc("/fapi/v1/aggTrades", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "[]") })
+	mux.HandleFunc("/market/stream", b.serveWS)
+	return mux
+}
+
+// blastSymbol is one stream's position.
+type blastSymbol struct {
+	name, stream string
+	id           int64
+	price        int64 // cents
+}
+
+// serveWS upgrades by hand and then streams trades of the subscribed
+// symbols round-robin, answering SUBSCRIBE, UNSUBSCRIBE and pings.
+func (b *blaster) serveWS(w http.ResponseWriter, r *http.Request) {
+	key := r.Header.Get("Sec-WebSocket-Key")
+	if key == "" || !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "WebSocket only", http.StatusBadRequest)
+		return
+	}
+	conn, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+		base64.StdEncoding.EncodeToString(sum[:]))
+	if err := rw.Flush(); err != nil {
+		return
+	}
+
+	// The reader turns the client's frames into control frames to send and
+	// subscription changes; the writer below owns the subscriptions.
+	type change struct {
+		add    bool
+		stream string
+	}
+	ctl := make(chan []byte, 64)
+	changes := make(chan change, 4096)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			op, payload, err := readClientFrame(rw.Reader)
+			if err != nil {
+				return
+			}
+			switch op {
+			case 0x1:
+				var req struct {
+					Method string          `json:"method"`
+					Params []string        `json:"params"`
+					ID     json.RawMessage `json:"id"`
+				}
+				if json.Unmarshal(payload, &req) != nil {
+					continue
+				}
+				for _, p := range req.Params {
+					changes <- change{add: req.Method == "SUBSCRIBE", stream: p}
+				}
+				ctl <- appendFrame(nil, 0x1, fmt.Appendf(nil, `{"result":null,"id":%s}`, req.ID))
+			case 0x9:
+				ctl <- appendFrame(nil, 0xA, payload)
+			case 0x8:
+				return
+			}
+		}
+	}()
+
+	subs := map[string]*blastSymbol{}
+	var order []*blastSymbol
+	bySymbol := map[string]string{}
+	for _, s := range b.symbols {
+		bySymbol[strings.ToLower(s)+"@aggtrade"] = s
+	}
+	apply := func(c change) {
+		name, ok := bySymbol[strings.ToLower(c.stream)]
+		if !ok {
+			return
+		}
+		if c.add && subs[name] == nil {
+			s := &blastSymbol{name: name, stream: strings.ToLower(name) + "@aggTrade", price: 10_000}
+			subs[name] = s
+			order = append(order, s)
+		} else if !c.add && subs[name] != nil {
+			delete(subs, name)
+			order = order[:0]
+			for _, s := range subs {
+				order = append(order, s)
+			}
+		}
+	}
+	for _, st := range strings.Split(r.URL.Query().Get("streams"), "/") {
+		apply(change{add: true, stream: st})
+	}
+
+	bw := bufio.NewWriterSize(conn, 256<<10)
+	var buf, frame []byte
+	rng := uint64(len(order) + 1)
+	next, start, offered := 0, time.Now(), int64(0)
+	for {
+		select {
+		case <-done:
+			return
+		case f := <-ctl:
+			bw.Write(f)
+		case c := <-changes:
+			apply(c)
+			continue
+		default:
+		}
+		n := 4096
+		if b.rate > 0 && len(b.symbols) > 0 {
+			due := int64(b.rate*float64(len(order))/float64(len(b.symbols))*time.Since(start).Seconds()) - offered
+			if due <= 0 {
+				bw.Flush()
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			n = int(min(due, 4096))
+		}
+		if len(order) == 0 {
+			bw.Flush()
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		now := time.Now().UnixMilli()
+		for range n {
+			s := order[next%len(order)]
+			next++
+			rng ^= rng << 13
+			rng ^= rng >> 7
+			rng ^= rng << 17
+			s.price = max(100, s.price+int64(rng%3)-1)
+			buf = appendAggTrade(buf[:0], s, now, int64(rng>>8%999)+1, rng&(1<<40) != 0)
+			s.id++
+			frame = appendFrame(frame[:0], 0x1, buf)
+			if _, err := bw.Write(frame); err != nil {
+				return
+			}
+		}
+		offered += int64(n)
+		b.sent.Add(int64(n))
+		if err := bw.Flush(); err != nil {
+			return
+		}
+	}
+}
+
+func appendAggTrade(b []byte, s *blastSymbol, now, qty int64, buyerMaker bool) []byte {
+	b = append(b, `{"stream":"`...)
+	b = append(b, s.stream...)
+	b = append(b, `","data":{"e":"aggTrade","E":`...)
+	b = strconv.AppendInt(b, now, 10)
+	b = append(b, `,"a":`...)
+	b = strconv.AppendInt(b, s.id, 10)
+	b = append(b, `,"s":"`...)
+	b = append(b, s.name...)
+	b = append(b, `","p":"`...)
+	b = strconv.AppendInt(b, s.price/100, 10)
+	b = append(b, '.', byte('0'+s.price/10%10), byte('0'+s.price%10))
+	b = append(b, `","q":"0.`...)
+	b = append(b, byte('0'+qty/100%10), byte('0'+qty/10%10), byte('0'+qty%10))
+	b = append(b, `","nq":"0.001","f":`...)
+	b = strconv.AppendInt(b, 3*s.id, 10)
+	b = append(b, `,"l":`...)
+	b = strconv.AppendInt(b, 3*s.id+2, 10)
+	b = append(b, `,"T":`...)
+	b = strconv.AppendInt(b, now, 10)
+	b = append(b, `,"m":`...)
+	b = strconv.AppendBool(b, buyerMaker)
+	return append(b, "}}"...)
+}
+
+// appendFrame appends an unmasked, unfragmented server frame.
+func appendFrame(b []byte, op byte, payload []byte) []byte {
+	b = append(b, 0x80|op)
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, byte(n))
+	case n < 1<<16:
+		b = append(b, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(b, payload...)
+}
+
+// readClientFrame reads one (masked) client frame.
+func readClientFrame(r *bufio.Reader) (op byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return 0, nil, err
+		}
+		n = uint64(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return 0, nil, err
+		}
+		n = binary.BigEndian.Uint64(l[:])
+	}
+	if n > 1<<20 {
+		return 0, nil, errors.New("client frame too large")
+	}
+	var mask [4]byte
+	if h[1]&0x80 != 0 {
+		if _, err := io.ReadFull(r, mask[:]); err != nil {
+			return 0, nil, err
+		}
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, err
+	}
+	for i := range payload {
+		payload[i] ^= mask[i%4]
+	}
+	return h[0] & 0x0f, payload, nil
+}
+
+func quoteList(csv string) string {
+	return `"` + strings.Join(strings.Split(csv, ","), `","`) + `"`
+}
+
+// klaggProc is a running klagg binary.
+type klaggProc struct {
+	cmd       *exec.Cmd
+	base      string // http://host:port of its API
+	lines     *bufio.Scanner
+	liveAfter time.Duration
+}
+
+// startKlagg runs bin with config (database in dir) and waits until it
+// logs that it is live.
+func startKlagg(bin, dir, config string) (*klaggProc, error) {
+	config += fmt.Sprintf("[database]\npath = %q\n", filepath.Join(dir, "k.db"))
+	conf := filepath.Join(dir, "klagg.toml")
+	if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	k := &klaggProc{cmd: cmd, lines: bufio.NewScanner(errPipe)}
+	start := time.Now()
+	for k.lines.Scan() {
+		line := k.lines.Text()
+		if _, addr, ok := strings.Cut(line, " listen="); ok && strings.Contains(line, `msg="klagg starting"`) {
+			addr, _, _ = strings.Cut(addr, " ")
+			k.base = "http://" + strings.TrimPrefix(addr, "http://")
+		}
+		if strings.Contains(line, "caught up; live") {
+			k.liveAfter = time.Since(start)
+			go io.Copy(io.Discard, errPipe) // keep klagg's log pipe flowing
+			return k, nil
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	return nil, fmt.Errorf("klagg exited before going live")
+}
+
+func (k *klaggProc) stop() {
+	k.cmd.Process.Signal(os.Interrupt)
+	k.cmd.Wait()
+}
+
+type klaggStatus struct {
+	Trades        int64 `json:"trades"`
+	Frames        int64 `json:"frames"`
+	Malformed     int64 `json:"malformed_frames"`
+	WriterBacklog int   `json:"writer_backlog"`
+}
+
+func (k *klaggProc) status() (klaggStatus, error) {
+	var st klaggStatus
+	resp, err := http.Get(k.base + "/api/v1/status")
+	if err != nil {
+		return st, fmt.Errorf("read klagg's status: %w", err)
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// latency returns klagg's trade-to-consumer quantiles from /metrics.
+func (k *klaggProc) latency() (string, error) {
+	resp, err := http.Get(k.base + "/metrics")
+	if err != nil {
+		return "", fmt.Errorf("read klagg's metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		q, ok := strings.CutPrefix(sc.Text(), `klagg_trade_to_consumer_seconds{quantile="`)
+		if !ok {
+			continue
+		}
+		name, v, _ := strings.Cut(q, `"} `)
+		p, _ := strconv.ParseFloat(name, 64)
+		f, _ := strconv.ParseFloat(v, 64)
+		label := fmt.Sprintf("p%g", p*100)
+		if p == 1 {
+			label = "max"
+		}
+		out = append(out, fmt.Sprintf("%s %.3f ms", label, f*1000))
+	}
+	if len(out) == 0 {
+		return "", fmt.Errorf("klagg's /metrics has no klagg_trade_to_consumer_seconds")
+	}
+	return strings.Join(out, ", "), nil
+}
