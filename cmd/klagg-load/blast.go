@@ -35,6 +35,7 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("duration", 20*time.Second, "how long to measure after a warm-up")
 	warm := fs.Duration("warmup", 5*time.Second, "time after klagg is live before measuring")
 	intervals := fs.String("intervals", "1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d,3d,1w,1M", "klagg's intervals")
+	writeEvery := fs.Duration("write-every", time.Second, "klagg's database.write_every")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -71,7 +72,10 @@ enabled = false
 listen = "127.0.0.1:0"
 [log]
 status_interval = "5s"
-`, ln.Addr(), quoteList(*intervals)))
+[database]
+path = %[4]q
+write_every = %[3]q
+`, ln.Addr(), quoteList(*intervals), writeEvery.String(), filepath.Join(dir, "k.db")))
 	if err != nil {
 		return err
 	}
@@ -371,10 +375,9 @@ type klaggProc struct {
 	liveAfter time.Duration
 }
 
-// startKlagg runs bin with config (database in dir) and waits until it
-// logs that it is live.
+// startKlagg runs bin with config (written to dir) and waits until it logs
+// that it is live.
 func startKlagg(bin, dir, config string) (*klaggProc, error) {
-	config += fmt.Sprintf("[database]\npath = %q\n", filepath.Join(dir, "k.db"))
 	conf := filepath.Join(dir, "klagg.toml")
 	if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
 		return nil, err

@@ -12,35 +12,50 @@ import (
 // is bounded by the number of distinct klines pending, not by the update rate.
 type Coalescer struct {
 	mu      sync.Mutex
-	pending map[kline.Key]kline.Update
-	spare   map[kline.Key]kline.Update
+	pending map[coalesceKey]kline.Update
+	spare   map[coalesceKey]kline.Update
 	ready   chan struct{}
+}
+
+// coalesceKey identifies a kline by the engine's series id, which is
+// cheaper to hash than names.
+type coalesceKey struct {
+	series uint32
+	open   int64
 }
 
 // NewCoalescer returns an empty Coalescer.
 func NewCoalescer() *Coalescer {
 	return &Coalescer{
-		pending: make(map[kline.Key]kline.Update),
-		spare:   make(map[kline.Key]kline.Update),
+		pending: make(map[coalesceKey]kline.Update),
+		spare:   make(map[coalesceKey]kline.Update),
 		ready:   make(chan struct{}, 1),
 	}
 }
 
-// Publish implements Sink.
+// Publish implements Sink. Updates must carry their Series.
 func (c *Coalescer) Publish(updates []kline.Update) {
 	c.mu.Lock()
+	first := len(c.pending) == 0
 	for i := range updates {
 		u := &updates[i]
-		c.pending[u.Key()] = *u
+		c.pending[coalesceKey{u.Series, u.OpenTime}] = *u
 	}
 	c.mu.Unlock()
+	if !first {
+		// The consumer was told when the first arrived. Waking it on every
+		// publish costs the engine a scheduler round trip each time, which
+		// was most of its latency under load.
+		return
+	}
 	select {
 	case c.ready <- struct{}{}:
 	default:
 	}
 }
 
-// Ready is signalled after Publish when updates may be pending.
+// Ready is signalled when Publish adds to an empty Coalescer; a consumer
+// that is told drains everything, or keeps draining until it finds nothing.
 func (c *Coalescer) Ready() <-chan struct{} { return c.ready }
 
 // Len is the number of klines pending.

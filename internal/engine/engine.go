@@ -70,20 +70,22 @@ type Engine struct {
 	// recent holds, per symbol, the 1m klines closed before the 1m slot's
 	// prev, direct-mapped by minute, so that a reconciliation arriving
 	// minutes late can still be carried into the longer intervals.
-	recent  []kline.Kline
-	dirty   []bool
-	dirtyQ  []int32
-	out     []kline.Update
-	now     int64
-	stats   Stats
-	shared  sharedStats
-	free    []int
-	started atomic.Bool
+	recent     []kline.Kline
+	dirty      []bool
+	dirtyQ     []int32
+	out        []kline.Update
+	now        int64
+	stats      Stats
+	shared     sharedStats
+	free       []int
+	nextSeries uint32
+	started    atomic.Bool
 }
 
 type symbol struct {
 	name   string
-	lastID int64 // highest aggregate id applied
+	lastID int64  // highest aggregate id applied
+	series uint32 // Update.Series of its first interval; the others follow
 	active bool
 }
 
@@ -120,12 +122,13 @@ func New(cfg Config) (*Engine, error) {
 		q = 1024
 	}
 	e := &Engine{
-		ivs:     append([]kline.Interval(nil), cfg.Intervals...),
-		grace:   cfg.Grace.Milliseconds(),
-		sinks:   cfg.Sinks,
-		latency: cfg.Latency,
-		events:  make(chan event, q),
-		index:   map[string]int{},
+		ivs:        append([]kline.Interval(nil), cfg.Intervals...),
+		grace:      cfg.Grace.Milliseconds(),
+		sinks:      cfg.Sinks,
+		latency:    cfg.Latency,
+		events:     make(chan event, q),
+		index:      map[string]int{},
+		nextSeries: 1,
 	}
 	return e, nil
 }
@@ -287,7 +290,8 @@ func (e *Engine) addSymbol(name string) {
 			e.dirty = append(e.dirty, false)
 		}
 	}
-	e.symbols[si] = symbol{name: name, lastID: -1, active: true}
+	e.symbols[si] = symbol{name: name, lastID: -1, active: true, series: e.nextSeries}
+	e.nextSeries += uint32(n)
 	e.index[name] = si
 }
 
@@ -565,7 +569,8 @@ func (e *Engine) slot(name string, iv kline.Interval) (int, bool) {
 }
 
 func (e *Engine) emit(si, s int, k *kline.Kline) {
-	e.out = append(e.out, kline.Update{Symbol: e.symbols[si].name, Interval: e.ivs[s%len(e.ivs)], Kline: *k})
+	n := len(e.ivs)
+	e.out = append(e.out, kline.Update{Symbol: e.symbols[si].name, Interval: e.ivs[s%n], Series: e.symbols[si].series + uint32(s%n), Kline: *k})
 }
 
 func (e *Engine) markDirty(s int) {

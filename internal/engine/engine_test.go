@@ -202,8 +202,8 @@ func TestCoalescerKeepsNewest(t *testing.T) {
 	iv := kline.OneMinute()
 	for i := int64(0); i < 100; i++ {
 		c.Publish([]kline.Update{
-			{Symbol: "A", Interval: iv, Kline: kline.Kline{OpenTime: t0, Trades: i}},
-			{Symbol: "B", Interval: iv, Kline: kline.Kline{OpenTime: t0 + i%3, Trades: i}},
+			{Symbol: "A", Interval: iv, Series: 1, Kline: kline.Kline{OpenTime: t0, Trades: i}},
+			{Symbol: "B", Interval: iv, Series: 2, Kline: kline.Kline{OpenTime: t0 + i%3, Trades: i}},
 		})
 	}
 	select {
@@ -354,5 +354,29 @@ func TestLatencyFromArrivalToSinks(t *testing.T) {
 	defer mu.Unlock()
 	if len(got) != 1 || got[0] < time.Hour {
 		t.Fatalf("latencies %v, want one of at least 1h", got)
+	}
+}
+
+func TestSeriesIDsNeverReused(t *testing.T) {
+	ivs := []kline.Interval{kline.OneMinute(), kline.MustInterval("5m")}
+	h := newHarness(t, ivs, 0)
+	h.add("X")
+	h.trades("X", []kline.Trade{trade(1, t0+1, "1", "1", true)})
+	h.sync()
+	if err := h.e.RemoveSymbol(context.Background(), "X"); err != nil {
+		t.Fatal(err)
+	}
+	h.add("Y") // takes X's slots
+	h.trades("Y", []kline.Trade{trade(1, t0+1, "1", "1", true)})
+	h.sync()
+	seen := map[uint32]string{}
+	for _, sym := range []string{"X", "Y"} {
+		for _, iv := range ivs {
+			u := h.c.get(kline.Key{Symbol: sym, Interval: iv.String(), OpenTime: t0})
+			if u.Series == 0 || seen[u.Series] != "" {
+				t.Fatalf("%s %s has series %d, also %q's", sym, iv, u.Series, seen[u.Series])
+			}
+			seen[u.Series] = sym + iv.String()
+		}
 	}
 }

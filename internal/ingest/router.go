@@ -55,6 +55,7 @@ type item struct {
 
 // batch is one symbol's trades forwarded since the last flush.
 type batch struct {
+	symbol   string
 	trades   []kline.Trade
 	received time.Time // when the first of them with a known arrival arrived
 }
@@ -112,6 +113,7 @@ type Router struct {
 	// Owned by Run.
 	syms  map[string]*symState
 	out   map[string]*batch
+	queue []*batch      // the batches in out holding trades, in arrival order
 	alive map[int]int64 // connection → last sign of life
 }
 
@@ -267,6 +269,9 @@ func (r *Router) apply(c control) {
 			r.stats.Buffered.Add(-int64(len(s.pending)))
 		}
 		delete(r.syms, c.symbol)
+		if b := r.out[c.symbol]; b != nil {
+			*b = batch{} // flush skips it
+		}
 		delete(r.out, c.symbol)
 		r.updateHold()
 		return
@@ -469,16 +474,19 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 
 // flush hands the forwarded trades to the sink, one batch per symbol.
 func (r *Router) flush(ctx context.Context) error {
-	for sym, b := range r.out {
+	for i, b := range r.queue {
 		if len(b.trades) == 0 {
 			continue
 		}
-		if err := r.sink.Trades(ctx, sym, b.trades, b.received); err != nil {
+		if err := r.sink.Trades(ctx, b.symbol, b.trades, b.received); err != nil {
+			r.queue = append(r.queue[:0], r.queue[i:]...)
 			return err
 		}
 		r.stats.Forwarded.Add(int64(len(b.trades)))
-		*b = batch{} // the sink owns the trades now
+		*b = batch{symbol: b.symbol} // the sink owns the trades now
 	}
+	clear(r.queue)
+	r.queue = r.queue[:0]
 	return nil
 }
 
@@ -486,8 +494,11 @@ func (r *Router) flush(ctx context.Context) error {
 func (r *Router) forward(symbol string, t kline.Trade, received time.Time) {
 	b := r.out[symbol]
 	if b == nil {
-		b = &batch{}
+		b = &batch{symbol: symbol}
 		r.out[symbol] = b
+	}
+	if len(b.trades) == 0 {
+		r.queue = append(r.queue, b)
 	}
 	if b.received.IsZero() {
 		b.received = received

@@ -175,6 +175,10 @@ func Rollup(iv Interval, base []Kline) []Kline {
 type Update struct {
 	Symbol   string
 	Interval Interval
+	// Series is the publisher's id for Symbol and Interval: not zero, and
+	// never given to another pair, so consumers can key by it instead of
+	// hashing names for each of millions of updates a second.
+	Series uint32
 	Kline
 }
 

@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"os"
 	"path/filepath"
 	"sync"
@@ -207,6 +208,12 @@ func (s *Store) Upsert(updates []kline.Update) (err error) {
 		}
 		if err := st.Reset(); err != nil {
 			return fmt.Errorf("store: upsert: %w", err)
+		}
+		if i%64 == 63 {
+			// A batch is tens of milliseconds of CPU; without a pause the
+			// engine can wait a whole 10 ms scheduler slice behind it on a
+			// busy machine, and the trade-to-consumer latency with it.
+			runtime.Gosched()
 		}
 	}
 	return nil

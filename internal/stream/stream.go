@@ -59,12 +59,13 @@ type Server struct {
 	stats Stats
 	wake  chan struct{}
 
-	mu      sync.Mutex
-	streams map[streamKey]*stream
-	dirty   []*stream      // open klines changed since the last push
-	urgent  []kline.Update // closed klines to send at once
-	clients map[*client]bool
-	stopped bool
+	mu       sync.Mutex
+	streams  map[streamKey]*stream
+	bySeries []*stream      // streams by kline.Update.Series, a cache of streams
+	dirty    []*stream      // open klines changed since the last push
+	urgent   []kline.Update // closed klines to send at once
+	clients  map[*client]bool
+	stopped  bool
 }
 
 type streamKey struct{ symbol, interval string }
@@ -123,11 +124,7 @@ func (s *Server) Publish(us []kline.Update) {
 	s.mu.Lock()
 	for i := range us {
 		u := &us[i]
-		st := s.streams[streamKey{u.Symbol, u.Interval.String()}]
-		if st == nil {
-			st = &stream{symbol: u.Symbol, interval: u.Interval}
-			s.streams[streamKey{u.Symbol, u.Interval.String()}] = st
-		}
+		st := s.stream(u)
 		if !st.has || u.OpenTime >= st.latest.OpenTime {
 			st.latest, st.has = u.Kline, true
 		}
@@ -149,6 +146,27 @@ func (s *Server) Publish(us []kline.Update) {
 		default:
 		}
 	}
+}
+
+// stream returns u's stream, made if new; called with mu held.
+func (s *Server) stream(u *kline.Update) *stream {
+	if int(u.Series) < len(s.bySeries) {
+		if st := s.bySeries[u.Series]; st != nil && st.symbol == u.Symbol && st.interval == u.Interval {
+			return st
+		}
+	}
+	st := s.streams[streamKey{u.Symbol, u.Interval.String()}]
+	if st == nil {
+		st = &stream{symbol: u.Symbol, interval: u.Interval}
+		s.streams[streamKey{u.Symbol, u.Interval.String()}] = st
+	}
+	if u.Series != 0 && u.Series < 1<<24 {
+		if n := int(u.Series) + 1; n > len(s.bySeries) {
+			s.bySeries = append(s.bySeries, make([]*stream, n-len(s.bySeries))...)
+		}
+		s.bySeries[u.Series] = st
+	}
+	return st
 }
 
 // Latest returns the newest kline of symbol and iv that the engine
