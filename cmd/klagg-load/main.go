@@ -16,6 +16,11 @@
 // runs the klagg binary against a minimal exchange that sends aggTrade
 // frames as fast as klagg reads them (or at the given rate) and reports
 // klagg's trade rate, its trade-to-consumer latency and its memory.
+//
+//	klagg-load backfill -klagg /tmp/klagg -symbols 500 [-budget 2400]
+//
+// runs `klagg backfill` against an exchange serving synthetic klines within
+// a request-weight budget and compares its time with what the budget allows.
 package main
 
 import (
@@ -38,7 +43,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D]")
+		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D] | backfill -klagg BIN [-symbols N] [-budget W]")
 	}
 	switch args[0] {
 	case "trades":
@@ -47,8 +52,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runLive(args[1:], stdout, stderr)
 	case "blast":
 		return runBlast(args[1:], stdout, stderr)
+	case "backfill":
+		return runBackfill(args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown command %q: want trades, live or blast", args[0])
+	return fmt.Errorf("unknown command %q: want trades, live, blast or backfill", args[0])
 }
 
 func runTrades(args []string, stdout, stderr io.Writer) error {

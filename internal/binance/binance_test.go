@@ -2,8 +2,10 @@ package binance
 
 import (
 	"encoding/json"
+	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
@@ -124,5 +126,27 @@ func TestKlineEventLayout(t *testing.T) {
 	back, err := ev.K.Kline()
 	if err != nil || back != k || ev.Symbol != "BTCUSDT" || ev.K.Interval != "1m" {
 		t.Fatalf("round trip: %+v %v", back, err)
+	}
+}
+
+func TestWeightReserveForUrgentRequests(t *testing.T) {
+	wt := NewWeight(100)
+	at := time.Date(2026, 1, 1, 0, 0, 30, 0, time.UTC)
+	wt.now = func() time.Time { return at } // mid-minute, for good
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := wt.Acquire(ctx, 95, false); err != nil {
+		t.Fatal(err)
+	}
+	// The minute's ordinary share is spent: an ordinary request waits for
+	// the next minute (here: until cancelled), an urgent one goes at once.
+	done := make(chan error, 1)
+	go func() { done <- wt.Acquire(ctx, 1, false) }()
+	if err := wt.Acquire(ctx, 5, true); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("ordinary request within the reserve: %v", err)
 	}
 }

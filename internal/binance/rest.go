@@ -24,12 +24,22 @@ type Client struct {
 	http   *http.Client
 	log    *slog.Logger
 	weight *Weight
+	urgent bool // may use the weight reserve
 }
 
 // NewClient returns a client for the REST root base (https://fapi.binance.com)
 // using hc for transport and budget weight per minute.
 func NewClient(base string, hc *http.Client, budget int, log *slog.Logger) *Client {
 	return &Client{base: strings.TrimRight(base, "/"), http: hc, log: log, weight: NewWeight(budget)}
+}
+
+// Urgent returns a client sharing c's budget whose requests may also spend
+// the reserve that others leave: a time sync or a trade-gap fill keeps the
+// live klines exact and must not wait minutes behind a backfill.
+func (c *Client) Urgent() *Client {
+	u := *c
+	u.urgent = true
+	return &u
 }
 
 // Weight returns the client's weight accounting.
@@ -60,16 +70,23 @@ type Weight struct {
 	used    int       // reserved or reported, whichever is higher
 	blocked time.Time // no requests before this (429 / 418)
 	total   int64
+	now     func() time.Time
 }
 
 // NewWeight returns a budget of n weight per minute.
-func NewWeight(n int) *Weight { return &Weight{budget: n} }
+func NewWeight(n int) *Weight { return &Weight{budget: n, now: time.Now} }
 
 // Acquire waits until w weight can be spent without exceeding the budget.
-func (wt *Weight) Acquire(ctx context.Context, w int) error {
+// Unless urgent, it leaves a twentieth of the budget unspent for urgent
+// requests.
+func (wt *Weight) Acquire(ctx context.Context, w int, urgent bool) error {
+	limit := wt.budget
+	if !urgent {
+		limit = max(w, wt.budget-wt.budget/20)
+	}
 	for {
 		wt.mu.Lock()
-		now := time.Now()
+		now := wt.now()
 		if m := now.Truncate(time.Minute); m.After(wt.window) {
 			wt.window, wt.used = m, 0
 		}
@@ -77,7 +94,7 @@ func (wt *Weight) Acquire(ctx context.Context, w int) error {
 		switch {
 		case now.Before(wt.blocked):
 			wait = wt.blocked.Sub(now)
-		case wt.used+w > wt.budget:
+		case wt.used+w > limit:
 			wait = wt.window.Add(time.Minute).Sub(now) + 10*time.Millisecond
 		default:
 			wt.used += w
@@ -131,7 +148,7 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, w int, dst 
 	}
 	backoff := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		if err := c.weight.Acquire(ctx, w); err != nil {
+		if err := c.weight.Acquire(ctx, w, c.urgent); err != nil {
 			return err
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)

@@ -79,6 +79,7 @@ type Engine struct {
 	shared     sharedStats
 	free       []int
 	nextSeries uint32
+	loose      map[kline.Key]uint32 // series of symbols not held; see series
 	started    atomic.Bool
 }
 
@@ -129,6 +130,7 @@ func New(cfg Config) (*Engine, error) {
 		events:     make(chan event, q),
 		index:      map[string]int{},
 		nextSeries: 1,
+		loose:      map[kline.Key]uint32{},
 	}
 	return e, nil
 }
@@ -309,6 +311,10 @@ func (e *Engine) removeSymbol(name string) {
 			e.emit(si, s, k)
 		}
 	}
+	for j, iv := range e.ivs {
+		// Later corrections must share the series of what was just emitted.
+		e.loose[kline.Key{Symbol: name, Interval: iv.String()}] = e.symbols[si].series + uint32(j)
+	}
 	delete(e.index, name)
 	e.symbols[si] = symbol{}
 	e.free = append(e.free, si)
@@ -456,7 +462,24 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 			}
 		}
 	}
-	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Kline: k})
+	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Series: e.series(name, iv), Kline: k})
+}
+
+// series returns the Update.Series of name and iv: its slot's while the
+// engine holds the symbol, else one kept for corrections to symbols it no
+// longer holds (delisted), so that every version of a kline shares one.
+func (e *Engine) series(name string, iv kline.Interval) uint32 {
+	if s, ok := e.slot(name, iv); ok {
+		return e.symbols[s/len(e.ivs)].series + uint32(s%len(e.ivs))
+	}
+	key := kline.Key{Symbol: name, Interval: iv.String()}
+	id, ok := e.loose[key]
+	if !ok {
+		id = e.nextSeries
+		e.nextSeries++
+		e.loose[key] = id
+	}
+	return id
 }
 
 // isOneMinute tells whether slot s is its symbol's 1m slot, the one whose
@@ -546,10 +569,10 @@ func (e *Engine) snapshot(name string) []kline.Update {
 	for j, iv := range e.ivs {
 		s := si*n + j
 		if e.prev[s].OpenTime != 0 {
-			out = append(out, kline.Update{Symbol: name, Interval: iv, Kline: e.prev[s]})
+			out = append(out, kline.Update{Symbol: name, Interval: iv, Series: e.symbols[si].series + uint32(j), Kline: e.prev[s]})
 		}
 		if e.cur[s].OpenTime != 0 {
-			out = append(out, kline.Update{Symbol: name, Interval: iv, Kline: e.cur[s]})
+			out = append(out, kline.Update{Symbol: name, Interval: iv, Series: e.symbols[si].series + uint32(j), Kline: e.cur[s]})
 		}
 	}
 	return out

@@ -92,7 +92,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		return nil, err
 	}
 	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, log.With("part", "writer"))
-	s.Router = ingest.NewRouter(s.Engine, s.Client, 300*time.Millisecond, log.With("part", "router"))
+	s.Router = ingest.NewRouter(s.Engine, s.Client.Urgent(), 300*time.Millisecond, log.With("part", "router"))
 	s.Ingest = ingest.New(ingest.Config{
 		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
@@ -171,6 +171,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	inWG.Go(func() { s.Router.Run(inCtx) })
 	inWG.Go(func() { s.Ingest.Run(inCtx) })
 	inWG.Go(func() { s.tick(inCtx) })
+	inWG.Go(func() { s.syncClock(inCtx) })
 	if s.Reconciler != nil {
 		inWG.Go(func() { s.Reconciler.Run(inCtx, s.Engine) })
 	}
@@ -195,7 +196,7 @@ func (s *Service) startErr(ctx context.Context, err error) error {
 
 func (s *Service) syncTime(ctx context.Context) error {
 	t0 := time.Now()
-	st, err := s.Client.ServerTime(ctx)
+	st, err := s.Client.Urgent().ServerTime(ctx)
 	if err != nil {
 		return fmt.Errorf("reach the exchange at %s: %w", s.cfg.Exchange.RESTURL, err)
 	}
@@ -210,8 +211,6 @@ func (s *Service) tick(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	lastAt, lastN := time.Now(), s.Router.Stats().Forwarded.Load()
-	sync := time.NewTicker(s.cfg.Exchange.TimeSync.Duration)
-	defer sync.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -225,7 +224,21 @@ func (s *Service) tick(ctx context.Context) {
 				s.rate.Store(math.Float64bits(float64(n-lastN) / d.Seconds()))
 				lastAt, lastN = time.Now(), n
 			}
-		case <-sync.C:
+		}
+	}
+}
+
+// syncClock re-measures the offset to the exchange's clock periodically. It
+// is not part of tick: a request can wait a minute for REST weight, and
+// klines must go on closing meanwhile.
+func (s *Service) syncClock(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Exchange.TimeSync.Duration)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 			if err := s.syncTime(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("exchange time sync failed", "err", err)
 			}
@@ -285,15 +298,22 @@ func (s *Service) addSymbols(ctx context.Context, syms []store.Symbol) error {
 			return err
 		}
 	}
-	s.Ingest.Subscribe(names...)
+	// Subscribing in chunks, each seeded before the next is subscribed,
+	// bounds the trades the router holds for symbols not yet seeded to one
+	// chunk's seeding time: at startup with a thousand busy symbols,
+	// subscribing all at once held tens of seconds of the market in memory.
 	m0 := make([]int64, len(names))
-	err := s.parallel(ctx, names, func(i int, name string) error {
-		var err error
-		m0[i], err = s.History.Seed(ctx, name)
-		return err
-	})
-	if err != nil {
-		return err
+	for off := 0; off < len(names); off += seedChunk {
+		chunk := names[off:min(off+seedChunk, len(names))]
+		s.Ingest.Subscribe(chunk...)
+		err := s.parallel(ctx, chunk, func(i int, name string) error {
+			var err error
+			m0[off+i], err = s.History.Seed(ctx, name)
+			return err
+		})
+		if err != nil {
+			return err
+		}
 	}
 	s.mu.Lock()
 	for _, y := range syms {
@@ -311,6 +331,9 @@ func (s *Service) addSymbols(ctx context.Context, syms []store.Symbol) error {
 		})
 	})
 }
+
+// seedChunk is how many symbols are subscribed and seeded at a time.
+const seedChunk = 50
 
 // parallel runs f over names with a few workers; REST weight, not
 // concurrency, is the limit, and the client enforces it.
