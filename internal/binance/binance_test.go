@@ -1,8 +1,8 @@
 package binance
 
 import (
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"

@@ -18,9 +18,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
