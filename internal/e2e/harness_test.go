@@ -88,7 +88,9 @@ func newRun(t *testing.T, xcfg fakex.Config, extra string) *run {
 	if xcfg.History == 0 {
 		xcfg.History = 3 * time.Hour
 	}
-	xcfg.QuietEvery = 300
+	if xcfg.QuietEvery == 0 {
+		xcfg.QuietEvery = 300 // negative: never quiet
+	}
 	x, err := fakex.New(xcfg)
 	if err != nil {
 		t.Fatal(err)

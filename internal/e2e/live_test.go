@@ -48,6 +48,23 @@ func TestStalledConnection(t *testing.T) {
 	r.check(12 * time.Minute)
 }
 
+func TestLongOutage(t *testing.T) {
+	// Busy symbols and a stream silent for longer than a page of their
+	// trades spans: klagg must repair the gap from klines, not trade by
+	// trade. At 20× a 12 s read timeout is 4 simulated minutes.
+	r := newRun(t, fakex.Config{Symbols: 3, MeanGap: 50 * time.Millisecond, QuietEvery: -1, Speed: 20, History: 30 * time.Minute}, "")
+	r.appendExchange(`read_timeout = "12s"`)
+	r.startKlagg()
+	r.until(3 * time.Minute)
+	r.x.StallConnections()
+	r.until(13 * time.Minute)
+	r.stop()
+	if !r.logged("resyncing from klines") {
+		t.Error("klagg did not resync from klines after a long outage")
+	}
+	r.check(13 * time.Minute)
+}
+
 func TestLifetimeCutAndRotation(t *testing.T) {
 	// Connections live 8 s of wall time (8 simulated minutes); klagg
 	// rotates after 5 s, and one cut comes without warning.

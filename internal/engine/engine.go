@@ -67,6 +67,7 @@ type Engine struct {
 	cur     []kline.Kline // open kline per slot; OpenTime 0 = not started
 	prev    []kline.Kline // last closed kline per slot; OpenTime 0 = none
 	floor   []int64       // trades with LastID ≤ floor are already in the slot (seed)
+	seeded  []int64       // the slot's open kline holds every trade before this time (seed)
 	// recent holds, per symbol, the 1m klines closed before the 1m slot's
 	// prev, direct-mapped by minute, so that a reconciliation arriving
 	// minutes late can still be carried into the longer intervals.
@@ -174,9 +175,11 @@ func (e *Engine) RemoveSymbol(ctx context.Context, symbol string) error {
 
 // Seed replaces symbol's open kline of iv with k, a snapshot that already
 // holds every trade up to k.LastTradeID (from a kline stream event or from
-// history); later trades continue it without counting any twice.
-func (e *Engine) Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error {
-	return e.send(ctx, event{kind: evSeed, symbol: symbol, interval: iv, kline: k})
+// history), and, if through is not 0, every trade before exchange time
+// through; later trades continue it without counting any twice, and
+// corrections of minutes before through are not carried into it again.
+func (e *Engine) Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline, through int64) error {
+	return e.send(ctx, event{kind: evSeed, symbol: symbol, interval: iv, kline: k, now: through})
 }
 
 // Correct replaces a closed kline with the exchange's value (reconciliation).
@@ -253,7 +256,7 @@ func (e *Engine) handle(ev event) {
 	case evRemove:
 		e.removeSymbol(ev.symbol)
 	case evSeed:
-		e.seed(ev.symbol, ev.interval, ev.kline)
+		e.seed(ev.symbol, ev.interval, ev.kline, ev.now)
 	case evCorrect:
 		e.correct(ev.symbol, ev.interval, ev.kline)
 	case evTick:
@@ -278,7 +281,7 @@ func (e *Engine) addSymbol(name string) {
 	if len(e.free) > 0 {
 		si, e.free = e.free[len(e.free)-1], e.free[:len(e.free)-1]
 		for s := si * n; s < (si+1)*n; s++ {
-			e.cur[s], e.prev[s], e.floor[s] = kline.Kline{}, kline.Kline{}, 0
+			e.cur[s], e.prev[s], e.floor[s], e.seeded[s] = kline.Kline{}, kline.Kline{}, 0, 0
 		}
 		clear(e.recent[si*recentMinutes : (si+1)*recentMinutes])
 	} else {
@@ -289,6 +292,7 @@ func (e *Engine) addSymbol(name string) {
 			e.cur = append(e.cur, kline.Kline{})
 			e.prev = append(e.prev, kline.Kline{})
 			e.floor = append(e.floor, 0)
+			e.seeded = append(e.seeded, 0)
 			e.dirty = append(e.dirty, false)
 		}
 	}
@@ -399,7 +403,7 @@ func (e *Engine) roll(si, s int, iv kline.Interval, open int64) {
 		}
 		e.prev[s] = *k
 		*k = kline.Empty(iv, iv.Next(k.OpenTime), k.Close)
-		e.floor[s] = 0
+		e.floor[s], e.seeded[s] = 0, 0
 	}
 	e.markDirty(s)
 }
@@ -420,7 +424,7 @@ func (e *Engine) tick(now int64) {
 	}
 }
 
-func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline) {
+func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline, through int64) {
 	s, ok := e.slot(name, iv)
 	if !ok {
 		return
@@ -437,6 +441,7 @@ func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline) {
 	k.CloseTime = iv.CloseTime(k.OpenTime)
 	*c = k
 	e.floor[s] = k.LastTradeID
+	e.seeded[s] = through
 	e.markDirty(s)
 }
 
@@ -532,6 +537,9 @@ func (e *Engine) amendLonger(s int, old, ex *kline.Kline) {
 	m := ex.OpenTime
 	for sj := s + 1; sj < (si+1)*n; sj++ {
 		t, closed := &e.cur[sj], false
+		if m >= t.OpenTime && m <= t.CloseTime && m < e.seeded[sj] {
+			continue // seeded from the exchange's own klines after this minute ended
+		}
 		if m < t.OpenTime || m > t.CloseTime {
 			t, closed = &e.prev[sj], true
 			if m < t.OpenTime || m > t.CloseTime {

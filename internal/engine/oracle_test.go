@@ -158,7 +158,7 @@ func TestOracleFuturesCapture(t *testing.T) {
 		if i > 0 {
 			partialSeeds++
 			// Seed from the straddled snapshot first: the engine must notice.
-			if err := h.e.Seed(h.ctx, sym, kline.OneMinute(), ss[0]); err != nil {
+			if err := h.e.Seed(h.ctx, sym, kline.OneMinute(), ss[0], 0); err != nil {
 				t.Fatal(err)
 			}
 			h.trades(sym, trades[sym])
@@ -169,7 +169,7 @@ func TestOracleFuturesCapture(t *testing.T) {
 			h.e.RemoveSymbol(h.ctx, sym)
 			h.add(sym)
 		}
-		if err := h.e.Seed(h.ctx, sym, kline.OneMinute(), ss[i]); err != nil {
+		if err := h.e.Seed(h.ctx, sym, kline.OneMinute(), ss[i], 0); err != nil {
 			t.Fatal(err)
 		}
 		h.trades(sym, trades[sym])

@@ -21,7 +21,7 @@ type Exchange interface {
 
 // Engine takes seeds and corrections.
 type Engine interface {
-	Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error
+	Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline, through int64) error
 	Correct(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline) error
 }
 
@@ -180,7 +180,7 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 		if base.Trades == 0 {
 			base.Open, base.High, base.Low, base.Close = prevClose, prevClose, prevClose, prevClose
 		}
-		if err := h.engine.Seed(ctx, symbol, iv, base); err != nil {
+		if err := h.engine.Seed(ctx, symbol, iv, base, m0); err != nil {
 			return 0, err
 		}
 	}
@@ -188,6 +188,44 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 		return 0, err
 	}
 	return m0, nil
+}
+
+// Resync restarts symbol after a gap in its trades too long to fill trade
+// by trade. The open klines are seeded afresh, which makes the engine close
+// the ones the gap interrupted, and then every kline from the one holding
+// trade time since up to the new open one is replaced with the exchange's
+// through the engine, so that the store sees them after the engine's own
+// partial versions. The engine leaves the freshly seeded open klines alone
+// when these corrections arrive: the seed already holds those minutes.
+func (h *History) Resync(ctx context.Context, symbol string, since int64) error {
+	m0, err := h.Seed(ctx, symbol)
+	if err != nil {
+		return err
+	}
+	for _, iv := range h.ivs {
+		end := iv.Open(m0)
+		for start := iv.Open(since); start < end; {
+			ks, err := h.ex.Klines(ctx, symbol, iv, start, end-1, 1000)
+			if err != nil {
+				return fmt.Errorf("resync %s %s: %w", symbol, iv, err)
+			}
+			h.Requests.Add(1)
+			for _, k := range ks {
+				if k.OpenTime >= end {
+					break
+				}
+				k.Closed = true
+				if err := h.engine.Correct(ctx, symbol, iv, k); err != nil {
+					return err
+				}
+			}
+			if len(ks) < 1000 {
+				break
+			}
+			start = iv.Next(ks[len(ks)-1].OpenTime)
+		}
+	}
+	return nil
 }
 
 // Backfill stores symbol's closed klines of every interval that open before

@@ -32,6 +32,19 @@ type Filler interface {
 	AggTrades(ctx context.Context, symbol string, fromID, start int64, limit int) ([]kline.Trade, error)
 }
 
+// Resyncer restarts a symbol from the exchange's klines after a gap too
+// long to fill trade by trade: History. It corrects every kline from the
+// one holding trade time since on, seeds the open ones and calls Start.
+type Resyncer interface {
+	Resync(ctx context.Context, symbol string, since int64) error
+}
+
+// longGapMs is the span of missing trades, left after a full page of them,
+// beyond which the router resyncs from klines: a busy symbol trades a
+// thousand times in well under a minute, and an aggTrades page costs as
+// much REST weight as the few kline requests of a resync.
+const longGapMs = 2 * 60_000
+
 // RouterStats are the router's counters.
 type RouterStats struct {
 	Forwarded   atomic.Int64 // trades handed to the sink
@@ -41,6 +54,7 @@ type RouterStats struct {
 	Unfillable  atomic.Int64 // gaps the exchange could not fill
 	Buffered    atomic.Int64 // trades waiting for a gap or a start
 	Overflowing atomic.Int64 // trades dropped from full buffers (refilled from REST)
+	Resyncs     atomic.Int64 // gaps repaired from klines instead of trades
 }
 
 // item is a trade, or with symbol "" a sign of life, from connection conn;
@@ -87,20 +101,23 @@ type symState struct {
 	down     bool          // its connection is lost
 	epoch    int           // bumped on loss and return; older fills cannot clear suspect
 	filling  bool
+	resync   int64     // trade time to resync from (0: none needed)
 	gapAt    time.Time // when the current gap was first seen
 }
 
 // Router is the single owner of every symbol's sequence position.
 type Router struct {
-	sink    Sink
-	filler  Filler
-	log     *slog.Logger
-	in      chan item
-	fills   chan fillResult
-	ctl     chan control
-	gapWait time.Duration
-	maxBuf  int
-	stats   RouterStats
+	sink     Sink
+	filler   Filler
+	log      *slog.Logger
+	in       chan item
+	fills    chan fillResult
+	resyncs  chan resyncResult
+	resyncer Resyncer
+	ctl      chan control
+	gapWait  time.Duration
+	maxBuf   int
+	stats    RouterStats
 
 	// watermark is the exchange time (ms) up to which every connection has
 	// delivered everything: the min over connections of their last trade
@@ -123,7 +140,7 @@ type Router struct {
 func NewRouter(sink Sink, filler Filler, gapWait time.Duration, log *slog.Logger) *Router {
 	return &Router{
 		sink: sink, filler: filler, log: log, gapWait: gapWait, maxBuf: 200_000,
-		in: make(chan item, 1<<16), fills: make(chan fillResult, 64), ctl: make(chan control),
+		in: make(chan item, 1<<16), fills: make(chan fillResult, 64), resyncs: make(chan resyncResult, 64), ctl: make(chan control),
 		syms: map[string]*symState{}, out: map[string]*batch{}, alive: map[int]int64{},
 	}
 }
@@ -231,6 +248,8 @@ func (r *Router) Run(ctx context.Context) error {
 			r.updateWatermark()
 		case f := <-r.fills:
 			r.filled(ctx, f)
+		case f := <-r.resyncs:
+			r.resynced(ctx, f)
 		case c := <-r.ctl:
 			r.apply(c)
 			close(c.done)
@@ -408,6 +427,18 @@ func (r *Router) release(symbol string, s *symState) {
 func (r *Router) checkGaps(ctx context.Context) {
 	now := time.Now()
 	for sym, s := range r.syms {
+		if s.resync != 0 && !s.filling && now.Sub(s.gapAt) >= r.gapWait {
+			s.filling = true
+			r.stats.Resyncs.Add(1)
+			go func(sym string, since int64) {
+				err := r.resyncer.Resync(ctx, sym, since)
+				select {
+				case r.resyncs <- resyncResult{sym, err}:
+				case <-ctx.Done():
+				}
+			}(sym, s.resync)
+			continue
+		}
 		if s.next < 0 || s.filling || (len(s.pending) == 0 && !s.suspect) || now.Sub(s.gapAt) < r.gapWait {
 			continue
 		}
@@ -421,6 +452,44 @@ func (r *Router) checkGaps(ctx context.Context) {
 			}
 		}(sym, s.next, s.epoch)
 	}
+}
+
+// ResyncWith sets where long gaps are repaired; call it before Run.
+func (r *Router) ResyncWith(rs Resyncer) { r.resyncer = rs }
+
+type resyncResult struct {
+	symbol string
+	err    error
+}
+
+// missingMs is the exchange time from s's last forwarded trade to the
+// first it holds, or to the newest sign of life of any connection.
+func (r *Router) missingMs(s *symState) int64 {
+	if len(s.pending) > 0 {
+		return s.pending[0].Time - s.lastTime
+	}
+	latest := int64(0)
+	for _, at := range r.alive {
+		latest = max(latest, at)
+	}
+	return latest - s.lastTime
+}
+
+func (r *Router) resynced(ctx context.Context, f resyncResult) {
+	s := r.syms[f.symbol]
+	if s == nil {
+		return
+	}
+	s.filling = false
+	if f.err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("resyncing from klines failed; will retry", "symbol", f.symbol, "err", f.err)
+		}
+		s.gapAt = time.Now()
+		return
+	}
+	s.resync = 0
+	r.updateHold()
 }
 
 func (r *Router) filled(ctx context.Context, f fillResult) {
@@ -455,6 +524,16 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 			r.stats.Filled.Add(1)
 		}
 		r.accept(f.symbol, s, t, time.Time{})
+	}
+	if len(f.trades) == 1000 && r.resyncer != nil && r.missingMs(s) > longGapMs {
+		r.log.Info("trade gap too long to fill trade by trade; resyncing from klines", "symbol", f.symbol,
+			"from", time.UnixMilli(s.lastTime).UTC(), "missing", time.Duration(r.missingMs(s))*time.Millisecond)
+		// Not started again until the resync calls Start; what arrives
+		// meanwhile waits, and the hold keeps klines from closing early.
+		s.resync, s.next, s.suspect = max(s.lastTime, 1), -1, false
+		s.gapAt = time.Now().Add(-r.gapWait)
+		r.updateHold()
+		return
 	}
 	if len(f.trades) < 1000 && !s.down && f.epoch == s.epoch {
 		// The exchange had nothing more since the connection came back:

@@ -99,6 +99,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
 	s.History = history.New(s.Client, s.Engine, s.Router, st, cfg.Intervals, cfg.Klines.BackfillLimit, log.With("part", "history"))
+	s.Router.ResyncWith(s.History)
 	return s, nil
 }
 
