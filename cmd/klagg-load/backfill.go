@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -108,15 +107,9 @@ func (x *klineExchange) handler() http.Handler {
 		}
 	})
 	mux.HandleFunc("/fapi/v1/exchangeInfo", func(w http.ResponseWriter, r *http.Request) {
-		if !x.spend(w, 1) {
-			return
+		if x.spend(w, 1) {
+			writeExchangeInfo(w, x.symbols)
 		}
-		infos := make([]binance.SymbolInfo, len(x.symbols))
-		for i, s := range x.symbols {
-			infos[i] = binance.SymbolInfo{Symbol: s, Pair: s, ContractType: "PERPETUAL", Status: "TRADING",
-				BaseAsset: strings.TrimSuffix(s, "USDT"), QuoteAsset: "USDT", MarginAsset: "USDT", PricePrecision: 2, QuantityPrecision: 3}
-		}
-		json.NewEncoder(w).Encode(map[string]any{"timezone": "UTC", "serverTime": time.Now().UnixMilli(), "symbols": infos})
 	})
 	mux.HandleFunc("/fapi/v1/klines", x.klines)
 	return mux

@@ -123,14 +123,7 @@ func (b *blaster) handler() http.Handler {
 	mux.HandleFunc("/fapi/v1/time", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, `{"serverTime":%d}`, time.Now().UnixMilli())
 	})
-	mux.HandleFunc("/fapi/v1/exchangeInfo", func(w http.ResponseWriter, _ *http.Request) {
-		infos := make([]binance.SymbolInfo, len(b.symbols))
-		for i, s := range b.symbols {
-			infos[i] = binance.SymbolInfo{Symbol: s, Pair: s, ContractType: "PERPETUAL", Status: "TRADING",
-				BaseAsset: strings.TrimSuffix(s, "USDT"), QuoteAsset: "USDT", MarginAsset: "USDT", PricePrecision: 2, QuantityPrecision: 3}
-		}
-		json.NewEncoder(w).Encode(map[string]any{"timezone": "UTC", "serverTime": time.Now().UnixMilli(), "symbols": infos})
-	})
+	mux.HandleFunc("/fapi/v1/exchangeInfo", func(w http.ResponseWriter, _ *http.Request) { writeExchangeInfo(w, b.symbols) })
 	// No history: klagg starts every symbol at aggregate id 0.
 	mux.HandleFunc("/fapi/v1/klines", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "[]") })
 	mux.HandleFunc("/fapi/v1/aggTrades", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "[]") })
@@ -361,6 +354,17 @@ func readClientFrame(r *bufio.Reader) (op byte, payload []byte, err error) {
 		payload[i] ^= mask[i%4]
 	}
 	return h[0] & 0x0f, payload, nil
+}
+
+// writeExchangeInfo lists symbols as TRADING USDT perpetuals with 2 price
+// and 3 quantity decimals.
+func writeExchangeInfo(w io.Writer, symbols []string) {
+	infos := make([]binance.SymbolInfo, len(symbols))
+	for i, s := range symbols {
+		infos[i] = binance.SymbolInfo{Symbol: s, Pair: s, ContractType: "PERPETUAL", Status: "TRADING",
+			BaseAsset: strings.TrimSuffix(s, "USDT"), QuoteAsset: "USDT", MarginAsset: "USDT", PricePrecision: 2, QuantityPrecision: 3}
+	}
+	json.NewEncoder(w).Encode(map[string]any{"timezone": "UTC", "serverTime": time.Now().UnixMilli(), "symbols": infos})
 }
 
 func quoteList(csv string) string {

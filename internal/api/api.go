@@ -48,7 +48,7 @@ type Store interface {
 // Streams is the WebSocket API, which also knows the newest live klines.
 type Streams interface {
 	http.Handler
-	Latest(symbol string, iv kline.Interval) (kline.Kline, bool)
+	Recent(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline
 	Stats() *stream.Stats
 }
 
@@ -199,8 +199,9 @@ func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
 	s.bufs.Put(bp)
 }
 
-// read answers q from the store, with the live kline from memory in place
-// of the store's older copy, or after the stored ones when it is newer.
+// read answers q from the store, with the klines in memory (the open one and
+// the one that closed last, which the store may not have yet) in place of
+// the store's older copies, or after the stored ones when newer.
 func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error) {
 	sq := store.Query{Symbol: q.Symbol, Interval: q.Interval, Limit: q.Limit}
 	switch {
@@ -218,19 +219,28 @@ func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error)
 	if err != nil {
 		return nil, err
 	}
-	live, ok := s.cfg.Streams.Latest(q.Symbol, q.Interval)
-	if !ok || (q.Start >= 0 && live.OpenTime < q.Start) || (q.End >= 0 && live.OpenTime > q.End) {
-		return ks, nil
+	var mem [2]kline.Kline
+	for _, m := range s.cfg.Streams.Recent(mem[:0], q.Symbol, q.Interval) {
+		if (q.Start >= 0 && m.OpenTime < q.Start) || (q.End >= 0 && m.OpenTime > q.End) {
+			continue
+		}
+		switch n := len(ks); {
+		case n > 0 && ks[n-1].OpenTime == m.OpenTime:
+			ks[n-1] = m
+		case n > 1 && ks[n-2].OpenTime == m.OpenTime:
+			ks[n-2] = m
+		case n == 0 || ks[n-1].OpenTime < m.OpenTime:
+			ks = append(ks, m)
+		}
+		// Otherwise the store is ahead of memory (a symbol no longer
+		// traded): keep what it has.
 	}
-	switch n := len(ks); {
-	case n > 0 && ks[n-1].OpenTime == live.OpenTime:
-		ks[n-1] = live
-	case n > 0 && ks[n-1].OpenTime > live.OpenTime:
-		// The store is ahead of memory (a symbol no longer traded): keep it.
-	case n < q.Limit:
-		ks = append(ks, live)
-	case sq.FromEnd:
-		ks = append(ks[1:], live)
+	if len(ks) > q.Limit {
+		if sq.FromEnd {
+			ks = ks[len(ks)-q.Limit:]
+		} else {
+			ks = ks[:q.Limit]
+		}
 	}
 	return ks, nil
 }

@@ -124,6 +124,15 @@ func TestKlinesRanges(t *testing.T) {
 	if len(ks) != 5 || ks[4].OpenTime != next.OpenTime || ks[0].OpenTime != t0+96*60_000 {
 		t.Fatalf("limit 5: %d klines, %d..%d", len(ks), ks[0].OpenTime, ks[len(ks)-1].OpenTime)
 	}
+	// It closes and the next opens: until the store writes it (once a
+	// second) the closed one comes from memory, before the open one.
+	next.Closed = true
+	after := mk(t0+101*60_000, 700, false)
+	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: next}, {Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: after}})
+	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&limit=3")
+	if len(ks) != 3 || ks[0].OpenTime != t0+99*60_000 || ks[1].Open != next.Open || ks[2].Open != after.Open {
+		t.Fatalf("just closed: %+v", ks)
+	}
 	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&startTime="+itoa(t0+10*60_000)+"&limit=3")
 	if len(ks) != 3 || ks[0].OpenTime != t0+10*60_000 || ks[2].OpenTime != t0+12*60_000 {
 		t.Fatalf("from start: %+v", ks)

@@ -108,6 +108,15 @@ func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) e
 	if len(diffs) == 0 {
 		return nil
 	}
+	r.mu.Lock()
+	newer, again := r.pending[u.Key()]
+	r.mu.Unlock()
+	if again && newer.Kline != u.Kline {
+		// Changed while we asked (a late trade, or a resync that already
+		// took the exchange's values): what we would write is stale, and
+		// the newer version is checked on its own.
+		return nil
+	}
 	r.Differ.Add(1)
 	r.fieldMu.Lock()
 	for _, f := range diffs {

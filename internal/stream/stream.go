@@ -77,6 +77,10 @@ type stream struct {
 	interval kline.Interval
 	latest   kline.Kline // newest kline by open time; OpenTime 0 = none yet
 	has      bool
+	// closed is the newest closed kline, kept until the store surely has
+	// it: the writer writes once a second, and a REST answer must not lack
+	// a kline that closed a moment ago.
+	closed kline.Kline
 	dirty    bool
 	// subs is replaced, never changed in place, so the push loop can use
 	// it after unlocking.
@@ -128,6 +132,9 @@ func (s *Server) Publish(us []kline.Update) {
 		if !st.has || u.OpenTime >= st.latest.OpenTime {
 			st.latest, st.has = u.Kline, true
 		}
+		if u.Closed && u.OpenTime >= st.closed.OpenTime {
+			st.closed = u.Kline
+		}
 		if len(st.subs) == 0 {
 			continue
 		}
@@ -169,16 +176,20 @@ func (s *Server) stream(u *kline.Update) *stream {
 	return st
 }
 
-// Latest returns the newest kline of symbol and iv that the engine
-// published, open or just closed.
-func (s *Server) Latest(symbol string, iv kline.Interval) (kline.Kline, bool) {
+// Recent appends to dst the newest closed kline of symbol and iv and the
+// newest kline if that is another, oldest first: what the engine has
+// published that the store may not have yet.
+func (s *Server) Recent(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.streams[streamKey{symbol, iv.String()}]
 	if st == nil || !st.has {
-		return kline.Kline{}, false
+		return dst
 	}
-	return st.latest, true
+	if st.closed.OpenTime != 0 && st.closed.OpenTime < st.latest.OpenTime {
+		dst = append(dst, st.closed)
+	}
+	return append(dst, st.latest)
 }
 
 // Run pushes changes until ctx ends, then closes every client.
