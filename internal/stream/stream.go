@@ -81,7 +81,7 @@ type stream struct {
 	// it: the writer writes once a second, and a REST answer must not lack
 	// a kline that closed a moment ago.
 	closed kline.Kline
-	dirty    bool
+	dirty  bool
 	// subs is replaced, never changed in place, so the push loop can use
 	// it after unlocking.
 	subs []*client
