@@ -69,6 +69,10 @@ type Server struct {
 	mux     *http.ServeMux
 	metrics *metrics.Set
 	bufs    sync.Pool
+	tails   tails
+	// versions is the store's ClosedVersion when it has one; without it
+	// every request reads the store.
+	versions versioned
 }
 
 // New returns the API handler.
@@ -78,6 +82,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), metrics: metrics.NewSet()}
 	s.bufs.New = func() any { b := make([]byte, 0, 64<<10); return &b }
+	s.versions, _ = cfg.Store.(versioned)
 	m := s.mux
 	m.HandleFunc("GET /fapi/v1/klines", s.klines)
 	m.HandleFunc("GET /fapi/v1/exchangeInfo", s.exchangeInfo)
@@ -177,26 +182,38 @@ func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
 	// A slow database gets a clear error rather than a hung client.
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	ks, err := s.read(ctx, q)
+	prec := kline.Precision{Price: sym.PricePrecision, Qty: sym.QuantityPrecision}
+	bp := s.bufs.Get().(*[]byte)
+	b, err := s.appendKlines(ctx, (*bp)[:0], q, prec)
 	if err != nil {
 		s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
 		writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
 		return
 	}
-	prec := kline.Precision{Price: sym.PricePrecision, Qty: sym.QuantityPrecision}
-	bp := s.bufs.Get().(*[]byte)
-	b := append((*bp)[:0], '[')
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(b)
+	*bp = b
+	s.bufs.Put(bp)
+}
+
+// appendKlines appends the answer to q as a JSON array: from the tail cache
+// for the latest klines, else from the store.
+func (s *Server) appendKlines(ctx context.Context, b []byte, q KlinesQuery, prec kline.Precision) ([]byte, error) {
+	if q.Start < 0 && q.End < 0 && s.versions != nil {
+		return s.appendLatest(ctx, b, q, prec)
+	}
+	ks, err := s.read(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, '[')
 	for i := range ks {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = binance.AppendKlineArray(b, &ks[i], prec)
 	}
-	b = append(b, ']')
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(b)
-	*bp = b
-	s.bufs.Put(bp)
+	return append(b, ']'), nil
 }
 
 // read answers q from the store, with the klines in memory (the open one and
@@ -224,16 +241,7 @@ func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error)
 		if (q.Start >= 0 && m.OpenTime < q.Start) || (q.End >= 0 && m.OpenTime > q.End) {
 			continue
 		}
-		switch n := len(ks); {
-		case n > 0 && ks[n-1].OpenTime == m.OpenTime:
-			ks[n-1] = m
-		case n > 1 && ks[n-2].OpenTime == m.OpenTime:
-			ks[n-2] = m
-		case n == 0 || ks[n-1].OpenTime < m.OpenTime:
-			ks = append(ks, m)
-		}
-		// Otherwise the store is ahead of memory (a symbol no longer
-		// traded): keep what it has.
+		ks = overlay(ks, m)
 	}
 	if len(ks) > q.Limit {
 		if sq.FromEnd {

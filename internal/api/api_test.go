@@ -50,6 +50,12 @@ func mk(open int64, price int64, closed bool) kline.Kline {
 // file, with a newer live kline in the stream server.
 func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server) {
 	t.Helper()
+	srv, ss, _ := newAPIStore(t, token, cors)
+	return srv, ss
+}
+
+func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server, *store.Store) {
+	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "k.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +73,53 @@ func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *strea
 	h := New(Config{Source: src, Store: st, Streams: ss, Token: token, CORS: cors})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return srv, ss
+	return srv, ss, st
+}
+
+// TestLatestFromTailCache checks the cached answer to "the latest klines"
+// against the store's own (an endTime far ahead takes the uncached path)
+// while closed klines are added and corrected underneath it.
+func TestLatestFromTailCache(t *testing.T) {
+	srv, ss, st := newAPIStore(t, "", nil)
+	same := func(when string) {
+		t.Helper()
+		for _, limit := range []string{"1", "2", "3", "4", "50", "100", "101", "1500"} {
+			_, cached := get(t, srv.URL+"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit="+limit)
+			_, direct := get(t, srv.URL+"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&endTime=9000000000000&limit="+limit)
+			if cached != direct {
+				t.Fatalf("%s, limit %s: cached\n%s\nstore\n%s", when, limit, cached, direct)
+			}
+		}
+	}
+	one := kline.OneMinute()
+	same("at first")
+	// An old closed kline corrected (reconciliation).
+	fixed := mk(t0+50*60_000, 777, true)
+	if err := st.Upsert([]kline.Update{{Symbol: "BTCUSDT", Interval: one, Kline: fixed}}); err != nil {
+		t.Fatal(err)
+	}
+	same("after a correction")
+	if ks := klines(t, srv.URL, "symbol=BTCUSDT&interval=1m&limit=60"); ks[10].Open != fixed.Open {
+		t.Fatalf("correction not served: %+v", ks[10])
+	}
+	// The open kline closes and the next opens, first in memory only, then
+	// in the store too.
+	closed, next := mk(t0+99*60_000, 300, true), mk(t0+100*60_000, 301, false)
+	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: one, Kline: closed}, {Symbol: "BTCUSDT", Interval: one, Kline: next}})
+	same("closed in memory")
+	if err := st.Upsert([]kline.Update{{Symbol: "BTCUSDT", Interval: one, Kline: closed}, {Symbol: "BTCUSDT", Interval: one, Kline: next}}); err != nil {
+		t.Fatal(err)
+	}
+	same("closed in the store")
+	// Many more closed klines than a tail keeps.
+	var us []kline.Update
+	for i := int64(100); i < 1700; i++ {
+		us = append(us, kline.Update{Symbol: "BTCUSDT", Interval: one, Kline: mk(t0+i*60_000, 400+i%50, true)})
+	}
+	if err := st.Upsert(us); err != nil {
+		t.Fatal(err)
+	}
+	same("after 1,600 more")
 }
 
 func get(t *testing.T, u string, hdr ...string) (int, string) {

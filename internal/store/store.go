@@ -85,6 +85,9 @@ type Store struct {
 	w    *sqlite.Conn
 	read *sqlitex.Pool
 	rbuf []byte // guarded by wmu
+
+	vmu    sync.Mutex
+	closed map[[2]string]uint64 // closed rows written per symbol and interval
 }
 
 // Open opens or creates the database at path and brings its schema up to date.
@@ -177,6 +180,13 @@ ON CONFLICT (symbol, interval, open_time) DO UPDATE SET
 func (s *Store) Upsert(updates []kline.Update) (err error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	defer func() {
+		// After the commit (deferred below, so run before this): whoever
+		// sees the new version reads the new rows.
+		if err == nil {
+			s.countClosed(updates)
+		}
+	}()
 	end, err := sqlitex.ImmediateTransaction(s.w)
 	if err != nil {
 		return fmt.Errorf("store: begin write: %w", err)
@@ -217,6 +227,28 @@ func (s *Store) Upsert(updates []kline.Update) (err error) {
 		}
 	}
 	return nil
+}
+
+// ClosedVersion changes whenever a closed kline of symbol and iv is
+// written; a copy of the closed klines read at one version is current as
+// long as the version stays.
+func (s *Store) ClosedVersion(symbol string, iv kline.Interval) uint64 {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	return s.closed[[2]string{symbol, iv.String()}]
+}
+
+func (s *Store) countClosed(updates []kline.Update) {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	if s.closed == nil {
+		s.closed = map[[2]string]uint64{}
+	}
+	for i := range updates {
+		if u := &updates[i]; u.Closed {
+			s.closed[[2]string{u.Symbol, u.Interval.String()}]++
+		}
+	}
 }
 
 // bindPrice and bindU128 format into a reused buffer; BindBytes would store a
