@@ -109,7 +109,8 @@ type event struct {
 	trades   []kline.Trade
 	interval kline.Interval
 	kline    kline.Kline
-	now      int64
+	now      int64 // tick
+	through  int64 // seed
 	received time.Time
 	reply    chan<- []kline.Update
 }
@@ -179,7 +180,7 @@ func (e *Engine) RemoveSymbol(ctx context.Context, symbol string) error {
 // through; later trades continue it without counting any twice, and
 // corrections of minutes before through are not carried into it again.
 func (e *Engine) Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline, through int64) error {
-	return e.send(ctx, event{kind: evSeed, symbol: symbol, interval: iv, kline: k, now: through})
+	return e.send(ctx, event{kind: evSeed, symbol: symbol, interval: iv, kline: k, through: through})
 }
 
 // Correct replaces a closed kline with the exchange's value (reconciliation).
@@ -256,7 +257,7 @@ func (e *Engine) handle(ev event) {
 	case evRemove:
 		e.removeSymbol(ev.symbol)
 	case evSeed:
-		e.seed(ev.symbol, ev.interval, ev.kline, ev.now)
+		e.seed(ev.symbol, ev.interval, ev.kline, ev.through)
 	case evCorrect:
 		e.correct(ev.symbol, ev.interval, ev.kline)
 	case evTick:
@@ -317,7 +318,7 @@ func (e *Engine) removeSymbol(name string) {
 	}
 	for j, iv := range e.ivs {
 		// Later corrections must share the series of what was just emitted.
-		e.loose[kline.Key{Symbol: name, Interval: iv.String()}] = e.symbols[si].series + uint32(j)
+		e.loose[kline.Key{Symbol: name, Interval: iv.String()}] = e.slotSeries(si*n + j)
 	}
 	delete(e.index, name)
 	e.symbols[si] = symbol{}
@@ -475,7 +476,7 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 // longer holds (delisted), so that every version of a kline shares one.
 func (e *Engine) series(name string, iv kline.Interval) uint32 {
 	if s, ok := e.slot(name, iv); ok {
-		return e.symbols[s/len(e.ivs)].series + uint32(s%len(e.ivs))
+		return e.slotSeries(s)
 	}
 	key := kline.Key{Symbol: name, Interval: iv.String()}
 	id, ok := e.loose[key]
@@ -577,10 +578,10 @@ func (e *Engine) snapshot(name string) []kline.Update {
 	for j, iv := range e.ivs {
 		s := si*n + j
 		if e.prev[s].OpenTime != 0 {
-			out = append(out, kline.Update{Symbol: name, Interval: iv, Series: e.symbols[si].series + uint32(j), Kline: e.prev[s]})
+			out = append(out, kline.Update{Symbol: name, Interval: iv, Series: e.slotSeries(s), Kline: e.prev[s]})
 		}
 		if e.cur[s].OpenTime != 0 {
-			out = append(out, kline.Update{Symbol: name, Interval: iv, Series: e.symbols[si].series + uint32(j), Kline: e.cur[s]})
+			out = append(out, kline.Update{Symbol: name, Interval: iv, Series: e.slotSeries(s), Kline: e.cur[s]})
 		}
 	}
 	return out
@@ -600,8 +601,13 @@ func (e *Engine) slot(name string, iv kline.Interval) (int, bool) {
 }
 
 func (e *Engine) emit(si, s int, k *kline.Kline) {
+	e.out = append(e.out, kline.Update{Symbol: e.symbols[si].name, Interval: e.ivs[s%len(e.ivs)], Series: e.slotSeries(s), Kline: *k})
+}
+
+// slotSeries is the Update.Series of slot s.
+func (e *Engine) slotSeries(s int) uint32 {
 	n := len(e.ivs)
-	e.out = append(e.out, kline.Update{Symbol: e.symbols[si].name, Interval: e.ivs[s%n], Series: e.symbols[si].series + uint32(s%n), Kline: *k})
+	return e.symbols[s/n].series + uint32(s%n)
 }
 
 func (e *Engine) markDirty(s int) {

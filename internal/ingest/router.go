@@ -525,9 +525,9 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 		}
 		r.accept(f.symbol, s, t, time.Time{})
 	}
-	if len(f.trades) == 1000 && r.resyncer != nil && r.missingMs(s) > longGapMs {
+	if missing := r.missingMs(s); len(f.trades) == 1000 && r.resyncer != nil && missing > longGapMs {
 		r.log.Info("trade gap too long to fill trade by trade; resyncing from klines", "symbol", f.symbol,
-			"from", time.UnixMilli(s.lastTime).UTC(), "missing", time.Duration(r.missingMs(s))*time.Millisecond)
+			"from", time.UnixMilli(s.lastTime).UTC(), "missing", time.Duration(missing)*time.Millisecond)
 		// Not started again until the resync calls Start; what arrives
 		// meanwhile waits, and the hold keeps klines from closing early.
 		s.resync, s.next, s.suspect = max(s.lastTime, 1), -1, false
