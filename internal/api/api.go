@@ -50,6 +50,7 @@ type Streams interface {
 	http.Handler
 	Recent(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline
 	Stats() *stream.Stats
+	WritePrometheus(w io.Writer) // the streams' own metrics
 }
 
 // Config sets up a Server.

@@ -50,6 +50,7 @@ func (s *Server) writeMetrics(w http.ResponseWriter, _ *http.Request) {
 	counter("klagg_stream_clients_rejected_total", ss.Rejected.Load())
 	counter("klagg_stream_events_total", ss.Events.Load())
 	s.cfg.Source.WritePrometheus(w)
+	s.cfg.Streams.WritePrometheus(w)
 	s.metrics.WritePrometheus(w)
 	metrics.WriteProcessMetrics(w)
 }

@@ -3,22 +3,28 @@
 // client's subscriptions, and the fan-out of kline changes to them.
 //
 // The Server is an engine sink. Publish only records the newest kline of
-// each stream, so the engine never waits on clients; a push loop sends each
-// changed stream at most once per push interval, and a kline's closing
-// event at once. Every event is encoded once and shared by all its
-// subscribers. Each client has a bounded queue: a client that does not
-// keep up is closed with a reason, and nobody else notices.
+// each stream, so the engine never waits on clients. A push loop sends each
+// client the streams that changed, at most once per push interval, and a
+// kline's closing event at once. Clients are spread over the interval in
+// phases, so the loop never has all clients' events to write at one
+// moment, and each client's events of one push leave in one write. An
+// event is encoded once per push and shared by its subscribers. Each
+// client has a bounded queue: a client that does not keep up is closed
+// with a reason, and nobody else notices.
 package stream
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/coder/websocket"
 
 	"github.com/klagg/klagg/internal/binance"
@@ -53,18 +59,31 @@ type Stats struct {
 	Rejected atomic.Int64 // connections refused at the limit
 }
 
+// Clients are spread over up to maxPhases groups within a push interval,
+// each pushed at least minPhase after the one before. Measured with
+// BenchmarkFanout: 10 phases of 100 clients each left a p99 of 4 ms from
+// push to socket, 50 phases of 20 clients 0.9 ms.
+const (
+	maxPhases = 50
+	minPhase  = 2 * time.Millisecond
+)
+
 // Server fans kline changes out to WebSocket clients.
 type Server struct {
-	cfg   Config
-	stats Stats
-	wake  chan struct{}
+	cfg    Config
+	stats  Stats
+	wake   chan struct{}
+	phases int
+	delay  *metrics.Summary // from an event's push to its write to the socket
+	set    *metrics.Set
 
 	mu       sync.Mutex
 	streams  map[streamKey]*stream
-	bySeries []*stream      // streams by kline.Update.Series, a cache of streams
-	dirty    []*stream      // open klines changed since the last push
-	urgent   []kline.Update // closed klines to send at once
-	clients  map[*client]bool
+	bySeries []*stream              // streams by kline.Update.Series, a cache of streams
+	urgent   []kline.Update         // closed klines to send at once
+	fresh    []*client              // clients with new subscriptions, to send at once
+	groups   []map[*client]struct{} // clients by phase
+	joined   int
 	stopped  bool
 }
 
@@ -80,11 +99,20 @@ type stream struct {
 	// closed is the newest closed kline, kept until the store surely has
 	// it: the writer writes once a second, and a REST answer must not lack
 	// a kline that closed a moment ago.
-	closed kline.Kline
-	dirty  bool
-	// subs is replaced, never changed in place, so the push loop can use
-	// it after unlocking.
-	subs []*client
+	closed  kline.Kline
+	version uint64 // counts the changes of latest
+	subs    []*sub
+	// job is the index of this stream's event in the push numbered
+	// jobPush, so that one push encodes it once for all subscribers.
+	job     int
+	jobPush uint64
+}
+
+// sub is one client's subscription to one stream; the Server's mu guards it.
+type sub struct {
+	c    *client
+	st   *stream
+	sent uint64 // the stream's version last queued to c
 }
 
 // New returns a server; start its push loop with Run.
@@ -116,8 +144,20 @@ func New(cfg Config) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, wake: make(chan struct{}, 1), streams: map[streamKey]*stream{}, clients: map[*client]bool{}}
+	phases := max(1, min(maxPhases, int(cfg.PushInterval/minPhase)))
+	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, streams: map[streamKey]*stream{},
+		groups: make([]map[*client]struct{}, phases), set: metrics.NewSet()}
+	for i := range s.groups {
+		s.groups[i] = map[*client]struct{}{}
+	}
+	s.delay = s.set.NewSummaryExt("klagg_stream_event_delay_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})
+	return s
 }
+
+// WritePrometheus writes the server's own metrics: the time from an
+// event's push (a closing kline's publication, or the push of a client's
+// phase) or a reply's queueing to its write to the client's socket.
+func (s *Server) WritePrometheus(w io.Writer) { s.set.WritePrometheus(w) }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
@@ -131,27 +171,27 @@ func (s *Server) Publish(us []kline.Update) {
 		st := s.stream(u)
 		if !st.has || u.OpenTime >= st.latest.OpenTime {
 			st.latest, st.has = u.Kline, true
+			st.version++
 		}
 		if u.Closed && u.OpenTime >= st.closed.OpenTime {
 			st.closed = u.Kline
 		}
-		if len(st.subs) == 0 {
-			continue
-		}
-		if u.Closed {
+		if u.Closed && len(st.subs) > 0 {
 			s.urgent = append(s.urgent, *u)
 			urgent = true
-		} else if !st.dirty && u.OpenTime == st.latest.OpenTime {
-			st.dirty = true
-			s.dirty = append(s.dirty, st)
 		}
 	}
 	s.mu.Unlock()
 	if urgent {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.nudge()
+	}
+}
+
+// nudge wakes the push loop for what cannot wait for a phase.
+func (s *Server) nudge() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -194,62 +234,129 @@ func (s *Server) Recent(dst []kline.Kline, symbol string, iv kline.Interval) []k
 
 // Run pushes changes until ctx ends, then closes every client.
 func (s *Server) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.PushInterval)
+	t := time.NewTicker(s.cfg.PushInterval / time.Duration(s.phases))
 	defer t.Stop()
-	var urgent []kline.Update
-	var dirty []*stream
-	type job struct {
-		u    kline.Update
-		name string
-		subs []*client
-	}
-	var jobs []job
-	for {
-		tick := false
+	var p pusher
+	for tick := 0; ; {
+		phase := -1
 		select {
 		case <-ctx.Done():
 			s.mu.Lock()
 			s.stopped = true
-			for c := range s.clients {
-				c.close(websocket.StatusGoingAway, "server shutting down")
+			for _, g := range s.groups {
+				for c := range g {
+					c.close(websocket.StatusGoingAway, "server shutting down")
+				}
 			}
 			s.mu.Unlock()
 			return nil
 		case <-s.wake:
 		case <-t.C:
-			tick = true
+			phase = tick % s.phases
+			tick++
 		}
-		jobs = jobs[:0]
-		s.mu.Lock()
-		urgent, s.urgent = s.urgent, urgent[:0]
-		for _, u := range urgent {
-			if st := s.streams[streamKey{u.Symbol, u.Interval.String()}]; st != nil && len(st.subs) > 0 {
-				jobs = append(jobs, job{u, st.name, st.subs})
+		s.push(&p, phase)
+	}
+}
+
+// pusher is the push loop's scratch space, kept between pushes.
+type pusher struct {
+	n      uint64 // pushes so far
+	urgent []kline.Update
+	fresh  []*client
+	jobs   []job
+	evs    []*event
+	sends  []delivery
+	batch  [][]byte
+}
+
+// job is one event to encode in a push.
+type job struct {
+	u    kline.Update
+	name string
+}
+
+// delivery is one event, jobs[job], for one client.
+type delivery struct {
+	c   *client
+	job int
+}
+
+// push queues the closing events published since the last push, the
+// current klines of new subscriptions, and, when phase is not -1, every
+// change the clients of that phase have not been sent.
+func (s *Server) push(p *pusher, phase int) {
+	p.n++
+	due := time.Now()
+	p.jobs, p.sends = p.jobs[:0], p.sends[:0]
+	s.mu.Lock()
+	p.urgent, s.urgent = s.urgent, p.urgent[:0]
+	p.fresh, s.fresh = s.fresh, p.fresh[:0]
+	for i := range p.urgent {
+		u := &p.urgent[i]
+		st := s.stream(u)
+		if len(st.subs) == 0 {
+			continue
+		}
+		// The closing event stands for the stream's newest kline if it is
+		// that kline, so the phase does not send it again.
+		newest := st.latest.OpenTime == u.OpenTime
+		p.jobs = append(p.jobs, job{*u, st.name})
+		for _, sb := range st.subs {
+			p.sends = append(p.sends, delivery{sb.c, len(p.jobs) - 1})
+			if newest {
+				sb.sent = st.version
 			}
 		}
-		if tick {
-			dirty, s.dirty = s.dirty, dirty[:0]
-			for _, st := range dirty {
-				st.dirty = false
-				if len(st.subs) > 0 {
-					jobs = append(jobs, job{kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, st.name, st.subs})
-				}
-			}
-			clear(dirty)
+	}
+	for _, c := range p.fresh {
+		p.changes(c)
+	}
+	if phase >= 0 {
+		for c := range s.groups[phase] {
+			p.changes(c)
 		}
-		s.mu.Unlock()
-		clear(urgent)
-		now := s.cfg.Now().UnixMilli()
-		for i := range jobs {
-			j := &jobs[i]
-			ev := s.encode(j.name, &j.u, now)
-			if ev == nil {
-				continue
-			}
-			for _, c := range j.subs {
-				c.send(ev)
+	}
+	s.mu.Unlock()
+	clear(p.urgent)
+	clear(p.fresh)
+
+	now := s.cfg.Now().UnixMilli()
+	p.evs = p.evs[:0]
+	for i := range p.jobs {
+		p.evs = append(p.evs, s.encode(p.jobs[i].name, &p.jobs[i].u, now))
+	}
+	// A client's deliveries are adjacent but for closing events; each run
+	// of them is queued at once.
+	for i := 0; i < len(p.sends); {
+		c := p.sends[i].c
+		p.batch = p.batch[:0]
+		for ; i < len(p.sends) && p.sends[i].c == c; i++ {
+			if ev := p.evs[p.sends[i].job]; ev != nil {
+				p.batch = append(p.batch, ev.frame(c.combined))
 			}
 		}
+		c.queue(p.batch, due)
+	}
+	clear(p.sends)
+	clear(p.evs)
+	clear(p.batch)
+}
+
+// changes adds a delivery of each of c's streams whose newest kline c has
+// not been sent; called with the Server's mu held.
+func (p *pusher) changes(c *client) {
+	for _, sb := range c.subs {
+		st := sb.st
+		if !st.has || sb.sent == st.version {
+			continue
+		}
+		sb.sent = st.version
+		if st.jobPush != p.n {
+			st.jobPush, st.job = p.n, len(p.jobs)
+			p.jobs = append(p.jobs, job{kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, st.name})
+		}
+		p.sends = append(p.sends, delivery{c, st.job})
 	}
 }
 
@@ -258,6 +365,14 @@ func (s *Server) Run(ctx context.Context) error {
 type event struct {
 	combined []byte
 	raw      []byte
+}
+
+// frame returns the event in a client's layout.
+func (ev *event) frame(combined bool) []byte {
+	if combined {
+		return ev.combined
+	}
+	return ev.raw
 }
 
 func (s *Server) encode(name string, u *kline.Update, now int64) *event {
@@ -292,36 +407,27 @@ func (s *Server) parseStream(name string) (streamKey, *binance.WSError) {
 	return streamKey{}, &binance.WSError{Code: 2, Msg: fmt.Sprintf("Invalid request: interval %q in %q is not kept by this klagg", iv, name)}
 }
 
-// subscribe adds c to the streams and queues their current klines to it,
-// after the reply the caller has already queued.
+// subscribe adds c to the streams. The push loop then sends their current
+// klines, after the reply the caller has already queued.
 func (s *Server) subscribe(c *client, keys []streamKey, names []string) {
-	now := s.cfg.Now().UnixMilli()
-	var evs []*event
 	s.mu.Lock()
 	for i, k := range keys {
 		if _, ok := c.subs[names[i]]; ok {
 			continue
 		}
-		c.subs[names[i]] = k
 		st := s.streams[k]
 		if st == nil {
-			iv := s.intervalOf(k.interval)
-			st = &stream{symbol: k.symbol, interval: iv}
+			st = &stream{symbol: k.symbol, interval: s.intervalOf(k.interval)}
 			s.streams[k] = st
 		}
 		st.name = names[i]
-		st.subs = append(st.subs[:len(st.subs):len(st.subs)], c)
-		if st.has {
-			u := kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}
-			if ev := s.encode(st.name, &u, now); ev != nil {
-				evs = append(evs, ev)
-			}
-		}
+		sb := &sub{c: c, st: st}
+		c.subs[names[i]] = sb
+		st.subs = append(st.subs, sb)
 	}
+	s.fresh = append(s.fresh, c)
 	s.mu.Unlock()
-	for _, ev := range evs {
-		c.send(ev)
-	}
+	s.nudge()
 }
 
 // intervalOf returns the kept interval named name, or the zero Interval.
@@ -344,38 +450,33 @@ func (s *Server) unsubscribe(c *client, names []string) {
 		}
 	}
 	for _, n := range names {
-		k, ok := c.subs[n]
+		sb, ok := c.subs[n]
 		if !ok {
 			continue
 		}
 		delete(c.subs, n)
-		st := s.streams[k]
-		if st == nil {
-			continue
+		st := sb.st
+		if i := slices.Index(st.subs, sb); i >= 0 {
+			st.subs = slices.Delete(st.subs, i, i+1)
 		}
-		subs := make([]*client, 0, len(st.subs))
-		for _, o := range st.subs {
-			if o != c {
-				subs = append(subs, o)
-			}
-		}
-		st.subs = subs
 	}
 }
 
-// join registers a client unless the server has stopped.
+// join registers a client in the next phase unless the server has stopped.
 func (s *Server) join(c *client) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
 		return false
 	}
-	s.clients[c] = true
+	c.phase = s.joined % s.phases
+	s.joined++
+	s.groups[c.phase][c] = struct{}{}
 	return true
 }
 
 func (s *Server) leave(c *client) {
 	s.mu.Lock()
-	delete(s.clients, c)
+	delete(s.groups[c.phase], c)
 	s.mu.Unlock()
 }

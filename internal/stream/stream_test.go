@@ -137,6 +137,12 @@ func TestSubscribeCurrentThenChangesThenClose(t *testing.T) {
 	if got := string(read(t, c)); got != `{"result":[],"id":9}` {
 		t.Fatalf("list after unsubscribe: %s", got)
 	}
+	// Every event and reply written was timed, from its push to the socket.
+	var m strings.Builder
+	s.WritePrometheus(&m)
+	if !strings.Contains(m.String(), `klagg_stream_event_delay_seconds{quantile="0.99"}`) {
+		t.Errorf("no event delay in the metrics:\n%s", m.String())
+	}
 }
 
 func TestRawStreamFromPath(t *testing.T) {
@@ -286,17 +292,17 @@ func FuzzRequest(f *testing.F) {
 		return kline.Precision{}, s == "BTCUSDT"
 	}})
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		c := &client{s: s, out: make(chan []byte, 8), subs: map[string]streamKey{}}
+		c := &client{s: s, subs: map[string]*sub{}}
 		s.request(c, msg)
-		if len(c.out) != 1 {
-			t.Fatalf("%d replies to %q", len(c.out), msg)
+		if len(c.pending) != 1 {
+			t.Fatalf("%d replies to %q", len(c.pending), msg)
 		}
 		var reply struct {
 			Result any              `json:"result"`
 			Error  *binance.WSError `json:"error"`
 			ID     json.RawMessage  `json:"id"`
 		}
-		b := <-c.out
+		b := c.pending[0].b
 		if err := json.Unmarshal(b, &reply); err != nil || len(reply.ID) == 0 {
 			t.Fatalf("reply %s to %q is not a reply: %v", b, msg, err)
 		}
