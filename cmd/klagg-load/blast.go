@@ -36,6 +36,8 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 	warm := fs.Duration("warmup", 5*time.Second, "time after klagg is live before measuring")
 	intervals := fs.String("intervals", "1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d,3d,1w,1M", "klagg's intervals")
 	writeEvery := fs.Duration("write-every", time.Second, "klagg's database.write_every")
+	clients := fs.Int("clients", 0, "WebSocket clients reading klagg's kline streams")
+	perClient := fs.Int("streams", 10, "<symbol>@kline_1m streams per client")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -81,13 +83,25 @@ write_every = %[3]q
 	}
 	defer k.stop()
 	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, k.liveAfter.Round(time.Millisecond))
+	readers, err := dialReaders(k.base, *clients, *perClient, b.symbols)
+	if err != nil {
+		return err
+	}
+	defer readers.close()
+	if *clients > 0 {
+		fmt.Fprintf(stdout, "%d clients reading %d streams each\n", *clients, *perClient)
+	}
 
 	time.Sleep(*warm)
 	st0, err := k.status()
 	if err != nil {
 		return err
 	}
-	t0, sent0 := time.Now(), b.sent.Load()
+	m0, err := k.metrics()
+	if err != nil {
+		return err
+	}
+	t0, sent0, read0 := time.Now(), b.sent.Load(), readers.bytes.Load()
 	var rssMax int
 	for end := t0.Add(*dur); time.Now().Before(end); time.Sleep(time.Second) {
 		rssMax = max(rssMax, rssMB(k.cmd.Process.Pid))
@@ -97,14 +111,84 @@ write_every = %[3]q
 		return err
 	}
 	secs := time.Since(t0).Seconds()
-	quantiles, err := k.latency()
+	m1, err := k.metrics()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "offered %.0f trades/s; klagg applied %.0f trades/s (%d frames, %d malformed); writer backlog %d; RSS max %d MB\n",
 		float64(b.sent.Load()-sent0)/secs, float64(st1.Trades-st0.Trades)/secs, st1.Frames-st0.Frames, st1.Malformed, st1.WriterBacklog, rssMax)
-	fmt.Fprintf(stdout, "trade arrival → kline update handed to consumers (last minute): %s\n", quantiles)
+	fmt.Fprintf(stdout, "trade arrival → kline update handed to consumers (last minute): %s\n", m1.quantiles("klagg_trade_to_consumer_seconds"))
+	if *clients > 0 {
+		fmt.Fprintf(stdout, "stream events %.0f/s, %.1f MB/s read by the clients, %g clients dropped; push → socket (last minute): %s\n",
+			(m1.value("klagg_stream_events_total")-m0.value("klagg_stream_events_total"))/secs,
+			float64(readers.bytes.Load()-read0)/secs/1e6, m1.value("klagg_stream_clients_dropped_total"),
+			m1.quantiles("klagg_stream_event_delay_seconds"))
+	}
 	return nil
+}
+
+// readers are WebSocket clients of klagg that only drain their sockets:
+// they share the machine with klagg, so they must cost as little as they can.
+type readers struct {
+	conns []net.Conn
+	bytes atomic.Int64
+}
+
+// dialReaders connects n clients to klagg at base, each subscribed to
+// perClient 1m kline streams, spread over the symbols.
+func dialReaders(base string, n, perClient int, symbols []string) (*readers, error) {
+	r := &readers{}
+	addr := strings.TrimPrefix(base, "http://")
+	for c := range n {
+		names := make([]string, perClient)
+		for j := range names {
+			names[j] = strings.ToLower(symbols[(c*perClient+j)%len(symbols)]) + "@kline_1m"
+		}
+		conn, err := dialRaw(addr, "/market/ws/"+strings.Join(names, "/"))
+		if err != nil {
+			r.close()
+			return nil, fmt.Errorf("client %d: %w", c, err)
+		}
+		r.conns = append(r.conns, conn)
+		go func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := conn.Read(buf)
+				r.bytes.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	return r, nil
+}
+
+func (r *readers) close() {
+	for _, c := range r.conns {
+		c.Close()
+	}
+}
+
+// dialRaw opens a WebSocket by hand; a frame's bytes are all a reader needs.
+func dialRaw(addr, path string) (net.Conn, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path, addr)
+	// Byte by byte, so that no frame after the response is read into a
+	// buffer and lost.
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 16), nil)
+	if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("WebSocket handshake for %s: %w", path, err)
+	}
+	return conn, nil
 }
 
 // blaster is a Binance-shaped exchange with no history whose trade streams
@@ -436,31 +520,49 @@ func (k *klaggProc) status() (klaggStatus, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// latency returns klagg's trade-to-consumer quantiles from /metrics.
-func (k *klaggProc) latency() (string, error) {
+// promText is klagg's /metrics at one moment.
+type promText string
+
+func (k *klaggProc) metrics() (promText, error) {
 	resp, err := http.Get(k.base + "/metrics")
 	if err != nil {
 		return "", fmt.Errorf("read klagg's metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return promText(b), err
+}
+
+// value returns the sample called name, or 0.
+func (m promText) value(name string) float64 {
+	for line := range strings.Lines(string(m)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// quantiles renders the summary called name in milliseconds.
+func (m promText) quantiles(name string) string {
 	var out []string
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		q, ok := strings.CutPrefix(sc.Text(), `klagg_trade_to_consumer_seconds{quantile="`)
+	for line := range strings.Lines(string(m)) {
+		q, ok := strings.CutPrefix(strings.TrimSpace(line), name+`{quantile="`)
 		if !ok {
 			continue
 		}
-		name, v, _ := strings.Cut(q, `"} `)
-		p, _ := strconv.ParseFloat(name, 64)
+		label, v, _ := strings.Cut(q, `"} `)
+		p, _ := strconv.ParseFloat(label, 64)
 		f, _ := strconv.ParseFloat(v, 64)
-		label := fmt.Sprintf("p%g", p*100)
+		label = fmt.Sprintf("p%g", p*100)
 		if p == 1 {
 			label = "max"
 		}
 		out = append(out, fmt.Sprintf("%s %.3f ms", label, f*1000))
 	}
 	if len(out) == 0 {
-		return "", fmt.Errorf("klagg's /metrics has no klagg_trade_to_consumer_seconds")
+		return "none in klagg's /metrics"
 	}
-	return strings.Join(out, ", "), nil
+	return strings.Join(out, ", ")
 }

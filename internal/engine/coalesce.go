@@ -11,35 +11,69 @@ import (
 // no update is lost: a slow consumer sees fewer, newer versions, and memory
 // is bounded by the number of distinct klines pending, not by the update rate.
 type Coalescer struct {
-	mu      sync.Mutex
-	pending map[coalesceKey]kline.Update
-	spare   map[coalesceKey]kline.Update
-	ready   chan struct{}
+	mu    sync.Mutex
+	cur   *coalesced // what Publish adds to
+	spare *coalesced // the drained one, for reuse; nil while draining
+	ready chan struct{}
 }
 
-// coalesceKey identifies a kline by the engine's series id, which is
-// cheaper to hash than names.
+// coalesced holds the pending klines. The engine publishes every few
+// hundred microseconds some thousand updates, nearly all of them a newer
+// version of a series' newest kline: a slice indexed by series takes those
+// at a fraction of a map's cost, which was a quarter of the engine's CPU.
+type coalesced struct {
+	newest []pending // by series: the newest kline published since the drain
+	order  []uint32  // series whose newest is set, in the order they came
+	// older holds klines of a series older than its newest: the kline a
+	// newer one replaced as newest, and corrections.
+	older map[coalesceKey]kline.Update
+}
+
+type pending struct {
+	u   kline.Update
+	set bool
+}
+
+// coalesceKey identifies a kline by the engine's series id.
 type coalesceKey struct {
 	series uint32
 	open   int64
 }
 
+func newCoalesced() *coalesced { return &coalesced{older: map[coalesceKey]kline.Update{}} }
+
+func (p *coalesced) len() int { return len(p.order) + len(p.older) }
+
 // NewCoalescer returns an empty Coalescer.
 func NewCoalescer() *Coalescer {
-	return &Coalescer{
-		pending: make(map[coalesceKey]kline.Update),
-		spare:   make(map[coalesceKey]kline.Update),
-		ready:   make(chan struct{}, 1),
-	}
+	return &Coalescer{cur: newCoalesced(), spare: newCoalesced(), ready: make(chan struct{}, 1)}
 }
 
 // Publish implements Sink. Updates must carry their Series.
 func (c *Coalescer) Publish(updates []kline.Update) {
 	c.mu.Lock()
-	first := len(c.pending) == 0
+	p := c.cur
+	first := p.len() == 0
 	for i := range updates {
 		u := &updates[i]
-		c.pending[coalesceKey{u.Series, u.OpenTime}] = *u
+		if n := int(u.Series) + 1; n > len(p.newest) {
+			p.newest = append(p.newest, make([]pending, n-len(p.newest))...)
+		}
+		n := &p.newest[u.Series]
+		switch {
+		case !n.set:
+			n.u, n.set = *u, true
+			p.order = append(p.order, u.Series)
+		case u.OpenTime == n.u.OpenTime:
+			n.u = *u
+		case u.OpenTime > n.u.OpenTime:
+			p.older[coalesceKey{u.Series, n.u.OpenTime}] = n.u
+			n.u = *u
+		default:
+			// The newest's open time only grows until the drain, so
+			// no key here is ever the newest's.
+			p.older[coalesceKey{u.Series, u.OpenTime}] = *u
+		}
 	}
 	c.mu.Unlock()
 	if !first {
@@ -62,20 +96,26 @@ func (c *Coalescer) Ready() <-chan struct{} { return c.ready }
 func (c *Coalescer) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.pending)
+	return c.cur.len()
 }
 
 // Drain appends every pending update to dst and empties the Coalescer.
 // One goroutine at a time may drain.
 func (c *Coalescer) Drain(dst []kline.Update) []kline.Update {
 	c.mu.Lock()
-	p := c.pending
-	c.pending, c.spare = c.spare, nil
+	p := c.cur
+	c.cur, c.spare = c.spare, nil
 	c.mu.Unlock()
-	for _, u := range p {
+	for _, u := range p.older {
 		dst = append(dst, u)
 	}
-	clear(p)
+	clear(p.older)
+	for _, s := range p.order {
+		n := &p.newest[s]
+		dst = append(dst, n.u)
+		*n = pending{}
+	}
+	p.order = p.order[:0]
 	c.mu.Lock()
 	c.spare = p
 	c.mu.Unlock()

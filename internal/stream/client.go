@@ -31,6 +31,7 @@ type client struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	closing  atomic.Bool
+	id       uint64          // set by join, in the order clients joined
 	phase    int             // the push loop's group; set by join
 	subs     map[string]*sub // by stream name; guarded by s.mu
 

@@ -14,6 +14,7 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -83,7 +84,7 @@ type Server struct {
 	urgent   []kline.Update         // closed klines to send at once
 	fresh    []*client              // clients with new subscriptions, to send at once
 	groups   []map[*client]struct{} // clients by phase
-	joined   int
+	joined   uint64
 	stopped  bool
 }
 
@@ -198,7 +199,8 @@ func (s *Server) nudge() {
 // stream returns u's stream, made if new; called with mu held.
 func (s *Server) stream(u *kline.Update) *stream {
 	if int(u.Series) < len(s.bySeries) {
-		if st := s.bySeries[u.Series]; st != nil && st.symbol == u.Symbol && st.interval == u.Interval {
+		// The engine never gives a series id to another symbol or interval.
+		if st := s.bySeries[u.Series]; st != nil {
 			return st
 		}
 	}
@@ -234,11 +236,12 @@ func (s *Server) Recent(dst []kline.Kline, symbol string, iv kline.Interval) []k
 
 // Run pushes changes until ctx ends, then closes every client.
 func (s *Server) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.PushInterval / time.Duration(s.phases))
+	every := s.cfg.PushInterval / time.Duration(s.phases)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	var p pusher
-	for tick := 0; ; {
-		phase := -1
+	start, done := time.Now(), int64(0) // phases pushed since start
+	for {
 		select {
 		case <-ctx.Done():
 			s.mu.Lock()
@@ -251,11 +254,17 @@ func (s *Server) Run(ctx context.Context) error {
 			s.mu.Unlock()
 			return nil
 		case <-s.wake:
+			s.push(&p, -1)
 		case <-t.C:
-			phase = tick % s.phases
-			tick++
+			// A busy machine delays ticks and drops some: push every phase
+			// whose time has come, so that no group of clients waits a
+			// whole interval more than the others.
+			due := int64(time.Since(start) / every)
+			done = max(done, due-int64(s.phases))
+			for ; done < due; done++ {
+				s.push(&p, int(done%int64(s.phases)))
+			}
 		}
-		s.push(&p, phase)
 	}
 }
 
@@ -265,15 +274,16 @@ type pusher struct {
 	urgent []kline.Update
 	fresh  []*client
 	jobs   []job
-	evs    []*event
 	sends  []delivery
 	batch  [][]byte
 }
 
 // job is one event to encode in a push.
 type job struct {
-	u    kline.Update
-	name string
+	u       kline.Update
+	name    string
+	ev      *event
+	encoded bool
 }
 
 // delivery is one event, jobs[job], for one client.
@@ -301,7 +311,7 @@ func (s *Server) push(p *pusher, phase int) {
 		// The closing event stands for the stream's newest kline if it is
 		// that kline, so the phase does not send it again.
 		newest := st.latest.OpenTime == u.OpenTime
-		p.jobs = append(p.jobs, job{*u, st.name})
+		p.jobs = append(p.jobs, job{u: *u, name: st.name})
 		for _, sb := range st.subs {
 			p.sends = append(p.sends, delivery{sb.c, len(p.jobs) - 1})
 			if newest {
@@ -318,28 +328,34 @@ func (s *Server) push(p *pusher, phase int) {
 		}
 	}
 	s.mu.Unlock()
+	if len(p.urgent) > 0 {
+		// Closing events are in stream order: gather each client's, so
+		// that they leave in one write; the order of each client's own
+		// events stays.
+		slices.SortStableFunc(p.sends, func(a, b delivery) int { return cmp.Compare(a.c.id, b.c.id) })
+	}
 	clear(p.urgent)
 	clear(p.fresh)
 
+	// Events are encoded as the first client needing each is reached, so
+	// the first clients' events leave before the last ones are encoded.
 	now := s.cfg.Now().UnixMilli()
-	p.evs = p.evs[:0]
-	for i := range p.jobs {
-		p.evs = append(p.evs, s.encode(p.jobs[i].name, &p.jobs[i].u, now))
-	}
-	// A client's deliveries are adjacent but for closing events; each run
-	// of them is queued at once.
 	for i := 0; i < len(p.sends); {
 		c := p.sends[i].c
 		p.batch = p.batch[:0]
 		for ; i < len(p.sends) && p.sends[i].c == c; i++ {
-			if ev := p.evs[p.sends[i].job]; ev != nil {
-				p.batch = append(p.batch, ev.frame(c.combined))
+			j := &p.jobs[p.sends[i].job]
+			if !j.encoded {
+				j.ev, j.encoded = s.encode(j.name, &j.u, now), true
+			}
+			if j.ev != nil {
+				p.batch = append(p.batch, j.ev.frame(c.combined))
 			}
 		}
 		c.queue(p.batch, due)
 	}
 	clear(p.sends)
-	clear(p.evs)
+	clear(p.jobs)
 	clear(p.batch)
 }
 
@@ -354,7 +370,7 @@ func (p *pusher) changes(c *client) {
 		sb.sent = st.version
 		if st.jobPush != p.n {
 			st.jobPush, st.job = p.n, len(p.jobs)
-			p.jobs = append(p.jobs, job{kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, st.name})
+			p.jobs = append(p.jobs, job{u: kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, name: st.name})
 		}
 		p.sends = append(p.sends, delivery{c, st.job})
 	}
@@ -469,7 +485,7 @@ func (s *Server) join(c *client) bool {
 	if s.stopped {
 		return false
 	}
-	c.phase = s.joined % s.phases
+	c.id, c.phase = s.joined, int(s.joined%uint64(s.phases))
 	s.joined++
 	s.groups[c.phase][c] = struct{}{}
 	return true
