@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -308,4 +310,121 @@ func FuzzRequest(f *testing.F) {
 		}
 		s.unsubscribe(c, nil)
 	})
+}
+
+// TestClosesBeforeNextKlines: closing events of several streams published
+// together reach a client before any stream's next kline, each stream's
+// events in order.
+func TestClosesBeforeNextKlines(t *testing.T) {
+	s, url := newServer(t, Config{PushInterval: 5 * time.Millisecond})
+	c := dial(t, url+"/market/ws/btcusdt@kline_1m/ethusdt@kline_1m/btcusdt@kline_5m")
+	for s.subscribers("BTCUSDT", "5m") < 1 {
+		runtimeGosched()
+	}
+	for round := int64(1); round <= 20; round++ {
+		var us []kline.Update
+		for _, sym := range []string{"BTCUSDT", "ETHUSDT"} {
+			us = append(us, update(sym, oneMin, round*60_000, round, true), update(sym, oneMin, (round+1)*60_000, 1, false))
+		}
+		us = append(us, update("BTCUSDT", fiveMin, 0, round, false))
+		s.Publish(us)
+		seen := map[string]int64{} // newest open time per stream, negated while closed
+		for len(seen) < 2 || seen["BTCUSDT"] != (round+1)*60_000 || seen["ETHUSDT"] != (round+1)*60_000 {
+			ev := parseEvent(t, read(t, c))
+			if ev.K.Interval == "5m" {
+				continue
+			}
+			switch last := seen[ev.Symbol]; {
+			case ev.K.Closed && ev.K.OpenTime != round*60_000:
+				t.Fatalf("round %d: closing event for %d", round, ev.K.OpenTime)
+			case ev.K.Closed:
+				seen[ev.Symbol] = -ev.K.OpenTime
+			case last != -round*60_000 || ev.K.OpenTime != (round+1)*60_000:
+				t.Fatalf("round %d: %s kline %d after %d, before or without the close", round, ev.Symbol, ev.K.OpenTime, last)
+			default:
+				seen[ev.Symbol] = ev.K.OpenTime
+			}
+		}
+	}
+}
+
+// countingConn counts the writes that reach it.
+type countingConn struct {
+	net.Conn
+	writes int
+	data   []byte
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes++
+	c.data = append(c.data, p...)
+	return len(p), nil
+}
+
+// TestWireCorks: what is written while corked leaves in one write, in
+// order; uncorked writes pass straight through.
+func TestWireCorks(t *testing.T) {
+	cc := &countingConn{}
+	w := &wire{Conn: cc}
+	w.cork()
+	for _, s := range []string{"a", "bb", "ccc"} {
+		w.Write([]byte(s))
+	}
+	if cc.writes != 0 {
+		t.Fatalf("%d writes while corked", cc.writes)
+	}
+	if err := w.uncork(); err != nil || cc.writes != 1 || string(cc.data) != "abbccc" {
+		t.Fatalf("uncork: %v, %d writes of %q", err, cc.writes, cc.data)
+	}
+	w.Write([]byte("d"))
+	if err := w.uncork(); err != nil || cc.writes != 2 || string(cc.data) != "abbcccd" {
+		t.Fatalf("uncorked: %v, %d writes of %q", err, cc.writes, cc.data)
+	}
+}
+
+// TestOnePushKeepsOrder drives one push holding both closing events and
+// the phase's changes: each client gets its events in one queueing, every
+// close before its stream's next kline.
+func TestOnePushKeepsOrder(t *testing.T) {
+	// One phase, so that one push holds everything for every client.
+	s := New(Config{PushInterval: minPhase, Intervals: []kline.Interval{oneMin},
+		Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 2, Qty: 3}, true }})
+	names := []string{"btcusdt@kline_1m", "ethusdt@kline_1m"}
+	keys := []streamKey{{"BTCUSDT", "1m"}, {"ETHUSDT", "1m"}}
+	var clients []*client
+	for range 3 {
+		c := &client{s: s, subs: map[string]*sub{}, ready: make(chan struct{}, 8)} // a signal per queueing
+		if !s.join(c) {
+			t.Fatal("join refused")
+		}
+		s.subscribe(c, keys, names)
+		clients = append(clients, c)
+	}
+	var p pusher
+	s.push(&p, -1) // the subscriptions; nothing published yet
+	var us []kline.Update
+	for _, sym := range []string{"BTCUSDT", "ETHUSDT"} {
+		us = append(us, update(sym, oneMin, 60_000, 5, true), update(sym, oneMin, 120_000, 1, false))
+	}
+	s.Publish(us)
+	s.push(&p, 0)
+	for i, c := range clients {
+		if n := len(c.ready); n != 1 {
+			t.Errorf("client %d's events queued in %d parts, want 1", i, n)
+		}
+		var got []string
+		closed := map[string]bool{}
+		for _, f := range c.pending {
+			ev := parseEvent(t, f.b)
+			got = append(got, fmt.Sprintf("%s %d %v", ev.Symbol, ev.K.OpenTime, ev.K.Closed))
+			if ev.K.Closed {
+				closed[ev.Symbol] = true
+			} else if !closed[ev.Symbol] {
+				t.Errorf("client %d: %s's next kline before its close", i, ev.Symbol)
+			}
+		}
+		if len(got) != 4 {
+			t.Errorf("client %d got %v, want two closes and two next klines", i, got)
+		}
+	}
 }
