@@ -11,11 +11,13 @@
 // runs the klagg binary against an in-process fake exchange trading at the
 // given rate and reports the trade rate klagg sustained and its memory.
 //
-//	klagg-load blast -klagg /tmp/klagg -symbols 1000 [-rate 100000]
+//	klagg-load blast -klagg /tmp/klagg -symbols 1000 [-rate 100000] [-clients 1000 -streams 10]
 //
 // runs the klagg binary against a minimal exchange that sends aggTrade
 // frames as fast as klagg reads them (or at the given rate) and reports
-// klagg's trade rate, its trade-to-consumer latency and its memory.
+// klagg's trade rate, its trade-to-consumer latency and its memory; with
+// -clients, that many WebSocket clients read klagg's kline streams, and it
+// reports their events and the delay from push to socket.
 //
 //	klagg-load backfill -klagg /tmp/klagg -symbols 500 [-budget 2400]
 //
@@ -43,7 +45,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D] | backfill -klagg BIN [-symbols N] [-budget W]")
+		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D] [-clients N] | backfill -klagg BIN [-symbols N] [-budget W]")
 	}
 	switch args[0] {
 	case "trades":

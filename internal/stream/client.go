@@ -119,7 +119,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // queue adds frames to the client's queue without blocking: a client
 // whose queue would pass its limit is dropped, so neither the push loop
 // nor other clients wait for it.
-func (c *client) queue(frames [][]byte, due time.Time) {
+func (c *client) queue(frames []frame) {
 	if len(frames) == 0 {
 		return
 	}
@@ -134,9 +134,7 @@ func (c *client) queue(frames [][]byte, due time.Time) {
 		c.close(websocket.StatusPolicyViolation, fmt.Sprintf("too slow: %d events not read", c.s.cfg.ClientBuffer))
 		return
 	}
-	for _, b := range frames {
-		c.pending = append(c.pending, frame{b, due})
-	}
+	c.pending = append(c.pending, frames...)
 	c.mu.Unlock()
 	c.s.stats.Events.Add(int64(len(frames)))
 	select {
@@ -146,7 +144,7 @@ func (c *client) queue(frames [][]byte, due time.Time) {
 }
 
 // reply queues an answer to a request.
-func (c *client) reply(b []byte) { c.queue([][]byte{b}, time.Now()) }
+func (c *client) reply(b []byte) { c.queue([]frame{{b, time.Now()}}) }
 
 // close ends the connection with a reason, once.
 func (c *client) close(code websocket.StatusCode, reason string) {

@@ -81,7 +81,7 @@ type Server struct {
 	mu       sync.Mutex
 	streams  map[streamKey]*stream
 	bySeries []*stream              // streams by kline.Update.Series, a cache of streams
-	urgent   []kline.Update         // closed klines to send at once
+	urgent   []closing              // closed klines to send at once
 	fresh    []*client              // clients with new subscriptions, to send at once
 	groups   []map[*client]struct{} // clients by phase
 	joined   uint64
@@ -165,7 +165,7 @@ func (s *Server) Stats() *Stats { return &s.stats }
 
 // Publish implements the engine's Sink.
 func (s *Server) Publish(us []kline.Update) {
-	urgent := false
+	var closedAt time.Time
 	s.mu.Lock()
 	for i := range us {
 		u := &us[i]
@@ -178,14 +178,23 @@ func (s *Server) Publish(us []kline.Update) {
 			st.closed = u.Kline
 		}
 		if u.Closed && len(st.subs) > 0 {
-			s.urgent = append(s.urgent, *u)
-			urgent = true
+			if closedAt.IsZero() {
+				closedAt = time.Now()
+			}
+			s.urgent = append(s.urgent, closing{*u, closedAt})
 		}
 	}
 	s.mu.Unlock()
-	if urgent {
+	if !closedAt.IsZero() {
 		s.nudge()
 	}
+}
+
+// closing is a closed kline to send at once, and when it was published:
+// its event's delay counts from then.
+type closing struct {
+	u  kline.Update
+	at time.Time
 }
 
 // nudge wakes the push loop for what cannot wait for a phase.
@@ -270,18 +279,20 @@ func (s *Server) Run(ctx context.Context) error {
 
 // pusher is the push loop's scratch space, kept between pushes.
 type pusher struct {
-	n      uint64 // pushes so far
-	urgent []kline.Update
+	n      uint64    // pushes so far
+	due    time.Time // when this push began
+	urgent []closing
 	fresh  []*client
 	jobs   []job
 	sends  []delivery
-	batch  [][]byte
+	batch  []frame
 }
 
 // job is one event to encode in a push.
 type job struct {
 	u       kline.Update
 	name    string
+	due     time.Time // the push, or a closing kline's publication
 	ev      *event
 	encoded bool
 }
@@ -297,13 +308,13 @@ type delivery struct {
 // change the clients of that phase have not been sent.
 func (s *Server) push(p *pusher, phase int) {
 	p.n++
-	due := time.Now()
+	p.due = time.Now()
 	p.jobs, p.sends = p.jobs[:0], p.sends[:0]
 	s.mu.Lock()
 	p.urgent, s.urgent = s.urgent, p.urgent[:0]
 	p.fresh, s.fresh = s.fresh, p.fresh[:0]
 	for i := range p.urgent {
-		u := &p.urgent[i]
+		u := &p.urgent[i].u
 		st := s.stream(u)
 		if len(st.subs) == 0 {
 			continue
@@ -311,7 +322,7 @@ func (s *Server) push(p *pusher, phase int) {
 		// The closing event stands for the stream's newest kline if it is
 		// that kline, so the phase does not send it again.
 		newest := st.latest.OpenTime == u.OpenTime
-		p.jobs = append(p.jobs, job{u: *u, name: st.name})
+		p.jobs = append(p.jobs, job{u: *u, name: st.name, due: p.urgent[i].at})
 		for _, sb := range st.subs {
 			p.sends = append(p.sends, delivery{sb.c, len(p.jobs) - 1})
 			if newest {
@@ -349,10 +360,10 @@ func (s *Server) push(p *pusher, phase int) {
 				j.ev, j.encoded = s.encode(j.name, &j.u, now), true
 			}
 			if j.ev != nil {
-				p.batch = append(p.batch, j.ev.frame(c.combined))
+				p.batch = append(p.batch, frame{j.ev.frame(c.combined), j.due})
 			}
 		}
-		c.queue(p.batch, due)
+		c.queue(p.batch)
 	}
 	clear(p.sends)
 	clear(p.jobs)
@@ -370,7 +381,7 @@ func (p *pusher) changes(c *client) {
 		sb.sent = st.version
 		if st.jobPush != p.n {
 			st.jobPush, st.job = p.n, len(p.jobs)
-			p.jobs = append(p.jobs, job{u: kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, name: st.name})
+			p.jobs = append(p.jobs, job{u: kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, name: st.name, due: p.due})
 		}
 		p.sends = append(p.sends, delivery{c, st.job})
 	}
