@@ -34,10 +34,12 @@ type client struct {
 	id       uint64          // set by join, in the order clients joined
 	phase    int             // the push loop's group; set by join
 	subs     map[string]*sub // by stream name; guarded by s.mu
+	streams  atomic.Int32    // len(subs), for queue
 
-	mu      sync.Mutex
-	pending []frame // queued for the writer
-	ready   chan struct{}
+	mu       sync.Mutex
+	pending  []frame // queued for the writer
+	inflight int     // frames the writer has taken and not yet written
+	ready    chan struct{}
 }
 
 // frame is one message to a client and when it was due.
@@ -118,7 +120,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // queue adds frames to the client's queue without blocking: a client
 // whose queue would pass its limit is dropped, so neither the push loop
-// nor other clients wait for it.
+// nor other clients wait for it. The limit is the configured buffer
+// beyond what a client keeping up may have queued at once: a change and a
+// close for each of its streams.
 func (c *client) queue(frames []frame) {
 	if len(frames) == 0 {
 		return
@@ -128,7 +132,7 @@ func (c *client) queue(frames []frame) {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.pending)+len(frames) > c.s.cfg.ClientBuffer {
+	if c.inflight+len(c.pending)+len(frames) > c.s.cfg.ClientBuffer+2*int(c.streams.Load()) {
 		c.mu.Unlock()
 		c.s.stats.Dropped.Add(1)
 		c.close(websocket.StatusPolicyViolation, fmt.Sprintf("too slow: %d events not read", c.s.cfg.ClientBuffer))
@@ -169,11 +173,15 @@ func (c *client) writer() {
 		}
 		c.mu.Lock()
 		batch, c.pending = c.pending, batch[:0]
+		c.inflight = len(batch)
 		c.mu.Unlock()
 		if err := c.write(batch); err != nil {
 			c.cancel()
 			return
 		}
+		c.mu.Lock()
+		c.inflight = 0
+		c.mu.Unlock()
 		now := time.Now()
 		for _, f := range batch {
 			c.s.delay.Update(now.Sub(f.due).Seconds())

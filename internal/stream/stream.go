@@ -35,7 +35,7 @@ import (
 // Config sets up a Server. Zero fields take the defaults in brackets.
 type Config struct {
 	PushInterval      time.Duration // at most one event per stream per this [100ms]
-	ClientBuffer      int           // frames queued per client before it is dropped [1024]
+	ClientBuffer      int           // frames queued per client, beyond two per stream, before it is dropped [1024]
 	MaxStreamsPerConn int           // [1024]
 	MaxConns          int           // [10000]
 	MaxMsgsPerSecond  int           // requests per second per connection [10]
@@ -452,6 +452,7 @@ func (s *Server) subscribe(c *client, keys []streamKey, names []string) {
 		c.subs[names[i]] = sb
 		st.subs = append(st.subs, sb)
 	}
+	c.streams.Store(int32(len(c.subs)))
 	s.fresh = append(s.fresh, c)
 	s.mu.Unlock()
 	s.nudge()
@@ -482,6 +483,7 @@ func (s *Server) unsubscribe(c *client, names []string) {
 			continue
 		}
 		delete(c.subs, n)
+		c.streams.Store(int32(len(c.subs)))
 		st := sb.st
 		if i := slices.Index(st.subs, sb); i >= 0 {
 			st.subs = slices.Delete(st.subs, i, i+1)

@@ -428,3 +428,36 @@ func TestOnePushKeepsOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestBufferAllowsAPushPerStream: a client reading more streams than its
+// buffer holds events is not dropped for what one push brings it, a close
+// and a change per stream.
+func TestBufferAllowsAPushPerStream(t *testing.T) {
+	s := New(Config{PushInterval: minPhase, ClientBuffer: 4, Intervals: []kline.Interval{oneMin, fiveMin},
+		Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 2, Qty: 3}, true }})
+	c := &client{s: s, subs: map[string]*sub{}, ready: make(chan struct{}, 1)}
+	s.join(c)
+	var keys []streamKey
+	var names []string
+	var us []kline.Update
+	for _, sym := range []string{"BTCUSDT", "ETHUSDT"} {
+		for _, iv := range []kline.Interval{oneMin, fiveMin} {
+			keys = append(keys, streamKey{sym, iv.String()})
+			names = append(names, strings.ToLower(sym)+"@kline_"+iv.String())
+			us = append(us, update(sym, iv, 300_000, 2, true), update(sym, iv, 600_000, 1, false))
+		}
+	}
+	s.subscribe(c, keys, names)
+	s.Publish(us)
+	var p pusher
+	s.push(&p, 0)
+	if len(c.pending) != 8 || s.Stats().Dropped.Load() != 0 {
+		t.Fatalf("%d events queued, %d clients dropped; want 8 and none", len(c.pending), s.Stats().Dropped.Load())
+	}
+	// The buffer comes on top (TestSlowClientDropped drops a client).
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, 600_000, 2, true), update("BTCUSDT", oneMin, 900_000, 1, true)})
+	s.push(&p, 0)
+	if len(c.pending) != 10 || s.Stats().Dropped.Load() != 0 {
+		t.Fatalf("%d events queued, %d clients dropped; want 10 and none", len(c.pending), s.Stats().Dropped.Load())
+	}
+}
