@@ -21,8 +21,8 @@ import (
 // fits in it.
 const maxRequest = 64 << 10
 
-// client is one WebSocket connection: a reader for requests, a writer fed
-// through pending, and a pinger.
+// client is one WebSocket connection: a reader for requests and a writer
+// fed through pending; the push loop pings it.
 type client struct {
 	s        *Server
 	conn     *websocket.Conn
@@ -31,8 +31,10 @@ type client struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	closing  atomic.Bool
-	id       uint64          // set by join, in the order clients joined
-	phase    int             // the push loop's group; set by join
+	id       uint64    // set by join, in the order clients joined
+	phase    int       // the push loop's group; set by join
+	pinged   time.Time // the last ping's start; guarded by s.mu
+	pinging  atomic.Bool
 	subs     map[string]*sub // by stream name; guarded by s.mu
 	streams  atomic.Int32    // len(subs), for queue
 
@@ -111,7 +113,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		conn.CloseNow()
 	}()
 	go c.writer()
-	go c.pinger()
 	if len(keys) > 0 {
 		s.subscribe(c, keys, names)
 	}
@@ -204,22 +205,18 @@ func (c *client) write(batch []frame) error {
 	return c.wire.uncork()
 }
 
-func (c *client) pinger() {
-	t := time.NewTicker(c.s.cfg.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.PongTimeout)
-		err := c.conn.Ping(ctx)
-		cancel()
-		if err != nil && c.ctx.Err() == nil {
-			c.close(websocket.StatusPolicyViolation, "no pong")
-			return
-		}
+// ping closes the client if it does not answer a ping in time. It runs
+// only while a ping is out, so that no goroutine per client waits minutes
+// for the next.
+func (c *client) ping() {
+	if c.pinging.Swap(true) {
+		return
+	}
+	defer c.pinging.Store(false)
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.PongTimeout)
+	defer cancel()
+	if err := c.conn.Ping(ctx); err != nil && c.ctx.Err() == nil {
+		c.close(websocket.StatusPolicyViolation, "no pong")
 	}
 }
 

@@ -283,6 +283,7 @@ type pusher struct {
 	due    time.Time // when this push began
 	urgent []closing
 	fresh  []*client
+	pings  []*client
 	jobs   []job
 	sends  []delivery
 	batch  []frame
@@ -305,7 +306,8 @@ type delivery struct {
 
 // push queues the closing events published since the last push, the
 // current klines of new subscriptions, and, when phase is not -1, every
-// change the clients of that phase have not been sent.
+// change the clients of that phase have not been sent; it pings those
+// clients once per ping interval.
 func (s *Server) push(p *pusher, phase int) {
 	p.n++
 	p.due = time.Now()
@@ -336,9 +338,18 @@ func (s *Server) push(p *pusher, phase int) {
 	if phase >= 0 {
 		for c := range s.groups[phase] {
 			p.changes(c)
+			if p.due.Sub(c.pinged) >= s.cfg.PingInterval {
+				c.pinged = p.due
+				p.pings = append(p.pings, c)
+			}
 		}
 	}
 	s.mu.Unlock()
+	for _, c := range p.pings {
+		go c.ping()
+	}
+	clear(p.pings)
+	p.pings = p.pings[:0]
 	if len(p.urgent) > 0 {
 		// Closing events are in stream order: gather each client's, so
 		// that they leave in one write; the order of each client's own
@@ -498,7 +509,7 @@ func (s *Server) join(c *client) bool {
 	if s.stopped {
 		return false
 	}
-	c.id, c.phase = s.joined, int(s.joined%uint64(s.phases))
+	c.id, c.phase, c.pinged = s.joined, int(s.joined%uint64(s.phases)), time.Now()
 	s.joined++
 	s.groups[c.phase][c] = struct{}{}
 	return true

@@ -1,10 +1,12 @@
 package stream
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -460,4 +462,89 @@ func TestBufferAllowsAPushPerStream(t *testing.T) {
 	if len(c.pending) != 10 || s.Stats().Dropped.Load() != 0 {
 		t.Fatalf("%d events queued, %d clients dropped; want 10 and none", len(c.pending), s.Stats().Dropped.Load())
 	}
+}
+
+// TestPings: the server pings every client; one that answers stays, one
+// that does not is closed with the reason.
+func TestPings(t *testing.T) {
+	s, url := newServer(t, Config{PushInterval: 4 * time.Millisecond, PingInterval: 10 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	pings := make(chan struct{}, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	good, _, err := websocket.Dial(ctx, url+"/market/ws/btcusdt@kline_1m", &websocket.DialOptions{
+		OnPingReceived: func(context.Context, []byte) bool {
+			select {
+			case pings <- struct{}{}:
+			default:
+			}
+			return true // answer it
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.CloseNow()
+	go good.Read(ctx) // reading is what answers pings
+
+	mute, err := rawDial(strings.TrimPrefix(url, "ws://"), "/market/ws/btcusdt@kline_1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	mute.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(mute)
+	sawPing := false
+	for {
+		op, payload, err := readServerFrame(r)
+		if err != nil {
+			t.Fatalf("the mute client was not closed with a reason: %v", err)
+		}
+		if op == 0x9 {
+			sawPing = true
+			continue
+		}
+		if op != 0x8 {
+			t.Fatalf("frame %#x %q", op, payload)
+		}
+		if code := int(payload[0])<<8 | int(payload[1]); !sawPing || code != int(websocket.StatusPolicyViolation) || string(payload[2:]) != "no pong" {
+			t.Fatalf("closed with %d %q after a ping: %v", code, payload[2:], sawPing)
+		}
+		break
+	}
+	// The client that answers is still pinged, and still there.
+	for range 3 {
+		select {
+		case <-pings:
+		case <-ctx.Done():
+			t.Fatal("the answering client is no longer pinged")
+		}
+	}
+	mute.Close()
+	for s.Stats().Clients.Load() != 1 {
+		if ctx.Err() != nil {
+			t.Fatalf("%d clients, want the answering one", s.Stats().Clients.Load())
+		}
+		runtimeGosched()
+	}
+}
+
+// readServerFrame reads one unmasked, unfragmented frame.
+func readServerFrame(r *bufio.Reader) (op byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return 0, nil, err
+		}
+		n = int(l[0])<<8 | int(l[1])
+	case 127:
+		return 0, nil, errors.New("frame too long for a test")
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(r, payload)
+	return h[0] & 0x0f, payload, err
 }
