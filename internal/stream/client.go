@@ -348,5 +348,6 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.wire = &wire{Conn: conn}
-	return h.wire, bufio.NewReadWriter(brw.Reader, bufio.NewWriter(h.wire)), nil
+	brw.Writer.Reset(h.wire) // the server's own buffer, held until the handler returns anyway
+	return h.wire, brw, nil
 }
