@@ -371,7 +371,7 @@ func (s *Server) push(p *pusher, phase int) {
 				j.ev, j.encoded = s.encode(j.name, &j.u, now), true
 			}
 			if j.ev != nil {
-				p.batch = append(p.batch, frame{j.ev.frame(c.combined), j.due})
+				p.batch = append(p.batch, frame{j.ev.layout(c.combined), j.due})
 			}
 		}
 		c.queue(p.batch)
@@ -406,7 +406,7 @@ type event struct {
 }
 
 // frame returns the event in a client's layout.
-func (ev *event) frame(combined bool) []byte {
+func (ev *event) layout(combined bool) []byte {
 	if combined {
 		return ev.combined
 	}
