@@ -405,7 +405,7 @@ type event struct {
 	raw      []byte
 }
 
-// frame returns the event in a client's layout.
+// layout returns the event in the layout a client asked for.
 func (ev *event) layout(combined bool) []byte {
 	if combined {
 		return ev.combined
