@@ -3,7 +3,6 @@ package binance
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,12 +24,15 @@ type Client struct {
 	log    *slog.Logger
 	weight *Weight
 	urgent bool // may use the weight reserve
+	// backoff is the first wait before retrying a failed request; a 403
+	// waits 20 times as long.
+	backoff time.Duration
 }
 
 // NewClient returns a client for the REST root base (https://fapi.binance.com)
 // using hc for transport and budget weight per minute.
 func NewClient(base string, hc *http.Client, budget int, log *slog.Logger) *Client {
-	return &Client{base: strings.TrimRight(base, "/"), http: hc, log: log, weight: NewWeight(budget)}
+	return &Client{base: strings.TrimRight(base, "/"), http: hc, log: log, weight: NewWeight(budget), backoff: 250 * time.Millisecond}
 }
 
 // Urgent returns a client sharing c's budget whose requests may also spend
@@ -121,12 +123,19 @@ func (wt *Weight) report(used int) {
 }
 
 // block stops all requests until now+d.
-func (wt *Weight) block(d time.Duration) {
+func (wt *Weight) block(now time.Time, d time.Duration) {
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	if t := time.Now().Add(d); t.After(wt.blocked) {
+	if t := now.Add(d); t.After(wt.blocked) {
 		wt.blocked = t
 	}
+}
+
+// exhaust marks the current window's budget spent: the server says so.
+func (wt *Weight) exhaust() {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	wt.used = max(wt.used, wt.budget)
 }
 
 // Used returns the weight used in the current minute and in total.
@@ -139,14 +148,18 @@ func (wt *Weight) Used() (minute int, total int64) {
 	return wt.used, wt.total
 }
 
-// get performs a GET with weight w, retrying server errors and network
-// failures with backoff and waiting out 429 and 418 as Retry-After says.
+// get performs a GET with weight w. It answers Binance's refusals as
+// Binance asks: 429 and 418 stop every request until Retry-After, the ban
+// time in a 418's message, or (a futures 429 may carry neither) the next
+// weight window; 403 is the web application firewall and is waited out;
+// 408, 5xx and network failures are retried with backoff. Each retry is
+// logged, so an exchange that does not answer is visible at once.
 func (c *Client) get(ctx context.Context, path string, q url.Values, w int, dst any) error {
 	u := c.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	backoff := 250 * time.Millisecond
+	backoff, firewall := c.backoff, 20*c.backoff
 	for attempt := 1; ; attempt++ {
 		if err := c.weight.Acquire(ctx, w, c.urgent); err != nil {
 			return err
@@ -156,7 +169,6 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, w int, dst 
 			return err
 		}
 		resp, err := c.http.Do(req)
-		var retry time.Duration
 		if err == nil {
 			body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 			resp.Body.Close()
@@ -172,27 +184,34 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, w int, dst 
 				}
 				return nil
 			case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusTeapot:
-				retry = retryAfter(resp)
-				c.weight.block(retry)
-				c.log.Warn("binance rate limit: pausing REST requests", "status", resp.StatusCode, "retry_after", retry, "path", path)
+				ae := apiError(resp, body)
+				wait := c.weight.refused(resp, ae)
+				c.log.Warn("binance rate limit: pausing REST requests", "status", resp.StatusCode, "code", ae.Code,
+					"msg", ae.Msg, "retry_after", wait.Round(time.Millisecond), "path", path)
+				attempt = 0 // waiting out a limit is not a failure
 				continue
-			case resp.StatusCode >= 500:
-				err = fmt.Errorf("GET %s: server error %d", path, resp.StatusCode)
+			case resp.StatusCode == http.StatusForbidden:
+				// The firewall: no Retry-After, and hammering it prolongs
+				// the block. Wait long and do not count it as a failure of
+				// the request.
+				c.weight.block(c.weight.now(), firewall)
+				c.log.Warn("binance's firewall refused a request (403); backing off", "retry_in", firewall, "path", path)
+				firewall = min(2*firewall, 5*time.Minute)
+				attempt = 0
+				continue
+			case resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
+				err = apiError(resp, body)
 			default:
-				ae := &APIError{Status: resp.StatusCode}
-				if json.Unmarshal(body, ae) != nil {
-					ae.Msg = strings.TrimSpace(string(body))
-				}
-				return fmt.Errorf("GET %s: %w", path, ae)
+				return fmt.Errorf("GET %s: %w", path, apiError(resp, body))
 			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if attempt >= 8 {
+		if attempt >= maxAttempts {
 			return fmt.Errorf("GET %s failed %d times, last: %w", path, attempt, err)
 		}
-		c.log.Debug("binance request failed, retrying", "path", path, "err", err, "in", backoff)
+		c.log.Warn("binance request failed; retrying", "path", path, "err", err, "attempt", attempt, "retry_in", backoff)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -204,11 +223,44 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, w int, dst 
 	}
 }
 
-func retryAfter(resp *http.Response) time.Duration {
-	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second
+// maxAttempts bounds the tries of a request that fails with a timeout, a
+// server error or a network failure; the caller decides what comes next.
+const maxAttempts = 8
+
+// apiError reads a Binance error answer, or describes one that is not.
+func apiError(resp *http.Response, body []byte) *APIError {
+	ae := &APIError{Status: resp.StatusCode}
+	if json.Unmarshal(body, ae) != nil || ae.Msg == "" {
+		ae.Msg = strings.TrimSpace(string(body))
+		if ae.Msg == "" {
+			ae.Msg = http.StatusText(resp.StatusCode)
+		}
 	}
-	return 60 * time.Second
+	return ae
+}
+
+// refused blocks requests after a 429 or 418 and returns for how long:
+// Retry-After when given, else the ban's end in a 418's message, else the
+// rest of the current weight window (a 429) or two minutes (a 418, the
+// shortest ban).
+func (wt *Weight) refused(resp *http.Response, ae *APIError) time.Duration {
+	now := wt.now()
+	var wait time.Duration
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+		wait = time.Duration(s) * time.Second
+	} else if until, ok := BannedUntil(ae.Msg); ok {
+		wait = until.Sub(now)
+	} else if resp.StatusCode == http.StatusTeapot {
+		wait = 2 * time.Minute
+	} else {
+		wait = now.Truncate(time.Minute).Add(time.Minute).Sub(now)
+	}
+	wait = max(wait, time.Second)
+	wt.block(now, wait)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		wt.exhaust()
+	}
+	return wait
 }
 
 // ServerTime returns the exchange's clock.
@@ -315,12 +367,6 @@ func (c *Client) AggTrades(ctx context.Context, symbol string, fromID, start int
 		out[i] = t
 	}
 	return out, nil
-}
-
-// IsInvalidSymbol reports whether err is Binance's "Invalid symbol" answer.
-func IsInvalidSymbol(err error) bool {
-	var ae *APIError
-	return errors.As(err, &ae) && ae.Code == -1121
 }
 
 // AggTradeJSON is one aggregated trade as REST aggTrades returns it (and as

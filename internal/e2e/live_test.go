@@ -113,8 +113,10 @@ func TestHiddenTrades(t *testing.T) {
 
 func TestRESTErrors(t *testing.T) {
 	r := newRun(t, fakex.Config{}, "")
-	// The first requests meet a 503, a 429, then a 418 ban of 2 s.
-	r.x.FailREST(2*time.Second, http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusTeapot)
+	// The first requests meet what Binance answers when it will not serve:
+	// a backend timeout, an overloaded server, the firewall, then a 418
+	// ban of 2 s whose end is in its message.
+	r.x.FailREST(2*time.Second, http.StatusRequestTimeout, http.StatusServiceUnavailable, http.StatusForbidden, http.StatusTeapot)
 	r.startKlagg()
 	r.until(6 * time.Minute)
 	r.stop()
@@ -122,8 +124,8 @@ func TestRESTErrors(t *testing.T) {
 	if st.Banned418 != 1 {
 		t.Errorf("klagg sent %d requests during or into the 418 ban, want only the one that was banned", st.Banned418-1)
 	}
-	if !r.logged("binance rate limit: pausing REST requests") {
-		t.Error("klagg did not report the rate limit")
+	if !r.logged("binance rate limit: pausing REST requests") || !r.logged("firewall refused a request (403)") {
+		t.Error("klagg did not report the ban and the firewall")
 	}
 	r.check(6 * time.Minute)
 }

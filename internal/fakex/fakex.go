@@ -426,8 +426,10 @@ type restFault struct {
 	retryAfter time.Duration
 }
 
-// FailREST makes the next REST requests fail, one per given status: 429 and
-// 418 carry Retry-After of retryAfter, anything else is a plain error.
+// FailREST makes the next REST requests fail, one per given status, as
+// Binance answers them: a 418 bans the IP for retryAfter and says until when
+// in its message, a 429 carries no Retry-After, 403 is the firewall's HTML
+// page, 503 the -1008 overload error, 408 a backend timeout.
 func (x *Exchange) FailREST(retryAfter time.Duration, statuses ...int) {
 	x.mu.Lock()
 	defer x.mu.Unlock()

@@ -3,6 +3,7 @@ package fakex
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
@@ -87,23 +88,13 @@ func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *ap
 		w.Header().Set("X-MBX-USED-WEIGHT-1M", strconv.Itoa(used))
 		w.Header().Set("Content-Type", "application/json")
 		if status != 0 {
-			if retry > 0 {
-				w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-			}
-			w.WriteHeader(status)
-			msg := "Too many requests; current limit is exceeded."
-			if status == http.StatusTeapot {
-				msg = "Way too many requests; IP banned."
-			} else if status >= 500 {
-				msg = "Internal error; unable to process your request. Please try again."
-			}
-			json.NewEncoder(w).Encode(map[string]any{"code": -1003, "msg": msg})
+			refuse(w, status, retry, realNow, x.cfg.WeightPerMinute)
 			return
 		}
 		v, aerr := h(r, now)
 		if aerr != nil {
 			w.WriteHeader(aerr.status)
-			json.NewEncoder(w).Encode(map[string]any{"code": aerr.code, "msg": aerr.msg})
+			json.NewEncoder(w).Encode(binance.ErrorBody{Code: aerr.code, Msg: aerr.msg})
 			return
 		}
 		if raw, ok := v.(json.RawMessage); ok {
@@ -112,6 +103,34 @@ func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *ap
 		}
 		json.NewEncoder(w).Encode(v)
 	}
+}
+
+// refuse answers as Binance does when it will not serve a request. A
+// futures 429 carries no Retry-After; a 418 says in its message until when
+// the IP is banned; 403 comes from the firewall, in HTML; 503 -1008 is an
+// overloaded server; 408 a backend timeout.
+func refuse(w http.ResponseWriter, status int, retry time.Duration, now time.Time, limit int) {
+	var body binance.ErrorBody
+	switch status {
+	case http.StatusTooManyRequests:
+		body = binance.ErrorBody{Code: binance.CodeTooManyRequests, Msg: binance.TooManyRequestsMsg(limit)}
+	case http.StatusTeapot:
+		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+		body = binance.ErrorBody{Code: binance.CodeTooManyRequests, Msg: binance.BannedMsg(now.Add(retry))}
+	case http.StatusForbidden:
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(status)
+		io.WriteString(w, "<html><body><h1>403 ERROR</h1><p>The request could not be satisfied.</p></body></html>")
+		return
+	case http.StatusServiceUnavailable:
+		body = binance.ErrorBody{Code: binance.CodeOverloaded, Msg: "Server is currently overloaded with other requests. Please try again in a few minutes."}
+	case http.StatusRequestTimeout:
+		body = binance.ErrorBody{Code: binance.CodeDisconnected, Msg: "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
+	default:
+		body = binance.ErrorBody{Code: binance.CodeDisconnected, Msg: "Internal error; unable to process your request. Please try again."}
+	}
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(body)
 }
 
 // klinesWeight is Binance's weight of a klines request, by its limit.
