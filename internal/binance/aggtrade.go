@@ -7,6 +7,7 @@ package binance
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/klagg/klagg/internal/decimal"
@@ -311,4 +312,42 @@ func (s *scanner) skip() bool {
 		}
 	}
 	return depth == 0
+}
+
+// AppendAggTrade writes an aggTrade event for t of symbol in Binance's
+// layout, with event time eventTime (ms) and symbol precision p; nq (the
+// quantity without RPI orders) is written equal to q.
+func AppendAggTrade(dst []byte, symbol string, t *kline.Trade, p kline.Precision, eventTime int64) []byte {
+	dst = append(dst, `{"e":"aggTrade","E":`...)
+	dst = strconv.AppendInt(dst, eventTime, 10)
+	dst = append(dst, `,"a":`...)
+	dst = strconv.AppendInt(dst, t.ID, 10)
+	dst = append(dst, `,"s":"`...)
+	dst = append(dst, symbol...)
+	dst = append(dst, `","p":"`...)
+	dst = p.AppendPrice(dst, t.Price)
+	dst = append(dst, `","q":"`...)
+	dst = decimal.Append(dst, t.Qty, p.Qty)
+	dst = append(dst, `","nq":"`...)
+	dst = decimal.Append(dst, t.Qty, p.Qty)
+	dst = append(dst, `","f":`...)
+	dst = strconv.AppendInt(dst, t.FirstID, 10)
+	dst = append(dst, `,"l":`...)
+	dst = strconv.AppendInt(dst, t.LastID, 10)
+	dst = append(dst, `,"T":`...)
+	dst = strconv.AppendInt(dst, t.Time, 10)
+	dst = append(dst, `,"m":`...)
+	dst = strconv.AppendBool(dst, t.BuyerMaker)
+	dst = append(dst, `,"st":1}`...)
+	return dst
+}
+
+// AppendCombined wraps event, written by appendEvent, in a combined-stream
+// envelope for stream.
+func AppendCombined(dst []byte, stream string, appendEvent func([]byte) []byte) []byte {
+	dst = append(dst, `{"stream":"`...)
+	dst = append(dst, stream...)
+	dst = append(dst, `","data":`...)
+	dst = appendEvent(dst)
+	return append(dst, '}')
 }

@@ -52,10 +52,12 @@ type Config struct {
 		RotateAfter          Duration `toml:"rotate_after"`
 		SymbolsPoll          Duration `toml:"symbols_poll"`
 		TimeSync             Duration `toml:"time_sync"`
+		HoldMax              Duration `toml:"hold_max"`
 	} `toml:"exchange"`
 	Symbols struct {
-		Include []string `toml:"include"`
-		Exclude []string `toml:"exclude"`
+		ContractTypes []string `toml:"contract_types"`
+		Include       []string `toml:"include"`
+		Exclude       []string `toml:"exclude"`
 	} `toml:"symbols"`
 	Klines struct {
 		Intervals     []string `toml:"intervals"`
@@ -176,8 +178,8 @@ func (c *Config) validate() error {
 	if w := c.Exchange.WeightPerMinute; w < 10 {
 		bad("exchange.weight_per_minute", "%d is below 10 (Binance allows 2400)", w)
 	}
-	if n := c.Exchange.StreamsPerConnection; n < 1 || n > 1024 {
-		bad("exchange.streams_per_connection", "%d is outside 1..1024 (Binance's limit)", n)
+	if n := c.Exchange.StreamsPerConnection; n < 2 || n > 1024 {
+		bad("exchange.streams_per_connection", "%d is outside 2..1024 (each symbol takes 2; Binance allows 1024)", n)
 	}
 	positive := func(key string, d Duration) {
 		if d.Duration <= 0 {
@@ -188,6 +190,7 @@ func (c *Config) validate() error {
 	positive("exchange.rotate_after", c.Exchange.RotateAfter)
 	positive("exchange.symbols_poll", c.Exchange.SymbolsPoll)
 	positive("exchange.time_sync", c.Exchange.TimeSync)
+	positive("exchange.hold_max", c.Exchange.HoldMax)
 	positive("log.status_interval", c.Log.StatusInterval)
 	if c.Exchange.RotateAfter.Duration >= 24*time.Hour {
 		bad("exchange.rotate_after", "%s is not before Binance's 24h connection cut", c.Exchange.RotateAfter)
@@ -225,6 +228,12 @@ func (c *Config) validate() error {
 	}
 	if n := c.Server.MaxStreamsPerConn; n < 1 {
 		bad("server.max_streams_per_connection", "must be at least 1")
+	}
+	if len(c.Symbols.ContractTypes) == 0 {
+		bad("symbols.contract_types", "must name at least one, e.g. [\"PERPETUAL\", \"TRADIFI_PERPETUAL\"]")
+	}
+	for i, s := range c.Symbols.ContractTypes {
+		c.Symbols.ContractTypes[i] = strings.ToUpper(s)
 	}
 	for i, s := range c.Symbols.Include {
 		c.Symbols.Include[i] = strings.ToUpper(s)

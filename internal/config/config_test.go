@@ -39,7 +39,7 @@ func TestOverlayAndValidation(t *testing.T) {
 		"[klines]\nintervals = [\"1m\", \"7x\"]\n":           `klines.intervals: invalid interval "7x"`,
 		"[exchange]\nread_timeout = \"soon\"\n":              `"soon" is not a duration`,
 		"[exchange]\nws_url = \"https://x\"\n":               `exchange.ws_url: scheme "https" is not one of wss, ws`,
-		"[exchange]\nstreams_per_connection = 2000\n":        "exchange.streams_per_connection: 2000 is outside 1..1024",
+		"[exchange]\nstreams_per_connection = 2000\n":        "exchange.streams_per_connection: 2000 is outside 2..1024",
 		"[exchange]\nrotate_after = \"25h\"\n":               "not before Binance's 24h connection cut",
 		"[exchange]\nproxy = \"ftp://p\"\n":                  "exchange.proxy",
 		"[database]\npath = \"\"\n[server]\nlisten = \"\"\n": "database.path: must not be empty",

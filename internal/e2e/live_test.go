@@ -59,7 +59,7 @@ func TestLongOutage(t *testing.T) {
 	r.x.StallConnections()
 	r.until(13 * time.Minute)
 	r.stop()
-	if !r.logged("resyncing from klines") {
+	if !r.logged("repairing a trade gap from klines") {
 		t.Error("klagg did not resync from klines after a long outage")
 	}
 	r.check(13 * time.Minute)
@@ -138,7 +138,7 @@ func TestListingAndDelisting(t *testing.T) {
 	r.x.Delist("S001USDT")
 	r.until(12 * time.Minute)
 	r.stop()
-	if !r.logged("symbol stopped trading; finalizing it") || !r.logged("new symbols listed") {
+	if !r.logged("symbol stopped trading; finalizing it") || !r.logged("new symbol listed") {
 		t.Error("klagg did not follow exchangeInfo")
 	}
 	r.check(12 * time.Minute)

@@ -26,7 +26,7 @@ func TestBinanceClient(t *testing.T) {
 	r := newRun(t, fakex.Config{MeanGap: 300 * time.Millisecond}, "")
 	r.startKlagg()
 	r.until(3 * time.Minute)
-	const sym = "S002USDT"
+	const sym = "S001USDT"
 	prec := r.x.Precision(sym)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -76,6 +76,8 @@ type Engine struct {
 	dirtyQ     []int32
 	out        []kline.Update
 	now        int64
+	limit      []int64 // per symbol, the time the clock may close up to
+	wasHeld    bool    // the last tick held some symbol back
 	stats      Stats
 	shared     sharedStats
 	free       []int
@@ -109,8 +111,9 @@ type event struct {
 	trades   []kline.Trade
 	interval kline.Interval
 	kline    kline.Kline
-	now      int64 // tick
-	through  int64 // seed
+	now      int64            // tick
+	holds    map[string]int64 // tick: symbols closed only up to their time
+	through  int64            // seed
 	received time.Time
 	reply    chan<- []kline.Update
 }
@@ -191,9 +194,11 @@ func (e *Engine) Correct(ctx context.Context, symbol string, iv kline.Interval, 
 }
 
 // Tick tells the engine the time (exchange time, ms); klines whose close
-// time plus grace has passed are closed.
-func (e *Engine) Tick(ctx context.Context, now time.Time) error {
-	return e.send(ctx, event{kind: evTick, now: now.UnixMilli()})
+// time plus grace has passed are closed, except that a symbol in holds is
+// closed only up to its time there: it may still be missing trades. The
+// engine reads holds during the call's event only; it must not change.
+func (e *Engine) Tick(ctx context.Context, now time.Time, holds map[string]int64) error {
+	return e.send(ctx, event{kind: evTick, now: now.UnixMilli(), holds: holds})
 }
 
 // Snapshot returns the open kline of every interval of symbol, and the last
@@ -261,7 +266,7 @@ func (e *Engine) handle(ev event) {
 	case evCorrect:
 		e.correct(ev.symbol, ev.interval, ev.kline)
 	case evTick:
-		e.tick(ev.now)
+		e.tick(ev.now, ev.holds)
 	case evSnapshot:
 		ev.reply <- e.snapshot(ev.symbol)
 		return
@@ -409,19 +414,31 @@ func (e *Engine) roll(si, s int, iv kline.Interval, open int64) {
 	e.markDirty(s)
 }
 
-func (e *Engine) tick(now int64) {
-	if now <= e.now {
+func (e *Engine) tick(now int64, holds map[string]int64) {
+	if now < e.now || now == e.now && len(holds) == 0 && !e.wasHeld {
 		return
 	}
-	e.now = now
+	e.now, e.wasHeld = now, len(holds) > 0
+	if cap(e.limit) < len(e.symbols) {
+		e.limit = make([]int64, len(e.symbols))
+	}
+	limit := e.limit[:len(e.symbols)]
+	for i := range limit {
+		limit[i] = now
+	}
+	for name, h := range holds {
+		if si, ok := e.index[name]; ok {
+			limit[si] = min(now, h)
+		}
+	}
 	n := len(e.ivs)
 	for s := range e.cur {
 		k := &e.cur[s]
-		if k.OpenTime == 0 || now <= k.CloseTime+e.grace {
+		if k.OpenTime == 0 || limit[s/n] <= k.CloseTime+e.grace {
 			continue
 		}
 		iv := e.ivs[s%n]
-		e.roll(s/n, s, iv, iv.Open(now-e.grace))
+		e.roll(s/n, s, iv, iv.Open(limit[s/n]-e.grace))
 	}
 }
 

@@ -380,3 +380,26 @@ func TestSeriesIDsNeverReused(t *testing.T) {
 		}
 	}
 }
+
+// TestHoldsAreTheirSymbolsOnly: a symbol that may be missing trades (its
+// connection is down) keeps its klines open up to its hold; the others
+// close on time, and the held one closes once released.
+func TestHoldsAreTheirSymbolsOnly(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute()}, 2*time.Second)
+	h.add("A")
+	h.add("B")
+	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
+	h.trades("B", []kline.Trade{trade(1, t0+1000, "20", "1", false)})
+	if err := h.e.Tick(context.Background(), time.UnixMilli(t0+60_000+2001), map[string]int64{"B": t0 + 30_000}); err != nil {
+		t.Fatal(err)
+	}
+	h.sync()
+	if a, b := h.c.series("A", "1m"), h.c.series("B", "1m"); len(a) != 2 || !a[0].Closed || len(b) != 1 || b[0].Closed {
+		t.Fatalf("A should close on time and B stay open while held:\nA %+v\nB %+v", a, b)
+	}
+	h.tick(t0 + 60_000 + 2002) // the hold is released
+	h.sync()
+	if b := h.c.series("B", "1m"); len(b) != 2 || !b[0].Closed {
+		t.Fatalf("B should close once released: %+v", b)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/synth"
 )
@@ -36,6 +37,17 @@ type Config struct {
 	MeanGap time.Duration
 	// QuietEvery makes about one gap in N a quiet stretch of minutes [0: never].
 	QuietEvery int
+	// Plain turns off the parts of Binance that are awkward, which are on
+	// by default: with 3 symbols or more, the third is named 币安人生USDT
+	// (not ASCII), the fourth is a TradFi perpetual with a market break
+	// every day (BreakFrom to BreakTo UTC), and one more symbol is listed
+	// as SETTLING with history but no trading.
+	Plain bool
+	// BreakFrom and BreakTo are the daily TradFi market break, as time of
+	// day [23:50, 00:10].
+	BreakFrom, BreakTo time.Duration
+	// Retention is how far back REST aggTrades reaches [48h].
+	Retention time.Duration
 
 	PingInterval      time.Duration // server pings [3m]
 	Lifetime          time.Duration // connections are cut after this [24h]
@@ -68,6 +80,7 @@ type Exchange struct {
 	weight   weightWindow
 	restFail []restFault
 	hide     int // generated trades still to hide
+	refused  map[string]bool
 	stats    Stats
 	waiters  []waiter
 }
@@ -92,12 +105,18 @@ type Stats struct {
 }
 
 type symbol struct {
-	name    string
-	prec    kline.Precision
-	status  string
-	onboard int64
-	stream  *synth.Stream
-	trades  []kline.Trade // what the aggTrade stream and REST show, in id order
+	name     string
+	prec     kline.Precision
+	status   string
+	contract string // PERPETUAL, TRADIFI_PERPETUAL
+	tradfi   bool   // breaks daily
+	halted   string // a pause status set by Pause, or ""
+	onboard  int64
+	// skipped counts trades not made during breaks and halts, and the
+	// trade ids they would have used: later ids close up behind them.
+	skipped, skippedIDs int64
+	stream              *synth.Stream
+	trades              []kline.Trade // what the aggTrade stream and REST show, in id order
 	// all is the whole history, hidden trades included; nil while there are
 	// none, so the common case keeps one copy.
 	all    []kline.Trade
@@ -147,6 +166,12 @@ func New(cfg Config) (*Exchange, error) {
 	if cfg.Tick == 0 {
 		cfg.Tick = 10 * time.Millisecond
 	}
+	if cfg.BreakFrom == 0 && cfg.BreakTo == 0 {
+		cfg.BreakFrom, cfg.BreakTo = 23*time.Hour+50*time.Minute, 10*time.Minute
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 48 * time.Hour
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -158,7 +183,14 @@ func New(cfg Config) (*Exchange, error) {
 	for i := 0; i < cfg.Symbols; i++ {
 		x.addSymbolLocked(i, from)
 	}
+	var settling *symbol
+	if !cfg.Plain {
+		settling = x.addSymbolLocked(cfg.Symbols, from)
+	}
 	x.generateLocked(cfg.Start.UnixMilli())
+	if settling != nil {
+		settling.status = "SETTLING"
+	}
 
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
@@ -188,7 +220,15 @@ func (x *Exchange) addSymbolLocked(i int, from int64) *symbol {
 	m := synth.DefaultMarket(i, x.cfg.Seed, from)
 	m.MeanGapMs = float64(x.cfg.MeanGap) / float64(time.Millisecond)
 	m.QuietEvery = x.cfg.QuietEvery
-	s := &symbol{name: m.Symbol, prec: m.Precision, status: "TRADING", onboard: from, stream: synth.NewStream(m)}
+	contract := "PERPETUAL"
+	if !x.cfg.Plain && i == 2 {
+		m.Symbol = "币安人生USDT"
+	}
+	if !x.cfg.Plain && i == 3 {
+		contract = "TRADIFI_PERPETUAL"
+	}
+	s := &symbol{name: m.Symbol, prec: m.Precision, status: "TRADING", contract: contract, tradfi: contract == "TRADIFI_PERPETUAL",
+		onboard: from, stream: synth.NewStream(m)}
 	x.symbols = append(x.symbols, s)
 	x.bySym[s.name] = s
 	return s
@@ -231,6 +271,7 @@ func (x *Exchange) run(ctx context.Context) {
 	defer close(x.done)
 	t := time.NewTicker(x.cfg.Tick)
 	defer t.Stop()
+	lastKlines := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -258,10 +299,36 @@ func (x *Exchange) run(ctx context.Context) {
 		for _, c := range conns {
 			c.deliver(fresh, now)
 		}
+		if time.Since(lastKlines) >= 250*time.Millisecond {
+			lastKlines = time.Now()
+			for _, c := range conns {
+				c.deliverKlines(now)
+			}
+		}
 		for _, ch := range due {
 			close(ch)
 		}
 	}
+}
+
+// currentKline is symbol's kline of iv open at simulated time now, from
+// every trade so far (hidden ones included, as in Binance's klines).
+func (x *Exchange) currentKline(symbol string, iv kline.Interval, now int64) (kline.Kline, kline.Precision, bool) {
+	x.mu.Lock()
+	s := x.bySym[symbol]
+	if s == nil {
+		x.mu.Unlock()
+		return kline.Kline{}, kline.Precision{}, false
+	}
+	trades, p := s.history(), s.prec
+	x.mu.Unlock()
+	open := iv.Open(now)
+	i := sort.Search(len(trades), func(i int) bool { return trades[i].Time >= open })
+	ks := Reference(trades[max(0, i-1):], iv, open, open)
+	if len(ks) != 1 {
+		return kline.Kline{}, p, false
+	}
+	return ks[0], p, true
 }
 
 // generateLocked extends every trading symbol's history to simulated time
@@ -278,6 +345,16 @@ func (x *Exchange) generateLocked(now int64) map[string][]kline.Trade {
 				s.stream.Unread(t)
 				break
 			}
+			if x.pausedAt(s, t.Time) {
+				// No trading: the trade is not made, and the ids it
+				// would have taken go to the next one.
+				s.skipped++
+				s.skippedIDs += t.LastID - t.FirstID + 1
+				continue
+			}
+			t.FirstID -= s.skippedIDs
+			t.LastID -= s.skippedIDs
+			t.ID -= s.skipped
 			if x.hide > 0 {
 				// Like an insurance-fund trade: in the klines, not in the
 				// stream, and no aggregate id of its own.
@@ -303,6 +380,72 @@ func (x *Exchange) generateLocked(now int64) map[string][]kline.Trade {
 	return fresh
 }
 
+// pausedAt tells whether s does not trade at time t: halted, or a TradFi
+// contract in its daily break.
+func (x *Exchange) pausedAt(s *symbol, t int64) bool {
+	return s.halted != "" || s.tradfi && x.inBreak(t)
+}
+
+func (x *Exchange) inBreak(t int64) bool {
+	day := int64(24 * time.Hour / time.Millisecond)
+	tod := time.Duration(((t%day)+day)%day) * time.Millisecond
+	from, to := x.cfg.BreakFrom, x.cfg.BreakTo
+	if from <= to {
+		return tod >= from && tod < to
+	}
+	return tod >= from || tod < to
+}
+
+// statusLocked is s's status as exchangeInfo shows it at time now.
+func (x *Exchange) statusLocked(s *symbol, now int64) string {
+	switch {
+	case s.status != "TRADING":
+		return s.status
+	case s.halted != "":
+		return s.halted
+	case s.tradfi && x.inBreak(now):
+		return "BREAK"
+	}
+	return s.status
+}
+
+// RefuseStreams makes the exchange refuse (HTTP 400) every connection
+// whose URL names one of symbols' streams, until RefuseStreams is called
+// again without them.
+func (x *Exchange) RefuseStreams(symbols ...string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.refused = map[string]bool{}
+	for _, s := range symbols {
+		x.refused[s] = true
+	}
+}
+
+// refusedStream returns the first of streams whose symbol is refused.
+func (x *Exchange) refusedStream(streams []string) string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, st := range streams {
+		if sym, _, ok := binance.StreamSymbol(st); ok && x.refused[sym] {
+			return st
+		}
+	}
+	return ""
+}
+
+// Pause stops symbol trading with a pause status (TRADING_HALT,
+// TRADING_CANCEL_ONLY); Resume starts it again on the same series.
+func (x *Exchange) Pause(symbol, status string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if s := x.bySym[symbol]; s != nil {
+		s.halted = status
+	}
+}
+
+// Resume ends a Pause.
+func (x *Exchange) Resume(symbol string) { x.Pause(symbol, "") }
+
 // WaitUntil blocks until the exchange has generated and sent every trade up
 // to simulated time t, or ctx ends.
 func (x *Exchange) WaitUntil(ctx context.Context, t time.Time) error {
@@ -323,8 +466,9 @@ func (x *Exchange) Symbols() map[string]string {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	out := map[string]string{}
+	now := x.nowLocked()
 	for _, s := range x.symbols {
-		out[s.name] = s.status
+		out[s.name] = x.statusLocked(s, now)
 	}
 	return out
 }

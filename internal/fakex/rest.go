@@ -157,8 +157,8 @@ func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiErro
 	for _, s := range x.symbols {
 		base := s.name[:len(s.name)-4]
 		syms = append(syms, binance.SymbolInfo{
-			Symbol: s.name, Pair: s.name, ContractType: "PERPETUAL", DeliveryDate: 4133404800000,
-			OnboardDate: s.onboard, Status: s.status, BaseAsset: base, QuoteAsset: "USDT", MarginAsset: "USDT",
+			Symbol: s.name, Pair: s.name, ContractType: s.contract, DeliveryDate: 4133404800000,
+			OnboardDate: s.onboard, Status: x.statusLocked(s, now), BaseAsset: base, QuoteAsset: "USDT", MarginAsset: "USDT",
 			PricePrecision: s.prec.Price, QuantityPrecision: s.prec.Qty,
 		})
 	}
@@ -283,9 +283,15 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) 
 	trades := s.trades
 	prec := s.prec
 	x.mu.Unlock()
+	// Binance keeps aggregate trades for 48 hours only (since 2026-08).
+	oldest := now - x.cfg.Retention.Milliseconds()
+	kept := sort.Search(len(trades), func(i int) bool { return trades[i].Time >= oldest })
 	var sel []kline.Trade
 	switch {
 	case fromID >= 0:
+		if kept > 0 && fromID <= trades[kept-1].ID {
+			return nil, badRequest(binance.CodeInvalidParameter, "Data sent for parameter 'fromId' is not valid.")
+		}
 		i := sort.Search(len(trades), func(i int) bool { return trades[i].ID >= fromID })
 		sel = trades[i:min(len(trades), i+int(limit))]
 	case start >= 0 || end >= 0:
@@ -297,6 +303,9 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) 
 		}
 		if end-start > time.Hour.Milliseconds() {
 			return nil, badRequest(-1127, "More than 1 hours between startTime and endTime.")
+		}
+		if start < oldest {
+			return nil, badRequest(binance.CodeInvalidParameter, "Data sent for parameter 'startTime' is not valid.")
 		}
 		i := sort.Search(len(trades), func(i int) bool { return trades[i].Time >= start })
 		j := i

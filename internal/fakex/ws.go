@@ -12,7 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -45,6 +45,21 @@ func (x *Exchange) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(streams) > x.cfg.MaxStreamsPerConn {
 		http.Error(w, fmt.Sprintf("too many streams: %d > %d", len(streams), x.cfg.MaxStreamsPerConn), http.StatusBadRequest)
+		return
+	}
+	if len(r.RequestURI) > binance.MaxURLLength {
+		http.Error(w, "URI too long", http.StatusBadRequest)
+		return
+	}
+	for i := 0; i < len(r.RequestURI); i++ {
+		if r.RequestURI[i] >= 0x80 {
+			// Stream names that are not ASCII must be percent-encoded.
+			http.Error(w, "invalid characters in the request URI", http.StatusBadRequest)
+			return
+		}
+	}
+	if bad := x.refusedStream(streams); bad != "" {
+		http.Error(w, "invalid stream "+bad, http.StatusBadRequest)
 		return
 	}
 	c, err := websocket.Accept(w, r, nil)
@@ -153,37 +168,41 @@ func (wc *wsConn) deliver(fresh map[string][]kline.Trade, now int64) {
 }
 
 func aggTradeFrame(sym string, t *kline.Trade, p kline.Precision, now int64, combined bool) []byte {
-	var b []byte
+	event := func(b []byte) []byte { return binance.AppendAggTrade(b, sym, t, p, max(now, t.Time)) }
 	if combined {
-		b = append(b, `{"stream":"`...)
-		b = append(b, strings.ToLower(sym)...)
-		b = append(b, `@aggTrade","data":`...)
+		return binance.AppendCombined(nil, binance.AggTradeStream(sym), event)
 	}
-	b = append(b, `{"e":"aggTrade","E":`...)
-	b = strconv.AppendInt(b, max(now, t.Time), 10)
-	b = append(b, `,"a":`...)
-	b = strconv.AppendInt(b, t.ID, 10)
-	b = append(b, `,"s":"`...)
-	b = append(b, sym...)
-	b = append(b, `","p":"`...)
-	b = p.AppendPrice(b, t.Price)
-	b = append(b, `","q":"`...)
-	b = decimal.Append(b, t.Qty, p.Qty)
-	b = append(b, `","nq":"`...)
-	b = decimal.Append(b, t.Qty, p.Qty)
-	b = append(b, `","f":`...)
-	b = strconv.AppendInt(b, t.FirstID, 10)
-	b = append(b, `,"l":`...)
-	b = strconv.AppendInt(b, t.LastID, 10)
-	b = append(b, `,"T":`...)
-	b = strconv.AppendInt(b, t.Time, 10)
-	b = append(b, `,"m":`...)
-	b = strconv.AppendBool(b, t.BuyerMaker)
-	b = append(b, '}')
-	if combined {
-		b = append(b, '}')
+	return event(nil)
+}
+
+// deliverKlines sends the current kline of each kline stream subscribed,
+// as Binance does every 250 ms for a kline that has trades.
+func (wc *wsConn) deliverKlines(now int64) {
+	wc.mu.Lock()
+	var want []string
+	for s := range wc.subs {
+		if _, kind, ok := binance.StreamSymbol(s); ok && strings.HasPrefix(kind, "kline_") {
+			want = append(want, s)
+		}
 	}
-	return b
+	wc.mu.Unlock()
+	for _, stream := range want {
+		sym, kind, _ := binance.StreamSymbol(stream)
+		iv, err := kline.ParseInterval(strings.TrimPrefix(kind, "kline_"))
+		if err != nil {
+			continue
+		}
+		k, p, ok := wc.x.currentKline(sym, iv, now)
+		if !ok || k.Trades == 0 {
+			continue
+		}
+		event := func(b []byte) []byte { return binance.AppendKlineEvent(b, sym, iv.String(), now, &k, p) }
+		if wc.combined {
+			wc.send(binance.AppendCombined(nil, binance.KlineStream(sym, iv.String()), event))
+		} else {
+			wc.send(event(nil))
+		}
+	}
 }
 
 func (wc *wsConn) writer() {
@@ -234,6 +253,9 @@ func (wc *wsConn) reader() {
 			window, count = time.Now(), 0
 		}
 		count++
+		if len(msg) > binance.MaxRequestBytes {
+			continue // Binance ignores a frame this large, without a reply
+		}
 		if count > wc.x.cfg.MaxMsgsPerSecond {
 			wc.x.mu.Lock()
 			wc.x.stats.MessagesLimit++

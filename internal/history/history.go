@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -27,7 +29,21 @@ type Engine interface {
 
 // Router anchors a symbol's live trade sequence.
 type Router interface {
+	// Anchor waits for a 1m kline event of symbol that its buffered trades
+	// continue, and returns it.
+	Anchor(ctx context.Context, symbol string) (kline.Kline, error)
+	// StartAfter starts symbol after trade id last; false when the trades
+	// buffered do not continue it exactly.
+	StartAfter(ctx context.Context, symbol string, last int64) (bool, error)
+	// StartAt starts symbol at its first trade at or after time at (ms).
+	StartAt(ctx context.Context, symbol string, at int64) error
+	// Start starts symbol at aggregate id next, after trades.
 	Start(ctx context.Context, symbol string, next int64, trades []kline.Trade) error
+}
+
+// Streams tells when the exchange carries a symbol's streams: ingest.
+type Streams interface {
+	Streaming(ctx context.Context, symbol string) error
 }
 
 // Store is where backfilled klines go.
@@ -42,18 +58,51 @@ type History struct {
 	ex        Exchange
 	engine    Engine
 	router    Router
+	streams   Streams
 	store     Store
 	ivs       []kline.Interval
 	limit     int
+	now       func() time.Time // exchange time
 	log       *slog.Logger
 	Backfills atomic.Int64 // klines written by backfill
 	Requests  atomic.Int64
+	Weight    atomic.Int64 // REST weight spent
+	// Seeds counts seeds by how the current minute was had: a kline
+	// event ("snapshot"), REST klines of a minute without trades
+	// ("quiet"), or REST aggTrades ("trades").
+	Seeds struct{ Snapshot, Quiet, Trades atomic.Int64 }
 }
 
+// SnapshotWait is how long a seed waits for a 1m kline event before it
+// reads the current minute from REST: Binance sends one every 250 ms for a
+// symbol that has traded in the minute.
+const SnapshotWait = 2 * time.Second
+
+// StreamWait is how long a seed waits for the exchange to carry the
+// symbol's streams before it reads the current minute's trades from REST.
+const StreamWait = 10 * time.Second
+
 // New returns a History for intervals ivs, backfilling at most limit klines
-// per interval for a symbol the store does not have yet.
-func New(ex Exchange, engine Engine, router Router, store Store, ivs []kline.Interval, limit int, log *slog.Logger) *History {
-	return &History{ex: ex, engine: engine, router: router, store: store, ivs: ivs, limit: limit, log: log}
+// per interval for a symbol the store does not have yet; now tells
+// exchange time.
+func New(ex Exchange, engine Engine, router Router, streams Streams, store Store, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
+	return &History{ex: ex, engine: engine, router: router, streams: streams, store: store, ivs: ivs, limit: limit, now: now, log: log}
+}
+
+// klines asks for the klines of iv opening in [start, end) with the
+// smallest limit that covers them, which is the cheapest in weight.
+func (h *History) klines(ctx context.Context, symbol string, iv kline.Interval, start, end int64) ([]kline.Kline, error) {
+	n := 0
+	for t := start; t < end && n < 1000; t = iv.Next(t) {
+		n++
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	ks, err := h.ex.Klines(ctx, symbol, iv, start, end-1, n)
+	h.Requests.Add(1)
+	h.Weight.Add(int64(binance.KlinesWeight(n)))
+	return ks, err
 }
 
 const (
@@ -100,16 +149,82 @@ var granularity = map[int64]kline.Interval{
 // klines opening before iv.Open(m0) are history's to backfill, later ones
 // the engine's.
 //
-// The open kline of an interval is the exchange's closed 1d, 1h and 1m
-// klines covering [open, m0) merged with the trades since m0, which the
-// router then continues by aggregate id. That costs two aggTrades calls and
-// at most three kline calls per symbol, whatever the intervals.
+// An open kline is the exchange's closed 1d, 1h and 1m klines covering
+// [open, m0), asked with the smallest limits (weight 1 each, three requests
+// whatever the intervals), merged with the current minute, which costs
+// nothing where the 1m kline stream has sent an event: its L is the last
+// trade it holds, and the router goes on with the next. A minute without
+// trades is read from REST klines too; only a snapshot the buffered trades
+// cannot continue falls back to REST aggTrades (weight 20 a page).
 func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
+	// A minute without trades can only be continued by its next trade if
+	// the stream carried the symbol before REST was asked.
+	sctx, cancel := context.WithTimeout(ctx, StreamWait)
+	err := h.streams.Streaming(sctx, symbol)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		h.log.Debug("seed: the stream does not carry the symbol yet; reading trades", "symbol", symbol, "err", err)
+		return h.seedFromTrades(ctx, symbol)
+	}
+	actx, cancel := context.WithTimeout(ctx, SnapshotWait)
+	snap, err := h.router.Anchor(actx, symbol)
+	cancel()
+	if err == nil {
+		m0 := snap.OpenTime
+		if err := h.seedOpen(ctx, symbol, m0, snap, snap.Open); err != nil {
+			return 0, err
+		}
+		ok, err := h.router.StartAfter(ctx, symbol, snap.LastTradeID)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			h.Seeds.Snapshot.Add(1)
+			return m0, nil
+		}
+		h.log.Debug("seed: the buffered trades do not continue the kline event; reading trades", "symbol", symbol)
+		return h.seedFromTrades(ctx, symbol)
+	}
+	if ctx.Err() != nil {
+		return 0, ctx.Err()
+	}
+	// No event: most likely no trade this minute. The REST kline of the
+	// current minute says.
+	m0 := kline.OneMinute().Open(h.now().UnixMilli())
+	ks, err := h.klines(ctx, symbol, kline.OneMinute(), m0-minute, m0+minute)
+	if err != nil {
+		return 0, fmt.Errorf("seed %s: current minute: %w", symbol, err)
+	}
+	switch {
+	case len(ks) == 0:
+		// Nothing in the last two minutes: quiet, or never traded. The
+		// trades that come are all new.
+		if err := h.seedOpen(ctx, symbol, m0, kline.Kline{}, 0); err != nil {
+			return 0, err
+		}
+		h.Seeds.Quiet.Add(1)
+		return m0, h.router.StartAt(ctx, symbol, m0)
+	case ks[len(ks)-1].OpenTime == m0 && ks[len(ks)-1].Trades > 0:
+		return h.seedFromTrades(ctx, symbol)
+	}
+	if err := h.seedOpen(ctx, symbol, m0, kline.Kline{}, 0); err != nil {
+		return 0, err
+	}
+	h.Seeds.Quiet.Add(1)
+	return m0, h.router.StartAt(ctx, symbol, m0)
+}
+
+// seedFromTrades seeds symbol's current minute from REST aggTrades.
+func (h *History) seedFromTrades(ctx context.Context, symbol string) (int64, error) {
 	latest, err := h.ex.AggTrades(ctx, symbol, -1, -1, 1)
+	h.Requests.Add(1)
+	h.Weight.Add(binance.AggTradesWeight)
 	if err != nil {
 		return 0, fmt.Errorf("seed %s: latest trade: %w", symbol, err)
 	}
-	h.Requests.Add(1)
 	if len(latest) == 0 {
 		// Never traded: the sequence starts at the first trade ever.
 		return 0, h.router.Start(ctx, symbol, 0, nil)
@@ -118,10 +233,11 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 	var trades []kline.Trade
 	for from, start := int64(-1), m0; ; {
 		page, err := h.ex.AggTrades(ctx, symbol, from, start, 1000)
+		h.Requests.Add(1)
+		h.Weight.Add(binance.AggTradesWeight)
 		if err != nil {
 			return 0, fmt.Errorf("seed %s: trades since %d: %w", symbol, m0, err)
 		}
-		h.Requests.Add(1)
 		for _, t := range page {
 			if t.Time >= m0 && (len(trades) == 0 || t.ID == trades[len(trades)-1].ID+1) {
 				trades = append(trades, t)
@@ -133,10 +249,22 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 		from, start = page[len(page)-1].ID+1, -1
 	}
 	next := latest[0].ID + 1
+	first := int64(0)
 	if len(trades) > 0 {
-		next = trades[len(trades)-1].ID + 1
+		next, first = trades[len(trades)-1].ID+1, trades[0].Price
 	}
+	if err := h.seedOpen(ctx, symbol, m0, kline.Kline{}, first); err != nil {
+		return 0, err
+	}
+	h.Seeds.Trades.Add(1)
+	return m0, h.router.Start(ctx, symbol, next, trades)
+}
 
+// seedOpen seeds the engine's open kline of every interval of symbol: the
+// exchange's closed klines of [open, m0) merged with cur, the current
+// minute so far (a zero Kline: none). first is the price to open at when
+// the symbol has no earlier kline (listed this minute).
+func (h *History) seedOpen(ctx context.Context, symbol string, m0 int64, cur kline.Kline, first int64) error {
 	// Which klines of each granularity the open klines need.
 	need := map[int64][2]int64{minute: {m0 - minute, m0}} // m0−1m gives the previous close
 	pieces := make([][]piece, len(h.ivs))
@@ -152,11 +280,10 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 	}
 	got := map[int64]map[int64]kline.Kline{}
 	for g, r := range need {
-		ks, err := h.ex.Klines(ctx, symbol, granularity[g], r[0], r[1]-1, 1500)
+		ks, err := h.klines(ctx, symbol, granularity[g], r[0], r[1])
 		if err != nil {
-			return 0, fmt.Errorf("seed %s: %s klines: %w", symbol, granularity[g], err)
+			return fmt.Errorf("seed %s: %s klines: %w", symbol, granularity[g], err)
 		}
-		h.Requests.Add(1)
 		got[g] = map[int64]kline.Kline{}
 		for _, k := range ks {
 			got[g][k.OpenTime] = k
@@ -164,8 +291,8 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 	}
 	prev, ok := got[minute][m0-minute]
 	prevClose := prev.Close
-	if !ok && len(trades) > 0 {
-		prevClose = trades[0].Price // listed this minute
+	if !ok {
+		prevClose = first
 	}
 	for i, iv := range h.ivs {
 		base := kline.Empty(iv, iv.Open(m0), prevClose)
@@ -177,17 +304,15 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 				}
 			}
 		}
+		base.Merge(&cur)
 		if base.Trades == 0 {
 			base.Open, base.High, base.Low, base.Close = prevClose, prevClose, prevClose, prevClose
 		}
 		if err := h.engine.Seed(ctx, symbol, iv, base, m0); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	if err := h.router.Start(ctx, symbol, next, trades); err != nil {
-		return 0, err
-	}
-	return m0, nil
+	return nil
 }
 
 // Resync restarts symbol after a gap in its trades too long to fill trade
@@ -205,11 +330,10 @@ func (h *History) Resync(ctx context.Context, symbol string, since int64) error 
 	for _, iv := range h.ivs {
 		end := iv.Open(m0)
 		for start := iv.Open(since); start < end; {
-			ks, err := h.ex.Klines(ctx, symbol, iv, start, end-1, 1000)
+			ks, err := h.klines(ctx, symbol, iv, start, end)
 			if err != nil {
 				return fmt.Errorf("resync %s %s: %w", symbol, iv, err)
 			}
-			h.Requests.Add(1)
 			for _, k := range ks {
 				if k.OpenTime >= end {
 					break
@@ -259,11 +383,10 @@ func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval
 		}
 	}
 	for start < end {
-		ks, err := h.ex.Klines(ctx, symbol, iv, start, end-1, 1000)
+		ks, err := h.klines(ctx, symbol, iv, start, end)
 		if err != nil {
 			return fmt.Errorf("backfill %s %s: %w", symbol, iv, err)
 		}
-		h.Requests.Add(1)
 		if progress != nil {
 			progress()
 		}

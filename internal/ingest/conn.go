@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +35,7 @@ type Config struct {
 type Stats struct {
 	Frames      atomic.Int64 // WebSocket messages received
 	Trades      atomic.Int64 // aggTrade frames parsed
+	Snapshots   atomic.Int64 // 1m kline events parsed
 	Other       atomic.Int64 // well-formed frames that are not trades (replies, other events)
 	Malformed   atomic.Int64 // frames that could not be parsed
 	Connects    atomic.Int64 // successful dials
@@ -119,7 +120,7 @@ func (in *Ingest) Subscribe(symbols ...string) {
 		}
 		var c *conn
 		for _, cc := range in.conns {
-			if cc.size() < in.cfg.StreamsPerConn {
+			if cc.hasRoom(s) {
 				c = cc
 				break
 			}
@@ -137,6 +138,33 @@ func (in *Ingest) Subscribe(symbols ...string) {
 	}
 }
 
+// split moves half of c's symbols to a new connection, started at once:
+// Binance refused c's URL because of some stream in it, and halving finds
+// that stream while the others go on. It reports false when c carries one
+// symbol, which is then the one refused.
+func (in *Ingest) split(c *conn) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	moved := c.takeHalf()
+	if len(moved) == 0 {
+		return false
+	}
+	in.nextID++
+	nc := newConn(in, in.nextID)
+	for _, s := range moved {
+		nc.symbols[s] = s
+		nc.urlLen += streamsLen(s)
+		in.bySym[s] = nc
+	}
+	nc.publishNames()
+	in.conns = append(in.conns, nc)
+	if in.ctx != nil {
+		nc.start(in.ctx)
+	}
+	in.log.Warn("the exchange refused a connection; splitting it to find the stream at fault", "conn", c.id, "new_conn", nc.id, "moved", len(moved))
+	return true
+}
+
 // Unsubscribe drops symbols' streams.
 func (in *Ingest) Unsubscribe(symbols ...string) {
 	in.mu.Lock()
@@ -145,6 +173,28 @@ func (in *Ingest) Unsubscribe(symbols ...string) {
 		if c := in.bySym[s]; c != nil {
 			c.remove(s)
 			delete(in.bySym, s)
+		}
+	}
+}
+
+// Streaming waits until the exchange carries symbol's streams: from then
+// on every trade of it reaches the router.
+func (in *Ingest) Streaming(ctx context.Context, symbol string) error {
+	for {
+		in.mu.Lock()
+		c := in.bySym[symbol]
+		in.mu.Unlock()
+		if c == nil {
+			return fmt.Errorf("%s is not subscribed", symbol)
+		}
+		ok, wake := c.streaming(symbol)
+		if ok {
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -178,18 +228,73 @@ type conn struct {
 	done      chan struct{}
 	changed   chan struct{} // subscriptions changed while connected
 	pendingOp []op
+	urlLen    int // length of the URL carrying every current stream
+	// live are the symbols whose streams the exchange carries on the
+	// current session: those in its URL, and those whose SUBSCRIBE it
+	// acknowledged (acks: request id → symbols). wake is closed and
+	// replaced whenever live grows.
+	live map[string]bool
+	acks map[int64][]string
+	wake chan struct{}
 }
 
-// maxStreamsPerMessage bounds one SUBSCRIBE or UNSUBSCRIBE message.
-const maxStreamsPerMessage = 200
+// streamsOf are the streams klagg reads for a symbol: its trades, and its
+// 1m klines, whose events are the snapshots that seed open klines (a
+// kline event's L is the last trade it holds).
+func streamsOf(symbol string) [2]string {
+	return [2]string{binance.AggTradeStream(symbol), binance.KlineStream(symbol, "1m")}
+}
+
+// streamsLen is what symbol's streams add to a combined URL.
+func streamsLen(symbol string) int {
+	n := 0
+	for _, st := range streamsOf(symbol) {
+		n += len(binance.EscapeStream(st)) + 1
+	}
+	return n
+}
 
 type op struct {
 	method  string
 	streams []string
+	symbols []string
 }
 
 func newConn(in *Ingest, id int) *conn {
-	return &conn{in: in, id: id, symbols: map[string]string{}, done: make(chan struct{}), changed: make(chan struct{}, 1)}
+	return &conn{in: in, id: id, symbols: map[string]string{}, done: make(chan struct{}), changed: make(chan struct{}, 1),
+		urlLen: len(binance.CombinedURL(in.cfg.URL, nil)), live: map[string]bool{}, acks: map[int64][]string{}, wake: make(chan struct{})}
+}
+
+// hasRoom tells whether symbol's streams fit on c within the configured
+// streams per connection and Binance's URL length.
+func (c *conn) hasRoom(symbol string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return 2*(len(c.symbols)+1) <= c.in.cfg.StreamsPerConn && c.urlLen+streamsLen(symbol) <= binance.MaxURLLength
+}
+
+// takeHalf removes the later half of c's symbols (by name) and returns
+// them; none when c has fewer than two. The streams leave with the
+// session, which is not connected: no UNSUBSCRIBE is due.
+func (c *conn) takeHalf() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.symbols) < 2 {
+		return nil
+	}
+	names := make([]string, 0, len(c.symbols))
+	for s := range c.symbols {
+		names = append(names, s)
+	}
+	sort.Strings(names)
+	moved := names[len(names)/2:]
+	for _, s := range moved {
+		delete(c.symbols, s)
+		c.urlLen -= streamsLen(s)
+	}
+	c.publishNames()
+	c.wakeLocked() // those waiting for the moved symbols look again
+	return moved
 }
 
 func (c *conn) size() int {
@@ -198,32 +303,37 @@ func (c *conn) size() int {
 	return len(c.symbols)
 }
 
-func streamName(symbol string) string { return strings.ToLower(symbol) + "@aggTrade" }
-
 func (c *conn) add(symbol string) {
 	c.mu.Lock()
 	c.symbols[symbol] = symbol
+	c.urlLen += streamsLen(symbol)
 	c.publishNames()
 	c.queueOp("SUBSCRIBE", symbol)
 	c.mu.Unlock()
 	c.signal()
 }
 
-// queueOp adds symbol's stream to the pending requests; called with mu
+// queueOp adds symbol's streams to the pending requests; called with mu
 // held. Consecutive requests of one method share a message, since Binance
 // allows only 10 messages a second per connection and adding a few hundred
-// symbols one message each would take a minute.
+// symbols one message each would take a minute; a message stays under the
+// size beyond which Binance ignores it.
 func (c *conn) queueOp(method, symbol string) {
-	if n := len(c.pendingOp); n > 0 && c.pendingOp[n-1].method == method && len(c.pendingOp[n-1].streams) < maxStreamsPerMessage {
-		c.pendingOp[n-1].streams = append(c.pendingOp[n-1].streams, streamName(symbol))
+	streams := streamsOf(symbol)
+	if n := len(c.pendingOp); n > 0 && c.pendingOp[n-1].method == method &&
+		binance.RequestSize(method, append(c.pendingOp[n-1].streams, streams[:]...)) <= binance.MaxRequestBytes {
+		c.pendingOp[n-1].streams = append(c.pendingOp[n-1].streams, streams[:]...)
+		c.pendingOp[n-1].symbols = append(c.pendingOp[n-1].symbols, symbol)
 		return
 	}
-	c.pendingOp = append(c.pendingOp, op{method, []string{streamName(symbol)}})
+	c.pendingOp = append(c.pendingOp, op{method, streams[:], []string{symbol}})
 }
 
 func (c *conn) remove(symbol string) {
 	c.mu.Lock()
 	delete(c.symbols, symbol)
+	delete(c.live, symbol)
+	c.urlLen -= streamsLen(symbol)
 	c.publishNames()
 	c.queueOp("UNSUBSCRIBE", symbol)
 	c.mu.Unlock()
@@ -244,6 +354,25 @@ func (c *conn) signal() {
 	case c.changed <- struct{}{}:
 	default:
 	}
+}
+
+// symbolList returns c's symbols, sorted.
+func (c *conn) symbolList() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.symbols))
+	for s := range c.symbols {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func first(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
 }
 
 func (c *conn) state() ConnState {
@@ -275,13 +404,14 @@ func (c *conn) wait() {
 func (c *conn) url() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	streams := make([]string, 0, len(c.symbols))
+	streams := make([]string, 0, 2*len(c.symbols))
 	for s := range c.symbols {
-		streams = append(streams, streamName(s))
+		st := streamsOf(s)
+		streams = append(streams, st[:]...)
 	}
 	sort.Strings(streams)
 	c.pendingOp = nil // the URL carries every current stream
-	return strings.TrimRight(c.in.cfg.URL, "/") + "/market/stream?streams=" + strings.Join(streams, "/")
+	return binance.CombinedURL(c.in.cfg.URL, streams)
 }
 
 // session is one WebSocket connection with its reader running.
@@ -296,11 +426,24 @@ type session struct {
 
 // open dials a session carrying every current stream and starts reading it.
 func (c *conn) open(ctx context.Context) (*session, error) {
-	ws, _, err := websocket.Dial(ctx, c.url(), &websocket.DialOptions{HTTPClient: c.in.cfg.HTTPClient})
+	inURL := c.symbolList()
+	ws, resp, err := websocket.Dial(ctx, c.url(), &websocket.DialOptions{HTTPClient: c.in.cfg.HTTPClient})
 	if err != nil {
+		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 &&
+			resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusTeapot {
+			return nil, &refusedError{status: resp.StatusCode, err: err}
+		}
 		return nil, err
 	}
 	ws.SetReadLimit(1 << 20)
+	c.mu.Lock()
+	for _, sym := range inURL {
+		if c.symbols[sym] != "" {
+			c.live[sym] = true
+		}
+	}
+	c.wakeLocked()
+	c.mu.Unlock()
 	sctx, cancel := context.WithCancel(ctx)
 	s := &session{ws: ws, cancel: cancel, readErr: make(chan error, 1), first: make(chan struct{})}
 	s.last.Store(time.Now().UnixMilli())
@@ -331,6 +474,19 @@ func (c *conn) open(ctx context.Context) (*session, error) {
 	c.mu.Unlock()
 	return s, nil
 }
+
+// refusedError is a dial the exchange answered with a client error: the
+// URL, that is some stream in it, is what it refuses.
+type refusedError struct {
+	status int
+	err    error
+}
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("the exchange refused the connection (HTTP %d): %v", e.status, e.err)
+}
+
+func (e *refusedError) Unwrap() error { return e.err }
 
 // readMessage reads the next message into buf, growing it as needed.
 func readMessage(ws *websocket.Conn, buf []byte) (websocket.MessageType, []byte, error) {
@@ -402,7 +558,18 @@ func (c *conn) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			log.Warn("cannot connect to the trade stream; retrying", "err", err)
+			if !lost {
+				// Its symbols miss trades from now on: hold their klines
+				// (for a bounded time) and repair them once it is back.
+				lost = true
+				c.in.router.Lost(ctx, c.id, c.symbolList())
+			}
+			var refused *refusedError
+			if errors.As(err, &refused) && c.in.split(c) {
+				continue // both halves dial again at once
+			}
+			syms := c.symbolList()
+			log.Warn("cannot connect to the trade stream; retrying", "err", err, "symbols", len(syms), "first", first(syms))
 			if !pause() {
 				return
 			}
@@ -412,12 +579,8 @@ func (c *conn) run(ctx context.Context) {
 			c.in.stats.Reconnects.Add(1)
 			c.mu.Lock()
 			c.reconn++
-			syms := make([]string, 0, len(c.symbols))
-			for sym := range c.symbols {
-				syms = append(syms, sym)
-			}
 			c.mu.Unlock()
-			c.in.router.Reconnected(ctx, syms)
+			c.in.router.Reconnected(ctx, c.id, c.symbolList())
 		}
 		backoff = 100 * time.Millisecond
 		for s != nil {
@@ -425,15 +588,13 @@ func (c *conn) run(ctx context.Context) {
 		}
 		c.mu.Lock()
 		c.session = nil
-		syms := make([]string, 0, len(c.symbols))
-		for sym := range c.symbols {
-			syms = append(syms, sym)
-		}
+		clear(c.live)
+		clear(c.acks)
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
-		c.in.router.Lost(ctx, syms)
+		c.in.router.Lost(ctx, c.id, c.symbolList())
 		lost = true
 		log.Warn("trade stream lost; reconnecting")
 		if !pause() {
@@ -488,7 +649,12 @@ func (c *conn) serve(ctx context.Context, s *session, log *slog.Logger) *session
 			c.mu.Unlock()
 			for _, o := range ops {
 				sent++
-				msg, _ := json.Marshal(map[string]any{"method": o.method, "params": o.streams, "id": sent})
+				if o.method == "SUBSCRIBE" {
+					c.mu.Lock()
+					c.acks[int64(sent)] = o.symbols
+					c.mu.Unlock()
+				}
+				msg := binance.StreamRequest(o.method, o.streams, sent)
 				if err := s.ws.Write(ctx, websocket.MessageText, msg); err != nil {
 					log.Warn("sending "+o.method+" failed; reconnecting with the full list", "err", err)
 					s.close(0, "")
@@ -505,9 +671,19 @@ func (c *conn) serve(ctx context.Context, s *session, log *slog.Logger) *session
 				life.Reset(time.Minute)
 				continue
 			}
-			// Let go of the old session only once the new one delivers.
+			// Let go of the old session only once the new one delivers,
+			// or the old one ends; if the new one ends first, keep the old.
 			select {
 			case <-ns.first:
+			case err := <-ns.readErr:
+				ns.readErr <- err // for close
+				ns.close(0, "")
+				log.Warn("the rotation's new session ended at once; keeping the old one", "err", err)
+				life.Reset(time.Minute)
+				continue
+			case err := <-s.readErr:
+				s.readErr <- err
+				log.Info("the old session ended during rotation", "err", err)
 			case <-time.After(10 * time.Second):
 			case <-ctx.Done():
 			}
@@ -528,7 +704,14 @@ func (c *conn) handle(ctx context.Context, b []byte) {
 	switch {
 	case err == nil:
 	case errors.Is(err, binance.ErrNotAggTrade):
+		if bytes.Contains(b, []byte(`"e":"kline"`)) {
+			c.snapshot(ctx, b)
+			return
+		}
 		st.Other.Add(1)
+		if bytes.Contains(b, []byte(`"result"`)) || bytes.Contains(b, []byte(`"error"`)) {
+			c.reply(b)
+		}
 		return
 	default:
 		if st.Malformed.Add(1) <= 10 {
@@ -547,6 +730,74 @@ func (c *conn) handle(ctx context.Context, b []byte) {
 	}
 	st.Trades.Add(1)
 	c.in.router.Deliver(ctx, c.id, name, t, now)
+}
+
+// reply takes the exchange's answer to a SUBSCRIBE: its streams are live.
+func (c *conn) reply(b []byte) {
+	var r struct {
+		ID    int64           `json:"id"`
+		Error json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(b, &r) != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	syms, ok := c.acks[r.ID]
+	if !ok {
+		return
+	}
+	delete(c.acks, r.ID)
+	if len(r.Error) > 0 && string(r.Error) != "null" {
+		c.in.log.Warn("the exchange refused a subscription", "conn", c.id, "error", string(r.Error), "symbols", len(syms), "first", first(syms))
+		return
+	}
+	for _, sym := range syms {
+		if c.symbols[sym] != "" {
+			c.live[sym] = true
+		}
+	}
+	c.wakeLocked()
+}
+
+// wakeLocked tells those waiting in streaming that live changed; called
+// with mu held.
+func (c *conn) wakeLocked() {
+	close(c.wake)
+	c.wake = make(chan struct{})
+}
+
+// streaming reports whether the exchange carries symbol's streams on c,
+// and a channel closed when that may have changed.
+func (c *conn) streaming(symbol string) (bool, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live[symbol], c.wake
+}
+
+// snapshot passes a 1m kline event to the router: the seed of the
+// symbol's open klines.
+func (c *conn) snapshot(ctx context.Context, b []byte) {
+	st := &c.in.stats
+	ev, err := binance.ParseKlineEvent(b)
+	if err != nil {
+		if st.Malformed.Add(1) <= 10 {
+			c.in.log.Warn("malformed frame ignored", "conn", c.id, "err", err)
+		}
+		return
+	}
+	var name string
+	ok := false
+	if m := c.names.Load(); m != nil {
+		name, ok = (*m)[ev.Symbol]
+	}
+	k, err := ev.K.Kline()
+	if !ok || ev.K.Interval != "1m" || err != nil {
+		st.Other.Add(1)
+		return
+	}
+	st.Snapshots.Add(1)
+	c.in.router.Snapshot(ctx, c.id, name, k)
 }
 
 // String describes the connection for logs.

@@ -13,11 +13,15 @@ package ingest
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -45,6 +49,20 @@ type Resyncer interface {
 // much REST weight as the few kline requests of a resync.
 const longGapMs = 2 * 60_000
 
+// retentionMs is how far back REST aggTrades reaches: since 2026-08
+// Binance keeps 48 hours. An hour's margin covers clock skew and the time
+// a fill takes.
+const retentionMs = 47 * 60 * 60_000
+
+// resyncBackoff is the pause after a failed resync before the next.
+const resyncBackoff = 5 * time.Second
+
+// fillIDs is the most missing aggregate ids the router fills trade by
+// trade: one aggTrades page (weight 20). A resync from klines costs a few
+// weight whatever the gap, so anything larger, and any gap of unknown size
+// (a lost connection), is repaired from klines.
+const fillIDs = 1000
+
 // RouterStats are the router's counters.
 type RouterStats struct {
 	Forwarded   atomic.Int64 // trades handed to the sink
@@ -55,16 +73,20 @@ type RouterStats struct {
 	Buffered    atomic.Int64 // trades waiting for a gap or a start
 	Overflowing atomic.Int64 // trades dropped from full buffers (refilled from REST)
 	Resyncs     atomic.Int64 // gaps repaired from klines instead of trades
+	Snapshots   atomic.Int64 // 1m kline events taken as seeds
+	Released    atomic.Int64 // holds released by their bound: klines closed by the clock, repaired later
 }
 
-// item is a trade, or with symbol "" a sign of life, from connection conn;
-// at is the exchange time (ms) up to which conn has delivered everything.
+// item is a trade, a 1m kline snapshot (snap), or with symbol "" a sign
+// of life, from connection conn; at is the exchange time (ms) up to which
+// conn has delivered everything.
 type item struct {
 	symbol   string
 	conn     int
 	at       int64
 	trade    kline.Trade
 	received time.Time
+	snap     *kline.Kline
 }
 
 // batch is one symbol's trades forwarded since the last flush.
@@ -82,14 +104,27 @@ type fillResult struct {
 	err    error
 }
 
+type controlKind uint8
+
+const (
+	ctlStart      controlKind = iota // from aggregate id next, after trades
+	ctlStartAfter                    // after trade id next (a snapshot's L)
+	ctlStartAt                       // at the first trade at or after time next
+	ctlRemove
+	ctlLost // conn and its symbols are down
+	ctlBack // conn and its symbols are back
+	ctlAnchor
+)
+
 type control struct {
+	kind    controlKind
 	symbol  string
-	start   bool     // else: remove
-	suspect []string // else: symbols whose connection was lost or is back
-	down    bool     // with suspect: lost (true) or back (false)
+	conn    int
+	symbols []string
 	next    int64
 	trades  []kline.Trade
-	done    chan struct{}
+	anchor  chan kline.Kline // ctlAnchor: the usable snapshot, when there is one
+	done    chan error
 }
 
 // symState is one symbol's position in its trade sequence.
@@ -97,12 +132,21 @@ type symState struct {
 	next     int64         // id the sink needs next; -1 until Start
 	lastTime int64         // trade time of the last trade forwarded
 	pending  []kline.Trade // later trades, sorted by id
-	suspect  bool          // may have missed trades (reconnect): fill from REST
+	suspect  bool          // may have missed trades (reconnect): repair from klines
 	down     bool          // its connection is lost
 	epoch    int           // bumped on loss and return; older fills cannot clear suspect
 	filling  bool
 	resync   int64     // trade time to resync from (0: none needed)
 	gapAt    time.Time // when the current gap was first seen
+	// heldSince is when the symbol began holding its klines back (zero:
+	// not holding); the hold is released holdMax later.
+	heldSince time.Time
+	unheld    bool // the hold ran past holdMax and was released
+	// after is a snapshot's last trade id while waiting for the trade that
+	// follows it (-1: not waiting); at, likewise, a time (0: not waiting).
+	after, at int64
+	snap      *kline.Kline // newest 1m kline event, while not started
+	anchors   []chan kline.Kline
 }
 
 // Router is the single owner of every symbol's sequence position.
@@ -116,44 +160,73 @@ type Router struct {
 	resyncer Resyncer
 	ctl      chan control
 	gapWait  time.Duration
+	holdMax  time.Duration
 	maxBuf   int
 	stats    RouterStats
+	now      func() time.Time // exchange time
+	wg       sync.WaitGroup   // fills and resyncs in flight
 
-	// watermark is the exchange time (ms) up to which every connection has
-	// delivered everything: the min over connections of their last trade
-	// time, or of exchange time at their last pong when idle; hold is the trade time before which a symbol waiting
-	// on a gap may have missing trades (0: none waiting). Together they
-	// tell the engine's clock how far it may close klines.
+	// watermark is the exchange time (ms) up to which every connected
+	// connection has delivered everything: the min over them of their last
+	// trade time, or of exchange time at their last pong when idle. holds
+	// maps each symbol that may be missing trades (a gap being filled, a
+	// connection down, a start not yet anchored) to the trade time before
+	// which its klines are complete, for at most holdMax. Together they tell
+	// the engine's clock how far it may close klines: one connection's fault
+	// holds back only its own symbols, and only for a while.
 	watermark atomic.Int64
-	hold      atomic.Int64
+	holds     atomic.Pointer[map[string]int64]
 
 	// Owned by Run.
 	syms  map[string]*symState
 	out   map[string]*batch
 	queue []*batch      // the batches in out holding trades, in arrival order
-	alive map[int]int64 // connection → last sign of life
+	alive map[int]int64 // connected connection → last sign of life
+	down  map[int]bool  // connections lost and not back
+}
+
+// RouterConfig sets up a Router.
+type RouterConfig struct {
+	// GapWait is how long a gap may stand before REST is asked (another
+	// connection may still deliver it) [300ms].
+	GapWait time.Duration
+	// HoldMax bounds how long a symbol missing trades holds its klines
+	// back; after it they close by the clock and are corrected when the
+	// gap is repaired [5s].
+	HoldMax time.Duration
+	Now     func() time.Time // exchange time [time.Now]
+	Log     *slog.Logger
 }
 
 // NewRouter returns a router into sink that fills gaps through filler.
-// gapWait is how long a gap may stand before REST is asked (another
-// connection may still deliver it).
-func NewRouter(sink Sink, filler Filler, gapWait time.Duration, log *slog.Logger) *Router {
+func NewRouter(sink Sink, filler Filler, cfg RouterConfig) *Router {
+	if cfg.GapWait <= 0 {
+		cfg.GapWait = 300 * time.Millisecond
+	}
+	if cfg.HoldMax <= 0 {
+		cfg.HoldMax = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Router{
-		sink: sink, filler: filler, log: log, gapWait: gapWait, maxBuf: 200_000,
+		sink: sink, filler: filler, log: cfg.Log, gapWait: cfg.GapWait, holdMax: cfg.HoldMax, now: cfg.Now, maxBuf: 200_000,
 		in: make(chan item, 1<<16), fills: make(chan fillResult, 64), resyncs: make(chan resyncResult, 64), ctl: make(chan control),
-		syms: map[string]*symState{}, out: map[string]*batch{}, alive: map[int]int64{},
+		syms: map[string]*symState{}, out: map[string]*batch{}, alive: map[int]int64{}, down: map[int]bool{},
 	}
 }
 
-// Watermark returns the exchange time (ms) up to which every connection has
-// delivered its trades; 0 before the first.
+// Watermark returns the exchange time (ms) up to which every connected
+// connection has delivered its trades; 0 before the first.
 func (r *Router) Watermark() int64 { return r.watermark.Load() }
 
-// Hold returns the exchange time before which some symbol may still be
-// missing trades (a gap being filled), and whether there is one.
-func (r *Router) Hold() (int64, bool) {
-	h := r.hold.Load()
-	return h, h > 0
+// Holds returns, for each symbol that may be missing trades, the exchange
+// time before which its klines are complete. The map is not to be changed.
+func (r *Router) Holds() map[string]int64 {
+	if h := r.holds.Load(); h != nil {
+		return *h
+	}
+	return nil
 }
 
 // Stats returns the router's counters.
@@ -175,6 +248,14 @@ func (r *Router) Deliver(ctx context.Context, conn int, symbol string, t kline.T
 	}
 }
 
+// Snapshot passes symbol's newest 1m kline event, from connection conn.
+func (r *Router) Snapshot(ctx context.Context, conn int, symbol string, k kline.Kline) {
+	select {
+	case r.in <- item{symbol: symbol, conn: conn, snap: &k}:
+	case <-ctx.Done():
+	}
+}
+
 // Alive records that connection conn has delivered everything up to
 // exchange time at (a pong, or an idle connection).
 func (r *Router) Alive(ctx context.Context, conn int, at int64) {
@@ -188,44 +269,87 @@ func (r *Router) Alive(ctx context.Context, conn int, at int64) {
 // are forwarded first, and next is the id expected after them. Trades
 // delivered before Start wait. It returns once the router has taken it.
 func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
-	return r.control(ctx, control{symbol: symbol, start: true, next: next, trades: trades})
+	return r.control(ctx, control{kind: ctlStart, symbol: symbol, next: next, trades: trades})
 }
 
-// Lost tells the router that symbols' connection is lost: they may miss
-// trades even where no later trade shows a gap, so the engine's clock is
-// held at their last trade until they are back and filled from REST.
-func (r *Router) Lost(ctx context.Context, symbols []string) error {
-	return r.control(ctx, control{suspect: symbols, down: true})
+// Anchor waits until symbol, not yet started, has a 1m kline snapshot that
+// its buffered trades continue without a gap, and returns it; ctx bounds
+// the wait. Start the symbol with StartAfter(snapshot.LastTradeID) once
+// the engine holds the seed.
+func (r *Router) Anchor(ctx context.Context, symbol string) (kline.Kline, error) {
+	ch := make(chan kline.Kline, 1)
+	if err := r.control(ctx, control{kind: ctlAnchor, symbol: symbol, anchor: ch}); err != nil {
+		return kline.Kline{}, err
+	}
+	select {
+	case k := <-ch:
+		return k, nil
+	case <-ctx.Done():
+		return kline.Kline{}, ctx.Err()
+	}
 }
 
-// Reconnected tells the router that symbols' connection is back: each is
-// filled from REST up to the exchange's present, which releases the clock.
-func (r *Router) Reconnected(ctx context.Context, symbols []string) error {
-	return r.control(ctx, control{suspect: symbols})
+// errNoAnchor is startAfter's answer when the trades buffered do not
+// continue the snapshot exactly (one taken inside a multi-fill aggregate
+// trade, or a gap).
+var errNoAnchor = errors.New("the buffered trades do not continue the snapshot")
+
+// StartAfter starts symbol at the trade that follows trade id last, the
+// last trade of the seed the engine holds. It reports false, starting
+// nothing, when the trades buffered do not continue the seed exactly; the
+// caller then seeds from REST trades.
+func (r *Router) StartAfter(ctx context.Context, symbol string, last int64) (bool, error) {
+	err := r.control(ctx, control{kind: ctlStartAfter, symbol: symbol, next: last})
+	if errors.Is(err, errNoAnchor) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// StartAt starts symbol at its first trade at or after exchange time at
+// (ms): the seed holds every trade before it and none after.
+func (r *Router) StartAt(ctx context.Context, symbol string, at int64) error {
+	return r.control(ctx, control{kind: ctlStartAt, symbol: symbol, next: at})
+}
+
+// Lost tells the router that connection conn is lost: its symbols may miss
+// trades even where no later trade shows a gap, so their klines are held
+// at their last trade (for a bounded time) until they are back and
+// repaired; the other connections no longer wait for conn.
+func (r *Router) Lost(ctx context.Context, conn int, symbols []string) error {
+	return r.control(ctx, control{kind: ctlLost, conn: conn, symbols: symbols})
+}
+
+// Reconnected tells the router that connection conn is back: each of its
+// symbols is repaired up to the exchange's present, which releases them.
+func (r *Router) Reconnected(ctx context.Context, conn int, symbols []string) error {
+	return r.control(ctx, control{kind: ctlBack, conn: conn, symbols: symbols})
 }
 
 // Remove forgets symbol.
 func (r *Router) Remove(ctx context.Context, symbol string) error {
-	return r.control(ctx, control{symbol: symbol})
+	return r.control(ctx, control{kind: ctlRemove, symbol: symbol})
 }
 
 func (r *Router) control(ctx context.Context, c control) error {
-	c.done = make(chan struct{})
+	c.done = make(chan error, 1)
 	select {
 	case r.ctl <- c:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case <-c.done:
-		return nil
+	case err := <-c.done:
+		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// Run routes until ctx ends.
+// Run routes until ctx ends, and waits for the fills and resyncs it
+// started.
 func (r *Router) Run(ctx context.Context) error {
+	defer r.wg.Wait()
 	tick := time.NewTicker(r.gapWait / 2)
 	defer tick.Stop()
 	for {
@@ -251,10 +375,10 @@ func (r *Router) Run(ctx context.Context) error {
 		case f := <-r.resyncs:
 			r.resynced(ctx, f)
 		case c := <-r.ctl:
-			r.apply(c)
-			close(c.done)
+			c.done <- r.apply(c)
 		case <-tick.C:
 			r.checkGaps(ctx)
+			r.updateHold()
 		}
 		if err := r.flush(ctx); err != nil {
 			return nil
@@ -265,25 +389,33 @@ func (r *Router) Run(ctx context.Context) error {
 func (r *Router) state(symbol string) *symState {
 	s := r.syms[symbol]
 	if s == nil {
-		s = &symState{next: -1}
+		s = &symState{next: -1, after: -1}
 		r.syms[symbol] = s
 	}
 	return s
 }
 
-func (r *Router) apply(c control) {
-	if c.suspect != nil {
-		for _, sym := range c.suspect {
+func (r *Router) apply(c control) error {
+	switch c.kind {
+	case ctlLost, ctlBack:
+		down := c.kind == ctlLost
+		if down {
+			r.down[c.conn] = true
+			delete(r.alive, c.conn)
+		} else {
+			delete(r.down, c.conn)
+		}
+		for _, sym := range c.symbols {
 			if s := r.syms[sym]; s != nil && s.next >= 0 {
-				s.suspect, s.down = true, c.down
+				s.suspect, s.down = true, down
 				s.epoch++
 				s.gapAt = time.Now().Add(-r.gapWait)
 			}
 		}
+		r.updateWatermark()
 		r.updateHold()
-		return
-	}
-	if !c.start {
+		return nil
+	case ctlRemove:
 		if s := r.syms[c.symbol]; s != nil {
 			r.stats.Buffered.Add(-int64(len(s.pending)))
 		}
@@ -293,11 +425,24 @@ func (r *Router) apply(c control) {
 		}
 		delete(r.out, c.symbol)
 		r.updateHold()
-		return
+		return nil
+	case ctlAnchor:
+		s := r.state(c.symbol)
+		s.anchors = append(s.anchors, c.anchor)
+		r.offerSnapshot(s)
+		return nil
 	}
 	s := r.state(c.symbol)
 	if s.next >= 0 {
-		return // already started
+		return nil // already started
+	}
+	s.snap, s.anchors = nil, nil
+	switch c.kind {
+	case ctlStartAfter:
+		return r.startAfter(c.symbol, s, c.next)
+	case ctlStartAt:
+		r.startAt(c.symbol, s, c.next)
+		return nil
 	}
 	s.next = c.next
 	if len(c.trades) > 0 {
@@ -308,20 +453,122 @@ func (r *Router) apply(c control) {
 	}
 	// Drop what the start already covers, then release what follows.
 	r.release(c.symbol, s)
+	return nil
+}
+
+// offerSnapshot answers those waiting for s's anchor when its snapshot is
+// usable: it holds trades, and the buffered trades reach back to the one
+// after its last without one of them straddling it.
+func (r *Router) offerSnapshot(s *symState) {
+	k := s.snap
+	if len(s.anchors) == 0 || k == nil || k.Trades == 0 || k.LastTradeID < 0 {
+		return
+	}
+	for _, t := range s.pending {
+		if t.FirstID <= k.LastTradeID && t.LastID > k.LastTradeID {
+			return // taken inside this aggregate trade; wait for a later one
+		}
+	}
+	if len(s.pending) > 0 && s.pending[0].FirstID > k.LastTradeID+1 {
+		return // trades between the snapshot and the buffer are unseen
+	}
+	for _, ch := range s.anchors {
+		ch <- *k
+	}
+	s.anchors = nil
+}
+
+// startAfter starts s at the trade after trade id last. The aggregate
+// trade that ends at last gives the exact id to go on from; failing that,
+// the next trade must begin right after last.
+func (r *Router) startAfter(symbol string, s *symState, last int64) error {
+	i := 0
+	for i < len(s.pending) && s.pending[i].LastID <= last {
+		i++
+	}
+	switch {
+	case i > 0 && s.pending[i-1].LastID == last:
+		s.next = s.pending[i-1].ID + 1
+	case i < len(s.pending) && s.pending[i].FirstID == last+1:
+		s.next = s.pending[i].ID
+	case len(s.pending) == 0:
+		s.after = last // the next trade to arrive settles it
+		return nil
+	default:
+		return errNoAnchor
+	}
+	r.release(symbol, s)
+	return nil
+}
+
+// startAt starts s at its first trade at or after time at: those before it
+// are in the closed klines the seed was built from.
+func (r *Router) startAt(symbol string, s *symState, at int64) {
+	i := 0
+	for i < len(s.pending) && s.pending[i].Time < at {
+		i++
+	}
+	switch {
+	case i > 0:
+		s.next = s.pending[i-1].ID + 1
+	case i < len(s.pending):
+		s.next = s.pending[i].ID
+	default:
+		s.at = at
+		return
+	}
+	r.release(symbol, s)
 }
 
 // take handles one delivered item.
 func (r *Router) take(it item) {
-	r.alive[it.conn] = max(r.alive[it.conn], it.at)
+	if !r.down[it.conn] {
+		r.alive[it.conn] = max(r.alive[it.conn], it.at)
+	}
 	if it.symbol == "" {
 		return
 	}
 	s := r.state(it.symbol)
-	if s.next < 0 {
-		r.buffer(s, it.trade)
+	if it.snap != nil {
+		if s.next < 0 {
+			s.snap = it.snap
+			r.stats.Snapshots.Add(1)
+			r.offerSnapshot(s)
+		}
 		return
 	}
+	if s.next < 0 {
+		if !r.settle(it.symbol, s, it.trade) {
+			r.buffer(s, it.trade)
+			r.offerSnapshot(s)
+			return
+		}
+	}
 	r.accept(it.symbol, s, it.trade, it.received)
+}
+
+// settle starts s, waiting for its first trade after a seed, when t is
+// that trade; it reports whether s is started.
+func (r *Router) settle(symbol string, s *symState, t kline.Trade) bool {
+	switch {
+	case s.after >= 0 && t.LastID <= s.after:
+		s.next = t.ID + 1 // already in the seed: the next one follows
+	case s.after >= 0 && t.FirstID == s.after+1:
+		s.next = t.ID
+	case s.after >= 0:
+		// The seed's trade was inside t, or trades went unseen between:
+		// the seed cannot be continued exactly; repair from klines.
+		r.log.Info("first trade does not continue the seed; resyncing from klines", "symbol", symbol, "seed_last", s.after, "first", t.FirstID)
+		s.resync, s.gapAt = max(t.Time, 1), time.Now().Add(-r.gapWait)
+		s.after = -1
+		return false
+	case s.at > 0 && t.Time >= s.at:
+		s.next = t.ID
+	default:
+		return false
+	}
+	s.after, s.at = -1, 0
+	return true
 }
 
 func (r *Router) updateWatermark() {
@@ -334,11 +581,28 @@ func (r *Router) updateWatermark() {
 	r.watermark.Store(w)
 }
 
-// updateHold recomputes the hold over symbols waiting on a gap or a start.
+// updateHold recomputes the holds of symbols that may be missing trades:
+// waiting on a gap, a lost connection, a resync, or a start. A hold older
+// than holdMax is released: that symbol's klines close by the clock and
+// are corrected when its gap is repaired.
 func (r *Router) updateHold() {
-	h := int64(0)
-	for _, s := range r.syms {
-		if len(s.pending) == 0 && !s.suspect {
+	now := time.Now()
+	holds := map[string]int64{}
+	for sym, s := range r.syms {
+		if len(s.pending) == 0 && !s.suspect && s.resync == 0 && (s.next >= 0 || s.after < 0 && s.at == 0) {
+			s.heldSince, s.unheld = time.Time{}, false
+			continue
+		}
+		if s.heldSince.IsZero() {
+			s.heldSince = now
+		}
+		if now.Sub(s.heldSince) > r.holdMax {
+			if !s.unheld {
+				s.unheld = true
+				r.stats.Released.Add(1)
+				r.log.Warn("symbol still missing trades; its klines close by the clock and are corrected on repair",
+					"symbol", sym, "held_for", r.holdMax)
+			}
 			continue
 		}
 		t := s.lastTime
@@ -348,11 +612,9 @@ func (r *Router) updateHold() {
 		if t <= 0 {
 			t = 1 // nothing known yet: hold everything
 		}
-		if h == 0 || t < h {
-			h = t
-		}
+		holds[sym] = t
 	}
-	r.hold.Store(h)
+	r.holds.Store(&holds)
 }
 
 // accept forwards t if it is next, buffers it if later, drops it if earlier.
@@ -427,31 +689,70 @@ func (r *Router) release(symbol string, s *symState) {
 func (r *Router) checkGaps(ctx context.Context) {
 	now := time.Now()
 	for sym, s := range r.syms {
-		if s.resync != 0 && !s.filling && now.Sub(s.gapAt) >= r.gapWait {
+		if s.filling || now.Sub(s.gapAt) < r.gapWait {
+			continue
+		}
+		if s.resync == 0 && s.next >= 0 && !s.down && r.resyncer != nil && r.needsKlines(s) {
+			// Lost trades of unknown number, a gap of more than a page, or
+			// older than aggTrades keeps: klines repair it for a few weight.
+			r.toResync(sym, s, "gap")
+		}
+		if s.resync != 0 {
+			if s.down {
+				continue // the repair needs the stream back
+			}
 			s.filling = true
 			r.stats.Resyncs.Add(1)
-			go func(sym string, since int64) {
+			since := s.resync
+			r.wg.Go(func() {
 				err := r.resyncer.Resync(ctx, sym, since)
 				select {
 				case r.resyncs <- resyncResult{sym, err}:
 				case <-ctx.Done():
 				}
-			}(sym, s.resync)
+			})
 			continue
 		}
-		if s.next < 0 || s.filling || (len(s.pending) == 0 && !s.suspect) || now.Sub(s.gapAt) < r.gapWait {
+		if s.next < 0 || (len(s.pending) == 0 && !s.suspect) {
 			continue
 		}
 		s.filling = true
 		r.stats.Fills.Add(1)
-		go func(sym string, from int64, epoch int) {
-			ts, err := r.filler.AggTrades(ctx, sym, from, -1, 1000)
+		from, epoch := s.next, s.epoch
+		r.wg.Go(func() {
+			ts, err := r.filler.AggTrades(ctx, sym, from, -1, fillIDs)
 			select {
 			case r.fills <- fillResult{sym, from, epoch, ts, err}:
 			case <-ctx.Done():
 			}
-		}(sym, s.next, s.epoch)
+		})
 	}
+}
+
+// needsKlines tells whether s's gap is repaired from klines rather than
+// trade by trade.
+func (r *Router) needsKlines(s *symState) bool {
+	switch {
+	case s.suspect:
+		return true // a lost connection: how many trades are missing is unknown
+	case len(s.pending) == 0:
+		return false
+	case s.pending[0].ID-s.next > fillIDs:
+		return true
+	}
+	return s.lastTime > 0 && r.now().UnixMilli()-s.lastTime > retentionMs
+}
+
+// toResync marks s for a repair from klines from its last trade on: not
+// started again until the resync calls Start; what arrives meanwhile waits,
+// and the hold keeps its klines from closing early.
+func (r *Router) toResync(symbol string, s *symState, why string) {
+	r.log.Info("repairing a trade gap from klines", "symbol", symbol, "why", why,
+		"from", time.UnixMilli(s.lastTime).UTC())
+	s.resync, s.next, s.suspect = max(s.lastTime, 1), -1, false
+	s.snap, s.after, s.at = nil, -1, 0
+	s.gapAt = time.Now().Add(-r.gapWait)
+	r.updateHold()
 }
 
 // ResyncWith sets where long gaps are repaired; call it before Run.
@@ -485,7 +786,7 @@ func (r *Router) resynced(ctx context.Context, f resyncResult) {
 		if ctx.Err() == nil {
 			r.log.Warn("resyncing from klines failed; will retry", "symbol", f.symbol, "err", f.err)
 		}
-		s.gapAt = time.Now()
+		s.gapAt = time.Now().Add(resyncBackoff)
 		return
 	}
 	s.resync = 0
@@ -498,6 +799,11 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 		return
 	}
 	s.filling = false
+	if f.err != nil && binance.IsInvalidParameter(f.err) && r.resyncer != nil {
+		// Older than the exchange keeps aggregate trades (48 h).
+		r.toResync(f.symbol, s, "trades no longer kept")
+		return
+	}
 	if f.err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("filling a trade gap from REST failed; will retry", "symbol", f.symbol, "from_id", f.from, "err", f.err)
@@ -525,17 +831,11 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 		}
 		r.accept(f.symbol, s, t, time.Time{})
 	}
-	if missing := r.missingMs(s); len(f.trades) == 1000 && r.resyncer != nil && missing > longGapMs {
-		r.log.Info("trade gap too long to fill trade by trade; resyncing from klines", "symbol", f.symbol,
-			"from", time.UnixMilli(s.lastTime).UTC(), "missing", time.Duration(missing)*time.Millisecond)
-		// Not started again until the resync calls Start; what arrives
-		// meanwhile waits, and the hold keeps klines from closing early.
-		s.resync, s.next, s.suspect = max(s.lastTime, 1), -1, false
-		s.gapAt = time.Now().Add(-r.gapWait)
-		r.updateHold()
+	if missing := r.missingMs(s); len(f.trades) == fillIDs && r.resyncer != nil && missing > longGapMs {
+		r.toResync(f.symbol, s, fmt.Sprintf("%s of trades still missing after a page", time.Duration(missing)*time.Millisecond))
 		return
 	}
-	if len(f.trades) < 1000 && !s.down && f.epoch == s.epoch {
+	if len(f.trades) < fillIDs && !s.down && f.epoch == s.epoch {
 		// The exchange had nothing more since the connection came back:
 		// the symbol is caught up.
 		s.suspect = false

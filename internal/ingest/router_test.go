@@ -41,7 +41,7 @@ func tr(id int64) kline.Trade { return kline.Trade{ID: id, FirstID: id, LastID: 
 
 func startRouter(t *testing.T, h *history) (*Router, chan []kline.Trade, context.Context) {
 	sink := chanSink{make(chan []kline.Trade, 100)}
-	r := NewRouter(sink, h, time.Millisecond, slog.New(slog.DiscardHandler))
+	r := NewRouter(sink, h, RouterConfig{GapWait: time.Millisecond, HoldMax: time.Hour, Log: slog.New(slog.DiscardHandler)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
@@ -104,18 +104,18 @@ func TestRouterHoldsClockAcrossLoss(t *testing.T) {
 	r, out, ctx := startRouter(t, h)
 	r.Start(ctx, "X", 0, []kline.Trade{tr(1), tr(2)})
 	collect(t, out, 2)
-	r.Lost(ctx, []string{"X"})
-	if hold, ok := r.Hold(); !ok || hold != 2000 {
+	r.Lost(ctx, 1, []string{"X"})
+	if hold, ok := r.Holds()["X"]; !ok || hold != 2000 {
 		t.Fatalf("hold = %d, %v; want the last trade's time while the connection is down", hold, ok)
 	}
-	r.Reconnected(ctx, []string{"X"})
+	r.Reconnected(ctx, 1, []string{"X"})
 	ids := collect(t, out, 8) // 3…10 from REST
 	if ids[0] != 3 || ids[7] != 10 {
 		t.Fatalf("fill after reconnect: %v", ids)
 	}
 	deadline := time.After(10 * time.Second)
 	for {
-		if _, ok := r.Hold(); !ok {
+		if _, ok := r.Holds()["X"]; !ok {
 			break
 		}
 		select {

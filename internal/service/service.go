@@ -14,8 +14,8 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +29,7 @@ import (
 	"github.com/klagg/klagg/internal/ingest"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/symbols"
 )
 
 // Service is klagg running.
@@ -44,15 +45,14 @@ type Service struct {
 	Ingest     *ingest.Ingest
 	History    *history.History
 	Reconciler *history.Reconciler
+	Registry   *symbols.Registry
 	// Progress, if set, is told about backfill progress (for a terminal bar).
 	Progress func(done, total int)
 
 	offset  atomic.Int64 // exchange clock − local clock, ms
-	ready   atomic.Bool
 	started time.Time
 	mu      sync.Mutex
-	symbols map[string]store.Symbol // live symbols
-	known   map[string]store.Symbol // every symbol with history, live or not
+	known   map[string]store.Symbol // symbols with history from earlier runs
 	rate    atomic.Uint64           // trades per second, float64 bits
 	metrics *metrics.Set            // figures only the service sees, for /metrics
 }
@@ -76,7 +76,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("%w (database.path in the config)", err)
 	}
-	s := &Service{cfg: cfg, log: log, Store: st, symbols: map[string]store.Symbol{}, known: map[string]store.Symbol{}, metrics: metrics.NewSet()}
+	s := &Service{cfg: cfg, log: log, Store: st, known: map[string]store.Symbol{}, metrics: metrics.NewSet()}
 	latency := s.metrics.NewSummaryExt("klagg_trade_to_consumer_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
@@ -92,14 +92,29 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		return nil, err
 	}
 	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, log.With("part", "writer"))
-	s.Router = ingest.NewRouter(s.Engine, s.Client.Urgent(), 300*time.Millisecond, log.With("part", "router"))
+	s.Router = ingest.NewRouter(s.Engine, s.Client.Urgent(), ingest.RouterConfig{
+		HoldMax: cfg.Exchange.HoldMax.Duration, Now: s.ExchangeNow, Log: log.With("part", "router")})
 	s.Ingest = ingest.New(ingest.Config{
 		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
-	s.History = history.New(s.Client, s.Engine, s.Router, st, cfg.Intervals, cfg.Klines.BackfillLimit, log.With("part", "history"))
+	s.History = history.New(s.Client, s.Engine, s.Router, s.Ingest, st, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
 	s.Router.ResyncWith(s.History)
+	s.Registry = symbols.New(symbols.Config{
+		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
+		Poll: cfg.Exchange.SymbolsPoll.Duration, Log: log.With("part", "symbols"),
+		Progress: func(done, total int) {
+			if s.Progress != nil {
+				s.Progress(done, total)
+			}
+		},
+	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: s.History})
+	s.metrics.NewGauge("klagg_backfill_requests_done", func() float64 { d, _ := s.Registry.Backfill(); return float64(d) })
+	s.metrics.NewGauge("klagg_backfill_requests_total", func() float64 { _, t := s.Registry.Backfill(); return float64(t) })
+	for st := symbols.State(0); st.String() != "unknown"; st++ {
+		s.metrics.NewGauge(fmt.Sprintf(`klagg_symbols{state=%q}`, st), func() float64 { return float64(s.Registry.View().Counts[st]) })
+	}
 	return s, nil
 }
 
@@ -114,8 +129,8 @@ func (s *Service) ExchangeNow() time.Time {
 	return time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
 }
 
-// Ready reports whether startup catch-up is done.
-func (s *Service) Ready() bool { return s.ready.Load() }
+// Ready reports whether every symbol tradable at startup is live.
+func (s *Service) Ready() bool { return s.Registry.Ready() }
 
 // Run runs the service until ctx ends, then stops it and flushes the store.
 func (s *Service) Run(ctx context.Context) (err error) {
@@ -156,18 +171,30 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		s.known[y.Name] = y
 	}
 	s.mu.Unlock()
-	if err := s.syncTime(inCtx); err != nil {
+	// The exchange may be down or refusing for a while: keep trying, and
+	// say so each time.
+	if err := s.untilReached(inCtx, "reach the exchange's clock", s.syncTime); err != nil {
 		return s.startErr(ctx, err)
 	}
-	infos, err := s.Client.ExchangeInfo(inCtx)
+	var infos []binance.SymbolInfo
+	err = s.untilReached(inCtx, "read exchangeInfo", func(ctx context.Context) error {
+		var err error
+		infos, err = s.Client.ExchangeInfo(ctx)
+		return err
+	})
 	if err != nil {
-		return s.startErr(ctx, fmt.Errorf("read exchangeInfo from %s: %w", s.cfg.Exchange.RESTURL, err))
+		return s.startErr(ctx, err)
 	}
-	syms := s.filter(infos)
-	if len(syms) == 0 {
-		return fmt.Errorf("exchangeInfo lists no TRADING USDT perpetual matching symbols.include/exclude")
+	kept := 0
+	for _, i := range infos {
+		if s.Registry.Keeps(i) {
+			kept++
+		}
 	}
-	s.log.Info("symbols", "count", len(syms), "intervals", len(s.cfg.Intervals))
+	if kept == 0 {
+		return fmt.Errorf("exchangeInfo lists no %s USDT contract matching symbols.include/exclude", strings.Join(s.cfg.Symbols.ContractTypes, " or "))
+	}
+	s.log.Info("symbols", "count", kept, "intervals", len(s.cfg.Intervals))
 
 	inWG.Go(func() { s.Router.Run(inCtx) })
 	inWG.Go(func() { s.Ingest.Run(inCtx) })
@@ -176,15 +203,28 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if s.Reconciler != nil {
 		inWG.Go(func() { s.Reconciler.Run(inCtx, s.Engine) })
 	}
-	if err := s.addSymbols(inCtx, syms); err != nil {
-		return s.startErr(ctx, err)
-	}
-	s.ready.Store(true)
-	s.log.Info("caught up; live", "symbols", len(syms), "took", time.Since(s.started).Round(time.Millisecond))
-
-	inWG.Go(func() { s.poll(inCtx) })
+	inWG.Go(func() { s.Registry.Run(inCtx, infos) })
 	s.status(inCtx)
 	return nil
+}
+
+// untilReached runs f until it succeeds or ctx ends, logging each failure
+// at once: an exchange that does not answer must not look like a hang.
+func (s *Service) untilReached(ctx context.Context, what string, f func(context.Context) error) error {
+	wait := time.Second
+	for {
+		err := f(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		s.log.Error("cannot "+what+"; retrying", "url", s.cfg.Exchange.RESTURL, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
 }
 
 // startErr reports a startup failure, or nothing if the user stopped us.
@@ -218,7 +258,7 @@ func (s *Service) tick(ctx context.Context) {
 			return
 		case <-t.C:
 			if now, ok := s.clock(); ok {
-				s.Engine.Tick(ctx, now)
+				s.Engine.Tick(ctx, now, s.Router.Holds())
 			}
 			if d := time.Since(lastAt); d >= time.Second {
 				n := s.Router.Stats().Forwarded.Load()
@@ -248,93 +288,16 @@ func (s *Service) syncClock(ctx context.Context) {
 }
 
 // clock is the time up to which the engine may close klines: exchange time,
-// held back to what every connection has delivered and to the start of any
-// gap being filled, so that no kline closes while its trades are in flight.
+// held back to what every connected connection has delivered, so that no
+// kline closes while its trades are in flight. Symbols missing trades are
+// held back further, each on its own (Router.Holds).
 func (s *Service) clock() (time.Time, bool) {
 	w := s.Router.Watermark()
 	if w == 0 {
 		return time.Time{}, false
 	}
-	now := min(s.ExchangeNow().UnixMilli(), w)
-	if h, ok := s.Router.Hold(); ok {
-		now = min(now, h)
-	}
-	return time.UnixMilli(now), true
+	return time.UnixMilli(min(s.ExchangeNow().UnixMilli(), w)), true
 }
-
-// filter keeps TRADING USDT perpetuals that the include and exclude lists
-// allow, ordered by onboard date.
-func (s *Service) filter(infos []binance.SymbolInfo) []store.Symbol {
-	var out []store.Symbol
-	for _, i := range infos {
-		if i.ContractType != "PERPETUAL" || i.QuoteAsset != "USDT" || i.Status != "TRADING" {
-			continue
-		}
-		if len(s.cfg.Symbols.Include) > 0 && !slices.Contains(s.cfg.Symbols.Include, i.Symbol) {
-			continue
-		}
-		if slices.Contains(s.cfg.Symbols.Exclude, i.Symbol) {
-			continue
-		}
-		out = append(out, store.Symbol{
-			Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
-			ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
-			OnboardDate: i.OnboardDate,
-		})
-	}
-	sort.SliceStable(out, func(a, b int) bool { return out[a].OnboardDate < out[b].OnboardDate })
-	return out
-}
-
-// addSymbols starts keeping syms: subscribe first so no trade is missed,
-// seed every open kline, then backfill closed history.
-func (s *Service) addSymbols(ctx context.Context, syms []store.Symbol) error {
-	if err := s.Store.PutSymbols(syms); err != nil {
-		return err
-	}
-	names := make([]string, len(syms))
-	for i, y := range syms {
-		names[i] = y.Name
-		if err := s.Engine.AddSymbol(ctx, y.Name); err != nil {
-			return err
-		}
-	}
-	// Subscribing in chunks, each seeded before the next is subscribed,
-	// bounds the trades the router holds for symbols not yet seeded to one
-	// chunk's seeding time: at startup with a thousand busy symbols,
-	// subscribing all at once held tens of seconds of the market in memory.
-	m0 := make([]int64, len(names))
-	for off := 0; off < len(names); off += seedChunk {
-		chunk := names[off:min(off+seedChunk, len(names))]
-		s.Ingest.Subscribe(chunk...)
-		err := s.parallel(ctx, chunk, func(i int, name string) error {
-			var err error
-			m0[off+i], err = s.History.Seed(ctx, name)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-	}
-	s.mu.Lock()
-	for _, y := range syms {
-		s.symbols[y.Name] = y
-		s.known[y.Name] = y
-	}
-	s.mu.Unlock()
-	total, done := len(names)*s.History.BackfillRequests(), atomic.Int64{}
-	return s.parallel(ctx, names, func(i int, name string) error {
-		return s.History.Backfill(ctx, name, m0[i], func() {
-			n := done.Add(1)
-			if s.Progress != nil {
-				s.Progress(int(n), total)
-			}
-		})
-	})
-}
-
-// seedChunk is how many symbols are subscribed and seeded at a time.
-const seedChunk = 50
 
 // parallel runs f over names with a few workers; REST weight, not
 // concurrency, is the limit, and the client enforces it.
@@ -368,86 +331,35 @@ func (s *Service) parallel(ctx context.Context, names []string, f func(int, stri
 	return first
 }
 
-// poll follows exchangeInfo: new listings are caught up and subscribed,
-// symbols that stop trading are finalized and unsubscribed.
-func (s *Service) poll(ctx context.Context) {
-	t := time.NewTicker(s.cfg.Exchange.SymbolsPoll.Duration)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		infos, err := s.Client.ExchangeInfo(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn("polling exchangeInfo failed", "err", err)
-			}
-			continue
-		}
-		live := map[string]bool{}
-		var added []store.Symbol
-		s.mu.Lock()
-		for _, y := range s.filter(infos) {
-			live[y.Name] = true
-			if _, ok := s.symbols[y.Name]; !ok {
-				added = append(added, y)
-			}
-		}
-		var removed []store.Symbol
-		for name, y := range s.symbols {
-			if !live[name] {
-				y.Status = "DELISTED"
-				for _, i := range infos {
-					if i.Symbol == name {
-						y.Status = i.Status
-					}
-				}
-				removed = append(removed, y)
-				delete(s.symbols, name)
-				s.known[name] = y
-			}
-		}
-		s.mu.Unlock()
-		for _, y := range removed {
-			s.log.Info("symbol stopped trading; finalizing it", "symbol", y.Name, "status", y.Status)
-			s.Ingest.Unsubscribe(y.Name)
-			s.Router.Remove(ctx, y.Name)
-			s.Engine.RemoveSymbol(ctx, y.Name)
-		}
-		if len(removed) > 0 {
-			if err := s.Store.PutSymbols(removed); err != nil {
-				s.log.Warn("saving symbol status failed", "err", err)
-			}
-		}
-		if len(added) > 0 {
-			s.log.Info("new symbols listed; catching them up", "count", len(added), "first", added[0].Name)
-			if err := s.addSymbols(ctx, added); err != nil && ctx.Err() == nil {
-				s.log.Error("catching up new symbols failed", "err", err)
-			}
-		}
-	}
-}
-
-// Symbols returns the symbols klagg keeps live, by name.
+// Symbols returns the symbols klagg keeps (seeding, live or paused), by
+// name.
 func (s *Service) Symbols() []store.Symbol {
-	s.mu.Lock()
-	out := make([]store.Symbol, 0, len(s.symbols))
-	for _, y := range s.symbols {
-		out = append(out, y)
+	v := s.Registry.View()
+	out := make([]store.Symbol, 0, len(v.Symbols))
+	for _, y := range v.Symbols {
+		if y.State != symbols.Pending && y.State != symbols.Delisted {
+			out = append(out, toStore(y.Info))
+		}
 	}
-	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Symbol returns a symbol klagg has klines of, live or not.
+// Symbol returns a symbol klagg has klines of, kept now or not.
 func (s *Service) Symbol(name string) (store.Symbol, bool) {
+	if y, ok := s.Registry.View().Symbols[name]; ok && y.State != symbols.Pending {
+		return toStore(y.Info), true
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	y, ok := s.known[name]
 	return y, ok
+}
+
+func toStore(i binance.SymbolInfo) store.Symbol {
+	return store.Symbol{Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
+		ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
+		OnboardDate: i.OnboardDate}
 }
 
 // Precision is the number formatting of a symbol klagg has klines of.
@@ -480,6 +392,11 @@ type Status struct {
 	RESTWeight1M   int                `json:"rest_weight_1m"`
 	Reconciled     int64              `json:"reconciled"`
 	ReconcileDiffs map[string]int64   `json:"reconcile_diffs"`
+	SymbolStates   map[string]int     `json:"symbol_states"`
+	BackfillDone   int64              `json:"backfill_requests_done"`
+	BackfillTotal  int64              `json:"backfill_requests_total"`
+	HoldsReleased  int64              `json:"holds_released"`
+	Resyncs        int64              `json:"resyncs"`
 	Unamended      int64              `json:"reconcile_unamended"`
 	Late           int64              `json:"late_trades"`
 	ConnStates     []ingest.ConnState `json:"connection_states"`
@@ -487,9 +404,8 @@ type Status struct {
 
 // Status returns the current figures.
 func (s *Service) Status() Status {
-	s.mu.Lock()
-	nsym := len(s.symbols)
-	s.mu.Unlock()
+	v := s.Registry.View()
+	nsym := v.Counts[symbols.Live] + v.Counts[symbols.Paused]
 	now := time.Now()
 	rate := math.Float64frombits(s.rate.Load())
 	conns := s.Ingest.Connections()
@@ -509,7 +425,9 @@ func (s *Service) Status() Status {
 		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
 		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
 		RESTWeight1M: w1m, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
+		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
 	}
+	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
 	if last := ist.LastFrameMs.Load(); last > 0 {
 		st.LagMs = now.UnixMilli() - last
 	}
@@ -530,7 +448,7 @@ func (s *Service) status(ctx context.Context) {
 		case <-t.C:
 		}
 		st := s.Status()
-		s.log.Info("status", "symbols", st.Symbols, "connections", fmt.Sprintf("%d/%d", st.Connected, st.Connections),
+		s.log.Info("status", "symbols", st.Symbols, "states", st.SymbolStates, "backfill", fmt.Sprintf("%d/%d", st.BackfillDone, st.BackfillTotal), "connections", fmt.Sprintf("%d/%d", st.Connected, st.Connections),
 			"trades_per_s", int(st.TradesPerSec), "klines_written", st.KlinesWritten, "reconnects", st.Reconnects,
 			"lag_ms", st.LagMs, "gap_fills", st.GapFills, "rest_weight_1m", st.RESTWeight1M)
 	}
@@ -548,13 +466,16 @@ func (s *Service) Backfill(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("read exchangeInfo from %s: %w", s.cfg.Exchange.RESTURL, err)
 	}
-	syms := s.filter(infos)
+	var syms []store.Symbol
+	var names []string
+	for _, i := range infos {
+		if s.Registry.Keeps(i) && symbols.ClassOf(i.Status) != symbols.ClassPending {
+			syms = append(syms, toStore(i))
+			names = append(names, i.Symbol)
+		}
+	}
 	if err := s.Store.PutSymbols(syms); err != nil {
 		return err
-	}
-	names := make([]string, len(syms))
-	for i, y := range syms {
-		names[i] = y.Name
 	}
 	m0 := s.ExchangeNow().UnixMilli()
 	m0 -= m0 % 60_000

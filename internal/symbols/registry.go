@@ -1,0 +1,456 @@
+package symbols
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/store"
+)
+
+// Exchange lists the exchange's symbols: the REST client.
+type Exchange interface {
+	ExchangeInfo(ctx context.Context) ([]binance.SymbolInfo, error)
+}
+
+// Subscriber carries symbols' streams: ingest.
+type Subscriber interface {
+	Subscribe(symbols ...string)
+	Unsubscribe(symbols ...string)
+}
+
+// Router forgets a symbol's trade sequence.
+type Router interface {
+	Remove(ctx context.Context, symbol string) error
+}
+
+// Engine keeps symbols' live klines.
+type Engine interface {
+	AddSymbol(ctx context.Context, symbol string) error
+	RemoveSymbol(ctx context.Context, symbol string) error
+}
+
+// Store records symbols and their status.
+type Store interface {
+	PutSymbols(syms []store.Symbol) error
+}
+
+// History seeds a symbol's open klines and backfills its closed ones.
+type History interface {
+	Seed(ctx context.Context, symbol string) (m0 int64, err error)
+	Backfill(ctx context.Context, symbol string, m0 int64, progress func()) error
+	BackfillRequests() int
+}
+
+// Config sets up a Registry.
+type Config struct {
+	ContractTypes []string // kept contract types [PERPETUAL, TRADIFI_PERPETUAL]
+	QuoteAsset    string   // [USDT]
+	Include       []string // only these symbols (empty: all)
+	Exclude       []string
+	Poll          time.Duration // exchangeInfo poll period [60s]
+	Seeders       int           // seeds at once [64]
+	Backfillers   int           // backfills at once [4]
+	Log           *slog.Logger
+	// Progress, if set, is told about backfill progress (a terminal bar).
+	Progress func(done, total int)
+}
+
+// Registry is the single owner of the symbol set.
+type Registry struct {
+	cfg  Config
+	ex   Exchange
+	subs Subscriber
+	rt   Router
+	eng  Engine
+	st   Store
+	hist History
+	log  *slog.Logger
+
+	seeded chan seedResult
+	wg     sync.WaitGroup // seeds and backfills in flight
+	seeds  chan struct{}  // semaphore
+	view   atomic.Pointer[View]
+	ready  atomic.Bool
+	// readyCh is closed once ready: backfills wait for it.
+	readyCh chan struct{}
+
+	// Backfill progress, in requests.
+	bfTotal, bfDone atomic.Int64
+	bfQueue         chan backfillJob
+
+	// Owned by Run.
+	entries map[string]*entry
+	startup map[string]bool // tradable at startup and not yet live
+}
+
+type entry struct {
+	info    binance.SymbolInfo
+	state   State
+	class   Class
+	fails   int
+	retryAt time.Time
+	since   time.Time // in this state since
+}
+
+type seedResult struct {
+	name string
+	m0   int64
+	err  error
+}
+
+type backfillJob struct {
+	name string
+	m0   int64
+}
+
+// Deps are the parts the registry drives.
+type Deps struct {
+	Exchange   Exchange
+	Subscriber Subscriber
+	Router     Router
+	Engine     Engine
+	Store      Store
+	History    History
+}
+
+// New returns a registry; nothing happens until Run.
+func New(cfg Config, d Deps) *Registry {
+	if len(cfg.ContractTypes) == 0 {
+		cfg.ContractTypes = []string{"PERPETUAL", "TRADIFI_PERPETUAL"}
+	}
+	if cfg.QuoteAsset == "" {
+		cfg.QuoteAsset = "USDT"
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Minute
+	}
+	if cfg.Seeders <= 0 {
+		cfg.Seeders = 64
+	}
+	if cfg.Backfillers <= 0 {
+		cfg.Backfillers = 4
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	r := &Registry{cfg: cfg, ex: d.Exchange, subs: d.Subscriber, rt: d.Router, eng: d.Engine, st: d.Store, hist: d.History,
+		log: cfg.Log, seeded: make(chan seedResult), seeds: make(chan struct{}, cfg.Seeders),
+		bfQueue: make(chan backfillJob, 1<<16), readyCh: make(chan struct{}), entries: map[string]*entry{}, startup: map[string]bool{}}
+	r.view.Store(&View{})
+	return r
+}
+
+// Keeps tells whether klagg keeps symbol i: a perpetual of a kept contract
+// type in the quote asset that the include and exclude lists allow.
+func (r *Registry) Keeps(i binance.SymbolInfo) bool {
+	if !slices.Contains(r.cfg.ContractTypes, i.ContractType) || i.QuoteAsset != r.cfg.QuoteAsset {
+		return false
+	}
+	if len(r.cfg.Include) > 0 && !slices.Contains(r.cfg.Include, i.Symbol) {
+		return false
+	}
+	return !slices.Contains(r.cfg.Exclude, i.Symbol)
+}
+
+// Ready reports whether every symbol tradable at startup is live.
+func (r *Registry) Ready() bool { return r.ready.Load() }
+
+// View returns the current symbol set; it is not to be changed.
+func (r *Registry) View() *View { return r.view.Load() }
+
+// Backfill returns the backfill progress in requests: done of total.
+func (r *Registry) Backfill() (done, total int64) { return r.bfDone.Load(), r.bfTotal.Load() }
+
+// Run keeps the symbol set in step with exchangeInfo, starting from first
+// (the listing read at startup), until ctx ends; then it waits for the
+// seeds and backfills it started.
+func (r *Registry) Run(ctx context.Context, first []binance.SymbolInfo) error {
+	defer r.wg.Wait()
+	started := time.Now()
+	r.apply(ctx, first, true)
+	r.checkReady(started)
+	for range r.cfg.Backfillers {
+		r.wg.Go(func() { r.backfill(ctx) })
+	}
+	poll := time.NewTicker(r.cfg.Poll)
+	defer poll.Stop()
+	retry := time.NewTicker(time.Second)
+	defer retry.Stop()
+	progress := time.NewTicker(10 * time.Second)
+	defer progress.Stop()
+	listings := make(chan []binance.SymbolInfo, 1)
+	polling := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case res := <-r.seeded:
+			r.onSeeded(ctx, res)
+			r.checkReady(started)
+		case <-retry.C:
+			now := time.Now()
+			for name, e := range r.entries {
+				if e.state == Failed && now.After(e.retryAt) {
+					r.move(ctx, name, e, evRetry)
+				}
+			}
+		case <-progress.C:
+			if !r.ready.Load() {
+				v := r.View()
+				done, total := r.Backfill()
+				r.log.Info("starting", "live", v.Counts[Live]+v.Counts[Paused], "of", len(v.Symbols)-v.Counts[Delisted]-v.Counts[Pending],
+					"seeding", v.Counts[Seeding], "failed", v.Counts[Failed], "backfill_requests", fmt.Sprintf("%d/%d", done, total))
+			}
+		case <-poll.C:
+			if polling {
+				continue
+			}
+			polling = true
+			r.wg.Go(func() {
+				infos, err := r.ex.ExchangeInfo(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						r.log.Warn("polling exchangeInfo failed; the symbol set stays as it is", "err", err)
+					}
+					infos = nil
+				}
+				select {
+				case listings <- infos:
+				case <-ctx.Done():
+				}
+			})
+		case infos := <-listings:
+			polling = false
+			if infos != nil {
+				r.apply(ctx, infos, false)
+			}
+		}
+	}
+}
+
+// checkReady makes the registry ready once every symbol tradable at
+// startup is live.
+func (r *Registry) checkReady(started time.Time) {
+	if r.ready.Load() || len(r.startup) > 0 {
+		return
+	}
+	r.ready.Store(true)
+	close(r.readyCh)
+	v := r.View()
+	r.log.Info("caught up; live", "symbols", v.Counts[Live]+v.Counts[Paused], "paused", v.Counts[Paused],
+		"took", time.Since(started).Round(time.Millisecond))
+}
+
+// apply takes a listing: every kept symbol moves by its class, and every
+// symbol tracked but no longer listed is gone.
+func (r *Registry) apply(ctx context.Context, infos []binance.SymbolInfo, startup bool) {
+	listed := map[string]bool{}
+	var changed []store.Symbol
+	kept := make([]binance.SymbolInfo, 0, len(infos))
+	for _, i := range infos {
+		if r.Keeps(i) {
+			kept = append(kept, i)
+		}
+	}
+	// Older listings first: they are the busiest, and seeding them first
+	// makes most of the market live soonest.
+	sort.SliceStable(kept, func(a, b int) bool { return kept[a].OnboardDate < kept[b].OnboardDate })
+	for _, i := range kept {
+		listed[i.Symbol] = true
+		e, known := r.entries[i.Symbol]
+		if !known {
+			e = &entry{info: i, since: time.Now()}
+			r.entries[i.Symbol] = e
+			if !startup {
+				r.log.Info("new symbol listed; catching it up", "symbol", i.Symbol, "status", i.Status)
+			}
+		}
+		class := ClassOf(i.Status)
+		if known && e.info.Status != i.Status {
+			r.log.Info("symbol status changed", "symbol", i.Symbol, "from", e.info.Status, "to", i.Status)
+		}
+		if !known || e.info.Status != i.Status {
+			changed = append(changed, storeSymbol(i))
+		}
+		e.info, e.class = i, class
+		if startup && (class == ClassTrading || class == ClassPaused) {
+			r.startup[i.Symbol] = true
+		}
+		r.moveKnown(ctx, i.Symbol, e, listing(class), known)
+	}
+	for name, e := range r.entries {
+		if !listed[name] && e.state != Delisted {
+			e.info.Status = "DELISTED"
+			changed = append(changed, storeSymbol(e.info))
+			r.move(ctx, name, e, evGone)
+		}
+	}
+	if len(changed) > 0 {
+		if err := r.st.PutSymbols(changed); err != nil {
+			r.log.Warn("saving symbols to the store failed; they are kept all the same", "err", err)
+		}
+	}
+	r.publish()
+}
+
+func (r *Registry) move(ctx context.Context, name string, e *entry, ev event) {
+	r.moveKnown(ctx, name, e, ev, true)
+	r.publish()
+}
+
+// moveKnown makes one transition and carries out its action.
+func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev event, known bool) {
+	from := e.state
+	to, act := transition(e.state, known, ev)
+	if to == Live && e.class == ClassPaused {
+		to = Paused
+	}
+	if to != from || !known {
+		e.state, e.since = to, time.Now()
+		r.log.Debug("symbol state", "symbol", name, "from", from, "to", to)
+	}
+	switch act {
+	case actSubscribe:
+		if err := r.eng.AddSymbol(ctx, name); err != nil {
+			return // stopping
+		}
+		r.subs.Subscribe(name)
+		r.seed(ctx, name)
+	case actReseed:
+		r.seed(ctx, name)
+	case actFinalize:
+		r.log.Info("symbol stopped trading; finalizing it", "symbol", name, "status", e.info.Status)
+		delete(r.startup, name)
+		r.subs.Unsubscribe(name)
+		if err := r.rt.Remove(ctx, name); err != nil {
+			return
+		}
+		if err := r.eng.RemoveSymbol(ctx, name); err != nil {
+			return
+		}
+	}
+}
+
+// seed seeds name on a goroutine of its own, at most Seeders at once.
+func (r *Registry) seed(ctx context.Context, name string) {
+	r.wg.Go(func() {
+		select {
+		case r.seeds <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		m0, err := r.hist.Seed(ctx, name)
+		<-r.seeds
+		select {
+		case r.seeded <- seedResult{name, m0, err}:
+		case <-ctx.Done():
+		}
+	})
+}
+
+func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
+	e := r.entries[res.name]
+	if e == nil || e.state != Seeding {
+		return // delisted meanwhile
+	}
+	if res.err != nil {
+		e.fails++
+		wait := min(time.Duration(1<<min(e.fails, 8))*time.Second, 5*time.Minute)
+		e.retryAt = time.Now().Add(wait)
+		r.log.Warn("seeding a symbol failed; retrying it alone", "symbol", res.name, "err", res.err, "retry_in", wait)
+		r.move(ctx, res.name, e, evSeedFailed)
+		return
+	}
+	e.fails = 0
+	delete(r.startup, res.name)
+	r.move(ctx, res.name, e, evSeeded)
+	if res.m0 != 0 {
+		r.bfTotal.Add(int64(r.hist.BackfillRequests()))
+		select {
+		case r.bfQueue <- backfillJob{res.name, res.m0}:
+		default:
+			r.log.Warn("backfill queue full; the symbol's history is fetched on the next start", "symbol", res.name)
+		}
+	}
+}
+
+// backfill works the backfill queue, once startup seeding is done so
+// that seeds get the weight first. A failed backfill is retried later.
+func (r *Registry) backfill(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-r.readyCh:
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-r.bfQueue:
+			err := r.hist.Backfill(ctx, j.name, j.m0, func() {
+				n := r.bfDone.Add(1)
+				if r.cfg.Progress != nil {
+					r.cfg.Progress(int(n), int(r.bfTotal.Load()))
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("backfill failed; it is retried later", "symbol", j.name, "err", err)
+				r.wg.Go(func() {
+					select {
+					case <-time.After(time.Minute):
+						select {
+						case r.bfQueue <- j:
+						default:
+						}
+					case <-ctx.Done():
+					}
+				})
+			}
+		}
+	}
+}
+
+func storeSymbol(i binance.SymbolInfo) store.Symbol {
+	return store.Symbol{Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
+		ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
+		OnboardDate: i.OnboardDate}
+}
+
+// View is the symbol set at one moment, for readers on other goroutines.
+type View struct {
+	Symbols map[string]Symbol
+	Counts  [nStates]int
+}
+
+// Symbol is one symbol in a View.
+type Symbol struct {
+	Info  binance.SymbolInfo
+	State State
+	Since time.Time
+}
+
+// Counts returns the number of symbols in each state, by state name.
+func (v *View) CountsByName() map[string]int {
+	out := make(map[string]int, nStates)
+	for s := range nStates {
+		out[s.String()] = v.Counts[s]
+	}
+	return out
+}
+
+// publish makes the current set readable.
+func (r *Registry) publish() {
+	v := &View{Symbols: make(map[string]Symbol, len(r.entries))}
+	for name, e := range r.entries {
+		v.Symbols[name] = Symbol{Info: e.info, State: e.state, Since: e.since}
+		v.Counts[e.state]++
+	}
+	r.view.Store(v)
+}
