@@ -576,6 +576,10 @@ func (e *Engine) amendLonger(s int, old, ex *kline.Kline) {
 		}
 		earlier := t.Trades - old.Trades - later
 		t.Amend(old, ex, earlier == 0, later == 0)
+		if ex.FirstTradeID < 0 && ex.Trades != old.Trades {
+			// The minute's trade ids are unknown, so are t's.
+			t.FirstTradeID, t.LastTradeID = -1, -1
+		}
 		if closed {
 			e.emit(si, sj, t)
 			e.followPrev(sj, e.ivs[sj%n])

@@ -124,8 +124,13 @@ func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) e
 	}
 	r.fieldMu.Unlock()
 	r.log.Info("kline differs from the exchange's; taking the exchange's", "symbol", u.Symbol, "open_time", u.OpenTime, "fields", diffs)
-	// Trade ids are ours: the exchange's REST klines do not carry them.
+	// The exchange's REST klines carry no trade ids. Ours are right where
+	// we had every trade; where the count differs they are not, and
+	// unknown is the honest answer.
 	ex.FirstTradeID, ex.LastTradeID = u.FirstTradeID, u.LastTradeID
+	if ex.Trades != u.Trades {
+		ex.FirstTradeID, ex.LastTradeID = -1, -1
+	}
 	return engine.Correct(ctx, u.Symbol, u.Interval, ex)
 }
 
