@@ -18,7 +18,6 @@ import (
 // that symbol is alone, the others go on, and once the exchange takes it
 // again everything is repaired to the exchange's klines.
 func TestRefusedStream(t *testing.T) {
-	t.Skip("open (issue 10): after the refusal ends, one symbol of a split connection lags its 1m klines ~4 minutes behind at the end of the run; values are exact, the lag is not yet understood")
 	r := newRun(t, fakex.Config{}, "")
 	r.startKlagg()
 	r.until(3 * time.Minute)
@@ -65,7 +64,6 @@ func TestHaltAndResume(t *testing.T) {
 // a minute of its (simulated) time, and the stream stalls for longer: the
 // gap can only be repaired from klines.
 func TestOutageBeyondRetention(t *testing.T) {
-	t.Skip("open (issue 10): passes without -race, but under -race some 3m klines amended after the repair differ from the reference")
 	r := newRun(t, fakex.Config{Retention: time.Minute}, "")
 	r.startKlagg()
 	r.until(3 * time.Minute)

@@ -453,7 +453,14 @@ func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline, through int
 	case c.OpenTime < k.OpenTime:
 		e.roll(s/len(e.ivs), s, iv, k.OpenTime)
 	default:
-		return // the snapshot is older than what the engine already holds
+		// The clock rolled the slot past the seed while the symbol was
+		// missing trades (its hold ran out): what it closed since lacks
+		// them. The seed holds every trade up to its last, and the trades
+		// after it follow, so the slot goes back to the seed and rolls
+		// forward again, re-emitting each kline it closes, now whole.
+		if p := &e.prev[s]; p.OpenTime >= k.OpenTime {
+			*p = kline.Kline{}
+		}
 	}
 	k.Closed = false
 	k.CloseTime = iv.CloseTime(k.OpenTime)

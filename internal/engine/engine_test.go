@@ -403,3 +403,34 @@ func TestHoldsAreTheirSymbolsOnly(t *testing.T) {
 		t.Fatalf("B should close once released: %+v", b)
 	}
 }
+
+// TestOlderSeedRollsForwardAgain: the clock closed a held symbol's klines
+// without the trades it was missing; a repair's seed of an earlier minute
+// takes the slot back, and the trades after it close those klines again,
+// whole.
+func TestOlderSeedRollsForwardAgain(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute()}, 2*time.Second)
+	h.add("A")
+	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
+	h.tick(t0 + 3*60_000 + 2001) // minutes 0, 1 and 2 closed by the clock
+	h.sync()
+	seed := kline.Empty(kline.OneMinute(), t0+60_000, 10*decimal.Unit)
+	seed.Add(&kline.Trade{ID: 2, Price: 11 * decimal.Unit, Qty: decimal.Unit, FirstID: 20, LastID: 21, Time: t0 + 61_000})
+	if err := h.e.Seed(context.Background(), "A", kline.OneMinute(), seed, t0+60_000); err != nil {
+		t.Fatal(err)
+	}
+	h.trades("A", []kline.Trade{trade(2, t0+61_000, "11", "1", false), trade(3, t0+62_000, "12", "1", false), trade(4, t0+150_000, "13", "1", false)})
+	h.tick(t0 + 4*60_000 + 2001)
+	h.sync()
+	ks := h.c.series("A", "1m")
+	if len(ks) != 5 {
+		t.Fatalf("got %d klines, want 5", len(ks))
+	}
+	m1, m2 := ks[1], ks[2]
+	if !m1.Closed || m1.Trades != 4 || m1.Close != 12*decimal.Unit || m1.Open != 11*decimal.Unit {
+		t.Errorf("minute 1 should be the seed plus trade 3: %+v", m1)
+	}
+	if !m2.Closed || m2.Trades != 2 || m2.Open != 13*decimal.Unit {
+		t.Errorf("minute 2 should hold trade 4: %+v", m2)
+	}
+}

@@ -151,6 +151,7 @@ func (in *Ingest) split(c *conn) bool {
 	}
 	in.nextID++
 	nc := newConn(in, in.nextID)
+	nc.splitFrom = c.id
 	for _, s := range moved {
 		nc.symbols[s] = s
 		nc.urlLen += streamsLen(s)
@@ -229,6 +230,7 @@ type conn struct {
 	changed   chan struct{} // subscriptions changed while connected
 	pendingOp []op
 	urlLen    int // length of the URL carrying every current stream
+	splitFrom int // the connection this one was split from (0: none)
 	// live are the symbols whose streams the exchange carries on the
 	// current session: those in its URL, and those whose SUBSCRIBE it
 	// acknowledged (acks: request id → symbols). wake is closed and
@@ -528,7 +530,11 @@ func (c *conn) run(ctx context.Context) {
 	defer close(c.done)
 	log := c.in.log.With("conn", c.id)
 	backoff := 100 * time.Millisecond
-	lost := false
+	// A connection split from a lost one starts lost: its symbols were
+	// marked so, and it must tell the router when it has them back.
+	c.mu.Lock()
+	lost := c.splitFrom != 0
+	c.mu.Unlock()
 	pause := func() bool {
 		wait := backoff/2 + rand.N(backoff)
 		backoff = min(2*backoff, 30*time.Second)
@@ -714,16 +720,10 @@ func (c *conn) handle(ctx context.Context, b []byte) {
 		}
 		return
 	default:
-		if st.Malformed.Add(1) <= 10 {
-			c.in.log.Warn("malformed frame ignored", "conn", c.id, "err", err)
-		}
+		c.malformed(err)
 		return
 	}
-	var name string
-	ok := false
-	if m := c.names.Load(); m != nil {
-		name, ok = (*m)[string(sym)]
-	}
+	name, ok := c.name(sym)
 	if !ok {
 		st.Other.Add(1) // a stream we no longer want
 		return
@@ -775,22 +775,33 @@ func (c *conn) streaming(symbol string) (bool, <-chan struct{}) {
 	return c.live[symbol], c.wake
 }
 
+// name returns the interned name of a symbol c carries, read without a
+// lock from the frame path.
+func (c *conn) name(sym []byte) (string, bool) {
+	if m := c.names.Load(); m != nil {
+		name, ok := (*m)[string(sym)]
+		return name, ok
+	}
+	return "", false
+}
+
+// malformed counts a frame that could not be parsed, logging the first few.
+func (c *conn) malformed(err error) {
+	if c.in.stats.Malformed.Add(1) <= 10 {
+		c.in.log.Warn("malformed frame ignored", "conn", c.id, "err", err)
+	}
+}
+
 // snapshot passes a 1m kline event to the router: the seed of the
 // symbol's open klines.
 func (c *conn) snapshot(ctx context.Context, b []byte) {
 	st := &c.in.stats
 	ev, err := binance.ParseKlineEvent(b)
 	if err != nil {
-		if st.Malformed.Add(1) <= 10 {
-			c.in.log.Warn("malformed frame ignored", "conn", c.id, "err", err)
-		}
+		c.malformed(err)
 		return
 	}
-	var name string
-	ok := false
-	if m := c.names.Load(); m != nil {
-		name, ok = (*m)[ev.Symbol]
-	}
+	name, ok := c.name([]byte(ev.Symbol))
 	k, err := ev.K.Kline()
 	if !ok || ev.K.Interval != "1m" || err != nil {
 		st.Other.Add(1)

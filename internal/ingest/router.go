@@ -703,6 +703,9 @@ func (r *Router) checkGaps(ctx context.Context) {
 			}
 			s.filling = true
 			r.stats.Resyncs.Add(1)
+			// The repair starts: its symbol is held afresh, so that the
+			// clock does not close klines the repair is about to seed.
+			s.heldSince, s.unheld = time.Time{}, false
 			since := s.resync
 			r.wg.Go(func() {
 				err := r.resyncer.Resync(ctx, sym, since)
@@ -713,8 +716,8 @@ func (r *Router) checkGaps(ctx context.Context) {
 			})
 			continue
 		}
-		if s.next < 0 || (len(s.pending) == 0 && !s.suspect) {
-			continue
+		if s.next < 0 || s.down || (len(s.pending) == 0 && !s.suspect) {
+			continue // nothing to fill, or nothing to gain before the stream is back
 		}
 		s.filling = true
 		r.stats.Fills.Add(1)
@@ -790,6 +793,7 @@ func (r *Router) resynced(ctx context.Context, f resyncResult) {
 		return
 	}
 	s.resync = 0
+	r.log.Info("trade gap repaired from klines", "symbol", f.symbol)
 	r.updateHold()
 }
 
