@@ -504,6 +504,9 @@ func (k *klaggProc) stop() {
 }
 
 type klaggStatus struct {
+	Ready         bool  `json:"ready"`
+	BackfillDone  int64 `json:"backfill_requests_done"`
+	BackfillTotal int64 `json:"backfill_requests_total"`
 	Trades        int64 `json:"trades"`
 	Frames        int64 `json:"frames"`
 	Malformed     int64 `json:"malformed_frames"`

@@ -45,7 +45,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D] [-clients N] | backfill -klagg BIN [-symbols N] [-budget W]")
+		return fmt.Errorf("usage: klagg-load trades [-symbols N] [-rows N] [-seed N] -out DIR | live -klagg BIN [-symbols N] [-rate R] [-duration D] | blast -klagg BIN [-symbols N] [-rate R] [-duration D] [-clients N] | backfill -klagg BIN [-symbols N] [-budget W] | start -klagg BIN [-symbols N] [-budget W] [-down D -speed X]")
 	}
 	switch args[0] {
 	case "trades":
@@ -56,8 +56,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runBlast(args[1:], stdout, stderr)
 	case "backfill":
 		return runBackfill(args[1:], stdout, stderr)
+	case "start":
+		return runStart(args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown command %q: want trades, live, blast or backfill", args[0])
+	return fmt.Errorf("unknown command %q: want trades, live, blast, backfill or start", args[0])
 }
 
 func runTrades(args []string, stdout, stderr io.Writer) error {

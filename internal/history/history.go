@@ -46,10 +46,15 @@ type Streams interface {
 	Streaming(ctx context.Context, symbol string) error
 }
 
-// Store is where backfilled klines go.
+// Store tells where a symbol's stored klines end.
 type Store interface {
 	Last(ctx context.Context, symbol string, iv kline.Interval) (kline.Kline, bool, error)
-	Upsert(updates []kline.Update) error
+}
+
+// Writer takes backfilled klines: the store's one writer, which retries
+// and reports failed writes.
+type Writer interface {
+	Write(ctx context.Context, updates []kline.Update) error
 }
 
 // History catches symbols up. Its methods may be called from several
@@ -60,6 +65,7 @@ type History struct {
 	router    Router
 	streams   Streams
 	store     Store
+	writer    Writer
 	ivs       []kline.Interval
 	limit     int
 	now       func() time.Time // exchange time
@@ -85,8 +91,8 @@ const StreamWait = 10 * time.Second
 // New returns a History for intervals ivs, backfilling at most limit klines
 // per interval for a symbol the store does not have yet; now tells
 // exchange time.
-func New(ex Exchange, engine Engine, router Router, streams Streams, store Store, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
-	return &History{ex: ex, engine: engine, router: router, streams: streams, store: store, ivs: ivs, limit: limit, now: now, log: log}
+func New(ex Exchange, engine Engine, router Router, streams Streams, store Store, writer Writer, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
+	return &History{ex: ex, engine: engine, router: router, streams: streams, store: store, writer: writer, ivs: ivs, limit: limit, now: now, log: log}
 }
 
 // klines asks for the klines of iv opening in [start, end) with the
@@ -399,7 +405,7 @@ func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval
 			ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
 		}
 		if len(ups) > 0 {
-			if err := h.store.Upsert(ups); err != nil {
+			if err := h.writer.Write(ctx, ups); err != nil {
 				return err
 			}
 			h.Backfills.Add(int64(len(ups)))

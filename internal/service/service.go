@@ -99,7 +99,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
-	s.History = history.New(s.Client, s.Engine, s.Router, s.Ingest, st, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
+	s.History = history.New(s.Client, s.Engine, s.Router, s.Ingest, st, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
 	s.Router.ResyncWith(s.History)
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
@@ -459,6 +459,18 @@ func (s *Service) status(ctx context.Context) {
 // `klagg backfill` command.
 func (s *Service) Backfill(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, s.Store.Close()) }()
+	// Every write goes through the one writer, stopped (and flushed) last.
+	wCtx, stopW := context.WithCancel(context.Background())
+	var wWG sync.WaitGroup
+	var writeErr error
+	wWG.Go(func() { writeErr = s.writer.Run(wCtx) })
+	defer func() {
+		stopW()
+		wWG.Wait()
+		if writeErr != nil {
+			err = errors.Join(err, fmt.Errorf("writing the backfilled klines failed: %w", writeErr))
+		}
+	}()
 	if err := s.syncTime(ctx); err != nil {
 		return err
 	}

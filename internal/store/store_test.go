@@ -235,3 +235,31 @@ func BenchmarkUpsertLive(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "upserts/s")
 }
+
+// TestWriterTakesBackfillPages: pages written through Write go through the
+// one writer, with the engine's updates, and are flushed on stop.
+func TestWriterTakesBackfillPages(t *testing.T) {
+	s := open(t)
+	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
+	w := NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	for i := int64(0); i < 3; i++ {
+		page := []kline.Update{{Symbol: "B", Interval: kline.OneMinute(), Kline: testKline(i*60_000, i)}}
+		if err := w.Write(context.Background(), page); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)}}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for sym, want := range map[string]int{"A": 1, "B": 3} {
+		ks, _ := s.Klines(context.Background(), Query{Symbol: sym, Interval: kline.OneMinute()})
+		if len(ks) != want {
+			t.Errorf("%s: stored %d, want %d", sym, len(ks), want)
+		}
+	}
+}

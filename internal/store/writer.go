@@ -28,6 +28,10 @@ type Writer struct {
 	batchSize int
 	every     time.Duration
 
+	// bulk carries batches of closed klines from elsewhere (backfill),
+	// written by the same goroutine with the same retries.
+	bulk chan []kline.Update
+
 	written  atomic.Int64
 	failures atomic.Int64
 	backlog  atomic.Int64
@@ -39,7 +43,19 @@ type Writer struct {
 // taking a core from ingest, and what a crash loses in between is read back
 // from the exchange on the next start.
 func NewWriter(s *Store, src Source, every time.Duration, log *slog.Logger) *Writer {
-	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every}
+	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, bulk: make(chan []kline.Update, 16)}
+}
+
+// Write queues closed klines (a backfill page) for the writer and returns
+// once it has taken them; it waits while the writer is behind or failing,
+// so a slow or full disk slows the backfill instead of filling memory.
+func (w *Writer) Write(ctx context.Context, updates []kline.Update) error {
+	select {
+	case w.bulk <- updates:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Written is the number of kline rows written so far.
@@ -57,6 +73,7 @@ func (w *Writer) Backlog() int64 { return w.backlog.Load() }
 func (w *Writer) Run(ctx context.Context) error {
 	var (
 		batch   []kline.Update
+		bulk    []kline.Update // taken from Write, not yet written
 		retry   map[kline.Key]kline.Update
 		backoff = 100 * time.Millisecond
 		timer   *time.Timer
@@ -73,6 +90,9 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	flush := func() error {
 		batch = w.src.Drain(batch[:0])
+		batch = append(batch, bulk...)
+		clear(bulk)
+		bulk = bulk[:0]
 		if len(retry) > 0 {
 			// Newer drained versions win over the ones that failed.
 			for i := range batch {
@@ -102,8 +122,29 @@ func (w *Writer) Run(ctx context.Context) error {
 		return nil
 	}
 	for {
+		bulkIn := w.bulk
+		if len(retry) > 0 || len(bulk) >= w.batchSize {
+			bulkIn = nil // hold Write back until these are written
+		}
 		select {
+		case b := <-bulkIn:
+			bulk = append(bulk, b...)
+			if wait != nil {
+				continue
+			}
+			if d := w.every - time.Since(last); d > 0 {
+				wait = arm(d)
+				continue
+			}
 		case <-ctx.Done():
+			for drained := false; !drained; {
+				select {
+				case b := <-w.bulk:
+					bulk = append(bulk, b...)
+				default:
+					drained = true
+				}
+			}
 			var err error
 			// A few quick attempts: the final flush must not be lost to a
 			// momentary lock, but shutdown must not hang on a dead disk.
