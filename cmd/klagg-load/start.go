@@ -98,4 +98,3 @@ func (k *klaggProc) waitBackfill(deadline time.Time) (int64, error) {
 	}
 	return 0, fmt.Errorf("backfill not done before the timeout")
 }
-
