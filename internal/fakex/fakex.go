@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -613,9 +612,4 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func streamSymbol(stream string) (string, string, bool) {
-	sym, kind, ok := strings.Cut(stream, "@")
-	return strings.ToUpper(sym), kind, ok
 }

@@ -147,7 +147,8 @@ func (wc *wsConn) deliver(fresh map[string][]kline.Trade, now int64) {
 	wc.mu.Lock()
 	var want []string
 	for s := range wc.subs {
-		if sym, kind, ok := streamSymbol(s); ok && kind == "aggtrade" && len(fresh[sym]) > 0 {
+		// Subscriptions are kept lower-cased, as Binance matches them.
+		if sym, kind, ok := binance.StreamSymbol(s); ok && kind == "aggtrade" && len(fresh[sym]) > 0 {
 			want = append(want, sym)
 		}
 	}

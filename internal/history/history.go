@@ -204,18 +204,11 @@ func (h *History) Seed(ctx context.Context, symbol string) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("seed %s: current minute: %w", symbol, err)
 	}
-	switch {
-	case len(ks) == 0:
-		// Nothing in the last two minutes: quiet, or never traded. The
-		// trades that come are all new.
-		if err := h.seedOpen(ctx, symbol, m0, kline.Kline{}, 0); err != nil {
-			return 0, err
-		}
-		h.Seeds.Quiet.Add(1)
-		return m0, h.router.StartAt(ctx, symbol, m0)
-	case ks[len(ks)-1].OpenTime == m0 && ks[len(ks)-1].Trades > 0:
-		return h.seedFromTrades(ctx, symbol)
+	if n := len(ks); n > 0 && ks[n-1].OpenTime == m0 && ks[n-1].Trades > 0 {
+		return h.seedFromTrades(ctx, symbol) // traded, yet no event came
 	}
+	// A minute without trades so far (or none for two minutes, or never):
+	// the trades that come are all new.
 	if err := h.seedOpen(ctx, symbol, m0, kline.Kline{}, 0); err != nil {
 		return 0, err
 	}

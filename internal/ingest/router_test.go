@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"slices"
 	"log/slog"
 	"sync"
 	"testing"
@@ -123,5 +124,97 @@ func TestRouterHoldsClockAcrossLoss(t *testing.T) {
 			t.Fatal("clock still held after the fill caught up")
 		case <-time.After(time.Millisecond):
 		}
+	}
+}
+
+// trf is aggregate trade id with trade ids f…l.
+func trf(id, f, l int64) kline.Trade { return kline.Trade{ID: id, FirstID: f, LastID: l, Time: id * 1000} }
+
+type resyncs struct{ ch chan string }
+
+func (r resyncs) Resync(_ context.Context, symbol string, _ int64) error {
+	r.ch <- symbol
+	return nil
+}
+
+// TestRouterStartsAfterASnapshot is the table of how a symbol seeded from a
+// kline event (its last trade id L = 20) starts: from the trades buffered
+// before the start, or from the first that arrives after it.
+func TestRouterStartsAfterASnapshot(t *testing.T) {
+	cases := []struct {
+		name     string
+		buffered []kline.Trade // delivered before StartAfter
+		started  bool          // StartAfter's answer
+		later    []kline.Trade // delivered after it
+		want     []int64       // aggregate ids forwarded
+		resync   bool          // the start cannot be continued: repair from klines
+	}{
+		{"the buffer holds the trade ending at L", []kline.Trade{trf(5, 19, 20), trf(6, 21, 22)}, true, []kline.Trade{trf(7, 23, 23)}, []int64{6, 7}, false},
+		{"the buffer begins right after L", []kline.Trade{trf(6, 21, 22)}, true, []kline.Trade{trf(7, 23, 23)}, []int64{6, 7}, false},
+		{"a trade straddles L", []kline.Trade{trf(5, 19, 22)}, false, nil, nil, false},
+		{"nothing buffered, the next follows L", nil, true, []kline.Trade{trf(6, 21, 22), trf(7, 23, 23)}, []int64{6, 7}, false},
+		{"nothing buffered, a repeat first", nil, true, []kline.Trade{trf(5, 19, 20), trf(6, 21, 22)}, []int64{6}, false},
+		{"nothing buffered, trades went unseen", nil, true, []kline.Trade{trf(9, 30, 30)}, nil, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rs := resyncs{make(chan string, 1)}
+			r, out, ctx := startRouter(t, &history{})
+			r.ResyncWith(rs)
+			for _, tr := range c.buffered {
+				r.Deliver(ctx, 1, "X", tr, time.Now())
+			}
+			ok, err := r.StartAfter(ctx, "X", 20)
+			if err != nil || ok != c.started {
+				t.Fatalf("StartAfter = %v, %v; want %v", ok, err, c.started)
+			}
+			for _, tr := range c.later {
+				r.Deliver(ctx, 1, "X", tr, time.Now())
+			}
+			if c.resync {
+				select {
+				case <-rs.ch:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no resync")
+				}
+				return
+			}
+			if got := collect(t, out, len(c.want)); len(c.want) > 0 && !slices.Equal(got, c.want) {
+				t.Fatalf("forwarded %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestRouterStartsAtATime: a symbol seeded from a minute without trades
+// starts at its first trade at or after that minute.
+func TestRouterStartsAtATime(t *testing.T) {
+	r, out, ctx := startRouter(t, &history{})
+	r.Deliver(ctx, 1, "X", tr(4), time.Now()) // 4000 ms: in the seed's closed klines
+	r.Deliver(ctx, 1, "X", tr(5), time.Now())
+	if err := r.StartAt(ctx, "X", 5000); err != nil {
+		t.Fatal(err)
+	}
+	r.Deliver(ctx, 1, "X", tr(6), time.Now())
+	if got := collect(t, out, 2); !slices.Equal(got, []int64{5, 6}) {
+		t.Fatalf("forwarded %v, want [5 6]", got)
+	}
+}
+
+// TestRouterAnchorsOnAContinuedSnapshot: Anchor answers with a snapshot
+// only once the buffered trades reach back to the trade after its last.
+func TestRouterAnchorsOnAContinuedSnapshot(t *testing.T) {
+	r, _, ctx := startRouter(t, &history{})
+	r.Deliver(ctx, 1, "X", trf(9, 30, 30), time.Now())
+	r.Snapshot(ctx, 1, "X", kline.Kline{OpenTime: 60_000, Trades: 5, FirstTradeID: 16, LastTradeID: 20})
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := r.Anchor(short, "X"); err == nil {
+		t.Fatal("a snapshot the buffer does not continue was handed out")
+	}
+	r.Snapshot(ctx, 1, "X", kline.Kline{OpenTime: 60_000, Trades: 15, FirstTradeID: 16, LastTradeID: 30})
+	k, err := r.Anchor(ctx, "X")
+	if err != nil || k.LastTradeID != 30 {
+		t.Fatalf("Anchor = %+v, %v; want the snapshot ending at 30", k, err)
 	}
 }

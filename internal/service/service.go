@@ -112,7 +112,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: s.History})
 	s.metrics.NewGauge("klagg_backfill_requests_done", func() float64 { d, _ := s.Registry.Backfill(); return float64(d) })
 	s.metrics.NewGauge("klagg_backfill_requests_total", func() float64 { _, t := s.Registry.Backfill(); return float64(t) })
-	for st := symbols.State(0); st.String() != "unknown"; st++ {
+	for _, st := range symbols.States() {
 		s.metrics.NewGauge(fmt.Sprintf(`klagg_symbols{state=%q}`, st), func() float64 { return float64(s.Registry.View().Counts[st]) })
 	}
 	return s, nil

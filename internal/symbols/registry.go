@@ -436,7 +436,7 @@ type Symbol struct {
 	Since time.Time
 }
 
-// Counts returns the number of symbols in each state, by state name.
+// CountsByName returns the number of symbols in each state, by state name.
 func (v *View) CountsByName() map[string]int {
 	out := make(map[string]int, nStates)
 	for s := range nStates {

@@ -28,6 +28,15 @@ const (
 	nStates
 )
 
+// States lists every state, in order.
+func States() []State {
+	out := make([]State, nStates)
+	for i := range out {
+		out[i] = State(i)
+	}
+	return out
+}
+
 var stateNames = [nStates]string{"pending", "seeding", "live", "paused", "failed", "delisted"}
 
 func (s State) String() string {
