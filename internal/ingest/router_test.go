@@ -2,8 +2,8 @@ package ingest
 
 import (
 	"context"
-	"slices"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -128,7 +128,9 @@ func TestRouterHoldsClockAcrossLoss(t *testing.T) {
 }
 
 // trf is aggregate trade id with trade ids f…l.
-func trf(id, f, l int64) kline.Trade { return kline.Trade{ID: id, FirstID: f, LastID: l, Time: id * 1000} }
+func trf(id, f, l int64) kline.Trade {
+	return kline.Trade{ID: id, FirstID: f, LastID: l, Time: id * 1000}
+}
 
 type resyncs struct{ ch chan string }
 
