@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -87,27 +89,37 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	// The API stops before the service, so no request reads a closed store.
 	svcCtx, stopSvc := context.WithCancel(context.Background())
 	streamCtx, stopStreams := context.WithCancel(context.Background())
-	defer stopStreams()
-	go streams.Run(streamCtx)
-	go hs.Serve(ln)
+	var wg sync.WaitGroup
+	var streamErr, httpErr error
+	wg.Go(func() { streamErr = streams.Run(streamCtx) })
+	wg.Go(func() {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			httpErr = fmt.Errorf("HTTP server: %w", err)
+			stopSvc()
+		}
+	})
+	var once sync.Once
 	shutdown := func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		hs.Shutdown(sctx)
-		stopStreams()
+		once.Do(func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			hs.Shutdown(sctx)
+			stopStreams()
+		})
 	}
-	go func() {
-		<-ctx.Done()
+	stop := context.AfterFunc(ctx, func() {
 		shutdown()
 		stopSvc()
-	}()
+	})
+	defer stop()
 	forceOnSecondSignal(ctx, e)
 	e.log.Info("klagg starting", "version", version, "exchange", cfg.Exchange.RESTURL, "database", cfg.Database.Path,
 		"listen", "http://"+ln.Addr().String())
 	err = svc.Run(svcCtx)
 	stopSvc()
 	shutdown()
-	return err
+	wg.Wait()
+	return errors.Join(err, httpErr, streamErr)
 }
 
 // corsHosts turns CORS origins into the host patterns the WebSocket

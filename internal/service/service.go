@@ -138,29 +138,27 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, s.Store.Close()) }()
 
 	// Three lifetimes, stopped in reverse: inputs, the engine, the writer.
+	// A part whose Run fails stops the inputs, and so the service.
 	inCtx, stopIn := context.WithCancel(context.Background())
 	engCtx, stopEng := context.WithCancel(context.Background())
 	wCtx, stopW := context.WithCancel(context.Background())
-	var inWG, engWG, wWG sync.WaitGroup
-	var writeErr error
-	wWG.Go(func() { writeErr = s.writer.Run(wCtx) })
-	engWG.Go(func() { s.Engine.Run(engCtx) })
+	in, eng, w := &group{stop: stopIn}, &group{stop: stopIn}, &group{stop: stopIn}
+	w.Go("store writer", func() error { return s.writer.Run(wCtx) })
+	eng.Go("engine", func() error { return s.Engine.Run(engCtx) })
 	defer func() {
 		stopIn()
-		inWG.Wait()
+		inErr := in.Wait()
 		stopEng()
-		engWG.Wait()
+		engErr := eng.Wait()
 		stopW()
-		wWG.Wait()
-		if writeErr != nil {
-			err = errors.Join(err, fmt.Errorf("final write to the store failed; the newest klines are lost: %w", writeErr))
+		if werr := w.Wait(); werr != nil {
+			werr = fmt.Errorf("final write to the store failed; the newest klines are lost: %w", werr)
+			err = errors.Join(err, werr)
 		}
+		err = errors.Join(err, inErr, engErr)
 		s.log.Info("stopped", "klines_written", s.writer.Written())
 	}()
-	go func() {
-		<-ctx.Done()
-		stopIn()
-	}()
+	defer context.AfterFunc(ctx, stopIn)()
 
 	stored, err := s.Store.Symbols(inCtx)
 	if err != nil {
@@ -196,16 +194,43 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	s.log.Info("symbols", "count", kept, "intervals", len(s.cfg.Intervals))
 
-	inWG.Go(func() { s.Router.Run(inCtx) })
-	inWG.Go(func() { s.Ingest.Run(inCtx) })
-	inWG.Go(func() { s.tick(inCtx) })
-	inWG.Go(func() { s.syncClock(inCtx) })
+	in.Go("router", func() error { return s.Router.Run(inCtx) })
+	in.Go("ingest", func() error { return s.Ingest.Run(inCtx) })
+	in.Go("clock", func() error { s.tick(inCtx); return nil })
+	in.Go("time sync", func() error { s.syncClock(inCtx); return nil })
 	if s.Reconciler != nil {
-		inWG.Go(func() { s.Reconciler.Run(inCtx, s.Engine) })
+		in.Go("reconciler", func() error { return s.Reconciler.Run(inCtx, s.Engine) })
 	}
-	inWG.Go(func() { s.Registry.Run(inCtx, infos) })
+	in.Go("symbols", func() error { return s.Registry.Run(inCtx, infos) })
 	s.status(inCtx)
 	return nil
+}
+
+// group runs parts of the service and joins their errors; a part that
+// fails calls stop, so that the service ends rather than runs without it.
+type group struct {
+	wg   sync.WaitGroup
+	stop func()
+	mu   sync.Mutex
+	errs []error
+}
+
+// Go runs f, the part called name, on a goroutine of the group.
+func (g *group) Go(name string, f func() error) {
+	g.wg.Go(func() {
+		if err := f(); err != nil {
+			g.mu.Lock()
+			g.errs = append(g.errs, fmt.Errorf("%s: %w", name, err))
+			g.mu.Unlock()
+			g.stop()
+		}
+	})
+}
+
+// Wait waits for every part and returns their errors, joined.
+func (g *group) Wait() error {
+	g.wg.Wait()
+	return errors.Join(g.errs...)
 }
 
 // untilReached runs f until it succeeds or ctx ends, logging each failure
