@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +26,13 @@ func TestRefusedStream(t *testing.T) {
 	r.until(3 * time.Minute)
 	r.x.RefuseStreams("S004USDT")
 	r.x.DropConnections()
+	r.until(7 * time.Minute)
+	// The others' klines go on closing on time meanwhile.
+	for _, sym := range []string{"S000USDT", "S005USDT"} {
+		if lag := r.closedLag(sym); lag > 2*time.Minute {
+			t.Errorf("%s: the newest closed 1m kline is %s behind the exchange's clock while another symbol's stream is refused", sym, lag)
+		}
+	}
 	r.until(8 * time.Minute)
 	r.x.RefuseStreams()
 	// The refused symbol's connection retries with a backoff of up to 30 s
@@ -74,4 +84,24 @@ func TestOutageBeyondRetention(t *testing.T) {
 		t.Error("klagg did not repair the gap from klines")
 	}
 	r.check(12 * time.Minute)
+}
+
+// closedLag is how far the close time of the newest closed 1m kline klagg
+// serves for sym is behind the exchange's clock.
+func (r *run) closedLag(sym string) time.Duration {
+	r.t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s/fapi/v1/klines?symbol=%s&interval=1m&limit=3", strings.TrimPrefix(r.base, "http://"), sym))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rows [][]json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&rows); err != nil || len(rows) < 2 {
+		r.t.Fatalf("klines of %s: %v (%d rows)", sym, err, len(rows))
+	}
+	var closeTime int64
+	if err := json.Unmarshal(rows[len(rows)-2][6], &closeTime); err != nil {
+		r.t.Fatal(err)
+	}
+	return r.x.Now().Sub(time.UnixMilli(closeTime))
 }

@@ -589,7 +589,9 @@ func (r *Router) updateHold() {
 	now := time.Now()
 	holds := map[string]int64{}
 	for sym, s := range r.syms {
-		if len(s.pending) == 0 && !s.suspect && s.resync == 0 && (s.next >= 0 || s.after < 0 && s.at == 0) {
+		// A symbol waiting for its first trade after a seed is not held:
+		// its seed is whole, and the watermark covers what is in flight.
+		if len(s.pending) == 0 && !s.suspect && s.resync == 0 {
 			s.heldSince, s.unheld = time.Time{}, false
 			continue
 		}
