@@ -56,6 +56,7 @@ type Config struct {
 	Exclude       []string
 	Poll          time.Duration // exchangeInfo poll period [60s]
 	Seeders       int           // seeds at once [64]
+	RetryBase     time.Duration // a failed seed's first backoff, doubling [2s]
 	Backfillers   int           // backfills at once [4]
 	Log           *slog.Logger
 	// Progress, if set, is told about backfill progress (a terminal bar).
@@ -134,6 +135,9 @@ func New(cfg Config, d Deps) *Registry {
 	if cfg.Seeders <= 0 {
 		cfg.Seeders = 64
 	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = 2 * time.Second
+	}
 	if cfg.Backfillers <= 0 {
 		cfg.Backfillers = 4
 	}
@@ -162,6 +166,9 @@ func (r *Registry) Keeps(i binance.SymbolInfo) bool {
 // Ready reports whether every symbol tradable at startup is live.
 func (r *Registry) Ready() bool { return r.ready.Load() }
 
+// WhenReady is closed once Ready.
+func (r *Registry) WhenReady() <-chan struct{} { return r.readyCh }
+
 // View returns the current symbol set; it is not to be changed.
 func (r *Registry) View() *View { return r.view.Load() }
 
@@ -181,7 +188,7 @@ func (r *Registry) Run(ctx context.Context, first []binance.SymbolInfo) error {
 	}
 	poll := time.NewTicker(r.cfg.Poll)
 	defer poll.Stop()
-	retry := time.NewTicker(time.Second)
+	retry := time.NewTicker(min(time.Second, r.cfg.RetryBase))
 	defer retry.Stop()
 	progress := time.NewTicker(10 * time.Second)
 	defer progress.Stop()
@@ -362,7 +369,7 @@ func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
 	}
 	if res.err != nil {
 		e.fails++
-		wait := min(time.Duration(1<<min(e.fails, 8))*time.Second, 5*time.Minute)
+		wait := min(r.cfg.RetryBase<<min(e.fails-1, 8), 5*time.Minute)
 		e.retryAt = time.Now().Add(wait)
 		r.log.Warn("seeding a symbol failed; retrying it alone", "symbol", res.name, "err", res.err, "retry_in", wait)
 		r.move(ctx, res.name, e, evSeedFailed)
