@@ -70,7 +70,7 @@ func (p *parts) Seed(_ context.Context, s string) (int64, error) {
 	return 0, nil
 }
 func (p *parts) Backfill(context.Context, string, int64, func()) error { return nil }
-func (p *parts) BackfillRequests() int                                   { return 1 }
+func (p *parts) BackfillRequests() int                                 { return 1 }
 
 func info(name, status, contract string) binance.SymbolInfo {
 	return binance.SymbolInfo{Symbol: name, Status: status, ContractType: contract, QuoteAsset: "USDT"}
