@@ -419,7 +419,9 @@ func (c *conn) url() string {
 // session is one WebSocket connection with its reader running.
 type session struct {
 	ws      *websocket.Conn
+	ctx     context.Context // ends when the session closes
 	cancel  context.CancelFunc
+	pings   sync.WaitGroup // the ping in flight
 	readErr chan error
 	first   chan struct{} // closed on the first frame
 	last    atomic.Int64  // unix ms of the last frame or pong
@@ -447,7 +449,7 @@ func (c *conn) open(ctx context.Context) (*session, error) {
 	c.wakeLocked()
 	c.mu.Unlock()
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{ws: ws, cancel: cancel, readErr: make(chan error, 1), first: make(chan struct{})}
+	s := &session{ws: ws, ctx: sctx, cancel: cancel, readErr: make(chan error, 1), first: make(chan struct{})}
 	s.last.Store(time.Now().UnixMilli())
 	go func() {
 		var once sync.Once
@@ -520,6 +522,7 @@ func (s *session) close(code websocket.StatusCode, reason string) {
 	}
 	s.cancel()
 	<-s.readErr
+	s.pings.Wait()
 }
 
 // run keeps a session open until ctx ends: dial, read, and on loss dial
@@ -637,16 +640,16 @@ func (c *conn) serve(ctx context.Context, s *session, log *slog.Logger) *session
 			if quiet > time.Second && !s.pinging.Swap(true) {
 				// A pong proves the connection is current even when no
 				// trade comes, so klines can close on time.
-				go func() {
+				s.pings.Go(func() {
 					defer s.pinging.Store(false)
-					pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+					pctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 					defer cancel()
 					sent := c.in.cfg.Now().UnixMilli()
 					if s.ws.Ping(pctx) == nil {
 						s.last.Store(time.Now().UnixMilli())
-						c.in.router.Alive(ctx, c.id, sent)
+						c.in.router.Alive(s.ctx, c.id, sent)
 					}
-				}()
+				})
 			}
 		case <-c.changed:
 			c.mu.Lock()
