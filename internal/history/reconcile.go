@@ -13,12 +13,16 @@ import (
 // Reconciler fetches each closed 1m kline from REST once its close time
 // plus a delay has passed on the exchange's clock; where the exchange's
 // value differs (insurance-fund and ADL trades are not in the aggTrade
-// stream) it wins, and each differing field is counted.
+// stream) it wins, and each differing field is counted. The klines of the
+// longer intervals that contain a corrected minute are then checked the
+// same way once they close: the engine amends those it still holds, and
+// this makes the others, closed long before a late correction, right too.
 //
 // It is an engine sink: Publish only records closed 1m klines, so the engine
 // never waits on REST.
 type Reconciler struct {
 	ex    Exchange
+	ivs   []kline.Interval // every interval kept, 1m first
 	delay time.Duration
 	now   func() time.Time // exchange time
 	log   *slog.Logger
@@ -33,8 +37,8 @@ type Reconciler struct {
 }
 
 // NewReconciler returns a reconciler; now tells exchange time.
-func NewReconciler(ex Exchange, delay time.Duration, now func() time.Time, log *slog.Logger) *Reconciler {
-	return &Reconciler{ex: ex, delay: delay, now: now, log: log,
+func NewReconciler(ex Exchange, ivs []kline.Interval, delay time.Duration, now func() time.Time, log *slog.Logger) *Reconciler {
+	return &Reconciler{ex: ex, ivs: ivs, delay: delay, now: now, log: log,
 		pending: map[kline.Key]kline.Update{}, fields: map[string]int64{}}
 }
 
@@ -42,11 +46,13 @@ func NewReconciler(ex Exchange, delay time.Duration, now func() time.Time, log *
 func (r *Reconciler) Publish(us []kline.Update) {
 	for i := range us {
 		u := &us[i]
-		if !u.Closed || u.Interval.String() != "1m" || u.Trades < 0 {
+		if !u.Closed || u.Trades < 0 {
 			continue
 		}
 		r.mu.Lock()
-		r.pending[u.Key()] = *u
+		if _, watched := r.pending[u.Key()]; watched || u.Interval.String() == "1m" {
+			r.pending[u.Key()] = *u
+		}
 		r.mu.Unlock()
 	}
 }
@@ -117,13 +123,20 @@ func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) e
 		// the newer version is checked on its own.
 		return nil
 	}
-	r.Differ.Add(1)
-	r.fieldMu.Lock()
-	for _, f := range diffs {
-		r.fields[f]++
+	if u.Interval.String() == "1m" {
+		// The counts are of klagg's own minutes against the exchange's;
+		// a longer kline checked after a correction is taken as it is.
+		r.Differ.Add(1)
+		r.fieldMu.Lock()
+		for _, f := range diffs {
+			r.fields[f]++
+		}
+		r.fieldMu.Unlock()
+		r.log.Info("kline differs from the exchange's; taking the exchange's", "symbol", u.Symbol, "open_time", u.OpenTime, "fields", diffs)
+		r.watchLonger(u)
+	} else {
+		r.log.Debug("longer kline holding a corrected minute taken from the exchange", "symbol", u.Symbol, "interval", u.Interval.String(), "open_time", u.OpenTime)
 	}
-	r.fieldMu.Unlock()
-	r.log.Info("kline differs from the exchange's; taking the exchange's", "symbol", u.Symbol, "open_time", u.OpenTime, "fields", diffs)
 	// The exchange's REST klines carry no trade ids. Ours are right where
 	// we had every trade; where the count differs they are not, and
 	// unknown is the honest answer.
@@ -132,6 +145,26 @@ func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) e
 		ex.FirstTradeID, ex.LastTradeID = -1, -1
 	}
 	return engine.Correct(ctx, u.Symbol, u.Interval, ex)
+}
+
+// watchLonger puts the klines of the longer intervals that contain the
+// corrected minute u among those to check once they close. Until the
+// engine publishes one, what klagg has of it is unknown (Trades -1), so
+// it is taken from the exchange whatever it holds.
+func (r *Reconciler) watchLonger(u kline.Update) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, iv := range r.ivs {
+		if iv.Duration() == time.Minute {
+			continue
+		}
+		open := iv.Open(u.OpenTime)
+		w := kline.Update{Symbol: u.Symbol, Interval: iv, Series: u.Series,
+			Kline: kline.Kline{OpenTime: open, CloseTime: iv.CloseTime(open), Trades: -1, FirstTradeID: -1, LastTradeID: -1}}
+		if _, ok := r.pending[w.Key()]; !ok {
+			r.pending[w.Key()] = w
+		}
+	}
 }
 
 func diffFields(a, b *kline.Kline) []string {

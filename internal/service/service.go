@@ -82,7 +82,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	s.coalescer = engine.NewCoalescer()
 	sinks := append([]engine.Sink{s.coalescer}, extraSinks...)
 	if cfg.Reconcile.Enabled {
-		s.Reconciler = history.NewReconciler(s.Client, cfg.Reconcile.Delay.Duration, s.ExchangeNow, log.With("part", "reconcile"))
+		s.Reconciler = history.NewReconciler(s.Client, cfg.Intervals, cfg.Reconcile.Delay.Duration, s.ExchangeNow, log.With("part", "reconcile"))
 		sinks = append(sinks, s.Reconciler)
 	}
 	s.Engine, err = engine.New(engine.Config{Intervals: cfg.Intervals, Grace: cfg.Klines.Grace.Duration, Sinks: sinks, Queue: 4096,

@@ -1,0 +1,103 @@
+package history
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// exchange serves fixed klines by interval and open time.
+type exchange struct {
+	klines map[string]map[int64]kline.Kline
+}
+
+func (x *exchange) Klines(_ context.Context, _ string, iv kline.Interval, start, _ int64, _ int) ([]kline.Kline, error) {
+	if k, ok := x.klines[iv.String()][start]; ok {
+		return []kline.Kline{k}, nil
+	}
+	return nil, nil
+}
+
+func (x *exchange) AggTrades(context.Context, string, int64, int64, int) ([]kline.Trade, error) {
+	return nil, nil
+}
+
+// corrections records what the reconciler corrects.
+type corrections struct {
+	mu  sync.Mutex
+	got map[string]kline.Kline
+	ch  chan string
+}
+
+func (c *corrections) Seed(context.Context, string, kline.Interval, kline.Kline, int64) error {
+	return nil
+}
+
+func (c *corrections) Correct(_ context.Context, _ string, iv kline.Interval, k kline.Kline) error {
+	c.mu.Lock()
+	c.got[iv.String()] = k
+	c.mu.Unlock()
+	c.ch <- iv.String()
+	return nil
+}
+
+// TestReconcileReachesLongerIntervals: a 1m kline that differs from the
+// exchange's is corrected, and so, once it closes, is the 3m kline holding
+// it, which klagg no longer held when the correction came.
+func TestReconcileReachesLongerIntervals(t *testing.T) {
+	const m = int64(1_700_000_040_000) // a minute inside a 3m kline
+	three := kline.MustInterval("3m")
+	one := kline.OneMinute()
+	exMinute := kline.Kline{OpenTime: m, CloseTime: m + 59_999, Open: 10, High: 12, Low: 9, Close: 11, Trades: 5, FirstTradeID: -1, LastTradeID: -1}
+	ex3 := kline.Kline{OpenTime: three.Open(m), CloseTime: three.CloseTime(three.Open(m)), Open: 10, High: 12, Low: 9, Close: 11, Trades: 9, FirstTradeID: -1, LastTradeID: -1}
+	x := &exchange{klines: map[string]map[int64]kline.Kline{"1m": {m: exMinute}, "3m": {ex3.OpenTime: ex3}}}
+	var now atomic.Int64
+	now.Store(m + 61_000)
+	r := NewReconciler(x, []kline.Interval{one, three}, 20*time.Millisecond, func() time.Time { return time.UnixMilli(now.Load()) },
+		slog.New(slog.DiscardHandler))
+	c := &corrections{got: map[string]kline.Kline{}, ch: make(chan string, 4)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, c) }()
+	defer func() { cancel(); <-done }()
+
+	ours := exMinute
+	ours.Trades, ours.Close = 4, 10 // a hidden trade we never saw
+	r.Publish([]kline.Update{{Symbol: "A", Interval: one, Kline: withClosed(ours)}})
+	if iv := wait(t, c.ch); iv != "1m" {
+		t.Fatalf("first correction is of %s, want 1m", iv)
+	}
+	now.Store(ex3.CloseTime + 1_000) // the 3m kline closes
+	if iv := wait(t, c.ch); iv != "3m" {
+		t.Fatalf("second correction is of %s, want 3m", iv)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if got := c.got["3m"]; got.Trades != 9 || got.Close != 11 {
+		t.Errorf("3m corrected to %+v, want the exchange's", got)
+	}
+	if r.FieldDiffs()["trades"] != 1 {
+		t.Errorf("differences counted %v, want the 1m kline's only", r.FieldDiffs())
+	}
+}
+
+func withClosed(k kline.Kline) kline.Kline {
+	k.Closed = true
+	return k
+}
+
+func wait(t *testing.T, ch chan string) string {
+	t.Helper()
+	select {
+	case s := <-ch:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no correction")
+		return ""
+	}
+}
