@@ -328,7 +328,6 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		if err := r.eng.AddSymbol(ctx, name); err != nil {
 			return // stopping
 		}
-		r.subs.Subscribe(name)
 		r.seed(ctx, name)
 	case actReseed:
 		r.seed(ctx, name)
@@ -345,7 +344,10 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 	}
 }
 
-// seed seeds name on a goroutine of its own, at most Seeders at once.
+// seed subscribes name and seeds it, on a goroutine of its own, at most
+// Seeders at once. Subscribing only when the seed can start bounds what the
+// router buffers for symbols not yet seeded: Seeders symbols' trades for a
+// seed's time, not the whole market's until the last seed is done.
 func (r *Registry) seed(ctx context.Context, name string) {
 	r.wg.Go(func() {
 		select {
@@ -353,6 +355,7 @@ func (r *Registry) seed(ctx context.Context, name string) {
 		case <-ctx.Done():
 			return
 		}
+		r.subs.Subscribe(name) // a no-op when it is already
 		m0, err := r.hist.Seed(ctx, name)
 		<-r.seeds
 		select {
@@ -364,8 +367,15 @@ func (r *Registry) seed(ctx context.Context, name string) {
 
 func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
 	e := r.entries[res.name]
+	if e != nil && e.state == Delisted {
+		// Delisted while it was seeding, perhaps before the seed
+		// subscribed it: undo what the seed did.
+		r.subs.Unsubscribe(res.name)
+		r.rt.Remove(ctx, res.name)
+		return
+	}
 	if e == nil || e.state != Seeding {
-		return // delisted meanwhile
+		return
 	}
 	if res.err != nil {
 		e.fails++
