@@ -27,6 +27,7 @@ func runStart(args []string, stdout, stderr io.Writer) error {
 	down := fs.Duration("down", 0, "if set, stop klagg once live and backfilled, and start it again after this much exchange time")
 	speed := fs.Float64("speed", 1, "exchange time per wall-clock time")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
+	waitBackfill := fs.Bool("backfill", true, "wait for the backfill to finish (and report its time)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,12 +73,14 @@ listen = "127.0.0.1:0"
 		st := x.Stats()
 		fmt.Fprintf(stdout, "%s: %d symbols live after %s (exchange: at most %d weight in a minute so far, %d requests, %d refused)\n",
 			what, *symbols, k.liveAfter.Round(time.Millisecond), st.MaxWeight1M, st.RESTRequests, st.Rejected429+st.Banned418)
-		total, err := k.waitBackfill(deadline)
-		if err != nil {
-			k.stop()
-			return err
+		if *waitBackfill {
+			total, err := k.waitBackfill(deadline)
+			if err != nil {
+				k.stop()
+				return err
+			}
+			fmt.Fprintf(stdout, "%s: backfill of %d requests done after %s\n", what, total, time.Since(started).Round(time.Second))
 		}
-		fmt.Fprintf(stdout, "%s: backfill of %d requests done after %s\n", what, total, time.Since(started).Round(time.Second))
 		k.stop()
 		if *down == 0 {
 			break
