@@ -363,7 +363,7 @@ func (s *Service) Symbols() []store.Symbol {
 	out := make([]store.Symbol, 0, len(v.Symbols))
 	for _, y := range v.Symbols {
 		if y.State != symbols.Pending && y.State != symbols.Delisted {
-			out = append(out, toStore(y.Info))
+			out = append(out, symbols.Record(y.Info))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -373,18 +373,12 @@ func (s *Service) Symbols() []store.Symbol {
 // Symbol returns a symbol klagg has klines of, kept now or not.
 func (s *Service) Symbol(name string) (store.Symbol, bool) {
 	if y, ok := s.Registry.View().Symbols[name]; ok && y.State != symbols.Pending {
-		return toStore(y.Info), true
+		return symbols.Record(y.Info), true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	y, ok := s.known[name]
 	return y, ok
-}
-
-func toStore(i binance.SymbolInfo) store.Symbol {
-	return store.Symbol{Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
-		ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
-		OnboardDate: i.OnboardDate}
 }
 
 // Precision is the number formatting of a symbol klagg has klines of.
@@ -507,7 +501,7 @@ func (s *Service) Backfill(ctx context.Context) (err error) {
 	var names []string
 	for _, i := range infos {
 		if s.Registry.Keeps(i) && symbols.ClassOf(i.Status) != symbols.ClassPending {
-			syms = append(syms, toStore(i))
+			syms = append(syms, symbols.Record(i))
 			names = append(names, i.Symbol)
 		}
 	}

@@ -284,7 +284,7 @@ func (r *Registry) apply(ctx context.Context, infos []binance.SymbolInfo, startu
 			r.log.Info("symbol status changed", "symbol", i.Symbol, "from", e.info.Status, "to", i.Status)
 		}
 		if !known || e.info.Status != i.Status {
-			changed = append(changed, storeSymbol(i))
+			changed = append(changed, Record(i))
 		}
 		e.info, e.class = i, class
 		if startup && (class == ClassTrading || class == ClassPaused) {
@@ -295,7 +295,7 @@ func (r *Registry) apply(ctx context.Context, infos []binance.SymbolInfo, startu
 	for name, e := range r.entries {
 		if !listed[name] && e.state != Delisted {
 			e.info.Status = "DELISTED"
-			changed = append(changed, storeSymbol(e.info))
+			changed = append(changed, Record(e.info))
 			r.move(ctx, name, e, evGone)
 		}
 	}
@@ -434,7 +434,8 @@ func (r *Registry) backfill(ctx context.Context) {
 	}
 }
 
-func storeSymbol(i binance.SymbolInfo) store.Symbol {
+// Record is exchangeInfo's entry for a symbol as the store keeps it.
+func Record(i binance.SymbolInfo) store.Symbol {
 	return store.Symbol{Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
 		ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
 		OnboardDate: i.OnboardDate}
