@@ -60,7 +60,8 @@ type Writer interface {
 // History catches symbols up. Its methods may be called from several
 // goroutines; REST weight is shared through the Exchange.
 type History struct {
-	ex        Exchange
+	ex        Exchange // seeds and repairs: live klines wait on these
+	bulk      Exchange // backfill: history can wait
 	engine    Engine
 	router    Router
 	streams   Streams
@@ -90,14 +91,19 @@ const StreamWait = 10 * time.Second
 
 // New returns a History for intervals ivs, backfilling at most limit klines
 // per interval for a symbol the store does not have yet; now tells
-// exchange time.
-func New(ex Exchange, engine Engine, router Router, streams Streams, store Store, writer Writer, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
-	return &History{ex: ex, engine: engine, router: router, streams: streams, store: store, writer: writer, ivs: ivs, limit: limit, now: now, log: log}
+// exchange time. Seeds and repairs ask ex, backfill bulk: with Binance's
+// client, ex may spend the weight reserve that bulk leaves.
+func New(ex, bulk Exchange, engine Engine, router Router, streams Streams, store Store, writer Writer, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
+	return &History{ex: ex, bulk: bulk, engine: engine, router: router, streams: streams, store: store, writer: writer, ivs: ivs, limit: limit, now: now, log: log}
 }
 
 // klines asks for the klines of iv opening in [start, end) with the
 // smallest limit that covers them, which is the cheapest in weight.
 func (h *History) klines(ctx context.Context, symbol string, iv kline.Interval, start, end int64) ([]kline.Kline, error) {
+	return h.klinesFrom(ctx, h.ex, symbol, iv, start, end)
+}
+
+func (h *History) klinesFrom(ctx context.Context, ex Exchange, symbol string, iv kline.Interval, start, end int64) ([]kline.Kline, error) {
 	n := 0
 	for t := start; t < end && n < 1000; t = iv.Next(t) {
 		n++
@@ -105,7 +111,7 @@ func (h *History) klines(ctx context.Context, symbol string, iv kline.Interval, 
 	if n == 0 {
 		return nil, nil
 	}
-	ks, err := h.ex.Klines(ctx, symbol, iv, start, end-1, n)
+	ks, err := ex.Klines(ctx, symbol, iv, start, end-1, n)
 	h.Requests.Add(1)
 	h.Weight.Add(int64(binance.KlinesWeight(n)))
 	return ks, err
@@ -382,7 +388,7 @@ func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval
 		}
 	}
 	for start < end {
-		ks, err := h.klines(ctx, symbol, iv, start, end)
+		ks, err := h.klinesFrom(ctx, h.bulk, symbol, iv, start, end)
 		if err != nil {
 			return fmt.Errorf("backfill %s %s: %w", symbol, iv, err)
 		}

@@ -99,7 +99,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
-	s.History = history.New(s.Client, s.Engine, s.Router, s.Ingest, st, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
+	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, st, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
 	s.Router.ResyncWith(s.History)
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
