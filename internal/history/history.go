@@ -364,9 +364,22 @@ func (h *History) Backfill(ctx context.Context, symbol string, m0 int64, progres
 	if m0 == 0 {
 		return nil
 	}
+	per := h.BackfillRequests() / len(h.ivs)
 	for _, iv := range h.ivs {
-		if err := h.backfill(ctx, symbol, iv, iv.Open(m0), progress); err != nil {
+		n := 0
+		err := h.backfill(ctx, symbol, iv, iv.Open(m0), func() {
+			if n++; n <= per && progress != nil {
+				progress()
+			}
+		})
+		if err != nil {
 			return err
+		}
+		// Progress counts what BackfillRequests estimated, so that it
+		// ends at the total when an interval needed fewer requests (a
+		// restart's short gap) or more.
+		for ; n < per && progress != nil; n++ {
+			progress()
 		}
 	}
 	return nil
