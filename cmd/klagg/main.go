@@ -63,6 +63,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if path := os.Getenv("KLAGG_HEAPPROFILE"); path != "" {
+		// Where a load test's memory is, at exit: go tool pprof klagg path.
+		defer func() {
+			f, err := os.Create(path)
+			if err != nil {
+				fmt.Fprintf(stderr, "klagg: KLAGG_HEAPPROFILE: %v\n", err)
+				return
+			}
+			defer f.Close()
+			if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+				fmt.Fprintf(stderr, "klagg: KLAGG_HEAPPROFILE: %v\n", err)
+			}
+		}()
+	}
 	if len(args) > 0 {
 		switch args[0] {
 		case "-h", "--help", "help":

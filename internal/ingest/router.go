@@ -375,6 +375,12 @@ func (r *Router) Run(ctx context.Context) error {
 		case f := <-r.resyncs:
 			r.resynced(ctx, f)
 		case c := <-r.ctl:
+			// A control sees every trade delivered before it was sent:
+			// those are among what the queue holds now.
+			for n := len(r.in); n > 0; n-- {
+				r.take(<-r.in)
+			}
+			r.updateWatermark()
 			c.done <- r.apply(c)
 		case <-tick.C:
 			r.checkGaps(ctx)
@@ -681,6 +687,11 @@ func (r *Router) release(symbol string, s *symState) {
 	if i > 0 {
 		r.stats.Buffered.Add(-int64(i))
 		s.pending = append(s.pending[:0], s.pending[i:]...)
+		if len(s.pending) == 0 && cap(s.pending) > 32 {
+			// A start or a gap buffered many; keeping that room for every
+			// symbol that ever waited held hundreds of MB at 1M trades/s.
+			s.pending = nil
+		}
 	}
 	if len(s.pending) == 0 && !s.suspect && !s.gapAt.IsZero() {
 		s.gapAt = time.Time{}

@@ -415,6 +415,7 @@ type Status struct {
 	BackfillDone   int64              `json:"backfill_requests_done"`
 	BackfillTotal  int64              `json:"backfill_requests_total"`
 	HoldsReleased  int64              `json:"holds_released"`
+	Buffered       int64              `json:"buffered_trades"`
 	Resyncs        int64              `json:"resyncs"`
 	Unamended      int64              `json:"reconcile_unamended"`
 	Late           int64              `json:"late_trades"`
@@ -444,7 +445,7 @@ func (s *Service) Status() Status {
 		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
 		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
 		RESTWeight1M: w1m, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
-		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
+		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Buffered: s.Router.Stats().Buffered.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
 	}
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
 	if last := ist.LastFrameMs.Load(); last > 0 {
