@@ -263,3 +263,31 @@ func TestWriterTakesBackfillPages(t *testing.T) {
 		}
 	}
 }
+
+// TestWriterIsolatesAFailingSymbol: a symbol whose rows cannot be written
+// (here a trigger refuses them, as a damaged page would) does not stop the
+// writes of the others; its rows are kept and retried.
+func TestWriterIsolatesAFailingSymbol(t *testing.T) {
+	s := open(t)
+	if err := execScript(s, `CREATE TRIGGER damaged BEFORE INSERT ON klines WHEN NEW.symbol = 'BAD' BEGIN SELECT RAISE(ABORT, 'damaged page'); END;`); err != nil {
+		t.Fatal(err)
+	}
+	src := &fakeSource{ch: make(chan []kline.Update, 10)}
+	w := NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	src.ch <- []kline.Update{
+		{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
+		{Symbol: "BAD", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
+		{Symbol: "C", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Run(ctx); err == nil {
+		t.Error("the failing symbol's rows were not reported")
+	}
+	for sym, want := range map[string]int{"A": 1, "C": 1, "BAD": 0} {
+		ks, _ := s.Klines(context.Background(), Query{Symbol: sym, Interval: kline.OneMinute()})
+		if len(ks) != want {
+			t.Errorf("%s: stored %d, want %d", sym, len(ks), want)
+		}
+	}
+}

@@ -46,6 +46,26 @@ func NewWriter(s *Store, src Source, every time.Duration, log *slog.Logger) *Wri
 	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, bulk: make(chan []kline.Update, 16)}
 }
 
+// writeBySymbol writes ups one symbol per transaction and returns those of
+// the symbols whose write failed.
+func (w *Writer) writeBySymbol(ups []kline.Update) []kline.Update {
+	bySym := map[string][]kline.Update{}
+	for _, u := range ups {
+		bySym[u.Symbol] = append(bySym[u.Symbol], u)
+	}
+	var left []kline.Update
+	for sym, us := range bySym {
+		if err := w.store.Upsert(us); err != nil {
+			w.log.Warn("writing a symbol's klines failed; keeping them and retrying", "symbol", sym, "klines", len(us), "err", err)
+			left = append(left, us...)
+			continue
+		}
+		w.written.Add(int64(len(us)))
+		w.backlog.Add(-int64(len(us)))
+	}
+	return left
+}
+
 // Write queues closed klines (a backfill page) for the writer and returns
 // once it has taken them; it waits while the writer is behind or failing,
 // so a slow or full disk slows the backfill instead of filling memory.
@@ -108,10 +128,16 @@ func (w *Writer) Run(ctx context.Context) error {
 			chunk := batch[off:min(off+w.batchSize, len(batch))]
 			if err := w.store.Upsert(chunk); err != nil {
 				w.failures.Add(1)
+				// One symbol's damaged rows must not stop the others:
+				// write the rest symbol by symbol, keep what still fails.
+				left := w.writeBySymbol(batch[off:])
+				if len(left) == 0 {
+					return nil
+				}
 				if retry == nil {
 					retry = make(map[kline.Key]kline.Update)
 				}
-				for _, u := range batch[off:] {
+				for _, u := range left {
 					retry[u.Key()] = u
 				}
 				return err
