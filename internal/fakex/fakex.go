@@ -97,6 +97,7 @@ type Stats struct {
 	Rejected429   int
 	Banned418     int
 	MaxWeight1M   int // highest request weight used in any minute window
+	Weight        int // request weight used in all
 	TradesSent    int
 	LifetimeCuts  int
 	ServerErrors  int

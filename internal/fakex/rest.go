@@ -79,6 +79,7 @@ func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *ap
 			}
 		default:
 			ww.used += weight
+			x.stats.Weight += weight
 			x.stats.MaxWeight1M = max(x.stats.MaxWeight1M, ww.used)
 		}
 		used := ww.used

@@ -528,7 +528,7 @@ func (r *Router) startAt(symbol string, s *symState, at int64) {
 
 // take handles one delivered item.
 func (r *Router) take(it item) {
-	if !r.down[it.conn] {
+	if len(r.down) == 0 || !r.down[it.conn] { // a lost connection's last items do not count
 		r.alive[it.conn] = max(r.alive[it.conn], it.at)
 	}
 	if it.symbol == "" {
