@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
@@ -13,15 +14,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/klaggproc"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -83,9 +83,9 @@ write_every = %[3]q
 	if err != nil {
 		return err
 	}
-	defer k.stop()
-	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, k.liveAfter.Round(time.Millisecond))
-	readers, err := dialReaders(k.base, *clients, *perClient, b.symbols)
+	defer k.Stop(time.Minute)
+	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, k.LiveAfter().Round(time.Millisecond))
+	readers, err := dialReaders(k.Base(), *clients, *perClient, b.symbols)
 	if err != nil {
 		return err
 	}
@@ -95,36 +95,36 @@ write_every = %[3]q
 	}
 
 	time.Sleep(*warm)
-	st0, err := k.status()
+	st0, err := k.Status()
 	if err != nil {
 		return err
 	}
-	m0, err := k.metrics()
+	m0, err := k.Metrics()
 	if err != nil {
 		return err
 	}
 	t0, sent0, read0 := time.Now(), b.sent.Load(), readers.bytes.Load()
 	var rssMax int
 	for end := t0.Add(*dur); time.Now().Before(end); time.Sleep(time.Second) {
-		rssMax = max(rssMax, rssMB(k.cmd.Process.Pid))
+		rssMax = max(rssMax, rssMB(k.Pid()))
 	}
-	st1, err := k.status()
+	st1, err := k.Status()
 	if err != nil {
 		return err
 	}
 	secs := time.Since(t0).Seconds()
-	m1, err := k.metrics()
+	m1, err := k.Metrics()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "offered %.0f trades/s; klagg applied %.0f trades/s (%d frames, %d malformed); writer backlog %d; RSS max %d MB\n",
 		float64(b.sent.Load()-sent0)/secs, float64(st1.Trades-st0.Trades)/secs, st1.Frames-st0.Frames, st1.Malformed, st1.WriterBacklog, rssMax)
-	fmt.Fprintf(stdout, "trade arrival → kline update handed to consumers (last minute): %s\n", m1.quantiles("klagg_trade_to_consumer_seconds"))
+	fmt.Fprintf(stdout, "trade arrival → kline update handed to consumers (last minute): %s\n", m1.Quantiles("klagg_trade_to_consumer_seconds"))
 	if *clients > 0 {
 		fmt.Fprintf(stdout, "stream events %.0f/s, %.1f MB/s read by the clients, %g clients dropped; push → socket (last minute): %s\n",
-			(m1.value("klagg_stream_events_total")-m0.value("klagg_stream_events_total"))/secs,
-			float64(readers.bytes.Load()-read0)/secs/1e6, m1.value("klagg_stream_clients_dropped_total"),
-			m1.quantiles("klagg_stream_event_delay_seconds"))
+			(m1.Value("klagg_stream_events_total")-m0.Value("klagg_stream_events_total"))/secs,
+			float64(readers.bytes.Load()-read0)/secs/1e6, m1.Value("klagg_stream_clients_dropped_total"),
+			m1.Quantiles("klagg_stream_event_delay_seconds"))
 	}
 	return nil
 }
@@ -445,117 +445,22 @@ func quoteList(csv string) string {
 	return `"` + strings.Join(strings.Split(csv, ","), `","`) + `"`
 }
 
-// klaggProc is a running klagg binary.
-type klaggProc struct {
-	cmd       *exec.Cmd
-	base      string // http://host:port of its API
-	lines     *bufio.Scanner
-	liveAfter time.Duration
-}
-
 // startKlagg runs bin with config (written to dir) and waits until it logs
 // that it is live.
-func startKlagg(bin, dir, config string) (*klaggProc, error) {
+func startKlagg(bin, dir, config string) (*klaggproc.Proc, error) {
 	conf := filepath.Join(dir, "klagg.toml")
 	if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)
-	errPipe, err := cmd.StderrPipe()
+	k, err := klaggproc.Start(bin, conf)
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := k.WaitLive(ctx); err != nil {
+		k.Kill()
 		return nil, err
 	}
-	k := &klaggProc{cmd: cmd, lines: bufio.NewScanner(errPipe)}
-	start := time.Now()
-	for k.lines.Scan() {
-		line := k.lines.Text()
-		if _, addr, ok := strings.Cut(line, " listen="); ok && strings.Contains(line, `msg="klagg starting"`) {
-			addr, _, _ = strings.Cut(addr, " ")
-			k.base = "http://" + strings.TrimPrefix(addr, "http://")
-		}
-		if strings.Contains(line, "caught up; live") {
-			k.liveAfter = time.Since(start)
-			go io.Copy(io.Discard, errPipe) // keep klagg's log pipe flowing
-			return k, nil
-		}
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	return nil, fmt.Errorf("klagg exited before going live")
-}
-
-func (k *klaggProc) stop() {
-	k.cmd.Process.Signal(os.Interrupt)
-	k.cmd.Wait()
-}
-
-type klaggStatus struct {
-	Ready         bool  `json:"ready"`
-	BackfillDone  int64 `json:"backfill_requests_done"`
-	BackfillTotal int64 `json:"backfill_requests_total"`
-	Trades        int64 `json:"trades"`
-	Frames        int64 `json:"frames"`
-	Malformed     int64 `json:"malformed_frames"`
-	WriterBacklog int   `json:"writer_backlog"`
-}
-
-func (k *klaggProc) status() (klaggStatus, error) {
-	var st klaggStatus
-	resp, err := http.Get(k.base + "/api/v1/status")
-	if err != nil {
-		return st, fmt.Errorf("read klagg's status: %w", err)
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
-
-// promText is klagg's /metrics at one moment.
-type promText string
-
-func (k *klaggProc) metrics() (promText, error) {
-	resp, err := http.Get(k.base + "/metrics")
-	if err != nil {
-		return "", fmt.Errorf("read klagg's metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return promText(b), err
-}
-
-// value returns the sample called name, or 0.
-func (m promText) value(name string) float64 {
-	for line := range strings.Lines(string(m)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
-}
-
-// quantiles renders the summary called name in milliseconds.
-func (m promText) quantiles(name string) string {
-	var out []string
-	for line := range strings.Lines(string(m)) {
-		q, ok := strings.CutPrefix(strings.TrimSpace(line), name+`{quantile="`)
-		if !ok {
-			continue
-		}
-		label, v, _ := strings.Cut(q, `"} `)
-		p, _ := strconv.ParseFloat(label, 64)
-		f, _ := strconv.ParseFloat(v, 64)
-		label = fmt.Sprintf("p%g", p*100)
-		if p == 1 {
-			label = "max"
-		}
-		out = append(out, fmt.Sprintf("%s %.3f ms", label, f*1000))
-	}
-	if len(out) == 0 {
-		return "none in klagg's /metrics"
-	}
-	return strings.Join(out, ", ")
+	return k, nil
 }

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,9 +41,7 @@ func runLive(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ivs := `"` + strings.Join(strings.Split(*intervals, ","), `","`) + `"`
-	conf := filepath.Join(dir, "klagg.toml")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`[exchange]
+	k, err := startKlagg(*bin, dir, fmt.Sprintf(`[exchange]
 rest_url = %q
 ws_url = %q
 weight_per_minute = 1000000
@@ -57,39 +52,23 @@ backfill_limit = 0
 enabled = false
 [database]
 path = %q
-[log]
-status_interval = "5s"
-`, x.URL(), x.WSURL(), ivs, filepath.Join(dir, "k.db"))), 0o644)
-	cmd := exec.Command(*bin)
-	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)
-	errPipe, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
+[server]
+listen = "127.0.0.1:0"
+`, x.URL(), x.WSURL(), quoteList(*intervals), filepath.Join(dir, "k.db")))
+	if err != nil {
 		return err
 	}
-	defer cmd.Process.Kill()
-	lines := bufio.NewScanner(errPipe)
-	start := time.Now()
-	for lines.Scan() {
-		if strings.Contains(lines.Text(), "caught up; live") {
-			break
-		}
-	}
-	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, time.Since(start).Round(time.Millisecond))
-	rateRe := regexp.MustCompile(`trades_per_s=(\d+)`)
-	var rates []int
-	var rss []int
-	deadline := time.Now().Add(*dur)
-	for time.Now().Before(deadline) && lines.Scan() {
-		if m := rateRe.FindStringSubmatch(lines.Text()); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			rates = append(rates, n)
-			rss = append(rss, rssMB(cmd.Process.Pid))
+	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, k.LiveAfter().Round(time.Millisecond))
+	var rates, rss []int
+	for end := time.Now().Add(*dur); time.Now().Before(end); {
+		time.Sleep(5 * time.Second)
+		if st, err := k.Status(); err == nil {
+			rates = append(rates, int(st.TradesPerSec))
+			rss = append(rss, rssMB(k.Pid()))
 		}
 	}
 	sent := x.Stats().TradesSent
-	cmd.Process.Signal(os.Interrupt)
-	go io.Copy(io.Discard, errPipe)
-	cmd.Wait()
+	k.Stop(time.Minute)
 	if len(rates) > 1 {
 		rates = rates[1:] // the first status line has no rate yet
 	}

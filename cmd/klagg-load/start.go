@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/klagg/klagg/internal/fakex"
+	"github.com/klagg/klagg/internal/klaggproc"
 )
 
 // runStart measures how long the real klagg takes to have the whole market
@@ -27,7 +28,7 @@ func runStart(args []string, stdout, stderr io.Writer) error {
 	down := fs.Duration("down", 0, "if set, stop klagg once live and backfilled, and start it again after this much exchange time")
 	speed := fs.Float64("speed", 1, "exchange time per wall-clock time")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
-	waitBackfill := fs.Bool("backfill", true, "wait for the backfill to finish (and report its time)")
+	backfill := fs.Bool("backfill", true, "wait for the backfill to finish (and report its time)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,16 +73,16 @@ listen = "127.0.0.1:0"
 		}
 		st := x.Stats()
 		fmt.Fprintf(stdout, "%s: %d symbols live after %s (exchange: at most %d weight in a minute so far, %d requests, %d refused)\n",
-			what, *symbols, k.liveAfter.Round(time.Millisecond), st.MaxWeight1M, st.RESTRequests, st.Rejected429+st.Banned418)
-		if *waitBackfill {
-			total, err := k.waitBackfill(deadline)
+			what, *symbols, k.LiveAfter().Round(time.Millisecond), st.MaxWeight1M, st.RESTRequests, st.Rejected429+st.Banned418)
+		if *backfill {
+			total, err := waitBackfill(k, deadline)
 			if err != nil {
-				k.stop()
+				k.Stop(time.Minute)
 				return err
 			}
 			fmt.Fprintf(stdout, "%s: backfill of %d requests done after %s\n", what, total, time.Since(started).Round(time.Second))
 		}
-		k.stop()
+		k.Stop(time.Minute)
 		if *down == 0 {
 			break
 		}
@@ -91,9 +92,9 @@ listen = "127.0.0.1:0"
 
 // waitBackfill polls klagg's status until its backfill is done, and
 // returns how many requests it took.
-func (k *klaggProc) waitBackfill(deadline time.Time) (int64, error) {
+func waitBackfill(k *klaggproc.Proc, deadline time.Time) (int64, error) {
 	for time.Now().Before(deadline) {
-		st, err := k.status()
+		st, err := k.Status()
 		if err == nil && st.Ready && st.BackfillTotal > 0 && st.BackfillDone >= st.BackfillTotal {
 			return st.BackfillTotal, nil
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klagg/klagg/internal/klaggproc"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/internal/store"
@@ -29,13 +30,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	klaggBin = filepath.Join(dir, "klagg")
-	args := []string{"build", "-o", klaggBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building klagg: %v\n%s", err, out)
+	klaggBin, err = klaggproc.Build(dir, raceEnabled)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -60,13 +60,11 @@ func TestHaltAndResume(t *testing.T) {
 	if !r.logged("to=TRADING_HALT") {
 		t.Error("klagg did not see the halt")
 	}
-	r.mu.Lock()
-	for _, l := range r.lines {
+	for _, l := range r.k.Lines() {
 		if strings.Contains(l, "finalizing it") && strings.Contains(l, "S001USDT") {
 			t.Errorf("a halt was taken for a delisting: %s", l)
 		}
 	}
-	r.mu.Unlock()
 	r.check(11 * time.Minute)
 }
 

@@ -1,21 +1,16 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/klagg/klagg/internal/fakex"
+	"github.com/klagg/klagg/internal/klaggproc"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 )
@@ -29,14 +24,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	klaggBin = filepath.Join(dir, "klagg")
-	args := []string{"build", "-o", klaggBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, "../../cmd/klagg")...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building klagg: %v\n%s", err, out)
+	klaggBin, err = klaggproc.Build(dir, raceEnabled)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -58,16 +48,13 @@ type run struct {
 	db   string
 	conf string
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	lines  []string
-	live   chan struct{}
-	exited chan error
-	liveAt time.Time // exchange time when klagg first went live
+	k      *klaggproc.Proc // the klagg running, or the last one
+	liveAt time.Time       // exchange time when klagg first went live
 	// hidden is set when the exchange hid trades: klagg's trade ids then
 	// differ where a hidden trade was a kline's first or last, by design.
-	hidden bool
-	base   string // klagg's HTTP root, from its log
+	hidden  bool
+	base    string   // klagg's HTTP root, from its log
+	earlier []string // the log of the test's earlier klagg runs
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
@@ -125,17 +112,13 @@ status_interval = "2s"
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		r.mu.Lock()
-		cmd := r.cmd
-		r.mu.Unlock()
-		if cmd != nil && cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-r.exited
+		if r.k == nil {
+			return
 		}
+		r.k.Kill()
 		if t.Failed() {
-			r.mu.Lock()
-			t.Logf("klagg log (last 60 lines):\n%s", strings.Join(r.lines[max(0, len(r.lines)-60):], "\n"))
-			r.mu.Unlock()
+			lines := r.k.Lines()
+			t.Logf("klagg log (last 60 lines):\n%s", strings.Join(lines[max(0, len(lines)-60):], "\n"))
 		}
 	})
 	return r
@@ -175,54 +158,27 @@ func (r *run) checkListed(sym string) {
 	}
 }
 
-// startKlagg runs the binary and waits until it reports being live.
+// startKlagg runs the binary and waits until it reports being live. The
+// log of an earlier run of this test's klagg stays readable by logged.
 func (r *run) startKlagg() {
 	r.t.Helper()
-	cmd := exec.Command(klaggBin)
-	cmd.Env = append(os.Environ(), "CONFIG_PATH="+r.conf, "LOG_LEVEL=debug")
-	stderr, err := cmd.StderrPipe()
+	prev := r.k
+	k, err := klaggproc.Start(klaggBin, r.conf, "LOG_LEVEL=debug")
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
+	r.k = k
+	if prev != nil {
+		r.earlier = append(r.earlier, prev.Lines()...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := k.WaitLive(ctx); err != nil {
 		r.t.Fatal(err)
 	}
-	live := make(chan struct{})
-	exited := make(chan error, 1)
-	r.mu.Lock()
-	r.cmd, r.live, r.exited = cmd, live, exited
-	r.mu.Unlock()
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		once := sync.Once{}
-		for sc.Scan() {
-			line := sc.Text()
-			r.mu.Lock()
-			r.lines = append(r.lines, line)
-			r.mu.Unlock()
-			if _, addr, ok := strings.Cut(line, " listen="); ok && strings.Contains(line, `msg="klagg starting"`) {
-				r.mu.Lock()
-				r.base = strings.Fields(addr)[0]
-				r.mu.Unlock()
-			}
-			if strings.Contains(line, `msg="caught up; live"`) {
-				once.Do(func() { close(live) })
-			}
-		}
-		exited <- cmd.Wait()
-	}()
-	select {
-	case <-live:
-		if r.liveAt.IsZero() {
-			r.liveAt = r.x.Now()
-		}
-	case err := <-exited:
-		exited <- err
-		r.t.Fatalf("klagg exited before going live: %v", err)
-	case <-time.After(2 * time.Minute):
-		r.t.Fatal("klagg did not go live within 2 minutes")
+	r.base = k.Base()
+	if r.liveAt.IsZero() {
+		r.liveAt = r.x.Now()
 	}
 }
 
@@ -240,43 +196,27 @@ func (r *run) until(d time.Duration) {
 // stop sends SIGTERM and requires a clean exit.
 func (r *run) stop() {
 	r.t.Helper()
-	r.mu.Lock()
-	cmd, exited := r.cmd, r.exited
-	r.mu.Unlock()
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			r.t.Fatalf("klagg did not exit 0 on SIGTERM: %v", err)
-		}
-	case <-time.After(time.Minute):
-		r.t.Fatal("klagg did not exit within a minute of SIGTERM")
+	if err := r.k.Stop(time.Minute); err != nil {
+		r.t.Fatalf("klagg did not exit 0 on SIGTERM: %v", err)
 	}
 }
 
 // kill sends SIGKILL.
 func (r *run) kill() {
 	r.t.Helper()
-	r.mu.Lock()
-	cmd, exited := r.cmd, r.exited
-	r.mu.Unlock()
-	cmd.Process.Signal(syscall.SIGKILL)
-	err := <-exited
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		r.t.Fatalf("klagg was not killed: %v", err)
+	if !r.k.Kill() {
+		r.t.Fatal("klagg was not running to be killed")
 	}
 }
 
+// logged reports whether any klagg of this test logged s.
 func (r *run) logged(s string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, l := range r.lines {
+	for _, l := range r.earlier {
 		if strings.Contains(l, s) {
 			return true
 		}
 	}
-	return false
+	return r.k.Logged(s)
 }
 
 // check compares every closed kline in the store with the exchange's
