@@ -417,6 +417,7 @@ type Status struct {
 	HoldsReleased  int64              `json:"holds_released"`
 	Buffered       int64              `json:"buffered_trades"`
 	Resyncs        int64              `json:"resyncs"`
+	Seeds          map[string]int64   `json:"seeds"` // by how the current minute was had
 	Unamended      int64              `json:"reconcile_unamended"`
 	Late           int64              `json:"late_trades"`
 	ConnStates     []ingest.ConnState `json:"connection_states"`
@@ -448,6 +449,8 @@ func (s *Service) Status() Status {
 		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Buffered: s.Router.Stats().Buffered.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
 	}
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
+	st.Seeds = map[string]int64{"snapshot": s.History.Seeds.Snapshot.Load(), "quiet": s.History.Seeds.Quiet.Load(),
+		"trades": s.History.Seeds.Trades.Load()}
 	if last := ist.LastFrameMs.Load(); last > 0 {
 		st.LagMs = now.UnixMilli() - last
 	}
