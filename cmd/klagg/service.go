@@ -69,7 +69,13 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 		PushInterval: cfg.Server.PushInterval.Duration, ClientBuffer: cfg.Server.ClientBuffer,
 		MaxStreamsPerConn: cfg.Server.MaxStreamsPerConn, MaxConns: cfg.Server.MaxConnections,
 		PingInterval: cfg.Server.PingInterval.Duration, Intervals: cfg.Intervals,
-		Symbol:         func(name string) (kline.Precision, bool) { return svc.Precision(name) },
+		Symbol: func(name string) (stream.Market, bool) {
+			y, ok := svc.Symbol(name)
+			return stream.Market{Precision: kline.Precision{Price: y.PricePrecision, Qty: y.QuantityPrecision},
+				Pair: y.Pair, ContractType: y.ContractType}, ok
+		},
+		// Event times are on the exchange's clock, as t and T are.
+		Now:            func() time.Time { return svc.ExchangeNow() },
 		OriginPatterns: corsHosts(cfg.Server.CORSOrigins), Log: e.log.With("part", "stream"),
 	})
 	svc, err = service.New(cfg, e.log, streams)

@@ -69,7 +69,9 @@ func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *
 		t.Fatal(err)
 	}
 	src := source{ready: true}
-	ss := stream.New(stream.Config{Intervals: src.Intervals(), Symbol: func(s string) (kline.Precision, bool) { return kline.Precision{Price: 1, Qty: 3}, s == "BTCUSDT" }})
+	ss := stream.New(stream.Config{Intervals: src.Intervals(), Symbol: func(s string) (stream.Market, bool) {
+		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}, Pair: s, ContractType: "PERPETUAL"}, s == "BTCUSDT"
+	}})
 	h := New(Config{Source: src, Store: st, Streams: ss, Token: token, CORS: cors})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -314,7 +316,7 @@ func TestCORS(t *testing.T) {
 }
 
 func TestReadyz(t *testing.T) {
-	ss := stream.New(stream.Config{Symbol: func(string) (kline.Precision, bool) { return kline.Precision{}, false }})
+	ss := stream.New(stream.Config{Symbol: func(string) (stream.Market, bool) { return stream.Market{}, false }})
 	srv := httptest.NewServer(New(Config{Source: source{}, Streams: ss}))
 	defer srv.Close()
 	if code, _ := get(t, srv.URL+"/readyz"); code != 503 {
@@ -364,7 +366,9 @@ func BenchmarkKlines1500(b *testing.B) {
 	if err := st.Upsert(us); err != nil {
 		b.Fatal(err)
 	}
-	ss := stream.New(stream.Config{Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 1, Qty: 3}, true }})
+	ss := stream.New(stream.Config{Symbol: func(string) (stream.Market, bool) {
+		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}}, true
+	}})
 	h := New(Config{Source: source{ready: true}, Store: st, Streams: ss})
 	req := httptest.NewRequest("GET", "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500", nil)
 	b.ReportAllocs()

@@ -12,10 +12,14 @@ import (
 
 // KlineEvent is a <symbol>@kline_<interval> stream event.
 type KlineEvent struct {
-	EventType string      `json:"e"`
-	EventTime int64       `json:"E"`
-	Symbol    string      `json:"s"`
-	K         KlineFields `json:"k"`
+	EventType string `json:"e"`
+	EventTime int64  `json:"E"`
+	Symbol    string `json:"s"`
+	// Pair and ContractType are a continuous_kline event's, which has
+	// no Symbol.
+	Pair         string      `json:"ps,omitempty"`
+	ContractType string      `json:"ct,omitempty"`
+	K            KlineFields `json:"k"`
 }
 
 // KlineFields is the "k" object of a kline event.
@@ -39,7 +43,8 @@ type KlineFields struct {
 	Ignore           string `json:"B"`
 }
 
-// ParseKlineEvent reads a kline event, bare or in a combined-stream envelope.
+// ParseKlineEvent reads a kline or continuous_kline event, bare or in a
+// combined-stream envelope.
 func ParseKlineEvent(frame []byte) (KlineEvent, error) {
 	var env struct {
 		Stream string          `json:"stream"`
@@ -55,7 +60,7 @@ func ParseKlineEvent(frame []byte) (KlineEvent, error) {
 	if err := json.Unmarshal(body, &ev); err != nil {
 		return ev, fmt.Errorf("malformed kline event: %w", err)
 	}
-	if ev.EventType != "kline" {
+	if ev.EventType != "kline" && ev.EventType != "continuous_kline" {
 		return ev, fmt.Errorf("not a kline event (e=%q)", ev.EventType)
 	}
 	return ev, nil
@@ -194,6 +199,30 @@ func AppendKlineEvent(dst []byte, symbol, interval string, eventTime int64, k *k
 	dst = append(dst, `,"s":"`...)
 	dst = append(dst, symbol...)
 	dst = append(dst, `","i":"`...)
+	return appendKlineBody(dst, interval, k, p)
+}
+
+// AppendContinuousKlineEvent writes a <pair>_perpetual@continuousKline_<interval>
+// stream event: the perpetual's kline under its pair and contract type,
+// without a symbol inside "k". Binance's f and L there are update ids,
+// which only the exchange has; klagg gives the trade ids.
+func AppendContinuousKlineEvent(dst []byte, pair, contractType, interval string, eventTime int64, k *kline.Kline, p kline.Precision) []byte {
+	dst = append(dst, `{"e":"continuous_kline","E":`...)
+	dst = strconv.AppendInt(dst, eventTime, 10)
+	dst = append(dst, `,"ps":"`...)
+	dst = append(dst, pair...)
+	dst = append(dst, `","ct":"`...)
+	dst = append(dst, contractType...)
+	dst = append(dst, `","k":{"t":`...)
+	dst = strconv.AppendInt(dst, k.OpenTime, 10)
+	dst = append(dst, `,"T":`...)
+	dst = strconv.AppendInt(dst, k.CloseTime, 10)
+	dst = append(dst, `,"i":"`...)
+	return appendKlineBody(dst, interval, k, p)
+}
+
+// appendKlineBody writes a kline event's "k" from its interval on.
+func appendKlineBody(dst []byte, interval string, k *kline.Kline, p kline.Precision) []byte {
 	dst = append(dst, interval...)
 	dst = append(dst, `","f":`...)
 	dst = strconv.AppendInt(dst, k.FirstTradeID, 10)

@@ -1,6 +1,7 @@
 package binance
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -287,17 +288,39 @@ type SymbolInfo struct {
 	MarginAsset       string `json:"marginAsset"`
 	PricePrecision    int    `json:"pricePrecision"`
 	QuantityPrecision int    `json:"quantityPrecision"`
+	// Raw is the symbol's object as the exchange gave it, filters and all,
+	// for klagg to pass on unchanged; empty for a SymbolInfo not read from
+	// JSON.
+	Raw json.RawMessage `json:"-"`
 }
 
-// ExchangeInfo returns every symbol the exchange lists.
-func (c *Client) ExchangeInfo(ctx context.Context) ([]SymbolInfo, error) {
-	var r struct {
-		Symbols []SymbolInfo `json:"symbols"`
+// UnmarshalJSON reads the fields klagg uses and keeps the whole object.
+func (i *SymbolInfo) UnmarshalJSON(b []byte) error {
+	type plain SymbolInfo // without this method
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
 	}
+	*i = SymbolInfo(p)
+	i.Raw = bytes.Clone(b)
+	return nil
+}
+
+// ExchangeInfo is /fapi/v1/exchangeInfo: the exchange-wide lists, kept as
+// the exchange gave them, and every symbol.
+type ExchangeInfo struct {
+	RateLimits      json.RawMessage `json:"rateLimits"`
+	ExchangeFilters json.RawMessage `json:"exchangeFilters"`
+	Symbols         []SymbolInfo    `json:"symbols"`
+}
+
+// ExchangeInfo returns the exchange's rate limits, filters and symbols.
+func (c *Client) ExchangeInfo(ctx context.Context) (*ExchangeInfo, error) {
+	var r ExchangeInfo
 	if err := c.get(ctx, "/fapi/v1/exchangeInfo", nil, 1, &r); err != nil {
 		return nil, err
 	}
-	return r.Symbols, nil
+	return &r, nil
 }
 
 // KlinesWeight is Binance's weight of a klines request with this limit.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/url"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Binance's limits on market-stream connections (DESIGN §6).
@@ -78,4 +80,80 @@ func RequestSize(method string, streams []string) int {
 		n += len(b)
 	}
 	return n
+}
+
+// Stream kinds klagg knows by name; any other well-formed stream has its
+// type after the '@' as its Kind.
+const (
+	KindAggTrade        = "aggTrade"
+	KindKline           = "kline"
+	KindContinuousKline = "continuousKline"
+)
+
+// maxStreamName bounds a stream name; Binance's longest are under 60 bytes.
+const maxStreamName = 200
+
+// StreamName is a market stream name taken apart.
+type StreamName struct {
+	Kind string // KindAggTrade, KindKline, KindContinuousKline, or another type ("depth", "bookTicker")
+	// Symbol is upper case, as exchangeInfo lists it; for a continuous
+	// kline it is the pair.
+	Symbol       string
+	Interval     string // of a kline or continuous kline
+	ContractType string // of a continuous kline: "PERPETUAL", "CURRENT_QUARTER", …
+}
+
+// ParseStreamName takes a stream name apart. ok is false when name is not
+// a well-formed stream name at all: empty, without "<name>@<type>", with
+// spaces, control characters, '/' or quotes, or not UTF-8. A well-formed
+// name need not be one Binance has: compare String() with name to know
+// whether it is written as Binance writes its streams.
+func ParseStreamName(name string) (n StreamName, ok bool) {
+	if len(name) == 0 || len(name) > maxStreamName || !utf8.ValidString(name) {
+		return n, false
+	}
+	for _, r := range name {
+		if r <= ' ' || r == '/' || r == '"' || r == '\\' || r == 0x7f || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return n, false
+		}
+	}
+	lhs, rhs, ok := strings.Cut(name, "@")
+	if !ok || lhs == "" || rhs == "" || strings.HasSuffix(rhs, "@") {
+		return n, false
+	}
+	switch kind, iv, _ := strings.Cut(rhs, "_"); kind {
+	case KindAggTrade:
+		n = StreamName{Kind: KindAggTrade, Symbol: strings.ToUpper(lhs)}
+		if iv != "" || rhs != KindAggTrade {
+			n.Kind = rhs
+		}
+	case KindKline:
+		n = StreamName{Kind: KindKline, Symbol: strings.ToUpper(lhs), Interval: iv}
+	case KindContinuousKline:
+		pair, ct, _ := strings.Cut(lhs, "_")
+		n = StreamName{Kind: KindContinuousKline, Symbol: strings.ToUpper(pair), Interval: iv, ContractType: strings.ToUpper(ct)}
+	default:
+		n = StreamName{Kind: rhs, Symbol: strings.ToUpper(lhs)}
+	}
+	return n, true
+}
+
+// String is the stream's name as Binance writes it, or "" for a kind
+// klagg does not know.
+func (n StreamName) String() string {
+	switch n.Kind {
+	case KindAggTrade:
+		return AggTradeStream(n.Symbol)
+	case KindKline:
+		return KlineStream(n.Symbol, n.Interval)
+	case KindContinuousKline:
+		return ContinuousKlineStream(n.Symbol, n.ContractType, n.Interval)
+	}
+	return ""
+}
+
+// ContinuousKlineStream is the name of pair's continuous kline stream of
+// contract type ct ("PERPETUAL") and interval iv.
+func ContinuousKlineStream(pair, ct, iv string) string {
+	return strings.ToLower(pair) + "_" + strings.ToLower(ct) + "@continuousKline_" + iv
 }

@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,7 +22,7 @@ type wsConn struct {
 	x        *Exchange
 	c        *websocket.Conn
 	raw      *stallConn
-	combined bool
+	combined atomic.Bool // SET_PROPERTY changes it
 	out      chan []byte
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -68,7 +68,8 @@ func (x *Exchange) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	raw, _ := r.Context().Value(connKey{}).(*stallConn)
-	wc := &wsConn{x: x, c: c, raw: raw, combined: combined, out: make(chan []byte, 1<<16), ctx: ctx, cancel: cancel, subs: map[string]bool{}}
+	wc := &wsConn{x: x, c: c, raw: raw, out: make(chan []byte, 1<<16), ctx: ctx, cancel: cancel, subs: map[string]bool{}}
+	wc.combined.Store(combined)
 	for _, s := range streams {
 		wc.subs[strings.ToLower(s)] = true
 	}
@@ -157,7 +158,7 @@ func (wc *wsConn) deliver(fresh map[string][]kline.Trade, now int64) {
 	for _, sym := range want {
 		prec := wc.x.Precision(sym)
 		for _, t := range fresh[sym] {
-			wc.send(aggTradeFrame(sym, &t, prec, now, wc.combined))
+			wc.send(aggTradeFrame(sym, &t, prec, now, wc.combined.Load()))
 			n++
 		}
 	}
@@ -198,7 +199,7 @@ func (wc *wsConn) deliverKlines(now int64) {
 			continue
 		}
 		event := func(b []byte) []byte { return binance.AppendKlineEvent(b, sym, iv.String(), now, &k, p) }
-		if wc.combined {
+		if wc.combined.Load() {
 			wc.send(binance.AppendCombined(nil, binance.KlineStream(sym, iv.String()), event))
 		} else {
 			wc.send(event(nil))
@@ -237,12 +238,6 @@ func (wc *wsConn) writer() {
 	}
 }
 
-type request struct {
-	Method string          `json:"method"`
-	Params json.RawMessage `json:"params"`
-	ID     json.RawMessage `json:"id"`
-}
-
 func (wc *wsConn) reader() {
 	window, count := time.Now(), 0
 	for {
@@ -274,21 +269,31 @@ func (wc *wsConn) reply(v any) {
 }
 
 func (wc *wsConn) answer(msg []byte) {
-	var req request
-	if err := json.Unmarshal(msg, &req); err != nil {
-		wc.reply(wsError(3, "Invalid JSON: "+err.Error(), nil))
+	req, werr := binance.ParseWSRequest(msg)
+	if werr != nil {
+		wc.send(binance.AppendWSReply(nil, nil, werr, req.ID))
 		return
 	}
-	id := req.ID
-	if len(id) == 0 {
-		id = json.RawMessage("null")
-	}
-	var params []string
-	if len(req.Params) > 0 && json.Unmarshal(req.Params, &params) != nil {
-		wc.reply(wsError(2, "Invalid request: params must be a list of strings", id))
+	switch req.Method {
+	case binance.MethodSetProperty, binance.MethodGetProperty:
+		_, v, werr := req.Property()
+		switch {
+		case werr != nil:
+			wc.send(binance.AppendWSReply(nil, nil, werr, req.ID))
+		case req.Method == binance.MethodSetProperty:
+			wc.combined.Store(v)
+			wc.send(binance.AppendWSReply(nil, nil, nil, req.ID))
+		default:
+			wc.send(binance.AppendWSReply(nil, wc.combined.Load(), nil, req.ID))
+		}
 		return
 	}
-	wc.reply(wc.apply(req.Method, params, id))
+	params, werr := req.Streams()
+	if werr != nil {
+		wc.send(binance.AppendWSReply(nil, nil, werr, req.ID))
+		return
+	}
+	wc.reply(wc.apply(req.Method, params, req.ID))
 }
 
 func wsError(code int, msg string, id json.RawMessage) map[string]any {
@@ -322,8 +327,6 @@ func (wc *wsConn) apply(method string, params []string, id json.RawMessage) map[
 		}
 	case "LIST_SUBSCRIPTIONS":
 		return map[string]any{"result": sortedKeys(wc.subs), "id": id}
-	default:
-		return wsError(2, "Invalid request: unknown method "+strconv.Quote(method), id)
 	}
 	return map[string]any{"result": nil, "id": id}
 }

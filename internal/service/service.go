@@ -57,8 +57,16 @@ type Service struct {
 	metrics *metrics.Set            // figures only the service sees, for /metrics
 }
 
+// Consumer takes what the service makes beyond the store: kline changes,
+// and trades in the order ingest accepted them (each once, gaps repaired).
+// Both are called on the service's hot paths and must not block.
+type Consumer interface {
+	engine.Sink
+	Trades(symbol string, trades []kline.Trade)
+}
+
 // New builds the service; nothing runs until Run.
-func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Service, error) {
+func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.Proxy = nil
 	if cfg.Exchange.Proxy != "" {
@@ -80,7 +88,10 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 	latency := s.metrics.NewSummaryExt("klagg_trade_to_consumer_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
-	sinks := append([]engine.Sink{s.coalescer}, extraSinks...)
+	sinks := []engine.Sink{s.coalescer}
+	for _, c := range consumers {
+		sinks = append(sinks, c)
+	}
 	if cfg.Reconcile.Enabled {
 		s.Reconciler = history.NewReconciler(s.Client, cfg.Intervals, cfg.Reconcile.Delay.Duration, s.ExchangeNow, log.With("part", "reconcile"))
 		sinks = append(sinks, s.Reconciler)
@@ -92,7 +103,7 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		return nil, err
 	}
 	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, log.With("part", "writer"))
-	s.Router = ingest.NewRouter(s.Engine, s.Client.Urgent(), ingest.RouterConfig{
+	s.Router = ingest.NewRouter(tee{s.Engine, consumers}, s.Client.Urgent(), ingest.RouterConfig{
 		HoldMax: cfg.Exchange.HoldMax.Duration, Now: s.ExchangeNow, Log: log.With("part", "router")})
 	s.Ingest = ingest.New(ingest.Config{
 		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
@@ -116,6 +127,20 @@ func New(cfg *config.Config, log *slog.Logger, extraSinks ...engine.Sink) (*Serv
 		s.metrics.NewGauge(fmt.Sprintf(`klagg_symbols{state=%q}`, st), func() float64 { return float64(s.Registry.View().Counts[st]) })
 	}
 	return s, nil
+}
+
+// tee hands the router's trades to the consumers, then to the engine,
+// which owns them from then on.
+type tee struct {
+	engine    *engine.Engine
+	consumers []Consumer
+}
+
+func (t tee) Trades(ctx context.Context, symbol string, trades []kline.Trade, received time.Time) error {
+	for _, c := range t.consumers {
+		c.Trades(symbol, trades)
+	}
+	return t.engine.Trades(ctx, symbol, trades, received)
 }
 
 // WritePrometheus writes the service's own metrics (the time from a trade's
@@ -174,17 +199,17 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if err := s.untilReached(inCtx, "reach the exchange's clock", s.syncTime); err != nil {
 		return s.startErr(ctx, err)
 	}
-	var infos []binance.SymbolInfo
+	var info *binance.ExchangeInfo
 	err = s.untilReached(inCtx, "read exchangeInfo", func(ctx context.Context) error {
 		var err error
-		infos, err = s.Client.ExchangeInfo(ctx)
+		info, err = s.Client.ExchangeInfo(ctx)
 		return err
 	})
 	if err != nil {
 		return s.startErr(ctx, err)
 	}
 	kept := 0
-	for _, i := range infos {
+	for _, i := range info.Symbols {
 		if s.Registry.Keeps(i) {
 			kept++
 		}
@@ -201,7 +226,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if s.Reconciler != nil {
 		in.Go("reconciler", func() error { return s.Reconciler.Run(inCtx, s.Engine) })
 	}
-	in.Go("symbols", func() error { return s.Registry.Run(inCtx, infos) })
+	in.Go("symbols", func() error { return s.Registry.Run(inCtx, info) })
 	s.status(inCtx)
 	return nil
 }
@@ -387,6 +412,20 @@ func (s *Service) Precision(name string) (kline.Precision, bool) {
 	return kline.Precision{Price: y.PricePrecision, Qty: y.QuantityPrecision}, ok
 }
 
+// ExchangeLists returns exchangeInfo's exchange-wide lists by name
+// (store.RateLimits, store.ExchangeFilters) as the exchange last gave them:
+// from the latest listing, else as stored by an earlier run.
+func (s *Service) ExchangeLists(ctx context.Context) map[string][]byte {
+	if l := s.Registry.Lists(); l != nil {
+		return l
+	}
+	l, err := s.Store.Exchange(ctx)
+	if err != nil {
+		s.log.Warn("reading exchangeInfo's rate limits from the store failed", "err", err)
+	}
+	return l
+}
+
 // Intervals returns the configured intervals, shortest first.
 func (s *Service) Intervals() []kline.Interval { return s.cfg.Intervals }
 
@@ -497,13 +536,13 @@ func (s *Service) Backfill(ctx context.Context) (err error) {
 	if err := s.syncTime(ctx); err != nil {
 		return err
 	}
-	infos, err := s.Client.ExchangeInfo(ctx)
+	info, err := s.Client.ExchangeInfo(ctx)
 	if err != nil {
 		return fmt.Errorf("read exchangeInfo from %s: %w", s.cfg.Exchange.RESTURL, err)
 	}
 	var syms []store.Symbol
 	var names []string
-	for _, i := range infos {
+	for _, i := range info.Symbols {
 		if s.Registry.Keeps(i) && symbols.ClassOf(i.Status) != symbols.ClassPending {
 			syms = append(syms, symbols.Record(i))
 			names = append(names, i.Symbol)

@@ -63,6 +63,14 @@ var migrations = []string{
 		quantity_precision INTEGER NOT NULL,
 		onboard_date       INTEGER NOT NULL
 	) WITHOUT ROWID;`,
+	// The symbol's exchangeInfo object as the exchange gave it, and the
+	// exchange-wide lists, passed on to clients unchanged.
+	`ALTER TABLE symbols ADD COLUMN pair TEXT NOT NULL DEFAULT '';
+	ALTER TABLE symbols ADD COLUMN info TEXT NOT NULL DEFAULT '';
+	CREATE TABLE exchange (
+		name  TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	) WITHOUT ROWID;`,
 }
 
 // Symbol is a symbol's exchangeInfo metadata.
@@ -75,6 +83,10 @@ type Symbol struct {
 	PricePrecision    int
 	QuantityPrecision int
 	OnboardDate       int64 // ms
+	Pair              string
+	// Info is the symbol's exchangeInfo object as the exchange gave it
+	// (filters and all); empty when klagg has none.
+	Info []byte
 }
 
 // Store is a SQLite kline database. Reads run concurrently on a pool; writes
@@ -401,12 +413,14 @@ func (s *Store) PutSymbols(syms []Symbol) (err error) {
 	defer end(&err)
 	for _, y := range syms {
 		err := sqlitex.Execute(s.w, `INSERT INTO symbols (symbol, status, base_asset, quote_asset, contract_type,
-			price_precision, quantity_precision, onboard_date) VALUES (?,?,?,?,?,?,?,?)
+			price_precision, quantity_precision, onboard_date, pair, info) VALUES (?,?,?,?,?,?,?,?,?,?)
 			ON CONFLICT (symbol) DO UPDATE SET status=excluded.status, base_asset=excluded.base_asset,
 			quote_asset=excluded.quote_asset, contract_type=excluded.contract_type,
 			price_precision=excluded.price_precision, quantity_precision=excluded.quantity_precision,
-			onboard_date=excluded.onboard_date`, &sqlitex.ExecOptions{
-			Args: []any{y.Name, y.Status, y.BaseAsset, y.QuoteAsset, y.ContractType, y.PricePrecision, y.QuantityPrecision, y.OnboardDate},
+			onboard_date=excluded.onboard_date, pair=excluded.pair,
+			info=CASE WHEN excluded.info = '' THEN info ELSE excluded.info END`, &sqlitex.ExecOptions{
+			Args: []any{y.Name, y.Status, y.BaseAsset, y.QuoteAsset, y.ContractType, y.PricePrecision, y.QuantityPrecision,
+				y.OnboardDate, y.Pair, string(y.Info)},
 		})
 		if err != nil {
 			return fmt.Errorf("store: save symbol %s: %w", y.Name, err)
@@ -424,18 +438,65 @@ func (s *Store) Symbols(ctx context.Context) ([]Symbol, error) {
 	defer s.read.Put(c)
 	var out []Symbol
 	err = sqlitex.Execute(c, `SELECT symbol, status, base_asset, quote_asset, contract_type, price_precision,
-		quantity_precision, onboard_date FROM symbols ORDER BY onboard_date, symbol`, &sqlitex.ExecOptions{
+		quantity_precision, onboard_date, pair, info FROM symbols ORDER BY onboard_date, symbol`, &sqlitex.ExecOptions{
 		ResultFunc: func(st *sqlite.Stmt) error {
-			out = append(out, Symbol{
+			y := Symbol{
 				Name: st.ColumnText(0), Status: st.ColumnText(1), BaseAsset: st.ColumnText(2),
 				QuoteAsset: st.ColumnText(3), ContractType: st.ColumnText(4),
 				PricePrecision: st.ColumnInt(5), QuantityPrecision: st.ColumnInt(6), OnboardDate: st.ColumnInt64(7),
-			})
+				Pair: st.ColumnText(8),
+			}
+			if info := st.ColumnText(9); info != "" {
+				y.Info = []byte(info)
+			}
+			out = append(out, y)
 			return nil
 		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: read symbols: %w", err)
+	}
+	return out, nil
+}
+
+// The exchange-wide lists of exchangeInfo the store keeps.
+const (
+	RateLimits      = "rateLimits"
+	ExchangeFilters = "exchangeFilters"
+)
+
+// PutExchange stores exchange-wide exchangeInfo lists by name (RateLimits,
+// ExchangeFilters), as JSON.
+func (s *Store) PutExchange(lists map[string][]byte) (err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	end, err := sqlitex.ImmediateTransaction(s.w)
+	if err != nil {
+		return fmt.Errorf("store: begin write: %w", err)
+	}
+	defer end(&err)
+	for name, v := range lists {
+		if err := sqlitex.Execute(s.w, `INSERT INTO exchange (name, value) VALUES (?, ?)
+			ON CONFLICT (name) DO UPDATE SET value=excluded.value`, &sqlitex.ExecOptions{Args: []any{name, string(v)}}); err != nil {
+			return fmt.Errorf("store: save exchange %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Exchange returns the exchange-wide lists PutExchange stored.
+func (s *Store) Exchange(ctx context.Context) (map[string][]byte, error) {
+	c, err := s.read.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer s.read.Put(c)
+	out := map[string][]byte{}
+	err = sqlitex.Execute(c, `SELECT name, value FROM exchange`, &sqlitex.ExecOptions{
+		ResultFunc: func(st *sqlite.Stmt) error { out[st.ColumnText(0)] = []byte(st.ColumnText(1)); return nil },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read exchange lists: %w", err)
 	}
 	return out, nil
 }

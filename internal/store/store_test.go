@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,8 +81,18 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sym := Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 2, QuantityPrecision: 3, OnboardDate: 1569398400000}
+	sym := Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 2,
+		QuantityPrecision: 3, OnboardDate: 1569398400000, Pair: "BTCUSDT", Info: []byte(`{"symbol":"BTCUSDT","filters":[]}`)}
 	if err := s.PutSymbols([]Symbol{sym}); err != nil {
+		t.Fatal(err)
+	}
+	// A later record without the exchange's object keeps the stored one.
+	if err := s.PutSymbols([]Symbol{{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL",
+		PricePrecision: 2, QuantityPrecision: 3, OnboardDate: 1569398400000, Pair: "BTCUSDT"}}); err != nil {
+		t.Fatal(err)
+	}
+	limits := map[string][]byte{RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT","limit":2400}]`)}
+	if err := s.PutExchange(limits); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Upsert([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: testKline(0, 1)}}); err != nil {
@@ -94,8 +105,11 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 	}
 	defer s.Close()
 	syms, err := s.Symbols(context.Background())
-	if err != nil || len(syms) != 1 || syms[0] != sym {
+	if err != nil || len(syms) != 1 || !reflect.DeepEqual(syms[0], sym) {
 		t.Fatalf("symbols after reopen: %+v %v", syms, err)
+	}
+	if got, err := s.Exchange(context.Background()); err != nil || !reflect.DeepEqual(got, limits) {
+		t.Fatalf("exchange lists after reopen: %q %v", got, err)
 	}
 	series, _ := s.Series(context.Background())
 	if series[[2]string{"BTCUSDT", "1m"}] != 1 {

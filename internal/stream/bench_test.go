@@ -28,7 +28,7 @@ func BenchmarkFanout(b *testing.B) {
 	const symbols, clients, perClient = 1000, 1000, 10
 	name := func(i int) string { return fmt.Sprintf("S%04dUSDT", i) }
 	s := New(Config{PushInterval: 100 * time.Millisecond, Intervals: []kline.Interval{oneMin}, ClientBuffer: 4096,
-		Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 2, Qty: 3}, true }})
+		Symbol: func(string) (Market, bool) { return Market{Precision: kline.Precision{Price: 2, Qty: 3}}, true }})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Run(ctx)

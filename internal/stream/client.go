@@ -27,7 +27,7 @@ type client struct {
 	s        *Server
 	conn     *websocket.Conn
 	wire     *wire
-	combined bool
+	combined atomic.Bool // events wrapped with their stream name; SET_PROPERTY changes it
 	ctx      context.Context
 	cancel   context.CancelFunc
 	closing  atomic.Bool
@@ -50,39 +50,25 @@ type frame struct {
 	due time.Time
 }
 
-// ServeHTTP accepts /market/ws/<stream>/<stream>… (raw events) and
-// /market/stream?streams=<stream>/… (events wrapped with their stream name),
-// and the same without /market, as Binance does.
+// ServeHTTP accepts every URL form Binance accepts for market streams:
+// /market/ws, /market/ws/<stream>/<stream>… (raw events), /market/stream
+// and /market/stream?streams=<stream>/… (events wrapped with their stream
+// name), the same under /public and /private and without a prefix.
+// Path segments that are not stream names (/market/ws/0, as some clients
+// open before they SUBSCRIBE) are ignored.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	path := strings.TrimPrefix(r.URL.Path, "/market")
-	var names []string
-	combined := false
-	switch {
-	case path == "/stream":
-		combined = true
-		if q := r.URL.Query().Get("streams"); q != "" {
-			names = strings.Split(q, "/")
-		}
-	case strings.HasPrefix(path, "/ws"):
-		if rest := strings.Trim(strings.TrimPrefix(path, "/ws"), "/"); rest != "" {
-			names = strings.Split(rest, "/")
-		}
-	default:
+	names, combined, ok := streamsOf(r)
+	if !ok {
 		http.NotFound(w, r)
+		return
+	}
+	if len(r.RequestURI) > binance.MaxURLLength {
+		http.Error(w, fmt.Sprintf("URL too long: %d characters, at most %d", len(r.RequestURI), binance.MaxURLLength), http.StatusRequestURITooLong)
 		return
 	}
 	if len(names) > s.cfg.MaxStreamsPerConn {
 		http.Error(w, fmt.Sprintf("too many streams: %d, at most %d per connection", len(names), s.cfg.MaxStreamsPerConn), http.StatusBadRequest)
 		return
-	}
-	keys := make([]streamKey, len(names))
-	for i, n := range names {
-		k, err := s.parseStream(n)
-		if err != nil {
-			http.Error(w, err.Msg, http.StatusBadRequest)
-			return
-		}
-		keys[i] = k
 	}
 	if s.stats.Clients.Add(1) > int64(s.cfg.MaxConns) {
 		s.stats.Clients.Add(-1)
@@ -99,8 +85,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.stats.Accepted.Add(1)
 	conn.SetReadLimit(maxRequest)
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &client{s: s, conn: conn, wire: hj.wire, combined: combined, ctx: ctx, cancel: cancel,
+	c := &client{s: s, conn: conn, wire: hj.wire, ctx: ctx, cancel: cancel,
 		subs: map[string]*sub{}, ready: make(chan struct{}, 1)}
+	c.combined.Store(combined)
 	if !s.join(c) {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		cancel()
@@ -113,10 +100,43 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		conn.CloseNow()
 	}()
 	go c.writer()
-	if len(keys) > 0 {
-		s.subscribe(c, keys, names)
+	if len(names) > 0 {
+		s.subscribe(c, names)
 	}
 	c.reader()
+}
+
+// streamsOf reads a stream URL: the streams it names, in order and each
+// once, and whether its events are combined. ok is false for a path that
+// is not a stream URL.
+func streamsOf(r *http.Request) (names []string, combined, ok bool) {
+	path := r.URL.Path
+	for _, p := range []string{"/market", "/public", "/private"} {
+		if rest, found := strings.CutPrefix(path, p); found && (rest == "" || rest[0] == '/') {
+			path = rest
+			break
+		}
+	}
+	var parts []string
+	switch {
+	case path == "/stream" || path == "/stream/":
+		combined = true
+		if q := r.URL.Query().Get("streams"); q != "" {
+			parts = strings.Split(q, "/")
+		}
+	case path == "/ws" || strings.HasPrefix(path, "/ws/"):
+		parts = strings.Split(strings.TrimPrefix(path, "/ws"), "/")
+	default:
+		return nil, false, false
+	}
+	seen := map[string]bool{}
+	for _, p := range parts {
+		if _, isStream := binance.ParseStreamName(p); isStream && !seen[p] {
+			seen[p] = true
+			names = append(names, p)
+		}
+	}
+	return names, combined, true
 }
 
 // queue adds frames to the client's queue without blocking: a client
@@ -137,6 +157,32 @@ func (c *client) queue(frames []frame) {
 		c.mu.Unlock()
 		c.s.stats.Dropped.Add(1)
 		c.close(websocket.StatusPolicyViolation, fmt.Sprintf("too slow: %d events not read", c.s.cfg.ClientBuffer))
+		return
+	}
+	c.pending = append(c.pending, frames...)
+	c.mu.Unlock()
+	c.s.stats.Events.Add(int64(len(frames)))
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// queueTrades adds trade events to the client's queue: unlike kline
+// events they come in bursts of any size (a repaired gap's trades), so the
+// queue may pass its limit by one burst, and a client is dropped only when
+// it is already that far behind.
+func (c *client) queueTrades(frames []frame) {
+	c.mu.Lock()
+	behind := c.inflight + len(c.pending)
+	c.mu.Unlock()
+	if behind > c.s.cfg.ClientBuffer+2*int(c.streams.Load()) {
+		c.queue(frames) // over the limit: dropped there
+		return
+	}
+	c.mu.Lock()
+	if c.closing.Load() {
+		c.mu.Unlock()
 		return
 	}
 	c.pending = append(c.pending, frames...)
@@ -231,7 +277,10 @@ func (c *client) reader() {
 			window, count = time.Now(), 0
 		}
 		if count++; count > c.s.cfg.MaxMsgsPerSecond {
-			c.close(websocket.StatusPolicyViolation, fmt.Sprintf("too many requests: more than %d a second", c.s.cfg.MaxMsgsPerSecond))
+			// Closed here, not by the writer: the deferred CloseNow in
+			// ServeHTTP must not cut the close frame that gives the reason.
+			c.closing.Store(true)
+			c.conn.Close(websocket.StatusPolicyViolation, fmt.Sprintf("too many requests: more than %d a second", c.s.cfg.MaxMsgsPerSecond))
 			return
 		}
 		c.s.request(c, msg)
@@ -240,6 +289,13 @@ func (c *client) reader() {
 
 // request answers one client message; every message gets a reply.
 func (s *Server) request(c *client, msg []byte) {
+	if len(msg) > binance.MaxRequestBytes {
+		// Binance ignores such a frame without a word; a reply costs
+		// nothing and tells the client why nothing happens.
+		c.reply(binance.AppendWSReply(nil, nil, &binance.WSError{Code: 2,
+			Msg: fmt.Sprintf("Invalid request: %d bytes, over the %d a request may have", len(msg), binance.MaxRequestBytes)}, nil))
+		return
+	}
 	req, werr := binance.ParseWSRequest(msg)
 	if werr != nil {
 		c.reply(binance.AppendWSReply(nil, nil, werr, req.ID))
@@ -247,19 +303,15 @@ func (s *Server) request(c *client, msg []byte) {
 	}
 	var result any
 	switch req.Method {
-	case "SUBSCRIBE":
-		keys := make([]streamKey, len(req.Params))
-		for i, n := range req.Params {
-			k, err := s.parseStream(n)
-			if err != nil {
-				c.reply(binance.AppendWSReply(nil, nil, err, req.ID))
-				return
-			}
-			keys[i] = k
+	case binance.MethodSubscribe:
+		names, werr := req.Streams()
+		if werr != nil {
+			c.reply(binance.AppendWSReply(nil, nil, werr, req.ID))
+			return
 		}
 		s.mu.Lock()
 		n := len(c.subs)
-		for _, name := range req.Params {
+		for _, name := range names {
 			if _, ok := c.subs[name]; !ok {
 				n++
 			}
@@ -271,14 +323,19 @@ func (s *Server) request(c *client, msg []byte) {
 			return
 		}
 		c.reply(binance.AppendWSReply(nil, nil, nil, req.ID))
-		s.subscribe(c, keys, req.Params)
+		s.subscribe(c, names)
 		return
-	case "UNSUBSCRIBE":
-		if req.Params == nil {
-			req.Params = []string{}
+	case binance.MethodUnsubscribe:
+		names, werr := req.Streams()
+		if werr != nil {
+			c.reply(binance.AppendWSReply(nil, nil, werr, req.ID))
+			return
 		}
-		s.unsubscribe(c, req.Params)
-	case "LIST_SUBSCRIPTIONS":
+		if names == nil {
+			names = []string{}
+		}
+		s.unsubscribe(c, names)
+	case binance.MethodListSubscriptions:
 		s.mu.Lock()
 		names := make([]string, 0, len(c.subs))
 		for n := range c.subs {
@@ -287,6 +344,17 @@ func (s *Server) request(c *client, msg []byte) {
 		s.mu.Unlock()
 		sort.Strings(names)
 		result = names
+	case binance.MethodSetProperty, binance.MethodGetProperty:
+		_, v, werr := req.Property()
+		if werr != nil {
+			c.reply(binance.AppendWSReply(nil, nil, werr, req.ID))
+			return
+		}
+		if req.Method == binance.MethodGetProperty {
+			result = c.combined.Load()
+		} else {
+			c.combined.Store(v)
+		}
 	}
 	c.reply(binance.AppendWSReply(nil, result, nil, req.ID))
 }

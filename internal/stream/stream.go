@@ -1,11 +1,18 @@
 // Package stream owns klagg's WebSocket API: Binance-compatible
-// <symbol>@kline_<interval> streams on /market/ws and /market/stream, every
-// client's subscriptions, and the fan-out of kline changes to them.
+// <symbol>@kline_<interval>, <pair>_perpetual@continuousKline_<interval>
+// and <symbol>@aggTrade streams on every URL form Binance accepts, every
+// client's subscriptions, and the fan-out of kline changes and trades.
+//
+// Subscriptions follow Binance: a well-formed stream klagg does not serve
+// is acknowledged and stays silent, and a stream is served only under the
+// name Binance writes it with, so that one client's odd spelling never
+// names a stream for others.
 //
 // The Server is an engine sink. Publish only records the newest kline of
 // each stream, so the engine never waits on clients. A push loop sends each
 // client the streams that changed, at most once per push interval, and a
-// kline's closing event at once. Clients are spread over the interval in
+// kline's closing event at once; no two events of a stream reach a client
+// closer than the push interval, but for a closing one. Clients are spread over the interval in
 // phases, so the loop never has all clients' events to write at one
 // moment, and each client's events of one push leave in one write. An
 // event is encoded once per push and shared by its subscribers. Each
@@ -16,11 +23,9 @@ package stream
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,13 +47,21 @@ type Config struct {
 	PingInterval      time.Duration // server pings [3m]
 	PongTimeout       time.Duration // a client not answering a ping this long is closed [10m]
 	Intervals         []kline.Interval
-	// Symbol tells whether klagg serves symbol, and its number formatting.
-	Symbol func(symbol string) (kline.Precision, bool)
+	// Symbol tells whether klagg serves symbol, with its number formatting
+	// and contract.
+	Symbol func(symbol string) (Market, bool)
 	// OriginPatterns are the other origins whose pages may connect
 	// (server.cors_origins); same-origin pages always may.
 	OriginPatterns []string
-	Now            func() time.Time // event time [time.Now]
+	Now            func() time.Time // event time, the exchange's clock [time.Now]
 	Log            *slog.Logger
+}
+
+// Market is what the streams need to know of a symbol.
+type Market struct {
+	Precision    kline.Precision
+	Pair         string // "BTCUSDT"
+	ContractType string // "PERPETUAL", "TRADIFI_PERPETUAL", …
 }
 
 // Stats are the server's counters.
@@ -75,28 +88,52 @@ type Server struct {
 	stats  Stats
 	wake   chan struct{}
 	phases int
-	delay  *metrics.Summary // from an event's push to its write to the socket
-	set    *metrics.Set
+	// spacing is the push interval in ms, the least time between two
+	// events of a stream by their event times.
+	spacing int64
+	delay   *metrics.Summary // from an event's push to its write to the socket
+	set     *metrics.Set
 
 	mu       sync.Mutex
 	streams  map[streamKey]*stream
 	bySeries []*stream              // streams by kline.Update.Series, a cache of streams
 	urgent   []closing              // closed klines to send at once
 	fresh    []*client              // clients with new subscriptions, to send at once
+	later    map[*client]struct{}   // clients with changes held back by the push interval
 	groups   []map[*client]struct{} // clients by phase
 	joined   uint64
 	stopped  bool
+
+	// Trade streams have their own lock: trades arrive from ingest far more
+	// often than kline changes, and must not wait for a push.
+	tmu       sync.RWMutex
+	trades    map[string]*tradeStream // by symbol
+	tradeSubs atomic.Int64            // subscriptions to trade streams, for a lock-free "none"
 }
 
 type streamKey struct{ symbol, interval string }
 
-// stream is one <symbol>@kline_<interval>; the Server's mu guards it.
+// kind is how a kline stream's events are written.
+type kind uint8
+
+const (
+	klineKind      kind = iota // <symbol>@kline_<interval>
+	continuousKind             // <pair>_<contract>@continuousKline_<interval>
+)
+
+// stream is one <symbol>@kline_<interval>, or its continuous twin; the
+// Server's mu guards it.
 type stream struct {
-	name     string
+	name     string // as Binance writes it
+	kind     kind
 	symbol   string
+	market   Market // of a continuous stream: its pair and contract type
 	interval kline.Interval
-	latest   kline.Kline // newest kline by open time; OpenTime 0 = none yet
-	has      bool
+	// twin is a kline stream's continuous stream, once a client asked for
+	// it; Publish keeps both.
+	twin   *stream
+	latest kline.Kline // newest kline by open time; OpenTime 0 = none yet
+	has    bool
 	// closed is the newest closed kline, kept until the store surely has
 	// it: the writer writes once a second, and a REST answer must not lack
 	// a kline that closed a moment ago.
@@ -109,11 +146,22 @@ type stream struct {
 	jobPush uint64
 }
 
-// sub is one client's subscription to one stream; the Server's mu guards it.
+// tradeStream is one <symbol>@aggTrade; the Server's tmu guards it.
+type tradeStream struct {
+	name   string
+	symbol string
+	subs   []*sub
+}
+
+// sub is one client's subscription to one stream name, served or silent;
+// the Server's mu guards it.
 type sub struct {
 	c    *client
-	st   *stream
-	sent uint64 // the stream's version last queued to c
+	name string       // as the client asked for it
+	st   *stream      // nil unless a kline stream klagg serves
+	ts   *tradeStream // nil unless a trade stream klagg serves
+	sent uint64       // the stream's version last queued to c
+	at   int64        // the event time of its last open kline's event queued to c
 }
 
 // New returns a server; start its push loop with Run.
@@ -146,8 +194,9 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	phases := max(1, min(maxPhases, int(cfg.PushInterval/minPhase)))
-	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, streams: map[streamKey]*stream{},
-		groups: make([]map[*client]struct{}, phases), set: metrics.NewSet()}
+	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, spacing: max(1, cfg.PushInterval.Milliseconds()), streams: map[streamKey]*stream{},
+		later: map[*client]struct{}{}, groups: make([]map[*client]struct{}, phases), set: metrics.NewSet(),
+		trades: map[string]*tradeStream{}}
 	for i := range s.groups {
 		s.groups[i] = map[*client]struct{}{}
 	}
@@ -169,19 +218,14 @@ func (s *Server) Publish(us []kline.Update) {
 	s.mu.Lock()
 	for i := range us {
 		u := &us[i]
-		st := s.stream(u)
-		if !st.has || u.OpenTime >= st.latest.OpenTime {
-			st.latest, st.has = u.Kline, true
-			st.version++
-		}
-		if u.Closed && u.OpenTime >= st.closed.OpenTime {
-			st.closed = u.Kline
-		}
-		if u.Closed && len(st.subs) > 0 {
-			if closedAt.IsZero() {
-				closedAt = time.Now()
+		for st := s.stream(u); st != nil; st = st.twin {
+			st.update(&u.Kline)
+			if u.Closed && len(st.subs) > 0 {
+				if closedAt.IsZero() {
+					closedAt = time.Now()
+				}
+				s.urgent = append(s.urgent, closing{st, u.Kline, closedAt})
 			}
-			s.urgent = append(s.urgent, closing{*u, closedAt})
 		}
 	}
 	s.mu.Unlock()
@@ -190,10 +234,22 @@ func (s *Server) Publish(us []kline.Update) {
 	}
 }
 
+// update takes k as the stream's newest kline if it is not older.
+func (st *stream) update(k *kline.Kline) {
+	if !st.has || k.OpenTime >= st.latest.OpenTime {
+		st.latest, st.has = *k, true
+		st.version++
+	}
+	if k.Closed && k.OpenTime >= st.closed.OpenTime {
+		st.closed = *k
+	}
+}
+
 // closing is a closed kline to send at once, and when it was published:
 // its event's delay counts from then.
 type closing struct {
-	u  kline.Update
+	st *stream
+	k  kline.Kline
 	at time.Time
 }
 
@@ -213,16 +269,24 @@ func (s *Server) stream(u *kline.Update) *stream {
 			return st
 		}
 	}
-	st := s.streams[streamKey{u.Symbol, u.Interval.String()}]
-	if st == nil {
-		st = &stream{symbol: u.Symbol, interval: u.Interval}
-		s.streams[streamKey{u.Symbol, u.Interval.String()}] = st
-	}
+	st := s.klineStream(u.Symbol, u.Interval)
 	if u.Series != 0 && u.Series < 1<<24 {
 		if n := int(u.Series) + 1; n > len(s.bySeries) {
 			s.bySeries = append(s.bySeries, make([]*stream, n-len(s.bySeries))...)
 		}
 		s.bySeries[u.Series] = st
+	}
+	return st
+}
+
+// klineStream returns the stream of symbol and iv, made if new; called
+// with mu held.
+func (s *Server) klineStream(symbol string, iv kline.Interval) *stream {
+	key := streamKey{symbol, iv.String()}
+	st := s.streams[key]
+	if st == nil {
+		st = &stream{name: binance.KlineStream(symbol, key.interval), symbol: symbol, interval: iv}
+		s.streams[key] = st
 	}
 	return st
 }
@@ -281,6 +345,7 @@ func (s *Server) Run(ctx context.Context) error {
 type pusher struct {
 	n      uint64    // pushes so far
 	due    time.Time // when this push began
+	now    int64     // the same on the exchange's clock, in ms: its events' time
 	urgent []closing
 	fresh  []*client
 	pings  []*client
@@ -291,8 +356,8 @@ type pusher struct {
 
 // job is one event to encode in a push.
 type job struct {
-	u       kline.Update
-	name    string
+	st      *stream // its name, kind and symbol, which never change
+	k       kline.Kline
 	due     time.Time // the push, or a closing kline's publication
 	ev      *event
 	encoded bool
@@ -305,26 +370,27 @@ type delivery struct {
 }
 
 // push queues the closing events published since the last push, the
-// current klines of new subscriptions, and, when phase is not -1, every
-// change the clients of that phase have not been sent; it pings those
-// clients once per ping interval.
+// current klines of new subscriptions, the changes held back for the push
+// interval whose time has come, and, when phase is not -1, every change
+// the clients of that phase have not been sent; it pings those clients
+// once per ping interval.
 func (s *Server) push(p *pusher, phase int) {
 	p.n++
-	p.due = time.Now()
+	p.due, p.now = time.Now(), s.cfg.Now().UnixMilli()
 	p.jobs, p.sends = p.jobs[:0], p.sends[:0]
 	s.mu.Lock()
 	p.urgent, s.urgent = s.urgent, p.urgent[:0]
 	p.fresh, s.fresh = s.fresh, p.fresh[:0]
 	for i := range p.urgent {
-		u := &p.urgent[i].u
-		st := s.stream(u)
+		cl := &p.urgent[i]
+		st := cl.st
 		if len(st.subs) == 0 {
 			continue
 		}
 		// The closing event stands for the stream's newest kline if it is
 		// that kline, so the phase does not send it again.
-		newest := st.latest.OpenTime == u.OpenTime
-		p.jobs = append(p.jobs, job{u: *u, name: st.name, due: p.urgent[i].at})
+		newest := st.latest.OpenTime == cl.k.OpenTime
+		p.jobs = append(p.jobs, job{st: st, k: cl.k, due: cl.at})
 		for _, sb := range st.subs {
 			p.sends = append(p.sends, delivery{sb.c, len(p.jobs) - 1})
 			if newest {
@@ -332,12 +398,16 @@ func (s *Server) push(p *pusher, phase int) {
 			}
 		}
 	}
+	for c := range s.later {
+		delete(s.later, c)
+		s.changes(p, c)
+	}
 	for _, c := range p.fresh {
-		p.changes(c)
+		s.changes(p, c)
 	}
 	if phase >= 0 {
 		for c := range s.groups[phase] {
-			p.changes(c)
+			s.changes(p, c)
 			if p.due.Sub(c.pinged) >= s.cfg.PingInterval {
 				c.pinged = p.due
 				p.pings = append(p.pings, c)
@@ -361,17 +431,16 @@ func (s *Server) push(p *pusher, phase int) {
 
 	// Events are encoded as the first client needing each is reached, so
 	// the first clients' events leave before the last ones are encoded.
-	now := s.cfg.Now().UnixMilli()
 	for i := 0; i < len(p.sends); {
 		c := p.sends[i].c
 		p.batch = p.batch[:0]
 		for ; i < len(p.sends) && p.sends[i].c == c; i++ {
 			j := &p.jobs[p.sends[i].job]
 			if !j.encoded {
-				j.ev, j.encoded = s.encode(j.name, &j.u, now), true
+				j.ev, j.encoded = s.encode(j.st, &j.k, p.now), true
 			}
 			if j.ev != nil {
-				p.batch = append(p.batch, frame{j.ev.layout(c.combined), j.due})
+				p.batch = append(p.batch, frame{j.ev.layout(c.combined.Load()), j.due})
 			}
 		}
 		c.queue(p.batch)
@@ -382,17 +451,25 @@ func (s *Server) push(p *pusher, phase int) {
 }
 
 // changes adds a delivery of each of c's streams whose newest kline c has
-// not been sent; called with the Server's mu held.
-func (p *pusher) changes(c *client) {
+// not been sent, unless c had an event of that stream less than a push
+// interval ago: then c waits in later for the next push after that. A
+// closing event does not count: it goes at once, and the next kline's
+// events keep their spacing from the open ones before it. Called with the
+// Server's mu held.
+func (s *Server) changes(p *pusher, c *client) {
 	for _, sb := range c.subs {
 		st := sb.st
-		if !st.has || sb.sent == st.version {
+		if st == nil || !st.has || sb.sent == st.version {
 			continue
 		}
-		sb.sent = st.version
+		if p.now-sb.at < s.spacing {
+			s.later[c] = struct{}{}
+			continue
+		}
+		sb.sent, sb.at = st.version, p.now
 		if st.jobPush != p.n {
 			st.jobPush, st.job = p.n, len(p.jobs)
-			p.jobs = append(p.jobs, job{u: kline.Update{Symbol: st.symbol, Interval: st.interval, Kline: st.latest}, name: st.name, due: p.due})
+			p.jobs = append(p.jobs, job{st: st, k: st.latest, due: p.due})
 		}
 		p.sends = append(p.sends, delivery{c, st.job})
 	}
@@ -413,55 +490,98 @@ func (ev *event) layout(combined bool) []byte {
 	return ev.raw
 }
 
-func (s *Server) encode(name string, u *kline.Update, now int64) *event {
-	prec, ok := s.cfg.Symbol(u.Symbol)
+// encode writes st's event of k, or nil if klagg no longer has its symbol.
+func (s *Server) encode(st *stream, k *kline.Kline, now int64) *event {
+	m, ok := s.cfg.Symbol(st.symbol)
 	if !ok {
 		return nil
 	}
 	b := make([]byte, 0, 400)
 	b = append(b, `{"stream":"`...)
-	b = append(b, name...)
+	b = append(b, st.name...)
 	b = append(b, `","data":`...)
 	start := len(b)
-	b = binance.AppendKlineEvent(b, u.Symbol, u.Interval.String(), now, &u.Kline, prec)
+	if st.kind == continuousKind {
+		b = binance.AppendContinuousKlineEvent(b, st.market.Pair, st.market.ContractType, st.interval.String(), now, k, m.Precision)
+	} else {
+		b = binance.AppendKlineEvent(b, st.symbol, st.interval.String(), now, k, m.Precision)
+	}
 	end := len(b)
 	b = append(b, '}')
 	return &event{combined: b, raw: b[start:end:end]}
 }
 
-// parseStream checks a stream name and returns its symbol and interval.
-func (s *Server) parseStream(name string) (streamKey, *binance.WSError) {
-	sym, iv, ok := strings.Cut(name, "@kline_")
-	if !ok || sym == "" {
-		return streamKey{}, &binance.WSError{Code: 2, Msg: fmt.Sprintf("Invalid request: %q is not a stream klagg serves; klagg serves <symbol>@kline_<interval>", name)}
-	}
-	symbol := strings.ToUpper(sym)
-	if _, ok := s.cfg.Symbol(symbol); !ok || sym != strings.ToLower(sym) {
-		return streamKey{}, &binance.WSError{Code: 2, Msg: fmt.Sprintf("Invalid request: unknown symbol in %q (symbols are lower case in stream names)", name)}
-	}
-	if s.intervalOf(iv).String() != "" {
-		return streamKey{symbol, iv}, nil
-	}
-	return streamKey{}, &binance.WSError{Code: 2, Msg: fmt.Sprintf("Invalid request: interval %q in %q is not kept by this klagg", iv, name)}
+// target is what a stream name refers to: a kline stream (key set), the
+// continuous twin of one, a trade stream (trade set), or nothing klagg
+// serves (all zero): such a subscription is acknowledged and silent.
+type target struct {
+	key        streamKey
+	interval   kline.Interval
+	continuous bool
+	market     Market
+	trade      string // the symbol of an aggTrade stream
 }
 
-// subscribe adds c to the streams. The push loop then sends their current
-// klines, after the reply the caller has already queued.
-func (s *Server) subscribe(c *client, keys []streamKey, names []string) {
+// resolve tells what the stream name refers to. Only the name as Binance
+// writes it is served: "btcusdt@kline_1m", never "BTCUSDT@kline_1m" or
+// "btcuſdt@kline_1m" (U+017F upper-cases to S).
+func (s *Server) resolve(name string) target {
+	n, ok := binance.ParseStreamName(name)
+	if !ok || n.String() != name {
+		return target{}
+	}
+	m, ok := s.cfg.Symbol(n.Symbol)
+	if !ok {
+		return target{}
+	}
+	switch n.Kind {
+	case binance.KindAggTrade:
+		return target{trade: n.Symbol}
+	case binance.KindKline:
+		if iv := s.intervalOf(n.Interval); iv.String() != "" {
+			return target{key: streamKey{n.Symbol, n.Interval}, interval: iv}
+		}
+	case binance.KindContinuousKline:
+		// The perpetual of a pair is the symbol named as the pair.
+		if iv := s.intervalOf(n.Interval); iv.String() != "" && n.ContractType == "PERPETUAL" &&
+			m.ContractType == "PERPETUAL" && (m.Pair == n.Symbol || m.Pair == "") {
+			m.Pair = n.Symbol
+			return target{key: streamKey{n.Symbol, n.Interval}, interval: iv, continuous: true, market: m}
+		}
+	}
+	return target{}
+}
+
+// subscribe adds c to the named streams it has not subscribed yet. The
+// push loop then sends their current klines, after the reply the caller
+// has already queued.
+func (s *Server) subscribe(c *client, names []string) {
+	targets := make([]target, len(names))
+	for i, n := range names {
+		targets[i] = s.resolve(n)
+	}
 	s.mu.Lock()
-	for i, k := range keys {
-		if _, ok := c.subs[names[i]]; ok {
+	for i, n := range names {
+		if _, ok := c.subs[n]; ok {
 			continue
 		}
-		st := s.streams[k]
-		if st == nil {
-			st = &stream{symbol: k.symbol, interval: s.intervalOf(k.interval)}
-			s.streams[k] = st
+		sb := &sub{c: c, name: n}
+		switch t := targets[i]; {
+		case t.trade != "":
+			s.addTrade(t.trade, sb)
+		case t.key.symbol != "":
+			st := s.klineStream(t.key.symbol, t.interval)
+			if t.continuous {
+				if st.twin == nil {
+					st.twin = &stream{name: n, kind: continuousKind, symbol: st.symbol, market: t.market, interval: st.interval,
+						latest: st.latest, closed: st.closed, has: st.has, version: st.version}
+				}
+				st = st.twin
+			}
+			sb.st = st
+			st.subs = append(st.subs, sb)
 		}
-		st.name = names[i]
-		sb := &sub{c: c, st: st}
-		c.subs[names[i]] = sb
-		st.subs = append(st.subs, sb)
+		c.subs[n] = sb
 	}
 	c.streams.Store(int32(len(c.subs)))
 	s.fresh = append(s.fresh, c)
@@ -495,9 +615,13 @@ func (s *Server) unsubscribe(c *client, names []string) {
 		}
 		delete(c.subs, n)
 		c.streams.Store(int32(len(c.subs)))
-		st := sb.st
-		if i := slices.Index(st.subs, sb); i >= 0 {
-			st.subs = slices.Delete(st.subs, i, i+1)
+		if st := sb.st; st != nil {
+			if i := slices.Index(st.subs, sb); i >= 0 {
+				st.subs = slices.Delete(st.subs, i, i+1)
+			}
+		}
+		if sb.ts != nil {
+			s.untrade(sb)
 		}
 	}
 }
@@ -518,5 +642,6 @@ func (s *Server) join(c *client) bool {
 func (s *Server) leave(c *client) {
 	s.mu.Lock()
 	delete(s.groups[c.phase], c)
+	delete(s.later, c)
 	s.mu.Unlock()
 }

@@ -27,8 +27,8 @@ var (
 func newServer(t testing.TB, cfg Config) (*Server, string) {
 	t.Helper()
 	cfg.Intervals = []kline.Interval{oneMin, fiveMin}
-	cfg.Symbol = func(s string) (kline.Precision, bool) {
-		return kline.Precision{Price: 2, Qty: 3}, s == "BTCUSDT" || s == "ETHUSDT"
+	cfg.Symbol = func(s string) (Market, bool) {
+		return Market{Precision: kline.Precision{Price: 2, Qty: 3}, Pair: s, ContractType: "PERPETUAL"}, s == "BTCUSDT" || s == "ETHUSDT"
 	}
 	s := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -163,13 +163,16 @@ func TestRawStreamFromPath(t *testing.T) {
 }
 
 func TestBadRequestsGetErrors(t *testing.T) {
-	_, url := newServer(t, Config{})
+	_, url := newServer(t, Config{MaxMsgsPerSecond: 100})
 	c := dial(t, url+"/market/ws")
 	for _, tc := range []struct{ msg, want string }{
 		{`not json`, `"code":3`},
-		{`{"method":"SUBSCRIBE","params":["btcusdt@kline_7x"],"id":1}`, `"code":2`},
-		{`{"method":"SUBSCRIBE","params":["dogeusdt@kline_1m"],"id":2}`, `unknown symbol`},
-		{`{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":3}`, `not a stream klagg serves`},
+		{`{"method":"SUBSCRIBE","params":["btcusdt kline_1m"],"id":1}`, `"code":2`},
+		{`{"method":"SUBSCRIBE","params":["btcusdt@kline_1m","nope"],"id":2}`, `not a stream name`},
+		{`{"method":"SUBSCRIBE","params":["a/b@kline_1m"],"id":3}`, `"code":2`},
+		{`{"method":"SET_PROPERTY","params":["combined"],"id":7}`, `"code":2`},
+		{`{"method":"SET_PROPERTY","params":["combined",1],"id":8}`, `"code":1`},
+		{`{"method":"GET_PROPERTY","params":["colour"],"id":9}`, `"code":0`},
 		{`{"method":"SUBSCRIBE","params":"btcusdt@kline_1m","id":4}`, `"code":1`},
 		{`{"method":"DANCE","id":5}`, `unknown variant`},
 		{`{"method":"SUBSCRIBE","id":{}}`, `request ID`},
@@ -272,7 +275,8 @@ func TestSlowClientDropped(t *testing.T) {
 func TestBadHandshakes(t *testing.T) {
 	_, url := newServer(t, Config{})
 	ctx := context.Background()
-	for _, path := range []string{"/market/ws/btcusdt@kline_9m", "/market/stream?streams=nope@kline_1m", "/market/other"} {
+	long := "/market/stream?streams=" + strings.Repeat("btcusdt@kline_1m/", 500)
+	for _, path := range []string{"/market/other", "/futures/ws", "/marketeer/ws", long} {
 		_, resp, err := websocket.Dial(ctx, url+path, nil)
 		if err == nil || resp == nil || resp.StatusCode/100 != 4 {
 			t.Errorf("%s: want a 4xx, got %v", path, err)
@@ -292,8 +296,8 @@ func FuzzRequest(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	s := New(Config{Intervals: []kline.Interval{oneMin}, Symbol: func(s string) (kline.Precision, bool) {
-		return kline.Precision{}, s == "BTCUSDT"
+	s := New(Config{Intervals: []kline.Interval{oneMin}, Symbol: func(s string) (Market, bool) {
+		return Market{}, s == "BTCUSDT"
 	}})
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		c := &client{s: s, subs: map[string]*sub{}}
@@ -390,16 +394,15 @@ func TestWireCorks(t *testing.T) {
 func TestOnePushKeepsOrder(t *testing.T) {
 	// One phase, so that one push holds everything for every client.
 	s := New(Config{PushInterval: minPhase, Intervals: []kline.Interval{oneMin},
-		Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 2, Qty: 3}, true }})
+		Symbol: func(string) (Market, bool) { return Market{Precision: kline.Precision{Price: 2, Qty: 3}}, true }})
 	names := []string{"btcusdt@kline_1m", "ethusdt@kline_1m"}
-	keys := []streamKey{{"BTCUSDT", "1m"}, {"ETHUSDT", "1m"}}
 	var clients []*client
 	for range 3 {
 		c := &client{s: s, subs: map[string]*sub{}, ready: make(chan struct{}, 8)} // a signal per queueing
 		if !s.join(c) {
 			t.Fatal("join refused")
 		}
-		s.subscribe(c, keys, names)
+		s.subscribe(c, names)
 		clients = append(clients, c)
 	}
 	var p pusher
@@ -436,7 +439,7 @@ func TestOnePushKeepsOrder(t *testing.T) {
 // and a change per stream.
 func TestBufferAllowsAPushPerStream(t *testing.T) {
 	s := New(Config{PushInterval: minPhase, ClientBuffer: 4, Intervals: []kline.Interval{oneMin, fiveMin},
-		Symbol: func(string) (kline.Precision, bool) { return kline.Precision{Price: 2, Qty: 3}, true }})
+		Symbol: func(string) (Market, bool) { return Market{Precision: kline.Precision{Price: 2, Qty: 3}}, true }})
 	c := &client{s: s, subs: map[string]*sub{}, ready: make(chan struct{}, 1)}
 	s.join(c)
 	var keys []streamKey
@@ -449,7 +452,7 @@ func TestBufferAllowsAPushPerStream(t *testing.T) {
 			us = append(us, update(sym, iv, 300_000, 2, true), update(sym, iv, 600_000, 1, false))
 		}
 	}
-	s.subscribe(c, keys, names)
+	s.subscribe(c, names)
 	s.Publish(us)
 	var p pusher
 	s.push(&p, 0)

@@ -1,9 +1,11 @@
 package symbols
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -16,7 +18,7 @@ import (
 
 // Exchange lists the exchange's symbols: the REST client.
 type Exchange interface {
-	ExchangeInfo(ctx context.Context) ([]binance.SymbolInfo, error)
+	ExchangeInfo(ctx context.Context) (*binance.ExchangeInfo, error)
 }
 
 // Subscriber carries symbols' streams: ingest.
@@ -36,9 +38,10 @@ type Engine interface {
 	RemoveSymbol(ctx context.Context, symbol string) error
 }
 
-// Store records symbols and their status.
+// Store records symbols and their status, and the exchange-wide lists.
 type Store interface {
 	PutSymbols(syms []store.Symbol) error
+	PutExchange(lists map[string][]byte) error
 }
 
 // History seeds a symbol's open klines and backfills its closed ones.
@@ -78,6 +81,7 @@ type Registry struct {
 	wg     sync.WaitGroup // seeds and backfills in flight
 	seeds  chan struct{}  // semaphore
 	view   atomic.Pointer[View]
+	lists  atomic.Pointer[map[string][]byte] // the exchange-wide lists of the latest listing
 	ready  atomic.Bool
 	// readyCh is closed once ready: backfills wait for it.
 	readyCh chan struct{}
@@ -178,7 +182,7 @@ func (r *Registry) Backfill() (done, total int64) { return r.bfDone.Load(), r.bf
 // Run keeps the symbol set in step with exchangeInfo, starting from first
 // (the listing read at startup), until ctx ends; then it waits for the
 // seeds and backfills it started.
-func (r *Registry) Run(ctx context.Context, first []binance.SymbolInfo) error {
+func (r *Registry) Run(ctx context.Context, first *binance.ExchangeInfo) error {
 	defer r.wg.Wait()
 	started := time.Now()
 	r.apply(ctx, first, true)
@@ -192,7 +196,7 @@ func (r *Registry) Run(ctx context.Context, first []binance.SymbolInfo) error {
 	defer retry.Stop()
 	progress := time.NewTicker(10 * time.Second)
 	defer progress.Stop()
-	listings := make(chan []binance.SymbolInfo, 1)
+	listings := make(chan *binance.ExchangeInfo, 1)
 	polling := false
 	for {
 		select {
@@ -221,22 +225,22 @@ func (r *Registry) Run(ctx context.Context, first []binance.SymbolInfo) error {
 			}
 			polling = true
 			r.wg.Go(func() {
-				infos, err := r.ex.ExchangeInfo(ctx)
+				info, err := r.ex.ExchangeInfo(ctx)
 				if err != nil {
 					if ctx.Err() == nil {
 						r.log.Warn("polling exchangeInfo failed; the symbol set stays as it is", "err", err)
 					}
-					infos = nil
+					info = nil
 				}
 				select {
-				case listings <- infos:
+				case listings <- info:
 				case <-ctx.Done():
 				}
 			})
-		case infos := <-listings:
+		case info := <-listings:
 			polling = false
-			if infos != nil {
-				r.apply(ctx, infos, false)
+			if info != nil {
+				r.apply(ctx, info, false)
 			}
 		}
 	}
@@ -257,11 +261,12 @@ func (r *Registry) checkReady(started time.Time) {
 
 // apply takes a listing: every kept symbol moves by its class, and every
 // symbol tracked but no longer listed is gone.
-func (r *Registry) apply(ctx context.Context, infos []binance.SymbolInfo, startup bool) {
+func (r *Registry) apply(ctx context.Context, info *binance.ExchangeInfo, startup bool) {
+	r.keepLists(info)
 	listed := map[string]bool{}
 	var changed []store.Symbol
-	kept := make([]binance.SymbolInfo, 0, len(infos))
-	for _, i := range infos {
+	kept := make([]binance.SymbolInfo, 0, len(info.Symbols))
+	for _, i := range info.Symbols {
 		if r.Keeps(i) {
 			kept = append(kept, i)
 		}
@@ -283,7 +288,7 @@ func (r *Registry) apply(ctx context.Context, infos []binance.SymbolInfo, startu
 		if known && e.info.Status != i.Status {
 			r.log.Info("symbol status changed", "symbol", i.Symbol, "from", e.info.Status, "to", i.Status)
 		}
-		if !known || e.info.Status != i.Status {
+		if !known || e.info.Status != i.Status || !bytes.Equal(e.info.Raw, i.Raw) {
 			changed = append(changed, Record(i))
 		}
 		e.info, e.class = i, class
@@ -438,7 +443,39 @@ func (r *Registry) backfill(ctx context.Context) {
 func Record(i binance.SymbolInfo) store.Symbol {
 	return store.Symbol{Name: i.Symbol, Status: i.Status, BaseAsset: i.BaseAsset, QuoteAsset: i.QuoteAsset,
 		ContractType: i.ContractType, PricePrecision: i.PricePrecision, QuantityPrecision: i.QuantityPrecision,
-		OnboardDate: i.OnboardDate}
+		OnboardDate: i.OnboardDate, Pair: i.Pair, Info: i.Raw}
+}
+
+// keepLists keeps the listing's exchange-wide lists, and stores them when
+// they changed.
+func (r *Registry) keepLists(info *binance.ExchangeInfo) {
+	lists := map[string][]byte{}
+	if len(info.RateLimits) > 0 {
+		lists[store.RateLimits] = info.RateLimits
+	}
+	if len(info.ExchangeFilters) > 0 {
+		lists[store.ExchangeFilters] = info.ExchangeFilters
+	}
+	if len(lists) == 0 {
+		return
+	}
+	if old := r.lists.Load(); old != nil && maps.EqualFunc(*old, lists, bytes.Equal) {
+		return
+	}
+	r.lists.Store(&lists)
+	if err := r.st.PutExchange(lists); err != nil {
+		r.log.Warn("saving exchangeInfo's rate limits to the store failed; they are kept all the same", "err", err)
+	}
+}
+
+// Lists returns the exchange-wide lists of exchangeInfo by name
+// (store.RateLimits, store.ExchangeFilters) as the latest listing gave
+// them; nil before the first.
+func (r *Registry) Lists() map[string][]byte {
+	if l := r.lists.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // View is the symbol set at one moment, for readers on other goroutines.

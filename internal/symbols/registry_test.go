@@ -27,7 +27,7 @@ func newParts() *parts {
 		failFirst: map[string]int{}, seeded: make(chan string, 100)}
 }
 
-func (p *parts) ExchangeInfo(context.Context) ([]binance.SymbolInfo, error) {
+func (p *parts) ExchangeInfo(context.Context) (*binance.ExchangeInfo, error) {
 	return nil, errors.New("not polled in this test")
 }
 func (p *parts) Subscribe(syms ...string) {
@@ -57,7 +57,8 @@ func (p *parts) RemoveSymbol(_ context.Context, s string) error {
 	delete(p.engine, s)
 	return nil
 }
-func (p *parts) PutSymbols([]store.Symbol) error { return nil }
+func (p *parts) PutSymbols([]store.Symbol) error           { return nil }
+func (p *parts) PutExchange(lists map[string][]byte) error { return nil }
 func (p *parts) Seed(_ context.Context, s string) (int64, error) {
 	p.mu.Lock()
 	p.seeds[s]++
@@ -88,11 +89,11 @@ func TestRegistryKeepsGoingWhenASeedFails(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- r.Run(ctx, []binance.SymbolInfo{
+		done <- r.Run(ctx, &binance.ExchangeInfo{RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT"}]`), Symbols: []binance.SymbolInfo{
 			info("AUSDT", "TRADING", "PERPETUAL"), info("BADUSDT", "TRADING", "PERPETUAL"),
 			info("XAUUSDT", "BREAK", "TRADIFI_PERPETUAL"), info("NEWUSDT", "PENDING_TRADING", "PERPETUAL"),
 			info("OLDUSDT", "SETTLING", "PERPETUAL"), info("BTCUSDT_261225", "TRADING", "CURRENT_QUARTER"),
-		})
+		}})
 	}()
 	defer func() {
 		cancel()
