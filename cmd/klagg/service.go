@@ -85,9 +85,21 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	}
 	svc.Progress = progress(e, "backfill")
 	handler := api.New(api.Config{Source: svc, Store: svc.Store, Streams: streams, Page: web.Handler(),
-		Token: cfg.Server.Token, CORS: cfg.Server.CORSOrigins, Log: e.log.With("part", "api")})
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10,
-		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
+		Token: cfg.Server.Token, CORS: cfg.Server.CORSOrigins, WeightPerMinute: cfg.Server.WeightPerMinute,
+		Log: e.log.With("part", "api")})
+	// Timeouts, so that a client that stops reading or sending cannot hold
+	// a connection: the WebSocket handler clears them on the connections
+	// it takes over.
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
+	maxConns := cfg.Server.MaxHTTPConns + cfg.Server.MaxConnections
+	if fds := openFileLimit(); fds > 0 && maxConns > fds-fdReserve {
+		maxConns = max(1, fds-fdReserve)
+		e.log.Warn("fewer connections than configured: the open-file limit is low (raise it with ulimit -n)",
+			"open_files", fds, "connections", maxConns)
+	}
+	ln = api.NewListener(ln, maxConns)
 	if !web.Built() {
 		e.log.Warn("the chart page's library is not built in; run ./scripts/run, or ./scripts/web before building")
 	}
@@ -127,6 +139,10 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	wg.Wait()
 	return errors.Join(err, httpErr, streamErr)
 }
+
+// fdReserve is the file descriptors kept for other than clients: the
+// database, exchange connections, logs.
+const fdReserve = 64
 
 // corsHosts turns CORS origins into the host patterns the WebSocket
 // handshake checks.

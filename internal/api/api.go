@@ -1,12 +1,14 @@
 // Package api owns klagg's HTTP surface: Binance-compatible REST
-// (/fapi/v1/klines, exchangeInfo, time, ping) answered from the store and the
-// live klines, klagg's own /api/v1/status, /healthz, /readyz and /metrics,
-// the WebSocket streams and chart page it mounts, and the access rules in
-// front of all of them (token, CORS, bounded requests).
+// (/fapi/v1/klines, continuousKlines, ticker/price, exchangeInfo, time,
+// ping) answered from the store and the live klines, with Binance's
+// per-client request weight; klagg's own /api/v1/status, /healthz, /readyz
+// and /metrics; the WebSocket streams and chart page it mounts; and the
+// access rules in front of all of them (token, CORS, weight budget).
 package api
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -38,6 +40,14 @@ type Source interface {
 	Ready() bool
 	ExchangeNow() time.Time
 	WritePrometheus(w io.Writer) // the source's own metrics
+	// ExchangeLists are exchangeInfo's exchange-wide lists by name
+	// (store.RateLimits, store.ExchangeFilters), as the exchange gave them.
+	ExchangeLists(ctx context.Context) map[string][]byte
+	// StoreErr is the store's write error while writes fail, else nil.
+	StoreErr() error
+	// Unwritten appends the klines of a series the store has not taken
+	// while its writes fail, oldest first.
+	Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline
 }
 
 // Store reads stored klines.
@@ -49,6 +59,7 @@ type Store interface {
 type Streams interface {
 	http.Handler
 	Recent(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline
+	LastTrade(symbol string) (price, time int64, ok bool)
 	Stats() *stream.Stats
 	WritePrometheus(w io.Writer) // the streams' own metrics
 }
@@ -61,7 +72,11 @@ type Config struct {
 	Page    http.Handler // the chart page and its files, at /
 	Token   string       // required on every request but health and page files when set
 	CORS    []string     // allowed origins; "*" for any
-	Log     *slog.Logger
+	// WeightPerMinute is each client's REST weight budget per minute, as
+	// Binance counts it; 0: none, the weight is only reported.
+	WeightPerMinute int
+	Now             func() time.Time // the clock of weight minutes and bans [time.Now]
+	Log             *slog.Logger
 }
 
 // Server is klagg's HTTP handler.
@@ -74,6 +89,7 @@ type Server struct {
 	// versions is the store's ClosedVersion when it has one; without it
 	// every request reads the store.
 	versions versioned
+	weights  *weights
 }
 
 // New returns the API handler.
@@ -81,20 +97,29 @@ func New(cfg Config) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), metrics: metrics.NewSet()}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), metrics: metrics.NewSet(), weights: newWeights(cfg.WeightPerMinute, cfg.Now)}
 	s.bufs.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	s.versions, _ = cfg.Store.(versioned)
 	m := s.mux
 	m.HandleFunc("GET /fapi/v1/klines", s.klines)
+	m.HandleFunc("GET /fapi/v1/continuousKlines", s.continuousKlines)
+	m.HandleFunc("GET /fapi/v1/ticker/price", s.tickerPrice)
+	m.HandleFunc("GET /fapi/v2/ticker/price", s.tickerPrice)
 	m.HandleFunc("GET /fapi/v1/exchangeInfo", s.exchangeInfo)
 	m.HandleFunc("GET /fapi/v1/time", s.time)
 	m.HandleFunc("GET /fapi/v1/ping", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, struct{}{}) })
+	m.HandleFunc("/fapi/", s.unserved)
 	m.HandleFunc("GET /api/v1/status", s.status)
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	m.HandleFunc("GET /readyz", s.readyz)
 	m.HandleFunc("GET /metrics", s.writeMetrics)
-	for _, p := range []string{"GET /market/ws/", "GET /market/ws", "GET /market/stream", "GET /ws/", "GET /ws", "GET /stream"} {
-		m.Handle(p, cfg.Streams)
+	for _, prefix := range []string{"", "/market", "/public", "/private"} {
+		for _, p := range []string{"/ws/", "/ws", "/stream"} {
+			m.Handle("GET "+prefix+p, cfg.Streams)
+		}
 	}
 	if cfg.Page != nil {
 		m.Handle("GET /", cfg.Page)
@@ -120,6 +145,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rec, &Error{http.StatusUnauthorized, -2015, "Invalid API-key: this klagg requires its token (Authorization: Bearer <token>, X-MBX-APIKEY or ?token=)."})
 		return
 	}
+	if strings.HasPrefix(r.URL.Path, "/fapi/") && !s.weigh(rec, r) {
+		return
+	}
 	s.mux.ServeHTTP(rec, r)
 }
 
@@ -134,8 +162,9 @@ func (s *Server) authorized(r *http.Request) bool {
 		return true
 	}
 	got := r.URL.Query().Get("token")
-	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		got = strings.TrimPrefix(h, "Bearer ")
+	// The scheme is case-insensitive (RFC 9110 §11.1): "bearer" is Bearer.
+	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		got = strings.TrimSpace(h[7:])
 	} else if h := r.Header.Get("X-MBX-APIKEY"); h != "" {
 		got = h
 	}
@@ -171,6 +200,11 @@ func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	s.serveKlines(w, r, q)
+}
+
+// serveKlines answers a klines query of any kind of kline request.
+func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQuery) {
 	sym, ok := s.cfg.Source.Symbol(q.Symbol)
 	if !ok {
 		writeError(w, badParam(-1121, "Invalid symbol."))
@@ -193,14 +227,16 @@ func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(b)
-	*bp = b
-	s.bufs.Put(bp)
+	if cap(b) <= 1<<20 { // a pooled buffer never holds more than one large answer
+		*bp = b
+		s.bufs.Put(bp)
+	}
 }
 
 // appendKlines appends the answer to q as a JSON array: from the tail cache
 // for the latest klines, else from the store.
 func (s *Server) appendKlines(ctx context.Context, b []byte, q KlinesQuery, prec kline.Precision) ([]byte, error) {
-	if q.Start < 0 && q.End < 0 && s.versions != nil {
+	if q.Start < 0 && q.End < 0 && s.versions != nil && s.cfg.Source.StoreErr() == nil {
 		return s.appendLatest(ctx, b, q, prec)
 	}
 	ks, err := s.read(ctx, q)
@@ -221,6 +257,9 @@ func (s *Server) appendKlines(ctx context.Context, b []byte, q KlinesQuery, prec
 // the one that closed last, which the store may not have yet) in place of
 // the store's older copies, or after the stored ones when newer.
 func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error) {
+	if q.End == 0 {
+		return nil, nil // the klines opening at or before the epoch: none
+	}
 	sq := store.Query{Symbol: q.Symbol, Interval: q.Interval, Limit: q.Limit}
 	switch {
 	case q.Start >= 0:
@@ -237,12 +276,23 @@ func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error)
 	if err != nil {
 		return nil, err
 	}
-	var mem [2]kline.Kline
-	for _, m := range s.cfg.Streams.Recent(mem[:0], q.Symbol, q.Interval) {
+	// While the store's writes fail, it lacks what it has not taken:
+	// those klines come from memory, so the answer stays exact.
+	mem := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval)
+	if len(mem) > 0 {
+		ks = merge(ks, mem)
+	}
+	var recent [2]kline.Kline
+	for _, m := range s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval) {
 		if (q.Start >= 0 && m.OpenTime < q.Start) || (q.End >= 0 && m.OpenTime > q.End) {
 			continue
 		}
 		ks = overlay(ks, m)
+	}
+	if len(mem) > 0 {
+		ks = slices.DeleteFunc(ks, func(k kline.Kline) bool {
+			return (q.Start >= 0 && k.OpenTime < q.Start) || (q.End >= 0 && k.OpenTime > q.End)
+		})
 	}
 	if len(ks) > q.Limit {
 		if sq.FromEnd {
@@ -254,6 +304,26 @@ func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error)
 	return ks, nil
 }
 
+// merge lays mem, klines by open time, over ks, stored klines by open time.
+func merge(ks, mem []kline.Kline) []kline.Kline {
+	out := make([]kline.Kline, 0, len(ks)+len(mem))
+	i, j := 0, 0
+	for i < len(ks) || j < len(mem) {
+		switch {
+		case j == len(mem) || (i < len(ks) && ks[i].OpenTime < mem[j].OpenTime):
+			out = append(out, ks[i])
+			i++
+		case i == len(ks) || mem[j].OpenTime < ks[i].OpenTime:
+			out = append(out, mem[j])
+			j++
+		default: // the same kline: memory's is newer
+			out = append(out, mem[j])
+			i, j = i+1, j+1
+		}
+	}
+	return out
+}
+
 func intervalNames(ivs []kline.Interval) []string {
 	names := make([]string, len(ivs))
 	for i, v := range ivs {
@@ -262,8 +332,9 @@ func intervalNames(ivs []kline.Interval) []string {
 	return names
 }
 
-// symbolInfo is one exchangeInfo symbol: the fields Binance clients read,
-// with the values klagg knows.
+// symbolInfo is one exchangeInfo symbol klagg has no exchange object of
+// (a database from before klagg kept them): the fields Binance clients
+// read, with the values klagg knows.
 type symbolInfo struct {
 	binance.SymbolInfo
 	BaseAssetPrec  int    `json:"baseAssetPrecision"`
@@ -274,23 +345,42 @@ type symbolInfo struct {
 	TimeInForce    []any  `json:"timeInForce"`
 }
 
-func (s *Server) exchangeInfo(w http.ResponseWriter, _ *http.Request) {
+// exchangeInfo lists the symbols klagg keeps as the exchange gave them,
+// filters and all, with their current status, and the exchange's rate
+// limits and filters.
+func (s *Server) exchangeInfo(w http.ResponseWriter, r *http.Request) {
 	syms := s.cfg.Source.Symbols()
+	lists := s.cfg.Source.ExchangeLists(r.Context())
+	list := func(name string) json.RawMessage {
+		if v := lists[name]; len(v) > 0 {
+			return v
+		}
+		return json.RawMessage("[]")
+	}
 	out := struct {
-		Timezone        string       `json:"timezone"`
-		ServerTime      int64        `json:"serverTime"`
-		RateLimits      []any        `json:"rateLimits"`
-		ExchangeFilters []any        `json:"exchangeFilters"`
-		Assets          []any        `json:"assets"`
-		Symbols         []symbolInfo `json:"symbols"`
-	}{Timezone: "UTC", ServerTime: s.cfg.Source.ExchangeNow().UnixMilli(),
-		RateLimits: []any{}, ExchangeFilters: []any{}, Assets: []any{}, Symbols: make([]symbolInfo, len(syms))}
-	for i, y := range syms {
-		out.Symbols[i] = symbolInfo{SymbolInfo: binance.SymbolInfo{Symbol: y.Name, Pair: y.Name, ContractType: y.ContractType,
+		Timezone        string            `json:"timezone"`
+		ServerTime      int64             `json:"serverTime"`
+		FuturesType     string            `json:"futuresType"`
+		RateLimits      json.RawMessage   `json:"rateLimits"`
+		ExchangeFilters json.RawMessage   `json:"exchangeFilters"`
+		Assets          []any             `json:"assets"`
+		Symbols         []json.RawMessage `json:"symbols"`
+	}{Timezone: "UTC", ServerTime: s.cfg.Source.ExchangeNow().UnixMilli(), FuturesType: "U_MARGINED",
+		RateLimits: list(store.RateLimits), ExchangeFilters: list(store.ExchangeFilters), Assets: []any{},
+		Symbols: make([]json.RawMessage, 0, len(syms))}
+	for _, y := range syms {
+		if len(y.Info) > 0 && json.Valid(y.Info) {
+			out.Symbols = append(out.Symbols, y.Info)
+			continue
+		}
+		b, err := json.Marshal(symbolInfo{SymbolInfo: binance.SymbolInfo{Symbol: y.Name, Pair: cmp.Or(y.Pair, y.Name), ContractType: y.ContractType,
 			DeliveryDate: 4133404800000, OnboardDate: y.OnboardDate, Status: y.Status, BaseAsset: y.BaseAsset,
 			QuoteAsset: y.QuoteAsset, MarginAsset: y.QuoteAsset, PricePrecision: y.PricePrecision,
 			QuantityPrecision: y.QuantityPrecision}, BaseAssetPrec: 8, QuotePrecision: 8, UnderlyingType: "COIN",
-			Filters: []any{}, OrderTypes: []any{}, TimeInForce: []any{}}
+			Filters: []any{}, OrderTypes: []any{}, TimeInForce: []any{}})
+		if err == nil {
+			out.Symbols = append(out.Symbols, b)
+		}
 	}
 	writeJSON(w, out)
 }
@@ -313,6 +403,10 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := s.cfg.Source.StoreErr(); err != nil {
+		http.Error(w, fmt.Sprintf("store failing: %v", err), http.StatusServiceUnavailable)
+		return
+	}
 	if !s.cfg.Source.Ready() {
 		http.Error(w, "catching up", http.StatusServiceUnavailable)
 		return

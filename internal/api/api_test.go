@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -20,11 +21,21 @@ import (
 	"github.com/klagg/klagg/internal/stream"
 )
 
-type source struct{ ready bool }
+type source struct {
+	ready     bool
+	storeErr  error
+	unwritten []kline.Kline  // of BTCUSDT 1m
+	syms      []store.Symbol // [btc]
+}
 
 var btc = store.Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 1, QuantityPrecision: 3}
 
-func (source) Symbols() []store.Symbol     { return []store.Symbol{btc} }
+func (s source) Symbols() []store.Symbol {
+	if s.syms != nil {
+		return s.syms
+	}
+	return []store.Symbol{btc}
+}
 func (source) WritePrometheus(w io.Writer) { io.WriteString(w, "source_metric 1\n") }
 func (source) Symbol(n string) (store.Symbol, bool) {
 	return btc, n == "BTCUSDT"
@@ -35,7 +46,17 @@ func (source) Intervals() []kline.Interval {
 func (source) Status() service.Status {
 	return service.Status{Symbols: 1, Trades: 42, ReconcileDiffs: map[string]int64{"volume": 2}}
 }
-func (s source) Ready() bool          { return s.ready }
+func (s source) Ready() bool     { return s.ready }
+func (s source) StoreErr() error { return s.storeErr }
+func (s source) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
+	if symbol == "BTCUSDT" && iv == kline.OneMinute() {
+		return append(dst, s.unwritten...)
+	}
+	return dst
+}
+func (source) ExchangeLists(context.Context) map[string][]byte {
+	return map[string][]byte{store.RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":2400}]`)}
+}
 func (source) ExchangeNow() time.Time { return time.UnixMilli(1_700_000_000_000) }
 
 const t0 = int64(1_699_999_200_000) // an hour boundary
@@ -56,6 +77,12 @@ func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *strea
 
 func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server, *store.Store) {
 	t.Helper()
+	return newAPIWith(t, source{ready: true}, Config{Token: token, CORS: cors})
+}
+
+// newAPIWith is newAPIStore with src and the rest of cfg.
+func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *stream.Server, *store.Store) {
+	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "k.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -68,11 +95,11 @@ func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *
 	if err := st.Upsert(us); err != nil {
 		t.Fatal(err)
 	}
-	src := source{ready: true}
 	ss := stream.New(stream.Config{Intervals: src.Intervals(), Symbol: func(s string) (stream.Market, bool) {
 		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}, Pair: s, ContractType: "PERPETUAL"}, s == "BTCUSDT"
 	}})
-	h := New(Config{Source: src, Store: st, Streams: ss, Token: token, CORS: cors})
+	cfg.Source, cfg.Store, cfg.Streams = src, st, ss
+	h := New(cfg)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv, ss, st
@@ -230,12 +257,19 @@ func TestBinanceErrors(t *testing.T) {
 			t.Errorf("%s → %d %s, want %d %s", tc.query, code, body, tc.code, tc.want)
 		}
 	}
-	if code, _ := get(t, srv.URL+"/fapi/v1/nothing"); code != 404 {
-		t.Errorf("unknown route: %d", code)
+	// What klagg cannot answer exactly gets Binance's error shape saying
+	// so, never a bare 404 page.
+	for _, path := range []string{"/fapi/v1/nothing", "/fapi/v1/depth?symbol=BTCUSDT", "/fapi/v1/ticker/24hr",
+		"/fapi/v1/markPriceKlines?symbol=BTCUSDT&interval=1m", "/fapi/v1/indexPriceKlines?pair=BTCUSDT&interval=1m"} {
+		code, body := get(t, srv.URL+path)
+		var e Error
+		if code != 404 || json.Unmarshal([]byte(body), &e) != nil || e.Code != -1000 || !strings.Contains(e.Msg, "klagg does not serve") {
+			t.Errorf("%s → %d %s, want 404 and Binance's error shape", path, code, body)
+		}
 	}
-	req, _ := http.NewRequest("POST", srv.URL+"/fapi/v1/klines", nil)
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 405 {
-		t.Errorf("POST: %v %v", resp.StatusCode, err)
+	req, _ := http.NewRequest("POST", srv.URL+"/fapi/v1/order", nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("POST an order: %v %v", resp.StatusCode, err)
 	}
 }
 
@@ -275,7 +309,8 @@ func TestToken(t *testing.T) {
 	if code, _ := get(t, u, "Authorization", "Bearer wrong"); code != 401 {
 		t.Fatalf("wrong token: %d", code)
 	}
-	for _, ok := range [][]string{{"Authorization", "Bearer s3cret"}, {"X-MBX-APIKEY", "s3cret"}} {
+	// The scheme is case-insensitive: "bearer" is Bearer (RFC 9110).
+	for _, ok := range [][]string{{"Authorization", "Bearer s3cret"}, {"Authorization", "bearer s3cret"}, {"Authorization", "BEARER s3cret"}, {"X-MBX-APIKEY", "s3cret"}} {
 		if code, _ := get(t, u, ok...); code != 200 {
 			t.Fatalf("%s: %d", ok[0], code)
 		}

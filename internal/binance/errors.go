@@ -28,14 +28,14 @@ type ErrorBody struct {
 	Msg  string `json:"msg"`
 }
 
-// TooManyRequestsMsg is the message of a 429.
-func TooManyRequestsMsg(limit int) string {
-	return fmt.Sprintf("Too many requests; current limit of IP(127.0.0.1) is %d requests per minute. Please use the websocket for live updates to avoid polling the API.", limit)
+// TooManyRequestsMsg is the message of a 429 to the client at ip.
+func TooManyRequestsMsg(ip string, limit int) string {
+	return fmt.Sprintf("Too many requests; current limit of IP(%s) is %d requests per minute. Please use the websocket for live updates to avoid polling the API.", ip, limit)
 }
 
 // BannedMsg is the message of a 418, which is where Binance says until when.
-func BannedMsg(until time.Time) string {
-	return fmt.Sprintf("Way too many requests; IP(127.0.0.1) banned until %d. Please use the websocket for live updates to avoid bans.", until.UnixMilli())
+func BannedMsg(ip string, until time.Time) string {
+	return fmt.Sprintf("Way too many requests; IP(%s) banned until %d. Please use the websocket for live updates to avoid bans.", ip, until.UnixMilli())
 }
 
 var bannedUntil = regexp.MustCompile(`banned until (\d{12,14})`)

@@ -36,7 +36,7 @@ func (s *scripted) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"serverTime":1700000000000}`)
 	case http.StatusTeapot:
 		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(ErrorBody{CodeTooManyRequests, BannedMsg(s.banTil)})
+		json.NewEncoder(w).Encode(ErrorBody{CodeTooManyRequests, BannedMsg("127.0.0.1", s.banTil)})
 	case http.StatusForbidden:
 		w.WriteHeader(status)
 		io.WriteString(w, "<html>403 ERROR</html>")
@@ -88,9 +88,9 @@ func TestRefusedWaits(t *testing.T) {
 		msg    string
 		want   time.Duration
 	}{
-		{"429 without Retry-After waits for the next window", 429, "", TooManyRequestsMsg(2400), 45 * time.Second},
-		{"429 with Retry-After", 429, "12", TooManyRequestsMsg(2400), 12 * time.Second},
-		{"418 says until when", 418, "", BannedMsg(ban), 7 * time.Minute},
+		{"429 without Retry-After waits for the next window", 429, "", TooManyRequestsMsg("127.0.0.1", 2400), 45 * time.Second},
+		{"429 with Retry-After", 429, "12", TooManyRequestsMsg("127.0.0.1", 2400), 12 * time.Second},
+		{"418 says until when", 418, "", BannedMsg("127.0.0.1", ban), 7 * time.Minute},
 		{"418 without a time bans the shortest ban", 418, "", "Way too many requests; IP banned.", 2 * time.Minute},
 	}
 	for _, tc := range cases {
@@ -113,8 +113,8 @@ func TestRefusedWaits(t *testing.T) {
 
 func TestBannedUntil(t *testing.T) {
 	until := time.UnixMilli(1727251000000)
-	if got, ok := BannedUntil(BannedMsg(until)); !ok || !got.Equal(until) {
-		t.Errorf("BannedUntil(%q) = %v, %v", BannedMsg(until), got, ok)
+	if got, ok := BannedUntil(BannedMsg("10.0.0.1", until)); !ok || !got.Equal(until) {
+		t.Errorf("BannedUntil(%q) = %v, %v", BannedMsg("10.0.0.1", until), got, ok)
 	}
 	if _, ok := BannedUntil("Way too many requests; IP banned until " + strconv.Itoa(12) + "."); ok {
 		t.Error("a short number is not a time")

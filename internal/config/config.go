@@ -31,10 +31,40 @@ type Duration struct{ time.Duration }
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("%q is not a duration such as \"250ms\", \"3s\" or \"5m\"", b)
+		return &durationError{string(b)}
 	}
 	d.Duration = v
 	return nil
+}
+
+// durationError is a value that is not a duration. The TOML decoder
+// reports it without its key when the value is a number (push_interval =
+// 100), so decode finds the key itself.
+type durationError struct{ text string }
+
+func (e *durationError) Error() string {
+	return fmt.Sprintf("%q is not a duration such as \"250ms\", \"3s\" or \"5m\" (in quotes)", e.text)
+}
+
+// locate finds the key whose value is written as text, and its line.
+func locate(data []byte, text string) (key string, line int, ok bool) {
+	table := ""
+	for i, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "[") {
+			table = strings.Trim(l, "[] ")
+			continue
+		}
+		k, v, found := strings.Cut(l, "=")
+		if v, _, _ = strings.Cut(v, "#"); found && strings.TrimSpace(v) == text {
+			key = strings.TrimSpace(k)
+			if table != "" {
+				key = table + "." + key
+			}
+			return key, i + 1, true
+		}
+	}
+	return "", 0, false
 }
 
 // MarshalText implements encoding.TextMarshaler.
@@ -81,6 +111,8 @@ type Config struct {
 		MaxConnections    int      `toml:"max_connections"`
 		MaxStreamsPerConn int      `toml:"max_streams_per_connection"`
 		PingInterval      Duration `toml:"ping_interval"`
+		WeightPerMinute   int      `toml:"weight_per_minute"`
+		MaxHTTPConns      int      `toml:"max_http_connections"`
 	} `toml:"server"`
 	Log struct {
 		StatusInterval Duration `toml:"status_interval"`
@@ -120,6 +152,9 @@ func Load(path string) (cfg *Config, created bool, err error) {
 // Parse reads TOML over the defaults and validates the result. Unknown keys
 // are errors that name the key and its line.
 func Parse(data []byte) (*Config, error) {
+	// Editors on Windows start UTF-8 files with a byte-order mark, which
+	// TOML does not allow; it carries nothing.
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	cfg := &Config{}
 	if err := decode(defaultTOML, cfg); err != nil {
 		return nil, fmt.Errorf("embedded defaults: %w", err)
@@ -133,6 +168,12 @@ func Parse(data []byte) (*Config, error) {
 func decode(data []byte, cfg *Config) error {
 	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
 	if err := dec.Decode(cfg); err != nil {
+		var dur *durationError
+		if errors.As(err, &dur) {
+			if key, line, ok := locate(data, dur.text); ok {
+				return fmt.Errorf("line %d: %s: %w", line, key, dur)
+			}
+		}
 		var sm *toml.StrictMissingError
 		if errors.As(err, &sm) {
 			var keys []string
@@ -218,7 +259,17 @@ func (c *Config) validate() error {
 	if c.Server.Listen == "" {
 		bad("server.listen", "must not be empty, e.g. \"127.0.0.1:8080\"")
 	}
-	positive("server.push_interval", c.Server.PushInterval)
+	// A shorter interval makes the push loop spin a core for nothing:
+	// Binance itself pushes a kline at most every 250ms.
+	if d := c.Server.PushInterval.Duration; d < 10*time.Millisecond || d > time.Minute {
+		bad("server.push_interval", "%s is outside 10ms..1m (Binance pushes klines every 250ms)", d)
+	}
+	if n := c.Server.WeightPerMinute; n < 0 {
+		bad("server.weight_per_minute", "%d is negative (0: no budget; Binance allows 2400)", n)
+	}
+	if n := c.Server.MaxHTTPConns; n < 1 {
+		bad("server.max_http_connections", "must be at least 1")
+	}
 	positive("server.ping_interval", c.Server.PingInterval)
 	if n := c.Server.ClientBuffer; n < 1 || n > 1_000_000 {
 		bad("server.client_buffer", "%d is outside 1..1000000", n)

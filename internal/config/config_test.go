@@ -26,6 +26,15 @@ func TestMissingFileGetsDefaults(t *testing.T) {
 	}
 }
 
+// TestByteOrderMark: a config saved by an editor that writes a UTF-8
+// byte-order mark reads as without it.
+func TestByteOrderMark(t *testing.T) {
+	cfg, err := Parse([]byte("\xef\xbb\xbf[server]\nlisten = \"0.0.0.0:9000\"\n"))
+	if err != nil || cfg.Server.Listen != "0.0.0.0:9000" {
+		t.Fatalf("config with a byte-order mark: %v", err)
+	}
+}
+
 func TestOverlayAndValidation(t *testing.T) {
 	cfg, err := Parse([]byte("[klines]\nintervals = [\"1m\", \"90m\"]\n[database]\npath = \"x.db\"\n"))
 	if err != nil {
@@ -43,6 +52,11 @@ func TestOverlayAndValidation(t *testing.T) {
 		"[exchange]\nrotate_after = \"25h\"\n":               "not before Binance's 24h connection cut",
 		"[exchange]\nproxy = \"ftp://p\"\n":                  "exchange.proxy",
 		"[database]\npath = \"\"\n[server]\nlisten = \"\"\n": "database.path: must not be empty",
+		// A number where a duration goes: the key and line, not just the value.
+		"[server]\n\npush_interval = 100\n": `line 3: server.push_interval: "100" is not a duration`,
+		// A push loop every 100µs would spin a core.
+		"[server]\npush_interval = \"100us\"\n": "server.push_interval: 100µs is outside 10ms..1m",
+		"[server]\nweight_per_minute = -1\n":    "server.weight_per_minute: -1 is negative",
 	}
 	for in, want := range cases {
 		_, err := Parse([]byte(in))

@@ -114,10 +114,10 @@ func refuse(w http.ResponseWriter, status int, retry time.Duration, now time.Tim
 	var body binance.ErrorBody
 	switch status {
 	case http.StatusTooManyRequests:
-		body = binance.ErrorBody{Code: binance.CodeTooManyRequests, Msg: binance.TooManyRequestsMsg(limit)}
+		body = binance.ErrorBody{Code: binance.CodeTooManyRequests, Msg: binance.TooManyRequestsMsg("127.0.0.1", limit)}
 	case http.StatusTeapot:
 		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-		body = binance.ErrorBody{Code: binance.CodeTooManyRequests, Msg: binance.BannedMsg(now.Add(retry))}
+		body = binance.ErrorBody{Code: binance.CodeTooManyRequests, Msg: binance.BannedMsg("127.0.0.1", now.Add(retry))}
 	case http.StatusForbidden:
 		w.Header().Set("Content-Type", "text/html")
 		w.WriteHeader(status)

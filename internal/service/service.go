@@ -426,6 +426,15 @@ func (s *Service) ExchangeLists(ctx context.Context) map[string][]byte {
 	return l
 }
 
+// StoreErr returns the store's write error while writes fail, else nil.
+func (s *Service) StoreErr() error { return s.writer.Failing() }
+
+// Unwritten appends the klines of symbol and iv the store has not taken
+// while its writes fail, oldest first.
+func (s *Service) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
+	return s.writer.Unwritten(dst, symbol, iv)
+}
+
 // Intervals returns the configured intervals, shortest first.
 func (s *Service) Intervals() []kline.Interval { return s.cfg.Intervals }
 

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -302,6 +304,56 @@ func TestWriterIsolatesAFailingSymbol(t *testing.T) {
 		ks, _ := s.Klines(context.Background(), Query{Symbol: sym, Interval: kline.OneMinute()})
 		if len(ks) != want {
 			t.Errorf("%s: stored %d, want %d", sym, len(ks), want)
+		}
+	}
+}
+
+// TestWriterHoldsBackWhileFailing: while writes fail, the writer says so
+// and shows readers the klines the store has not taken; once a write
+// succeeds both clear.
+func TestWriterHoldsBackWhileFailing(t *testing.T) {
+	s := open(t)
+	if err := execScript(s, `CREATE TRIGGER full BEFORE INSERT ON klines BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;`); err != nil {
+		t.Fatal(err)
+	}
+	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{}, 1)}
+	w := NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	src.ch <- []kline.Update{
+		{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(60_000, 2)},
+		{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
+	}
+	src.ready <- struct{}{}
+	until(t, "the writer reports the failure", func() bool { return w.Failing() != nil })
+	if err := w.Failing(); !strings.Contains(err.Error(), "disk is full") {
+		t.Fatalf("Failing() = %v", err)
+	}
+	held := w.Unwritten(nil, "A", kline.OneMinute())
+	if len(held) != 2 || held[0].OpenTime != 0 || held[1].OpenTime != 60_000 {
+		t.Fatalf("Unwritten = %+v, want both klines oldest first", held)
+	}
+	if err := execScript(s, `DROP TRIGGER full;`); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "the retry succeeds", func() bool { return w.Failing() == nil })
+	if held := w.Unwritten(nil, "A", kline.OneMinute()); len(held) != 0 {
+		t.Fatalf("still held back after a good write: %+v", held)
+	}
+	if ks, _ := s.Klines(context.Background(), Query{Symbol: "A", Interval: kline.OneMinute()}); len(ks) != 2 {
+		t.Fatalf("stored %d klines after the retry", len(ks))
+	}
+}
+
+// until waits for cond, which another goroutine makes true, for at most
+// ten seconds.
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
 		}
 	}
 }

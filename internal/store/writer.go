@@ -1,8 +1,10 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +37,17 @@ type Writer struct {
 	written  atomic.Int64
 	failures atomic.Int64
 	backlog  atomic.Int64
+
+	// While writes fail, the klines the store has not taken, for readers
+	// to lay over what it has, and the error; nil once a write succeeds.
+	unwritten atomic.Pointer[unwritten]
+}
+
+// unwritten is what a failing writer holds back, by symbol and interval,
+// oldest first.
+type unwritten struct {
+	err    error
+	series map[[2]string][]kline.Kline
 }
 
 // NewWriter returns a writer from src into s that writes at most once per
@@ -83,6 +96,37 @@ func (w *Writer) Written() int64 { return w.written.Load() }
 
 // Failures is the number of failed write attempts.
 func (w *Writer) Failures() int64 { return w.failures.Load() }
+
+// Failing returns the error of the last write while writes fail, and nil
+// once one succeeds.
+func (w *Writer) Failing() error {
+	if u := w.unwritten.Load(); u != nil {
+		return u.err
+	}
+	return nil
+}
+
+// Unwritten appends to dst the klines of symbol and iv the store has not
+// taken because writes fail, oldest first.
+func (w *Writer) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
+	if u := w.unwritten.Load(); u != nil {
+		return append(dst, u.series[[2]string{symbol, iv.String()}]...)
+	}
+	return dst
+}
+
+// holdBack publishes the updates left after a failed write for readers.
+func (w *Writer) holdBack(left map[kline.Key]kline.Update, err error) {
+	u := &unwritten{err: err, series: map[[2]string][]kline.Kline{}}
+	for k, up := range left {
+		key := [2]string{k.Symbol, k.Interval}
+		u.series[key] = append(u.series[key], up.Kline)
+	}
+	for _, ks := range u.series {
+		slices.SortFunc(ks, func(a, b kline.Kline) int { return cmp.Compare(a.OpenTime, b.OpenTime) })
+	}
+	w.unwritten.Store(u)
+}
 
 // Backlog is the number of updates drained but not yet written.
 func (w *Writer) Backlog() int64 { return w.backlog.Load() }
@@ -195,11 +239,15 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		last = time.Now()
 		if err := flush(); err != nil {
+			w.holdBack(retry, err)
 			w.log.Error("writing klines failed; keeping them and retrying", "err", err, "pending", len(retry), "retry_in", backoff)
 			wait = arm(backoff)
 			backoff = min(2*backoff, 10*time.Second)
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		if len(retry) == 0 {
+			w.unwritten.Store(nil)
+		}
 	}
 }

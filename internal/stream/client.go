@@ -415,6 +415,9 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The HTTP server's read and write timeouts are for requests; a stream
+	// lives for hours, watched by pings instead.
+	conn.SetDeadline(time.Time{})
 	h.wire = &wire{Conn: conn}
 	brw.Writer.Reset(h.wire) // the server's own buffer, held until the handler returns anyway
 	return h.wire, brw, nil

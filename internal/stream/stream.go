@@ -109,6 +109,9 @@ type Server struct {
 	tmu       sync.RWMutex
 	trades    map[string]*tradeStream // by symbol
 	tradeSubs atomic.Int64            // subscriptions to trade streams, for a lock-free "none"
+
+	lmu  sync.RWMutex
+	last map[string]*lastTrade // by symbol
 }
 
 type streamKey struct{ symbol, interval string }
@@ -196,7 +199,7 @@ func New(cfg Config) *Server {
 	phases := max(1, min(maxPhases, int(cfg.PushInterval/minPhase)))
 	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, spacing: max(1, cfg.PushInterval.Milliseconds()), streams: map[streamKey]*stream{},
 		later: map[*client]struct{}{}, groups: make([]map[*client]struct{}, phases), set: metrics.NewSet(),
-		trades: map[string]*tradeStream{}}
+		trades: map[string]*tradeStream{}, last: map[string]*lastTrade{}}
 	for i := range s.groups {
 		s.groups[i] = map[*client]struct{}{}
 	}

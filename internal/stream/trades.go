@@ -2,6 +2,7 @@ package stream
 
 import (
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/klagg/klagg/internal/binance"
@@ -13,7 +14,11 @@ import (
 // is called on ingest's path, so it costs an atomic load while nobody
 // reads a trade stream.
 func (s *Server) Trades(symbol string, trades []kline.Trade) {
-	if s.tradeSubs.Load() == 0 || len(trades) == 0 {
+	if len(trades) == 0 {
+		return
+	}
+	s.keepLast(symbol, &trades[len(trades)-1])
+	if s.tradeSubs.Load() == 0 {
 		return
 	}
 	s.tmu.RLock()
@@ -79,4 +84,45 @@ func (s *Server) untrade(sb *sub) {
 	if len(ts.subs) == 0 {
 		delete(s.trades, ts.symbol)
 	}
+}
+
+// lastTrade is a symbol's newest trade, for ticker/price.
+type lastTrade struct {
+	mu          sync.Mutex
+	price, time int64
+}
+
+// keepLast records t as symbol's newest trade. It runs for every batch of
+// trades, so the common case takes only a read lock.
+func (s *Server) keepLast(symbol string, t *kline.Trade) {
+	s.lmu.RLock()
+	l := s.last[symbol]
+	s.lmu.RUnlock()
+	if l == nil {
+		s.lmu.Lock()
+		if l = s.last[symbol]; l == nil {
+			l = &lastTrade{}
+			s.last[symbol] = l
+		}
+		s.lmu.Unlock()
+	}
+	l.mu.Lock()
+	if t.Time >= l.time {
+		l.price, l.time = t.Price, t.Time
+	}
+	l.mu.Unlock()
+}
+
+// LastTrade returns the price and time of symbol's newest trade since
+// klagg started.
+func (s *Server) LastTrade(symbol string) (price, time int64, ok bool) {
+	s.lmu.RLock()
+	l := s.last[symbol]
+	s.lmu.RUnlock()
+	if l == nil {
+		return 0, 0, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.price, l.time, true
 }

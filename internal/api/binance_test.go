@@ -1,0 +1,253 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
+)
+
+// header gets u and returns the status, a header and the body.
+func header(t *testing.T, u, name string) (int, string, string) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, resp.Header.Get(name), b.String()
+}
+
+// TestWeightHeader: every REST answer reports the caller's weight in the
+// current minute, by Binance's weights.
+func TestWeightHeader(t *testing.T) {
+	srv, _ := newAPI(t, "", nil)
+	for _, tc := range []struct {
+		path string
+		used string
+	}{
+		{"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1000", "5"},
+		{"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500", "15"},
+		{"/fapi/v1/klines?symbol=BTCUSDT&interval=1m", "20"}, // limit 500
+		{"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=99", "21"},
+		{"/fapi/v1/time", "22"},
+		{"/fapi/v1/ticker/price", "24"},
+		{"/fapi/v1/klines?symbol=NOPE&interval=1m&limit=150", "26"}, // errors weigh too
+	} {
+		if _, got, body := header(t, srv.URL+tc.path, "X-MBX-USED-WEIGHT-1M"); got != tc.used {
+			t.Errorf("%s: X-MBX-USED-WEIGHT-1M %q, want %s (%s)", tc.path, got, tc.used, body)
+		}
+	}
+}
+
+// TestWeightBudget: a client over server.weight_per_minute gets a 429,
+// then, going on, a 418 ban with its end in the message, as on Binance;
+// the next minute it is served again once the ban is over.
+func TestWeightBudget(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 30, 12, 0, 10, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	srv, _, _ := newAPIWith(t, source{ready: true}, Config{WeightPerMinute: 12, Now: clock})
+	u := srv.URL + "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1000" // weight 5
+	for i, want := range []int{200, 200, 429, 418, 418} {
+		code, _, body := header(t, u, "X-MBX-USED-WEIGHT-1M")
+		if code != want {
+			t.Fatalf("request %d: %d %s, want %d", i, code, body, want)
+		}
+		var e Error
+		if code != 200 && (json.Unmarshal([]byte(body), &e) != nil || e.Code != -1003) {
+			t.Fatalf("request %d: %s, want code -1003", i, body)
+		}
+		if code == 418 {
+			until, ok := binance.BannedUntil(e.Msg)
+			if !ok || !until.Equal(now.Truncate(time.Millisecond).Add(2*time.Minute)) && i == 3 {
+				t.Fatalf("ban message %q", e.Msg)
+			}
+		}
+	}
+	mu.Lock()
+	now = now.Add(time.Minute) // a new minute, still banned
+	mu.Unlock()
+	if code, _, _ := header(t, u, ""); code != 418 {
+		t.Fatalf("within the ban: %d", code)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	if code, used, body := header(t, u, "X-MBX-USED-WEIGHT-1M"); code != 200 || used != "5" {
+		t.Fatalf("after the ban: %d %s %s", code, used, body)
+	}
+}
+
+// TestContinuousKlines: the perpetual's continuous klines are its klines.
+func TestContinuousKlines(t *testing.T) {
+	srv, _ := newAPI(t, "", nil)
+	for _, q := range []string{"interval=1m&limit=7", "interval=1m&startTime=" + itoa(t0+5*60_000) + "&limit=3", "interval=1m&endTime=" + itoa(t0+90*60_000)} {
+		_, want := get(t, srv.URL+"/fapi/v1/klines?symbol=BTCUSDT&"+q)
+		code, got := get(t, srv.URL+"/fapi/v1/continuousKlines?pair=BTCUSDT&contractType=PERPETUAL&"+q)
+		if code != 200 || got != want {
+			t.Errorf("%s: %d\n%s\nwant\n%s", q, code, got, want)
+		}
+	}
+	for q, want := range map[string]string{
+		"pair=BTCUSDT&interval=1m":                                   `"code":-1102`,
+		"contractType=PERPETUAL&interval=1m":                         `"code":-1102`,
+		"pair=BTCUSDT&contractType=CURRENT_QUARTER&interval=1m":      `"code":-1130`,
+		"pair=NOPEUSDT&contractType=PERPETUAL&interval=1m":           `"code":-1121`,
+		"pair=BTCUSDT&contractType=PERPETUAL&interval=1m&limit=2000": `"code":-1130`,
+	} {
+		if code, body := get(t, srv.URL+"/fapi/v1/continuousKlines?"+q); code != 400 || !strings.Contains(body, want) {
+			t.Errorf("%s: %d %s, want %s", q, code, body, want)
+		}
+	}
+}
+
+// TestTickerPrice: ticker/price (v1 and v2) is the newest trade.
+func TestTickerPrice(t *testing.T) {
+	srv, ss := newAPI(t, "", nil)
+	ss.Trades("BTCUSDT", []kline.Trade{{ID: 1, Price: 100_10000000, Qty: 1, Time: t0 + 5}, {ID: 2, Price: 100_20000000, Qty: 1, Time: t0 + 9}})
+	for _, v := range []string{"v1", "v2"} {
+		code, body := get(t, srv.URL+"/fapi/"+v+"/ticker/price?symbol=BTCUSDT")
+		if want := `{"symbol":"BTCUSDT","price":"100.2","time":` + itoa(t0+9) + "}\n"; code != 200 || body != want {
+			t.Errorf("%s one: %d %s, want %s", v, code, body, want)
+		}
+		code, body = get(t, srv.URL+"/fapi/"+v+"/ticker/price")
+		if want := `[{"symbol":"BTCUSDT","price":"100.2","time":` + itoa(t0+9) + "}]\n"; code != 200 || body != want {
+			t.Errorf("%s all: %d %s, want %s", v, code, body, want)
+		}
+	}
+	if code, body := get(t, srv.URL+"/fapi/v1/ticker/price?symbol=NOPE"); code != 400 || !strings.Contains(body, "-1121") {
+		t.Errorf("unknown symbol: %d %s", code, body)
+	}
+}
+
+// TestEndTimeZero: endTime=0 asks for the klines opening at or before the
+// epoch (none), not for "no bound".
+func TestEndTimeZero(t *testing.T) {
+	srv, _ := newAPI(t, "", nil)
+	if ks := klines(t, srv.URL, "symbol=BTCUSDT&interval=1m&endTime=0"); len(ks) != 0 {
+		t.Fatalf("endTime=0: %d klines", len(ks))
+	}
+	if ks := klines(t, srv.URL, "symbol=BTCUSDT&interval=1m&startTime=0&endTime=0"); len(ks) != 0 {
+		t.Fatalf("startTime=0&endTime=0: %d klines", len(ks))
+	}
+}
+
+// TestExchangeInfoAsGiven: a symbol's object and the rate limits are the
+// exchange's, filters and all.
+func TestExchangeInfoAsGiven(t *testing.T) {
+	raw := `{"symbol":"BTCUSDT","pair":"BTCUSDT","contractType":"PERPETUAL","status":"TRADING","filters":[{"filterType":"PRICE_FILTER","tickSize":"0.10"}],"underlyingType":"COIN"}`
+	withInfo := btc
+	withInfo.Info = []byte(raw)
+	srv, _, _ := newAPIWith(t, source{ready: true, syms: []store.Symbol{withInfo}}, Config{})
+	code, body := get(t, srv.URL+"/fapi/v1/exchangeInfo")
+	var out struct {
+		RateLimits []map[string]any  `json:"rateLimits"`
+		Symbols    []json.RawMessage `json:"symbols"`
+	}
+	if err := json.Unmarshal([]byte(body), &out); code != 200 || err != nil {
+		t.Fatalf("%d %s: %v", code, body, err)
+	}
+	if len(out.RateLimits) != 1 || out.RateLimits[0]["limit"] != float64(2400) {
+		t.Errorf("rateLimits %v", out.RateLimits)
+	}
+	if len(out.Symbols) != 1 || string(out.Symbols[0]) != raw {
+		t.Errorf("symbols %s, want %s", out.Symbols, raw)
+	}
+}
+
+// TestStoreFailing: while the store cannot write, REST answers stay exact
+// from what the writer holds back, and /readyz says the store is failing.
+func TestStoreFailing(t *testing.T) {
+	held := []kline.Kline{mk(t0+99*60_000, 500, true), mk(t0+100*60_000, 501, true), mk(t0+101*60_000, 502, true)}
+	srv, ss, _ := newAPIWith(t, source{ready: true, storeErr: errors.New("disk full"), unwritten: held}, Config{})
+	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(t0+102*60_000, 503, false)}})
+	ks := klines(t, srv.URL, "symbol=BTCUSDT&interval=1m&limit=5")
+	if len(ks) != 5 {
+		t.Fatalf("%d klines", len(ks))
+	}
+	for i, want := range []int64{t0 + 98*60_000, t0 + 99*60_000, t0 + 100*60_000, t0 + 101*60_000, t0 + 102*60_000} {
+		if ks[i].OpenTime != want {
+			t.Fatalf("kline %d opens at %d, want %d", i, ks[i].OpenTime, want)
+		}
+	}
+	if ks[1].Open != held[0].Open || ks[2].Open != held[1].Open || ks[3].Open != held[2].Open {
+		t.Fatalf("held-back klines not served: %+v", ks[1:3])
+	}
+	ranged := klines(t, srv.URL, "symbol=BTCUSDT&interval=1m&startTime="+itoa(t0+100*60_000)+"&endTime="+itoa(t0+101*60_000))
+	if len(ranged) != 2 || ranged[0].Open != held[1].Open || ranged[1].Open != held[2].Open {
+		t.Fatalf("range over held-back klines: %+v", ranged)
+	}
+	if code, body := get(t, srv.URL+"/readyz"); code != 503 || !strings.Contains(body, "store failing: disk full") {
+		t.Fatalf("readyz while the store fails: %d %s", code, body)
+	}
+}
+
+// TestListenerCap: connections beyond the cap are closed at once, and a
+// closed one gives its place back.
+func TestListenerCap(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := NewListener(inner, 2)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var clients []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	first, second := <-accepted, <-accepted
+	// The third is closed by the listener: its read ends.
+	clients[2].SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ne net.Error
+	if _, err := clients[2].Read(make([]byte, 1)); err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection over the cap: %v", err)
+	}
+	if ln.Open() != 2 || ln.Refused() != 1 {
+		t.Fatalf("open %d, refused %d", ln.Open(), ln.Refused())
+	}
+	first.Close()
+	first.Close() // twice: counted once
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	(<-accepted).Close()
+	second.Close()
+	if ln.Open() != 0 {
+		t.Fatalf("open %d after closing all", ln.Open())
+	}
+}
