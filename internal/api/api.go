@@ -111,7 +111,9 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /fapi/v1/exchangeInfo", s.exchangeInfo)
 	m.HandleFunc("GET /fapi/v1/time", s.time)
 	m.HandleFunc("GET /fapi/v1/ping", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, struct{}{}) })
-	m.HandleFunc("/fapi/", s.unserved)
+	for _, method := range []string{"GET", "POST", "PUT", "DELETE", "PATCH"} {
+		m.HandleFunc(method+" /fapi/", s.unserved)
+	}
 	m.HandleFunc("GET /api/v1/status", s.status)
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	m.HandleFunc("GET /readyz", s.readyz)

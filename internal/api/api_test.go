@@ -99,6 +99,9 @@ func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *stream
 		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}, Pair: s, ContractType: "PERPETUAL"}, s == "BTCUSDT"
 	}})
 	cfg.Source, cfg.Store, cfg.Streams = src, st, ss
+	if cfg.Page == nil {
+		cfg.Page = http.NotFoundHandler() // its pattern must not clash with the API's
+	}
 	h := New(cfg)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)

@@ -316,5 +316,5 @@ func writeExchangeInfo(w io.Writer, symbols []string) {
 		infos[i] = binance.SymbolInfo{Symbol: s, Pair: s, ContractType: "PERPETUAL", Status: "TRADING",
 			BaseAsset: strings.TrimSuffix(s, "USDT"), QuoteAsset: "USDT", MarginAsset: "USDT", PricePrecision: 2, QuantityPrecision: 3}
 	}
-	json.NewEncoder(w).Encode(map[string]any{"timezone": "UTC", "serverTime": time.Now().UnixMilli(), "symbols": infos})
+	json.NewEncoder(w).Encode(exchangeInfo(time.Now().UnixMilli(), 2400, infos))
 }

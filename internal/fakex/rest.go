@@ -167,11 +167,7 @@ func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiErro
 	syms = append(syms,
 		binance.SymbolInfo{Symbol: "BTCUSDT_261225", Pair: "BTCUSDT", ContractType: "CURRENT_QUARTER", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", PricePrecision: 1, QuantityPrecision: 3},
 		binance.SymbolInfo{Symbol: "ETHBTC", Pair: "ETHBTC", ContractType: "PERPETUAL", Status: "TRADING", BaseAsset: "ETH", QuoteAsset: "BTC", PricePrecision: 6, QuantityPrecision: 3})
-	return map[string]any{
-		"timezone": "UTC", "serverTime": now,
-		"rateLimits": []map[string]any{{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": x.cfg.WeightPerMinute}},
-		"symbols":    syms,
-	}, nil
+	return exchangeInfo(now, x.cfg.WeightPerMinute, syms), nil
 }
 
 func (x *Exchange) lookup(r *http.Request) (*symbol, *apiError) {
