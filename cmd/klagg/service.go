@@ -84,22 +84,23 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 		return err
 	}
 	svc.Progress = progress(e, "backfill")
-	handler := api.New(api.Config{Source: svc, Store: svc.Store, Streams: streams, Page: web.Handler(),
-		Token: cfg.Server.Token, CORS: cfg.Server.CORSOrigins, WeightPerMinute: cfg.Server.WeightPerMinute,
-		Log: e.log.With("part", "api")})
-	// Timeouts, so that a client that stops reading or sending cannot hold
-	// a connection: the WebSocket handler clears them on the connections
-	// it takes over.
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
 	maxConns := cfg.Server.MaxHTTPConns + cfg.Server.MaxConnections
 	if fds := openFileLimit(); fds > 0 && maxConns > fds-fdReserve {
 		maxConns = max(1, fds-fdReserve)
 		e.log.Warn("fewer connections than configured: the open-file limit is low (raise it with ulimit -n)",
 			"open_files", fds, "connections", maxConns)
 	}
-	ln = api.NewListener(ln, maxConns)
+	capped := api.NewListener(ln, maxConns)
+	ln = capped
+	handler := api.New(api.Config{Source: svc, Store: svc.Store, Streams: streams, Page: web.Handler(),
+		Token: cfg.Server.Token, CORS: cfg.Server.CORSOrigins, WeightPerMinute: cfg.Server.WeightPerMinute,
+		Conns: capped, Log: e.log.With("part", "api")})
+	// Timeouts, so that a client that stops reading or sending cannot hold
+	// a connection: the WebSocket handler clears them on the connections
+	// it takes over.
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10, IdleTimeout: 2 * time.Minute,
+		ConnState: capped.ConnState, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
 	if !web.Built() {
 		e.log.Warn("the chart page's library is not built in; run ./scripts/run, or ./scripts/web before building")
 	}

@@ -76,6 +76,7 @@ type Config struct {
 	// Binance counts it; 0: none, the weight is only reported.
 	WeightPerMinute int
 	Now             func() time.Time // the clock of weight minutes and bans [time.Now]
+	Conns           *Listener        // the capped listener, for its metrics; optional
 	Log             *slog.Logger
 }
 

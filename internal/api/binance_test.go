@@ -235,7 +235,7 @@ func TestListenerCap(t *testing.T) {
 	if _, err := clients[2].Read(make([]byte, 1)); err == nil || errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("connection over the cap: %v", err)
 	}
-	if ln.Open() != 2 || ln.Refused() != 1 {
+	if ln.Open() != 2 || ln.Refused() != 1 || ln.Evicted() != 0 {
 		t.Fatalf("open %d, refused %d", ln.Open(), ln.Refused())
 	}
 	first.Close()

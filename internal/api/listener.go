@@ -2,25 +2,38 @@ package api
 
 import (
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
+// stalledAfter is how long a write must be blocked before its connection
+// counts as one whose client stopped reading.
+const stalledAfter = time.Second
+
 // Listener caps the connections a server holds open at once, WebSocket
-// ones included: a connection beyond the cap is closed as soon as it is
-// accepted, so that a flood of clients fails fast instead of taking the
-// process's last file descriptors, which the store and the exchange
-// connections need.
+// ones included, so that a flood of clients cannot take the process's
+// last file descriptors, which the store and the exchange connections
+// need. At the cap a new connection takes the place of one whose client
+// stopped reading (a write blocked for a second or more), else of the one
+// idle longest between requests; when there is neither it is closed at
+// once. So clients that pipeline requests and never read the answers lose
+// their places to clients that do.
 type Listener struct {
 	net.Listener
-	max     int64
-	open    atomic.Int64
+	max     int
 	refused atomic.Int64
+	evicted atomic.Int64
+
+	mu    sync.Mutex
+	conns map[*countedConn]struct{}
 }
 
-// NewListener caps ln at max open connections.
+// NewListener caps ln at max open connections. Pass ConnState to the
+// http.Server using it, so that it knows idle connections.
 func NewListener(ln net.Listener, max int) *Listener {
-	return &Listener{Listener: ln, max: int64(max)}
+	return &Listener{Listener: ln, max: max, conns: map[*countedConn]struct{}{}}
 }
 
 // Accept returns the next connection within the cap.
@@ -30,32 +43,99 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) > l.max {
-			l.open.Add(-1)
-			l.refused.Add(1)
-			c.Close()
-			continue
+		cc := &countedConn{Conn: c, l: l}
+		l.mu.Lock()
+		var victim *countedConn
+		if len(l.conns) >= l.max {
+			victim = l.victimLocked(time.Now())
+			if victim == nil {
+				l.mu.Unlock()
+				l.refused.Add(1)
+				c.Close()
+				continue
+			}
+			delete(l.conns, victim)
 		}
-		return &countedConn{Conn: c, l: l}, nil
+		l.conns[cc] = struct{}{}
+		l.mu.Unlock()
+		if victim != nil {
+			l.evicted.Add(1)
+			victim.Close()
+		}
+		return cc, nil
+	}
+}
+
+// victimLocked picks the connection to close for a new one: the longest
+// stalled writer, else the longest idle; nil if none.
+func (l *Listener) victimLocked(now time.Time) *countedConn {
+	var stalled, idle *countedConn
+	var stalledSince, idleSince int64
+	for c := range l.conns {
+		if w := c.writing.Load(); w != 0 && now.UnixNano()-w >= int64(stalledAfter) && (stalled == nil || w < stalledSince) {
+			stalled, stalledSince = c, w
+		}
+		if i := c.idle.Load(); i != 0 && (idle == nil || i < idleSince) {
+			idle, idleSince = c, i
+		}
+	}
+	if stalled != nil {
+		return stalled
+	}
+	return idle
+}
+
+// ConnState is the http.Server's ConnState hook: it tells the listener
+// which connections wait idle between requests.
+func (l *Listener) ConnState(c net.Conn, state http.ConnState) {
+	cc, ok := c.(*countedConn)
+	if !ok {
+		return
+	}
+	if state == http.StateIdle {
+		cc.idle.Store(time.Now().UnixNano())
+	} else {
+		cc.idle.Store(0)
 	}
 }
 
 // Open is the number of connections open now.
-func (l *Listener) Open() int64 { return l.open.Load() }
+func (l *Listener) Open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
 
-// Refused is the number of connections closed for the cap.
+// Refused is the number of connections closed at once for the cap.
 func (l *Listener) Refused() int64 { return l.refused.Load() }
 
+// Evicted is the number of connections closed to make room for new ones.
+func (l *Listener) Evicted() int64 { return l.evicted.Load() }
+
 // countedConn gives its place back on its first Close, whoever holds it
-// then (the HTTP server, or the WebSocket library after a hijack).
+// then (the HTTP server, or the WebSocket library after a hijack), and
+// tells the listener when a write of it is blocked.
 type countedConn struct {
 	net.Conn
-	once sync.Once
-	l    *Listener
+	l       *Listener
+	once    sync.Once
+	writing atomic.Int64 // when the write under way began, Unix ns; 0: none
+	idle    atomic.Int64 // since when it waits between requests, Unix ns; 0: busy
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.writing.Store(time.Now().UnixNano())
+	n, err := c.Conn.Write(p)
+	c.writing.Store(0)
+	return n, err
 }
 
 func (c *countedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.l.open.Add(-1) })
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
 	return err
 }

@@ -49,6 +49,11 @@ func (s *Server) writeMetrics(w http.ResponseWriter, _ *http.Request) {
 	counter("klagg_stream_clients_dropped_total", ss.Dropped.Load())
 	counter("klagg_stream_clients_rejected_total", ss.Rejected.Load())
 	counter("klagg_stream_events_total", ss.Events.Load())
+	if l := s.cfg.Conns; l != nil {
+		gauge("klagg_http_connections", float64(l.Open()))
+		counter("klagg_http_connections_refused_total", l.Refused())
+		counter("klagg_http_connections_evicted_total", l.Evicted())
+	}
 	s.cfg.Source.WritePrometheus(w)
 	s.cfg.Streams.WritePrometheus(w)
 	s.metrics.WritePrometheus(w)

@@ -55,6 +55,7 @@ type run struct {
 	hidden  bool
 	base    string   // klagg's HTTP root, from its log
 	earlier []string // the log of the test's earlier klagg runs
+	bin     string   // what to run instead of klaggBin (a wrapper); optional
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
@@ -163,7 +164,11 @@ func (r *run) checkListed(sym string) {
 func (r *run) startKlagg() {
 	r.t.Helper()
 	prev := r.k
-	k, err := klaggproc.Start(klaggBin, r.conf, "LOG_LEVEL=debug")
+	bin := klaggBin
+	if r.bin != "" {
+		bin = r.bin
+	}
+	k, err := klaggproc.Start(bin, r.conf, "LOG_LEVEL=debug")
 	if err != nil {
 		r.t.Fatal(err)
 	}
