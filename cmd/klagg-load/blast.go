@@ -33,6 +33,7 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 	writeEvery := fs.Duration("write-every", time.Second, "klagg's database.write_every")
 	clients := fs.Int("clients", 0, "WebSocket clients reading klagg's kline streams")
 	perClient := fs.Int("streams", 10, "<symbol>@kline_1m streams per client")
+	clientWeight := fs.Int("client-weight", 2400, "klagg's server.weight_per_minute, the per-client REST budget (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -61,12 +62,13 @@ backfill_limit = 0
 enabled = false
 [server]
 listen = "127.0.0.1:0"
+weight_per_minute = %[6]d
 [log]
 status_interval = "5s"
 [database]
 path = %[4]q
 write_every = %[3]q
-`, b.URL(), quoteList(*intervals), writeEvery.String(), filepath.Join(dir, "k.db"), b.WSURL()))
+`, b.URL(), quoteList(*intervals), writeEvery.String(), filepath.Join(dir, "k.db"), b.WSURL(), *clientWeight))
 	if err != nil {
 		return err
 	}

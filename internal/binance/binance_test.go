@@ -150,3 +150,34 @@ func TestWeightReserveForUrgentRequests(t *testing.T) {
 		t.Fatalf("ordinary request within the reserve: %v", err)
 	}
 }
+
+// FuzzParseStreamName: a name that parses has a kind and a symbol; the
+// name Binance would write for it parses back to the same parts, and is
+// its own canonical form.
+func FuzzParseStreamName(f *testing.F) {
+	for _, s := range []string{"btcusdt@kline_1m", "btcusdt_perpetual@continuousKline_1h", "btcusdt@aggTrade",
+		"币安人生usdt@aggTrade", "btcuſdt@kline_1m", "!miniTicker@arr", "btcusdt@depth@100ms", "BTCUSDT@kline_1m",
+		"@kline_1m", "btcusdt@", "a/b@kline_1m", "btc usdt@aggTrade", "x@aggTrade_1m"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		n, ok := ParseStreamName(name)
+		if !ok {
+			return
+		}
+		if n.Kind == "" || n.Symbol == "" && n.Kind != KindContinuousKline {
+			t.Fatalf("%q parsed to %+v", name, n)
+		}
+		canon := n.String()
+		if canon == "" {
+			return
+		}
+		m, ok := ParseStreamName(canon)
+		if !ok {
+			t.Fatalf("%q → %+v → %q does not parse", name, n, canon)
+		}
+		if again := m.String(); again != canon {
+			t.Fatalf("%q → %q → %q: not canonical", name, canon, again)
+		}
+	})
+}

@@ -299,16 +299,45 @@ func (s *Service) syncTime(ctx context.Context) error {
 // tick tells the engine the exchange time four times a second, and
 // measures the trade rate.
 func (s *Service) tick(ctx context.Context) {
-	// Klines without a later trade close by this clock, grace after their
-	// close time: a tick every 50ms keeps their closing events within
-	// grace + 100ms, as Binance's own.
-	t := time.NewTicker(50 * time.Millisecond)
+	// Klines without a later trade close by the clock, grace after their
+	// close time. Every interval closes on a minute, so besides the
+	// regular tick a timer fires at each minute + grace: closing events
+	// then come within grace + a few ms, as Binance's own, without a fast
+	// tick taking the engine from trades all the time.
+	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	grace := s.cfg.Klines.Grace.Duration
+	target := time.Time{}
+	untilClose := func() time.Duration {
+		now := s.ExchangeNow()
+		target = now.Truncate(time.Minute).Add(grace % time.Minute)
+		for !target.After(now) {
+			target = target.Add(time.Minute)
+		}
+		return target.Sub(now) + time.Millisecond
+	}
+	closer := time.NewTimer(untilClose())
+	defer closer.Stop()
+	retries := 0
 	lastAt, lastN := time.Now(), s.Router.Stats().Forwarded.Load()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-closer.C:
+			now, ok := s.clock()
+			if ok {
+				s.Engine.Tick(ctx, now, s.Router.Holds())
+			}
+			// The clock is held at the streams' watermark: while it lags
+			// the target, look again shortly.
+			if (!ok || now.Before(target)) && retries < 50 {
+				retries++
+				closer.Reset(10 * time.Millisecond)
+			} else {
+				retries = 0
+				closer.Reset(untilClose())
+			}
 		case <-t.C:
 			if now, ok := s.clock(); ok {
 				s.Engine.Tick(ctx, now, s.Router.Holds())

@@ -232,8 +232,8 @@ func TestAggTradeStream(t *testing.T) {
 }
 
 // TestPushSpacing: however often a kline changes, no two of its open
-// events reach a client closer than the push interval by their event
-// times; closing events go at once.
+// events reach a client closer than the push interval (less the push
+// loop's step) by their event times; closing events go at once.
 func TestPushSpacing(t *testing.T) {
 	const interval = 20 * time.Millisecond
 	s, url := newServer(t, Config{PushInterval: interval})
@@ -254,10 +254,13 @@ func TestPushSpacing(t *testing.T) {
 			closes++
 			continue
 		}
-		if opens++; last != 0 && ev.EventTime-last < interval.Milliseconds() {
+		if opens++; last != 0 && ev.EventTime-last < s.spacing {
 			t.Fatalf("open events %d ms apart, push interval %v", ev.EventTime-last, interval)
 		}
 		last = ev.EventTime
+	}
+	if step := interval / time.Duration(s.phases); s.spacing < (interval - step).Milliseconds() {
+		t.Fatalf("spacing %d ms, push interval %v", s.spacing, interval)
 	}
 	if opens < 3 {
 		t.Fatalf("%d open events", opens)

@@ -88,8 +88,11 @@ type Server struct {
 	stats  Stats
 	wake   chan struct{}
 	phases int
-	// spacing is the push interval in ms, the least time between two
-	// events of a stream by their event times.
+	// spacing is the least time in ms between two open events of a stream
+	// by their event times: the push interval less one step of the push
+	// loop, by which a phase's pushes may run late of each other. Without
+	// that slack a phase pushed a millisecond late would hold its clients'
+	// events back a whole interval.
 	spacing int64
 	delay   *metrics.Summary // from an event's push to its write to the socket
 	set     *metrics.Set
@@ -99,7 +102,6 @@ type Server struct {
 	bySeries []*stream              // streams by kline.Update.Series, a cache of streams
 	urgent   []closing              // closed klines to send at once
 	fresh    []*client              // clients with new subscriptions, to send at once
-	later    map[*client]struct{}   // clients with changes held back by the push interval
 	groups   []map[*client]struct{} // clients by phase
 	joined   uint64
 	stopped  bool
@@ -197,8 +199,8 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	phases := max(1, min(maxPhases, int(cfg.PushInterval/minPhase)))
-	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, spacing: max(1, cfg.PushInterval.Milliseconds()), streams: map[streamKey]*stream{},
-		later: map[*client]struct{}{}, groups: make([]map[*client]struct{}, phases), set: metrics.NewSet(),
+	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, spacing: max(1, (cfg.PushInterval - cfg.PushInterval/time.Duration(phases)).Milliseconds()), streams: map[streamKey]*stream{},
+		groups: make([]map[*client]struct{}, phases), set: metrics.NewSet(),
 		trades: map[string]*tradeStream{}, last: map[string]*lastTrade{}}
 	for i := range s.groups {
 		s.groups[i] = map[*client]struct{}{}
@@ -373,8 +375,7 @@ type delivery struct {
 }
 
 // push queues the closing events published since the last push, the
-// current klines of new subscriptions, the changes held back for the push
-// interval whose time has come, and, when phase is not -1, every change
+// current klines of new subscriptions, and, when phase is not -1, every change
 // the clients of that phase have not been sent; it pings those clients
 // once per ping interval.
 func (s *Server) push(p *pusher, phase int) {
@@ -400,10 +401,6 @@ func (s *Server) push(p *pusher, phase int) {
 				sb.sent = st.version
 			}
 		}
-	}
-	for c := range s.later {
-		delete(s.later, c)
-		s.changes(p, c)
 	}
 	for _, c := range p.fresh {
 		s.changes(p, c)
@@ -455,10 +452,11 @@ func (s *Server) push(p *pusher, phase int) {
 
 // changes adds a delivery of each of c's streams whose newest kline c has
 // not been sent, unless c had an event of that stream less than a push
-// interval ago: then c waits in later for the next push after that. A
-// closing event does not count: it goes at once, and the next kline's
-// events keep their spacing from the open ones before it. Called with the
-// Server's mu held.
+// interval ago (a new subscription's first event, a phase pushed late
+// before this one): then the change waits for c's next phase. A closing
+// event does not count: it goes at once, and the next kline's events keep
+// their spacing from the open ones before it. Called with the Server's mu
+// held.
 func (s *Server) changes(p *pusher, c *client) {
 	for _, sb := range c.subs {
 		st := sb.st
@@ -466,7 +464,6 @@ func (s *Server) changes(p *pusher, c *client) {
 			continue
 		}
 		if p.now-sb.at < s.spacing {
-			s.later[c] = struct{}{}
 			continue
 		}
 		sb.sent, sb.at = st.version, p.now
@@ -645,6 +642,5 @@ func (s *Server) join(c *client) bool {
 func (s *Server) leave(c *client) {
 	s.mu.Lock()
 	delete(s.groups[c.phase], c)
-	delete(s.later, c)
 	s.mu.Unlock()
 }

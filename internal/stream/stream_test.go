@@ -284,8 +284,10 @@ func TestBadHandshakes(t *testing.T) {
 	}
 }
 
-// FuzzRequest feeds any message to the request handler: every message gets
-// exactly one reply, an error or a result, and nothing panics.
+// FuzzRequest feeds any message to the request handler, stream-name parser
+// and subscriptions together: every message gets exactly one reply, an
+// error or a result; nothing panics; and a subscription is served only
+// under the very name the client asked for, as Binance writes it.
 func FuzzRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"method":"SUBSCRIBE","params":["btcusdt@kline_1m"],"id":1}`,
@@ -293,11 +295,14 @@ func FuzzRequest(f *testing.F) {
 		`{"method":"LIST_SUBSCRIPTIONS","id":3}`,
 		`{"method":"SUBSCRIBE","params":[1,2],"id":"a"}`,
 		`{"method":null}`, `[]`, `{"id":1e400}`, "\xff", `{"method":"SUBSCRIBE","params":["BTCUSDT@kline_1m"]}`,
+		`{"method":"SUBSCRIBE","params":["btcuſdt@kline_1m","btcusdt_perpetual@continuousKline_1m","btcusdt@aggTrade"],"id":4}`,
+		`{"method":"SET_PROPERTY","params":["combined",true],"id":5}`, `{"method":"GET_PROPERTY","params":["combined"],"id":6}`,
+		`{"method":"SUBSCRIBE","params":["!miniTicker@arr","btcusdt@depth@100ms","ethusdt@kline_1m"],"id":7}`,
 	} {
 		f.Add([]byte(s))
 	}
 	s := New(Config{Intervals: []kline.Interval{oneMin}, Symbol: func(s string) (Market, bool) {
-		return Market{}, s == "BTCUSDT"
+		return Market{Pair: s, ContractType: "PERPETUAL"}, s == "BTCUSDT"
 	}})
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		c := &client{s: s, subs: map[string]*sub{}}
@@ -305,6 +310,16 @@ func FuzzRequest(f *testing.F) {
 		if len(c.pending) != 1 {
 			t.Fatalf("%d replies to %q", len(c.pending), msg)
 		}
+		s.mu.Lock()
+		for name, sb := range c.subs {
+			if sb.name != name || sb.st != nil && sb.st.name != name || sb.ts != nil && sb.ts.name != name {
+				t.Fatalf("subscription %q is served as %+v", name, sb)
+			}
+			if (sb.st != nil || sb.ts != nil) && !strings.Contains(strings.ToLower(name), "btcusdt") {
+				t.Fatalf("%q is served", name)
+			}
+		}
+		s.mu.Unlock()
 		var reply struct {
 			Result any              `json:"result"`
 			Error  *binance.WSError `json:"error"`
