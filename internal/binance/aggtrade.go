@@ -69,6 +69,13 @@ func (s *scanner) event(envelope bool) (symbol []byte, t kline.Trade, err error)
 			wrapped = true
 			continue
 		}
+		if len(key) == 2 && string(key) == "nq" {
+			if t.NormalQty, ok = s.dec(); !ok {
+				return nil, t, s.fail(`bad "nq"`)
+			}
+			t.HasNormalQty = true
+			continue
+		}
 		if len(key) != 1 {
 			if !s.skip() {
 				return nil, t, s.fail("bad value")
@@ -329,7 +336,11 @@ func AppendAggTrade(dst []byte, symbol string, t *kline.Trade, p kline.Precision
 	dst = append(dst, `","q":"`...)
 	dst = decimal.Append(dst, t.Qty, p.Qty)
 	dst = append(dst, `","nq":"`...)
-	dst = decimal.Append(dst, t.Qty, p.Qty)
+	if t.HasNormalQty {
+		dst = decimal.Append(dst, t.NormalQty, p.Qty)
+	} else {
+		dst = decimal.Append(dst, t.Qty, p.Qty)
+	}
 	dst = append(dst, `","f":`...)
 	dst = strconv.AppendInt(dst, t.FirstID, 10)
 	dst = append(dst, `,"l":`...)

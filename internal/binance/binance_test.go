@@ -15,7 +15,8 @@ const combined = `{"stream":"ctkusdt@aggTrade","data":{"e":"aggTrade","E":162699
 
 func TestParseAggTrade(t *testing.T) {
 	sym, tr, err := ParseAggTrade([]byte(combined))
-	want := kline.Trade{ID: 16599292, Price: 101100000, Qty: 10 * decimal.Unit, FirstID: 23961322, LastID: 23961325, Time: 1626992741421}
+	want := kline.Trade{ID: 16599292, Price: 101100000, Qty: 10 * decimal.Unit, FirstID: 23961322, LastID: 23961325, Time: 1626992741421,
+		NormalQty: 10 * decimal.Unit, HasNormalQty: true}
 	if err != nil || string(sym) != "CTKUSDT" || tr != want {
 		t.Fatalf("got %s %+v %v", sym, tr, err)
 	}
@@ -82,6 +83,10 @@ func FuzzParseAggTrade(f *testing.F) {
 		p, _ := decimal.Parse(str("p"))
 		q, _ := decimal.Parse(str("q"))
 		want := kline.Trade{ID: num("a"), Price: p, Qty: q, FirstID: num("f"), LastID: num("l"), Time: num("T"), BuyerMaker: m}
+		if _, ok := env["nq"]; ok {
+			want.NormalQty, _ = decimal.Parse(str("nq"))
+			want.HasNormalQty = true
+		}
 		if str("e") != "aggTrade" || string(sym) != str("s") || tr != want {
 			t.Fatalf("scanner read %s %+v, encoding/json %+v", sym, tr, want)
 		}

@@ -16,13 +16,17 @@ import (
 // Trade is one Binance aggregated trade. Prices and quantities are mantissas
 // at decimal.Scale.
 type Trade struct {
-	ID         int64 // aggregate trade id, "a"
-	Price      int64 // "p"
-	Qty        int64 // "q"
-	FirstID    int64 // first individual trade id, "f"
-	LastID     int64 // last individual trade id, "l"
-	Time       int64 // trade time in ms, "T"
-	BuyerMaker bool  // "m": when false the buyer was the taker
+	ID      int64 // aggregate trade id, "a"
+	Price   int64 // "p"
+	Qty     int64 // "q"
+	FirstID int64 // first individual trade id, "f"
+	LastID  int64 // last individual trade id, "l"
+	Time    int64 // trade time in ms, "T"
+	// NormalQty is "nq", the quantity without RPI orders, when the trade
+	// came with one (HasNormalQty); klines count Qty.
+	NormalQty    int64
+	BuyerMaker   bool // "m": when false the buyer was the taker
+	HasNormalQty bool
 }
 
 // Kline is one candlestick. Prices are mantissas at decimal.Scale; Volume and

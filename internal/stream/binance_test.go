@@ -206,9 +206,10 @@ func TestAggTradeStream(t *testing.T) {
 	read(t, raw) // subscribed: the URL's streams come before any request
 	write(t, combined, `{"method":"LIST_SUBSCRIPTIONS","id":1}`)
 	read(t, combined)
+	// The second carries its own nq (a part was RPI orders): passed on.
 	trades := []kline.Trade{
 		{ID: 7, Price: 100_50000000, Qty: 1_50000000, FirstID: 10, LastID: 12, Time: 1_000, BuyerMaker: true},
-		{ID: 8, Price: 100_60000000, Qty: 25000000, FirstID: 13, LastID: 13, Time: 1_001},
+		{ID: 8, Price: 100_60000000, Qty: 25000000, FirstID: 13, LastID: 13, Time: 1_001, NormalQty: 10000000, HasNormalQty: true},
 	}
 	s.Trades("ETHUSDT", trades) // nobody reads it
 	s.Trades("BTCUSDT", trades)
@@ -216,6 +217,9 @@ func TestAggTradeStream(t *testing.T) {
 		for i, want := range trades {
 			b := read(t, c)
 			sym, got, err := binance.ParseAggTrade(b)
+			if !want.HasNormalQty {
+				want.NormalQty, want.HasNormalQty = want.Qty, true // nq is q
+			}
 			if err != nil || string(sym) != "BTCUSDT" || got != want {
 				t.Fatalf("trade %d: %s → %+v %v, want %+v", i, b, got, err, want)
 			}
