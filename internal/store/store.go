@@ -402,8 +402,8 @@ func (s *Store) Series(ctx context.Context) (map[[2]string]int, error) {
 	return out, nil
 }
 
-// PutSymbols upserts symbol metadata.
-func (s *Store) PutSymbols(syms []Symbol) (err error) {
+// writeTx runs f in one write transaction on the writer connection.
+func (s *Store) writeTx(f func() error) (err error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	end, err := sqlitex.ImmediateTransaction(s.w)
@@ -411,6 +411,15 @@ func (s *Store) PutSymbols(syms []Symbol) (err error) {
 		return fmt.Errorf("store: begin write: %w", err)
 	}
 	defer end(&err)
+	return f()
+}
+
+// PutSymbols upserts symbol metadata.
+func (s *Store) PutSymbols(syms []Symbol) error {
+	return s.writeTx(func() error { return s.putSymbols(syms) })
+}
+
+func (s *Store) putSymbols(syms []Symbol) error {
 	for _, y := range syms {
 		err := sqlitex.Execute(s.w, `INSERT INTO symbols (symbol, status, base_asset, quote_asset, contract_type,
 			price_precision, quantity_precision, onboard_date, pair, info) VALUES (?,?,?,?,?,?,?,?,?,?)
@@ -467,21 +476,16 @@ const (
 
 // PutExchange stores exchange-wide exchangeInfo lists by name (RateLimits,
 // ExchangeFilters), as JSON.
-func (s *Store) PutExchange(lists map[string][]byte) (err error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	end, err := sqlitex.ImmediateTransaction(s.w)
-	if err != nil {
-		return fmt.Errorf("store: begin write: %w", err)
-	}
-	defer end(&err)
-	for name, v := range lists {
-		if err := sqlitex.Execute(s.w, `INSERT INTO exchange (name, value) VALUES (?, ?)
-			ON CONFLICT (name) DO UPDATE SET value=excluded.value`, &sqlitex.ExecOptions{Args: []any{name, string(v)}}); err != nil {
-			return fmt.Errorf("store: save exchange %s: %w", name, err)
+func (s *Store) PutExchange(lists map[string][]byte) error {
+	return s.writeTx(func() error {
+		for name, v := range lists {
+			if err := sqlitex.Execute(s.w, `INSERT INTO exchange (name, value) VALUES (?, ?)
+				ON CONFLICT (name) DO UPDATE SET value=excluded.value`, &sqlitex.ExecOptions{Args: []any{name, string(v)}}); err != nil {
+				return fmt.Errorf("store: save exchange %s: %w", name, err)
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // Exchange returns the exchange-wide lists PutExchange stored.

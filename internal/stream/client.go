@@ -144,7 +144,15 @@ func streamsOf(r *http.Request) (names []string, combined, ok bool) {
 // nor other clients wait for it. The limit is the configured buffer
 // beyond what a client keeping up may have queued at once: a change and a
 // close for each of its streams.
-func (c *client) queue(frames []frame) {
+func (c *client) queue(frames []frame) { c.enqueue(frames, false) }
+
+// queueTrades adds trade events to the client's queue: unlike kline
+// events they come in bursts of any size (a repaired gap's trades), so the
+// queue may pass its limit by one burst, and a client is dropped only when
+// it is already that far behind.
+func (c *client) queueTrades(frames []frame) { c.enqueue(frames, true) }
+
+func (c *client) enqueue(frames []frame, burst bool) {
 	if len(frames) == 0 {
 		return
 	}
@@ -153,36 +161,14 @@ func (c *client) queue(frames []frame) {
 		c.mu.Unlock()
 		return
 	}
-	if c.inflight+len(c.pending)+len(frames) > c.s.cfg.ClientBuffer+2*int(c.streams.Load()) {
+	queued := c.inflight + len(c.pending)
+	if !burst {
+		queued += len(frames)
+	}
+	if queued > c.s.cfg.ClientBuffer+2*int(c.streams.Load()) {
 		c.mu.Unlock()
 		c.s.stats.Dropped.Add(1)
 		c.close(websocket.StatusPolicyViolation, fmt.Sprintf("too slow: %d events not read", c.s.cfg.ClientBuffer))
-		return
-	}
-	c.pending = append(c.pending, frames...)
-	c.mu.Unlock()
-	c.s.stats.Events.Add(int64(len(frames)))
-	select {
-	case c.ready <- struct{}{}:
-	default:
-	}
-}
-
-// queueTrades adds trade events to the client's queue: unlike kline
-// events they come in bursts of any size (a repaired gap's trades), so the
-// queue may pass its limit by one burst, and a client is dropped only when
-// it is already that far behind.
-func (c *client) queueTrades(frames []frame) {
-	c.mu.Lock()
-	behind := c.inflight + len(c.pending)
-	c.mu.Unlock()
-	if behind > c.s.cfg.ClientBuffer+2*int(c.streams.Load()) {
-		c.queue(frames) // over the limit: dropped there
-		return
-	}
-	c.mu.Lock()
-	if c.closing.Load() {
-		c.mu.Unlock()
 		return
 	}
 	c.pending = append(c.pending, frames...)
