@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -53,7 +54,7 @@ func TestPipeliningClients(t *testing.T) {
 			return err
 		}
 		if resp.StatusCode != 200 {
-			return &http.ProtocolError{ErrorString: resp.Status}
+			return fmt.Errorf("answered %s", resp.Status)
 		}
 		return nil
 	}

@@ -457,12 +457,10 @@ func TestBufferAllowsAPushPerStream(t *testing.T) {
 		Symbol: func(string) (Market, bool) { return Market{Precision: kline.Precision{Price: 2, Qty: 3}}, true }})
 	c := &client{s: s, subs: map[string]*sub{}, ready: make(chan struct{}, 1)}
 	s.join(c)
-	var keys []streamKey
 	var names []string
 	var us []kline.Update
 	for _, sym := range []string{"BTCUSDT", "ETHUSDT"} {
 		for _, iv := range []kline.Interval{oneMin, fiveMin} {
-			keys = append(keys, streamKey{sym, iv.String()})
 			names = append(names, strings.ToLower(sym)+"@kline_"+iv.String())
 			us = append(us, update(sym, iv, 300_000, 2, true), update(sym, iv, 600_000, 1, false))
 		}
