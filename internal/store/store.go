@@ -97,6 +97,7 @@ type Store struct {
 	w    *sqlite.Conn
 	read *sqlitex.Pool
 	rbuf []byte // guarded by wmu
+	done bool   // closed; guarded by wmu
 
 	vmu    sync.Mutex
 	closed map[[2]string]uint64 // closed rows written per symbol and interval
@@ -170,10 +171,14 @@ func migrate(c *sqlite.Conn) (err error) {
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
 
-// Close closes the database.
+// Close closes the database; closing it again does nothing.
 func (s *Store) Close() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.done {
+		return nil
+	}
+	s.done = true
 	return errors.Join(s.read.Close(), s.w.Close())
 }
 

@@ -1,0 +1,386 @@
+// Package postgres owns klagg's PostgreSQL store: the klines, symbols and
+// exchange lists of the SQLite store, in one database that several klagg
+// nodes share. It passes the same conformance suite (storetest).
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
+)
+
+// migrations are applied in order, each once; klagg_schema counts them.
+// Append, never edit. The tables are those of the SQLite store.
+var migrations = []string{
+	`CREATE TABLE klines (
+		symbol                 TEXT    NOT NULL,
+		interval               TEXT    NOT NULL,
+		open_time              BIGINT  NOT NULL,
+		close_time             BIGINT  NOT NULL,
+		open                   TEXT    NOT NULL,
+		high                   TEXT    NOT NULL,
+		low                    TEXT    NOT NULL,
+		close                  TEXT    NOT NULL,
+		volume                 TEXT    NOT NULL,
+		quote_volume           TEXT    NOT NULL,
+		trades                 BIGINT  NOT NULL,
+		taker_buy_volume       TEXT    NOT NULL,
+		taker_buy_quote_volume TEXT    NOT NULL,
+		first_trade_id         BIGINT  NOT NULL,
+		last_trade_id          BIGINT  NOT NULL,
+		closed                 BOOLEAN NOT NULL,
+		PRIMARY KEY (symbol, interval, open_time)
+	);
+	CREATE TABLE symbols (
+		symbol             TEXT PRIMARY KEY,
+		status             TEXT    NOT NULL,
+		base_asset         TEXT    NOT NULL,
+		quote_asset        TEXT    NOT NULL,
+		contract_type      TEXT    NOT NULL,
+		price_precision    INTEGER NOT NULL,
+		quantity_precision INTEGER NOT NULL,
+		onboard_date       BIGINT  NOT NULL,
+		pair               TEXT    NOT NULL DEFAULT '',
+		info               TEXT    NOT NULL DEFAULT ''
+	);
+	CREATE TABLE exchange (
+		name  TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	);`,
+}
+
+// Store is a PostgreSQL kline database.
+type Store struct {
+	pool *pgxpool.Pool
+
+	vmu    sync.Mutex
+	closed map[[2]string]uint64 // closed rows this process wrote per symbol and interval
+	once   sync.Once
+}
+
+// Open connects to the database at url ("postgres://user@host/db") and
+// brings its schema up to date. Nodes starting together migrate one at a
+// time.
+func Open(ctx context.Context, url string) (*Store, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w (database.url in the config)", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: cannot reach the database: %w (is PostgreSQL running? database.url in the config)", err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: migrate: %w", err)
+	}
+	return &Store{pool: pool, closed: map[[2]string]uint64{}}, nil
+}
+
+// migrationLock is the advisory lock that serializes migrations.
+const migrationLock = 0x6b6c616767 // "klagg"
+
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS klagg_schema (version INTEGER NOT NULL)`); err != nil {
+			return err
+		}
+		version := 0
+		err := tx.QueryRow(ctx, `SELECT version FROM klagg_schema`).Scan(&version)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			if _, err := tx.Exec(ctx, `INSERT INTO klagg_schema (version) VALUES (0)`); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		}
+		if version > len(migrations) {
+			return fmt.Errorf("the database has schema version %d, newer than this klagg knows (%d): run a newer klagg", version, len(migrations))
+		}
+		for v := version; v < len(migrations); v++ {
+			if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+				return fmt.Errorf("migration %d: %w", v+1, err)
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE klagg_schema SET version = $1`, len(migrations))
+		return err
+	})
+}
+
+// Close closes the connections; closing again does nothing.
+func (s *Store) Close() error {
+	s.once.Do(s.pool.Close)
+	return nil
+}
+
+// Upsert writes updates in one transaction: all or none. Writing the same
+// kline twice leaves one row with the later value, within one call too.
+func (s *Store) Upsert(updates []kline.Update) error {
+	if len(updates) == 0 {
+		return nil
+	}
+	// One INSERT may not touch a row twice: keep each key's last update.
+	last := make(map[kline.Key]int, len(updates))
+	for i := range updates {
+		last[updates[i].Key()] = i
+	}
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// COPY into a scratch table, then one INSERT … ON CONFLICT from it:
+		// COPY's binary rows cost PostgreSQL far less than parameters.
+		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS klines_in (LIKE klines) ON COMMIT DELETE ROWS`); err != nil {
+			return err
+		}
+		rows := make([][]any, 0, len(last))
+		for i := range updates {
+			if u := &updates[i]; last[u.Key()] == i {
+				k := &u.Kline
+				rows = append(rows, []any{u.Symbol, u.Interval.String(), k.OpenTime, k.CloseTime, price(k.Open), price(k.High),
+					price(k.Low), price(k.Close), u128(k.Volume, decimal.Scale), u128(k.QuoteVolume, decimal.QuoteScale), k.Trades,
+					u128(k.TakerVolume, decimal.Scale), u128(k.TakerQuoteVolume, decimal.QuoteScale), k.FirstTradeID, k.LastTradeID, k.Closed})
+			}
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"klines_in"}, klineColumns, pgx.CopyFromRows(rows)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, upsertSQL)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("postgres: upsert %d klines: %w", len(updates), err)
+	}
+	s.countClosed(updates)
+	return nil
+}
+
+var klineColumns = []string{"symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
+	"volume", "quote_volume", "trades", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "closed"}
+
+// upsertSQL moves the copied rows into klines. A row equal to the stored
+// one is left as it is: a replay writes nothing.
+const upsertSQL = `INSERT INTO klines (symbol, interval, open_time, close_time, open, high, low, close,
+	volume, quote_volume, trades, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed)
+SELECT * FROM klines_in
+ON CONFLICT (symbol, interval, open_time) DO UPDATE SET
+	close_time=excluded.close_time, open=excluded.open, high=excluded.high, low=excluded.low,
+	close=excluded.close, volume=excluded.volume, quote_volume=excluded.quote_volume,
+	trades=excluded.trades, taker_buy_volume=excluded.taker_buy_volume,
+	taker_buy_quote_volume=excluded.taker_buy_quote_volume, first_trade_id=excluded.first_trade_id,
+	last_trade_id=excluded.last_trade_id, closed=excluded.closed
+WHERE (klines.close_time, klines.open, klines.high, klines.low, klines.close, klines.volume, klines.quote_volume,
+	klines.trades, klines.taker_buy_volume, klines.taker_buy_quote_volume, klines.first_trade_id, klines.last_trade_id, klines.closed)
+	IS DISTINCT FROM (excluded.close_time, excluded.open, excluded.high, excluded.low, excluded.close, excluded.volume,
+	excluded.quote_volume, excluded.trades, excluded.taker_buy_volume, excluded.taker_buy_quote_volume,
+	excluded.first_trade_id, excluded.last_trade_id, excluded.closed)`
+
+func price(m int64) string { return string(decimal.Append(nil, m, 0)) }
+
+func u128(u decimal.U128, scale int) string { return string(u.AppendScaled(nil, scale, 0)) }
+
+// ClosedVersion changes whenever this process writes a closed kline of
+// symbol and iv.
+func (s *Store) ClosedVersion(symbol string, iv kline.Interval) uint64 {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	return s.closed[[2]string{symbol, iv.String()}]
+}
+
+func (s *Store) countClosed(updates []kline.Update) {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	for i := range updates {
+		if u := &updates[i]; u.Closed {
+			s.closed[[2]string{u.Symbol, u.Interval.String()}]++
+		}
+	}
+}
+
+// Klines runs q: klines of one series with start ≤ open time ≤ end, oldest
+// first, at most q.Limit of them (the newest with q.FromEnd).
+func (s *Store) Klines(ctx context.Context, q store.Query) ([]kline.Kline, error) {
+	end := q.End
+	if end == 0 {
+		end = 1<<63 - 1
+	}
+	var limit any // NULL: no limit
+	if q.Limit > 0 {
+		limit = q.Limit
+	}
+	order := "ASC"
+	if q.FromEnd {
+		order = "DESC"
+	}
+	rows, err := s.pool.Query(ctx, `SELECT open_time, close_time, open, high, low, close, volume, quote_volume, trades,
+		taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed
+		FROM klines WHERE symbol = $1 AND interval = $2 AND open_time >= $3 AND open_time <= $4
+		ORDER BY open_time `+order+` LIMIT $5`, q.Symbol, q.Interval.String(), q.Start, end, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read klines of %s %s: %w", q.Symbol, q.Interval, err)
+	}
+	var out []kline.Kline
+	var o, h, l, c, v, qv, tv, tqv string
+	for rows.Next() {
+		var k kline.Kline
+		if err := rows.Scan(&k.OpenTime, &k.CloseTime, &o, &h, &l, &c, &v, &qv, &k.Trades, &tv, &tqv,
+			&k.FirstTradeID, &k.LastTradeID, &k.Closed); err != nil {
+			return nil, fmt.Errorf("postgres: read klines of %s %s: %w", q.Symbol, q.Interval, err)
+		}
+		if err := parse(&k, o, h, l, c, v, qv, tv, tqv); err != nil {
+			return nil, fmt.Errorf("postgres: kline %s %s %d: %w", q.Symbol, q.Interval, k.OpenTime, err)
+		}
+		out = append(out, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: read klines of %s %s: %w", q.Symbol, q.Interval, err)
+	}
+	if q.FromEnd {
+		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+			out[i], out[j] = out[j], out[i]
+		}
+	}
+	return out, nil
+}
+
+func parse(k *kline.Kline, o, h, l, c, v, qv, tv, tqv string) (err error) {
+	for _, p := range []struct {
+		dst *int64
+		s   string
+	}{{&k.Open, o}, {&k.High, h}, {&k.Low, l}, {&k.Close, c}} {
+		if *p.dst, err = decimal.Parse(p.s); err != nil {
+			return err
+		}
+	}
+	for _, p := range []struct {
+		dst   *decimal.U128
+		s     string
+		scale int
+	}{{&k.Volume, v, decimal.Scale}, {&k.QuoteVolume, qv, decimal.QuoteScale}, {&k.TakerVolume, tv, decimal.Scale}, {&k.TakerQuoteVolume, tqv, decimal.QuoteScale}} {
+		if *p.dst, err = decimal.ParseU128(p.s, p.scale); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Last returns the newest stored kline of symbol and iv.
+func (s *Store) Last(ctx context.Context, symbol string, iv kline.Interval) (kline.Kline, bool, error) {
+	ks, err := s.Klines(ctx, store.Query{Symbol: symbol, Interval: iv, Limit: 1, FromEnd: true})
+	if err != nil || len(ks) == 0 {
+		return kline.Kline{}, false, err
+	}
+	return ks[0], true, nil
+}
+
+// Series lists the (symbol, interval) pairs the store holds, with their
+// row counts.
+func (s *Store) Series(ctx context.Context) (map[[2]string]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT symbol, interval, count(*) FROM klines GROUP BY symbol, interval`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list series: %w", err)
+	}
+	out := map[[2]string]int{}
+	var sym, iv string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&sym, &iv, &n}, func() error {
+		out[[2]string{sym, iv}] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list series: %w", err)
+	}
+	return out, nil
+}
+
+// PutSymbols upserts symbol metadata; a record without the exchange's
+// object keeps the stored one.
+func (s *Store) PutSymbols(syms []store.Symbol) error {
+	batch := &pgx.Batch{}
+	for _, y := range syms {
+		batch.Queue(`INSERT INTO symbols (symbol, status, base_asset, quote_asset, contract_type,
+			price_precision, quantity_precision, onboard_date, pair, info) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+			ON CONFLICT (symbol) DO UPDATE SET status=excluded.status, base_asset=excluded.base_asset,
+			quote_asset=excluded.quote_asset, contract_type=excluded.contract_type,
+			price_precision=excluded.price_precision, quantity_precision=excluded.quantity_precision,
+			onboard_date=excluded.onboard_date, pair=excluded.pair,
+			info=CASE WHEN excluded.info = '' THEN symbols.info ELSE excluded.info END`,
+			y.Name, y.Status, y.BaseAsset, y.QuoteAsset, y.ContractType, y.PricePrecision, y.QuantityPrecision,
+			y.OnboardDate, y.Pair, string(y.Info))
+	}
+	if err := s.inTx(batch); err != nil {
+		return fmt.Errorf("postgres: save symbols: %w", err)
+	}
+	return nil
+}
+
+// inTx sends batch in one transaction.
+func (s *Store) inTx(batch *pgx.Batch) error {
+	ctx := context.Background()
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, batch).Close() })
+}
+
+// Symbols returns all stored symbol metadata, ordered by onboard date.
+func (s *Store) Symbols(ctx context.Context) ([]store.Symbol, error) {
+	rows, err := s.pool.Query(ctx, `SELECT symbol, status, base_asset, quote_asset, contract_type, price_precision,
+		quantity_precision, onboard_date, pair, info FROM symbols ORDER BY onboard_date, symbol`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read symbols: %w", err)
+	}
+	var out []store.Symbol
+	var y store.Symbol
+	var info string
+	_, err = pgx.ForEachRow(rows, []any{&y.Name, &y.Status, &y.BaseAsset, &y.QuoteAsset, &y.ContractType, &y.PricePrecision,
+		&y.QuantityPrecision, &y.OnboardDate, &y.Pair, &info}, func() error {
+		y.Info = nil
+		if info != "" {
+			y.Info = []byte(info)
+		}
+		out = append(out, y)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read symbols: %w", err)
+	}
+	return out, nil
+}
+
+// PutExchange stores exchange-wide exchangeInfo lists by name.
+func (s *Store) PutExchange(lists map[string][]byte) error {
+	batch := &pgx.Batch{}
+	for name, v := range lists {
+		batch.Queue(`INSERT INTO exchange (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value=excluded.value`, name, string(v))
+	}
+	if err := s.inTx(batch); err != nil {
+		return fmt.Errorf("postgres: save exchange lists: %w", err)
+	}
+	return nil
+}
+
+// Exchange returns the exchange-wide lists PutExchange stored.
+func (s *Store) Exchange(ctx context.Context) (map[string][]byte, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name, value FROM exchange`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read exchange lists: %w", err)
+	}
+	out := map[string][]byte{}
+	var name, value string
+	_, err = pgx.ForEachRow(rows, []any{&name, &value}, func() error {
+		out[name] = []byte(value)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read exchange lists: %w", err)
+	}
+	return out, nil
+}
