@@ -132,13 +132,24 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	})
 	defer stop()
 	forceOnSecondSignal(ctx, e)
-	e.log.Info("klagg starting", "version", version, "exchange", cfg.Exchange.RESTURL, "database", cfg.Database.Path,
+	e.log.Info("klagg starting", "version", version, "exchange", cfg.Exchange.RESTURL, "database", database(cfg),
 		"listen", "http://"+ln.Addr().String())
 	err = svc.Run(svcCtx)
 	stopSvc()
 	shutdown()
 	wg.Wait()
 	return errors.Join(err, httpErr, streamErr)
+}
+
+// database names the configured store for the log, without a password.
+func database(cfg *config.Config) string {
+	if cfg.Database.URL == "" {
+		return cfg.Database.Path
+	}
+	if u, err := url.Parse(cfg.Database.URL); err == nil {
+		return u.Redacted()
+	}
+	return "postgres"
 }
 
 // fdReserve is the file descriptors kept for other than clients: the

@@ -100,6 +100,7 @@ type Config struct {
 	} `toml:"reconcile"`
 	Database struct {
 		Path       string   `toml:"path"`
+		URL        string   `toml:"url"`
 		WriteEvery Duration `toml:"write_every"`
 	} `toml:"database"`
 	Server struct {
@@ -250,7 +251,9 @@ func (c *Config) validate() error {
 		bad("klines.intervals", "%v", err)
 	}
 	c.Intervals = ivs
-	if c.Database.Path == "" {
+	if c.Database.URL != "" {
+		checkURL("database.url", c.Database.URL, "postgres", "postgresql")
+	} else if c.Database.Path == "" {
 		bad("database.path", "must not be empty")
 	}
 	if d := c.Database.WriteEvery.Duration; d < 0 || d > time.Minute {

@@ -55,8 +55,9 @@ func TestOverlayAndValidation(t *testing.T) {
 		// A number where a duration goes: the key and line, not just the value.
 		"[server]\n\npush_interval = 100\n": `line 3: server.push_interval: "100" is not a duration`,
 		// A push loop every 100µs would spin a core.
-		"[server]\npush_interval = \"100us\"\n": "server.push_interval: 100µs is outside 10ms..1m",
-		"[server]\nweight_per_minute = -1\n":    "server.weight_per_minute: -1 is negative",
+		"[server]\npush_interval = \"100us\"\n":    "server.push_interval: 100µs is outside 10ms..1m",
+		"[server]\nweight_per_minute = -1\n":       "server.weight_per_minute: -1 is negative",
+		"[database]\nurl = \"mysql://db/klagg\"\n": `database.url: scheme "mysql" is not one of postgres, postgresql`,
 	}
 	for in, want := range cases {
 		_, err := Parse([]byte(in))

@@ -13,6 +13,8 @@ import (
 	"github.com/klagg/klagg/internal/klaggproc"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/postgres"
+	"github.com/klagg/klagg/internal/store/storetest"
 )
 
 // klaggBin is the real binary, built once by TestMain.
@@ -56,6 +58,46 @@ type run struct {
 	base    string   // klagg's HTTP root, from its log
 	earlier []string // the log of the test's earlier klagg runs
 	bin     string   // what to run instead of klaggBin (a wrapper); optional
+	pgURL   string   // klagg's database.url when it runs on PostgreSQL
+}
+
+// usePostgres makes klagg keep its klines in a PostgreSQL schema of the
+// test's own (database.url) instead of SQLite.
+func (r *run) usePostgres() {
+	r.t.Helper()
+	r.pgURL = storetest.PostgresSchema(r.t)
+	data, err := os.ReadFile(r.conf)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	s := strings.Replace(string(data), "#DATABASE#", fmt.Sprintf("url = %q", r.pgURL), 1)
+	if err := os.WriteFile(r.conf, []byte(s), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// klineStore is what the checks read of klagg's store.
+type klineStore interface {
+	Klines(ctx context.Context, q store.Query) ([]kline.Kline, error)
+	Close() error
+}
+
+// openStore opens the store klagg writes: its SQLite file, or its
+// PostgreSQL schema.
+func (r *run) openStore() klineStore {
+	r.t.Helper()
+	if r.pgURL != "" {
+		st, err := postgres.Open(context.Background(), r.pgURL)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		return st
+	}
+	st, err := store.Open(r.db)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return st
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
@@ -101,6 +143,7 @@ backfill_limit = 100
 delay = "500ms"
 [database]
 path = %q
+#DATABASE#
 [server]
 listen = "127.0.0.1:0"
 push_interval = "20ms"
@@ -148,10 +191,7 @@ func (r *run) appendExchange(line string) {
 // checkListed requires a symbol listed mid-run to have live klines.
 func (r *run) checkListed(sym string) {
 	r.t.Helper()
-	st, err := store.Open(r.db)
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	st := r.openStore()
 	defer st.Close()
 	ks, err := st.Klines(context.Background(), store.Query{Symbol: sym, Interval: kline.OneMinute()})
 	if err != nil || len(ks) < 3 {
@@ -229,10 +269,7 @@ func (r *run) logged(s string) bool {
 // reach at least `until` (simulated, from start) for symbols still trading.
 func (r *run) check(until time.Duration) {
 	r.t.Helper()
-	st, err := store.Open(r.db)
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	st := r.openStore()
 	defer st.Close()
 	ivs, err := kline.ParseIntervals(strings.Trim(strings.ReplaceAll(testIntervals, `"`, ""), "[]"))
 	if err != nil {
@@ -302,10 +339,7 @@ func (r *run) check(until time.Duration) {
 // It shows that a stop flushed every kline the engine changed.
 func (r *run) checkSnapshot() {
 	r.t.Helper()
-	st, err := store.Open(r.db)
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	st := r.openStore()
 	defer st.Close()
 	ivs, _ := kline.ParseIntervals(strings.Trim(strings.ReplaceAll(testIntervals, `"`, ""), "[]"))
 	ctx := context.Background()

@@ -29,6 +29,7 @@ import (
 	"github.com/klagg/klagg/internal/ingest"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/postgres"
 	"github.com/klagg/klagg/internal/symbols"
 )
 
@@ -36,7 +37,7 @@ import (
 type Service struct {
 	cfg        *config.Config
 	log        *slog.Logger
-	Store      *store.Store
+	Store      Store
 	Client     *binance.Client
 	Engine     *engine.Engine
 	coalescer  *engine.Coalescer
@@ -55,6 +56,35 @@ type Service struct {
 	known   map[string]store.Symbol // symbols with history from earlier runs
 	rate    atomic.Uint64           // trades per second, float64 bits
 	metrics *metrics.Set            // figures only the service sees, for /metrics
+}
+
+// Store is where klines, symbols and the exchange's lists are kept:
+// SQLite (store.Store) or PostgreSQL (postgres.Store).
+type Store interface {
+	Upsert(updates []kline.Update) error
+	Klines(ctx context.Context, q store.Query) ([]kline.Kline, error)
+	Last(ctx context.Context, symbol string, iv kline.Interval) (kline.Kline, bool, error)
+	ClosedVersion(symbol string, iv kline.Interval) uint64
+	PutSymbols(syms []store.Symbol) error
+	Symbols(ctx context.Context) ([]store.Symbol, error)
+	PutExchange(lists map[string][]byte) error
+	Exchange(ctx context.Context) (map[string][]byte, error)
+	Close() error
+}
+
+// openStore opens the configured store: PostgreSQL when database.url is
+// set, else the SQLite file at database.path.
+func openStore(cfg *config.Config) (Store, error) {
+	if cfg.Database.URL != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return postgres.Open(ctx, cfg.Database.URL)
+	}
+	st, err := openStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // Consumer takes what the service makes beyond the store: kline changes,
@@ -80,9 +110,9 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 	hc := &http.Client{Transport: transport, Timeout: 30 * time.Second}
 	wsClient := &http.Client{Transport: transport}
 
-	st, err := store.Open(cfg.Database.Path)
+	st, err := openStore(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w (database.path in the config)", err)
+		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, Store: st, known: map[string]store.Symbol{}, metrics: metrics.NewSet()}
 	latency := s.metrics.NewSummaryExt("klagg_trade_to_consumer_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})

@@ -18,13 +18,18 @@ type Source interface {
 	Drain(dst []kline.Update) []kline.Update
 }
 
+// Upserter is the store a Writer writes to: SQLite's or PostgreSQL's.
+type Upserter interface {
+	Upsert(updates []kline.Update) error
+}
+
 // Writer is the one goroutine that writes engine updates to the store, in
 // batches of up to BatchSize rows per transaction. When a write fails (disk
 // full, database locked) the batch is kept, merged with newer updates by
 // key, and retried with backoff: nothing is dropped, and memory stays
 // bounded by the number of distinct klines.
 type Writer struct {
-	store     *Store
+	store     Upserter
 	src       Source
 	log       *slog.Logger
 	batchSize int
@@ -55,7 +60,7 @@ type unwritten struct {
 // once a second instead of as fast as SQLite goes keeps the writer from
 // taking a core from ingest, and what a crash loses in between is read back
 // from the exchange on the next start.
-func NewWriter(s *Store, src Source, every time.Duration, log *slog.Logger) *Writer {
+func NewWriter(s Upserter, src Source, every time.Duration, log *slog.Logger) *Writer {
 	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, bulk: make(chan []kline.Update, 16)}
 }
 

@@ -2,72 +2,19 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net/url"
-	"os"
 	"sync/atomic"
 	"testing"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store/storetest"
 )
 
-// testURL is the PostgreSQL the tests use: $KLAGG_POSTGRES_URL, else the
-// project machines' local one.
-func testURL() string {
-	if u := os.Getenv("KLAGG_POSTGRES_URL"); u != "" {
-		return u
-	}
-	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-}
-
-// freshSchema makes a schema of its own for one test, dropped after it,
-// and returns a URL whose connections use it; it skips the test where
-// PostgreSQL cannot be reached (failing in CI).
-func freshSchema(t testing.TB) string {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, testURL())
-	if err != nil {
-		msg := "PostgreSQL not reachable at " + testURL() + " (set KLAGG_POSTGRES_URL): " + err.Error()
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "klagg_test_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), testURL())
-		if err == nil {
-			c.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-			c.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(testURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 // TestConformance runs the suite every store passes on PostgreSQL.
 func TestConformance(t *testing.T) {
 	urls := map[storetest.Store]string{}
 	storetest.Run(t, func(t *testing.T) storetest.Store {
-		u := freshSchema(t)
+		u := storetest.PostgresSchema(t)
 		s, err := Open(context.Background(), u)
 		if err != nil {
 			t.Fatal(err)
@@ -89,7 +36,7 @@ func TestConformance(t *testing.T) {
 // TestMigrationsOnce: opening the store again, or from several nodes at
 // once, migrates once.
 func TestMigrationsOnce(t *testing.T) {
-	u := freshSchema(t)
+	u := storetest.PostgresSchema(t)
 	errs := make(chan error, 4)
 	for range 4 {
 		go func() {
@@ -119,7 +66,7 @@ func TestMigrationsOnce(t *testing.T) {
 // BenchmarkUpsert writes batches of 1,000 new klines, then (Replay) the
 // same klines again, which must change nothing.
 func BenchmarkUpsert(b *testing.B) {
-	u := freshSchema(b)
+	u := storetest.PostgresSchema(b)
 	s, err := Open(context.Background(), u)
 	if err != nil {
 		b.Fatal(err)
