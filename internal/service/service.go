@@ -80,9 +80,9 @@ func openStore(cfg *config.Config) (Store, error) {
 		defer cancel()
 		return postgres.Open(ctx, cfg.Database.URL)
 	}
-	st, err := openStore(cfg)
+	st, err := store.Open(cfg.Database.Path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (database.path in the config)", err)
 	}
 	return st, nil
 }

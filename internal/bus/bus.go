@@ -1,0 +1,151 @@
+// Package bus owns klagg's kline stream on NATS JetStream, a public
+// interface: the stream KLAGG_KLINES holds every closed kline (and every
+// later correction of one) on the subject
+//
+//	klagg.kline.<market>.<SYMBOL>.<interval>     e.g. klagg.kline.usdm.BTCUSDT.1m
+//
+// as a JSON object of the kline's fields at full precision:
+//
+//	{"s":"BTCUSDT","i":"1m","t":1700000000000,"T":1700000059999,"o":"37000.1","h":…,"l":…,"c":…,
+//	 "v":"12.345","q":"456789.0123","n":42,"V":…,"Q":…,"f":100,"L":141,"x":true}
+//
+// Each message's Nats-Msg-Id is the series, open time and a hash of the
+// fields, so a kline published twice is kept once, and a corrected one is
+// a new message. Any consumer can replay the stream from a sequence or a
+// time. The package has the Publisher, an engine sink that publishes
+// closed klines, and the Sink, which copies the stream into a store and
+// acknowledges only what the store has committed.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Stream is the JetStream stream of closed klines.
+const Stream = "KLAGG_KLINES"
+
+// Market is the market segment of klagg's subjects: Binance USDⓈ-M.
+const Market = "usdm"
+
+// Subject is the subject of symbol's klines of interval iv.
+func Subject(symbol string, iv string) string {
+	return "klagg.kline." + Market + "." + symbol + "." + iv
+}
+
+// EnsureStream creates the stream, or brings its subjects and replicas to
+// what klagg needs.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       Stream,
+		Subjects:   []string{"klagg.kline.>"},
+		Storage:    jetstream.FileStorage,
+		Replicas:   max(1, replicas),
+		Duplicates: 10 * time.Minute,
+		Discard:    jetstream.DiscardOld,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: create stream %s: %w", Stream, err)
+	}
+	return s, nil
+}
+
+// message is a kline on the wire.
+type message struct {
+	Symbol           string `json:"s"`
+	Interval         string `json:"i"`
+	OpenTime         int64  `json:"t"`
+	CloseTime        int64  `json:"T"`
+	Open             string `json:"o"`
+	High             string `json:"h"`
+	Low              string `json:"l"`
+	Close            string `json:"c"`
+	Volume           string `json:"v"`
+	QuoteVolume      string `json:"q"`
+	Trades           int64  `json:"n"`
+	TakerVolume      string `json:"V"`
+	TakerQuoteVolume string `json:"Q"`
+	FirstTradeID     int64  `json:"f"`
+	LastTradeID      int64  `json:"L"`
+	Closed           bool   `json:"x"`
+}
+
+// Encode writes u as a message body.
+func Encode(u *kline.Update) []byte {
+	k := &u.Kline
+	b, _ := json.Marshal(message{
+		Symbol: u.Symbol, Interval: u.Interval.String(), OpenTime: k.OpenTime, CloseTime: k.CloseTime,
+		Open: price(k.Open), High: price(k.High), Low: price(k.Low), Close: price(k.Close),
+		Volume: k.Volume.String(decimal.Scale), QuoteVolume: k.QuoteVolume.String(decimal.QuoteScale), Trades: k.Trades,
+		TakerVolume: k.TakerVolume.String(decimal.Scale), TakerQuoteVolume: k.TakerQuoteVolume.String(decimal.QuoteScale),
+		FirstTradeID: k.FirstTradeID, LastTradeID: k.LastTradeID, Closed: k.Closed,
+	})
+	return b
+}
+
+func price(m int64) string { return string(decimal.Append(nil, m, 0)) }
+
+// Decode reads a message body.
+func Decode(b []byte) (kline.Update, error) {
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil {
+		return kline.Update{}, fmt.Errorf("bus: malformed kline message: %w", err)
+	}
+	iv, err := kline.ParseInterval(m.Interval)
+	if err != nil || m.Symbol == "" {
+		return kline.Update{}, fmt.Errorf("bus: kline message without a symbol or interval: %.200s", b)
+	}
+	u := kline.Update{Symbol: m.Symbol, Interval: iv, Kline: kline.Kline{OpenTime: m.OpenTime, CloseTime: m.CloseTime,
+		Trades: m.Trades, FirstTradeID: m.FirstTradeID, LastTradeID: m.LastTradeID, Closed: m.Closed}}
+	k := &u.Kline
+	var errs []error
+	for _, p := range []struct {
+		dst *int64
+		s   string
+	}{{&k.Open, m.Open}, {&k.High, m.High}, {&k.Low, m.Low}, {&k.Close, m.Close}} {
+		v, err := decimal.Parse(p.s)
+		*p.dst = v
+		errs = append(errs, err)
+	}
+	for _, p := range []struct {
+		dst   *decimal.U128
+		s     string
+		scale int
+	}{{&k.Volume, m.Volume, decimal.Scale}, {&k.QuoteVolume, m.QuoteVolume, decimal.QuoteScale},
+		{&k.TakerVolume, m.TakerVolume, decimal.Scale}, {&k.TakerQuoteVolume, m.TakerQuoteVolume, decimal.QuoteScale}} {
+		v, err := decimal.ParseU128(p.s, p.scale)
+		*p.dst = v
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return kline.Update{}, fmt.Errorf("bus: kline message %s %s %d: %w", m.Symbol, m.Interval, m.OpenTime, err)
+	}
+	return u, nil
+}
+
+// MsgID is the message's deduplication id: its series, open time and a
+// hash of its body.
+func MsgID(u *kline.Update, body []byte) string {
+	h := fnv.New64a()
+	h.Write(body)
+	var b strings.Builder
+	b.WriteString(u.Symbol)
+	b.WriteByte('.')
+	b.WriteString(u.Interval.String())
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatInt(u.OpenTime, 10))
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatUint(h.Sum64(), 36))
+	return b.String()
+}

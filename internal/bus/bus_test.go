@@ -1,0 +1,173 @@
+package bus
+
+import (
+	"context"
+	"log/slog"
+	"reflect"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/postgres"
+	"github.com/klagg/klagg/internal/store/storetest"
+)
+
+// natsServer runs a JetStream server in process, on a free port, for one
+// test.
+func natsServer(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// run runs f until the test ends.
+func run(t *testing.T, f func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := f(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+	}
+}
+
+func TestEncodeDecode(t *testing.T) {
+	for i := range int64(5) {
+		u := kline.Update{Symbol: "币安人生USDT", Interval: kline.MustInterval("1M"), Kline: storetest.Kline(i*60_000, i)}
+		got, err := Decode(Encode(&u))
+		if err != nil || !reflect.DeepEqual(got, u) {
+			t.Fatalf("%+v → %s → %+v %v", u, Encode(&u), got, err)
+		}
+	}
+	if _, err := Decode([]byte(`{"s":"X","i":"7x"}`)); err == nil {
+		t.Fatal("a message with a bad interval decoded")
+	}
+}
+
+// TestPublishAndSink: closed klines published (each twice, one corrected
+// later, open ones among them) reach PostgreSQL through the stream once
+// each, the correction last; a restarted sink and a replay from the start
+// change nothing.
+func TestPublishAndSink(t *testing.T) {
+	js := natsServer(t)
+	ctx := context.Background()
+	if _, err := EnsureStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	db, err := postgres.Open(ctx, storetest.PostgresSchema(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	log := slog.New(slog.DiscardHandler)
+	pub := NewPublisher(js, log)
+	run(t, pub.Run)
+
+	var want []kline.Update
+	for _, sym := range []string{"BTCUSDT", "ETHUSDT", "币安人生USDT"} {
+		for _, iv := range []kline.Interval{kline.OneMinute(), kline.MustInterval("1h")} {
+			for i := range int64(200) {
+				k := storetest.Kline(i*iv.Duration().Milliseconds(), 2*i) // even: closed
+				want = append(want, kline.Update{Symbol: sym, Interval: iv, Kline: k})
+			}
+		}
+	}
+	pub.Publish(want)
+	pub.Publish(want) // again: deduplicated by the stream
+	open := storetest.Kline(200*60_000, 3)
+	pub.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: open}}) // open: not published
+	fixed := want[7]
+	fixed.Trades++
+	pub.Publish([]kline.Update{fixed})
+	want[7] = fixed
+	until(t, "every kline is acknowledged", func() bool { return pub.Published.Load() == int64(2*len(want)+1) && pub.Pending() == 0 })
+	st, _ := js.Stream(ctx, Stream)
+	info, err := st.Info(ctx)
+	if err != nil || info.State.Msgs != uint64(len(want)+1) {
+		t.Fatalf("the stream holds %d messages (%v), want %d: one per kline and the correction", info.State.Msgs, err, len(want)+1)
+	}
+
+	sink := NewSink(js, db, "sink", log)
+	run(t, sink.Run)
+	until(t, "the sink stores every message", func() bool { return sink.Stored.Load() == int64(len(want)+1) })
+	check := func(when string) {
+		t.Helper()
+		for _, w := range []kline.Update{want[0], want[7], want[len(want)-1]} {
+			ks, err := db.Klines(ctx, store.Query{Symbol: w.Symbol, Interval: w.Interval, Start: w.OpenTime, Limit: 1})
+			if err != nil || len(ks) != 1 || ks[0] != w.Kline {
+				t.Fatalf("%s: %s %s %d stored as %.300v (%v), want %+v", when, w.Symbol, w.Interval, w.OpenTime, ks, err, w.Kline)
+			}
+		}
+		series, err := db.Series(ctx)
+		if err != nil || len(series) != 6 {
+			t.Fatalf("%s: series %v %v", when, series, err)
+		}
+		for k, n := range series {
+			if n != 200 {
+				t.Fatalf("%s: %v has %d klines, want 200", when, k, n)
+			}
+		}
+	}
+	check("after the sink")
+	// A second sink from the start replays every message: nothing changes.
+	replay := NewSink(js, db, "replay", log)
+	run(t, replay.Run)
+	until(t, "the replay ends", func() bool { return replay.Stored.Load() == int64(len(want)+1) })
+	check("after a replay")
+}
+
+// BenchmarkPublish publishes closed klines with 1 replica, in process.
+func BenchmarkPublish(b *testing.B) {
+	js := natsServer(b)
+	ctx := context.Background()
+	if _, err := EnsureStream(ctx, js, 1); err != nil {
+		b.Fatal(err)
+	}
+	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
+	const batch = 10_000
+	us := make([]kline.Update, batch)
+	b.ResetTimer()
+	for n := 0; b.Loop(); n++ {
+		for i := range us {
+			us[i] = kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: storetest.Kline(int64(n*batch+i)*60_000, 2)}
+		}
+		if failed := pub.publish(ctx, us); len(failed) > 0 {
+			b.Fatalf("%d not acknowledged", len(failed))
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "klines/s")
+}

@@ -1,0 +1,135 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Store is where the Sink copies klines: SQLite's or PostgreSQL's store.
+type Store interface {
+	Upsert(updates []kline.Update) error
+}
+
+// Sink copies the kline stream into a store. It reads with a durable
+// consumer and acknowledges a batch only after the store has committed
+// it, so a sink that dies redoes at most its last batch, which changes
+// nothing: the store's upserts are idempotent.
+type Sink struct {
+	js      jetstream.JetStream
+	store   Store
+	durable string
+	batch   int
+	log     *slog.Logger
+
+	Stored    atomic.Int64 // klines committed
+	Malformed atomic.Int64 // messages that are not klines, acknowledged and left out
+}
+
+// NewSink returns a sink from js into store with the durable consumer
+// name durable (sinks sharing it share the work).
+func NewSink(js jetstream.JetStream, store Store, durable string, log *slog.Logger) *Sink {
+	return &Sink{js: js, store: store, durable: durable, batch: 5000, log: log}
+}
+
+// Run copies until ctx ends.
+func (s *Sink) Run(ctx context.Context) error {
+	var cons jetstream.Consumer
+	for wait := 100 * time.Millisecond; cons == nil; wait = min(2*wait, 5*time.Second) {
+		c, err := s.consumer(ctx)
+		if err == nil {
+			cons = c
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.Warn("waiting for the kline stream", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+	for ctx.Err() == nil {
+		msgs, err := cons.Fetch(s.batch, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("fetching klines failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		var batch []kline.Update
+		var last jetstream.Msg
+		for m := range msgs.Messages() {
+			last = m
+			u, err := Decode(m.Data())
+			if err != nil {
+				s.Malformed.Add(1)
+				s.log.Warn("left out a message that is not a kline", "subject", m.Subject(), "err", err)
+				continue
+			}
+			batch = append(batch, u)
+		}
+		if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			s.log.Debug("fetch ended early", "err", err)
+		}
+		if last == nil {
+			continue
+		}
+		if err := s.commit(ctx, batch); err != nil {
+			return nil // ctx ended before the store took the batch: it is redelivered
+		}
+		// AckAll: the last message acknowledges the batch.
+		if err := last.Ack(); err != nil {
+			s.log.Warn("acknowledging stored klines failed; they will come again, which changes nothing", "err", err)
+		}
+	}
+	return nil
+}
+
+// commit writes batch, retrying while the store fails, until ctx ends.
+func (s *Sink) commit(ctx context.Context, batch []kline.Update) error {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		err := s.store.Upsert(batch)
+		if err == nil {
+			s.Stored.Add(int64(len(batch)))
+			return nil
+		}
+		s.log.Warn("storing klines from the stream failed; retrying", "klines", len(batch), "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// errNoStream is returned while the stream does not exist yet.
+var errNoStream = fmt.Errorf("bus: stream %s does not exist yet", Stream)
+
+func (s *Sink) consumer(ctx context.Context) (jetstream.Consumer, error) {
+	st, err := s.js.Stream(ctx, Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, errNoStream
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	return st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable: s.durable, AckPolicy: jetstream.AckAllPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 4 * s.batch, AckWait: time.Minute,
+	})
+}
