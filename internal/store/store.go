@@ -99,8 +99,7 @@ type Store struct {
 	rbuf []byte // guarded by wmu
 	done bool   // closed; guarded by wmu
 
-	vmu    sync.Mutex
-	closed map[[2]string]uint64 // closed rows written per symbol and interval
+	versions Versions // of the closed rows written per symbol and interval
 }
 
 // Open opens or creates the database at path and brings its schema up to date.
@@ -201,7 +200,7 @@ func (s *Store) Upsert(updates []kline.Update) (err error) {
 		// After the commit (deferred below, so run before this): whoever
 		// sees the new version reads the new rows.
 		if err == nil {
-			s.countClosed(updates)
+			s.versions.Count(updates)
 		}
 	}()
 	end, err := sqlitex.ImmediateTransaction(s.w)
@@ -250,22 +249,7 @@ func (s *Store) Upsert(updates []kline.Update) (err error) {
 // written; a copy of the closed klines read at one version is current as
 // long as the version stays.
 func (s *Store) ClosedVersion(symbol string, iv kline.Interval) uint64 {
-	s.vmu.Lock()
-	defer s.vmu.Unlock()
-	return s.closed[[2]string{symbol, iv.String()}]
-}
-
-func (s *Store) countClosed(updates []kline.Update) {
-	s.vmu.Lock()
-	defer s.vmu.Unlock()
-	if s.closed == nil {
-		s.closed = map[[2]string]uint64{}
-	}
-	for i := range updates {
-		if u := &updates[i]; u.Closed {
-			s.closed[[2]string{u.Symbol, u.Interval.String()}]++
-		}
-	}
+	return s.versions.Closed(symbol, iv)
 }
 
 // bindPrice and bindU128 format into a reused buffer; BindBytes would store a
@@ -363,25 +347,10 @@ func scanKline(st *sqlite.Stmt) (kline.Kline, error) {
 		LastTradeID:  st.ColumnInt64(12),
 		Closed:       st.ColumnBool(13),
 	}
-	var err error
-	prices := []*int64{&k.Open, &k.High, &k.Low, &k.Close}
-	for i, p := range prices {
-		if *p, err = decimal.Parse(st.ColumnText(2 + i)); err != nil {
-			return k, err
-		}
-	}
-	vols := []struct {
-		dst   *decimal.U128
-		col   int
-		scale int
-	}{
-		{&k.Volume, 6, decimal.Scale}, {&k.QuoteVolume, 7, decimal.QuoteScale},
-		{&k.TakerVolume, 9, decimal.Scale}, {&k.TakerQuoteVolume, 10, decimal.QuoteScale},
-	}
-	for _, v := range vols {
-		if *v.dst, err = decimal.ParseU128(st.ColumnText(v.col), v.scale); err != nil {
-			return k, err
-		}
+	t := Text{Open: st.ColumnText(2), High: st.ColumnText(3), Low: st.ColumnText(4), Close: st.ColumnText(5),
+		Volume: st.ColumnText(6), QuoteVolume: st.ColumnText(7), TakerVolume: st.ColumnText(9), TakerQuoteVolume: st.ColumnText(10)}
+	if err := t.Parse(&k); err != nil {
+		return k, err
 	}
 	return k, nil
 }

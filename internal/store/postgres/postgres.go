@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 )
@@ -61,9 +60,8 @@ var migrations = []string{
 type Store struct {
 	pool *pgxpool.Pool
 
-	vmu    sync.Mutex
-	closed map[[2]string]uint64 // closed rows this process wrote per symbol and interval
-	once   sync.Once
+	versions store.Versions // of the closed rows this process wrote per symbol and interval
+	once     sync.Once
 }
 
 // Open connects to the database at url ("postgres://user@host/db") and
@@ -82,7 +80,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: migrate: %w", err)
 	}
-	return &Store{pool: pool, closed: map[[2]string]uint64{}}, nil
+	return &Store{pool: pool}, nil
 }
 
 // migrationLock is the advisory lock that serializes migrations.
@@ -147,9 +145,9 @@ func (s *Store) Upsert(updates []kline.Update) error {
 		for i := range updates {
 			if u := &updates[i]; last[u.Key()] == i {
 				k := &u.Kline
-				rows = append(rows, []any{u.Symbol, u.Interval.String(), k.OpenTime, k.CloseTime, price(k.Open), price(k.High),
-					price(k.Low), price(k.Close), u128(k.Volume, decimal.Scale), u128(k.QuoteVolume, decimal.QuoteScale), k.Trades,
-					u128(k.TakerVolume, decimal.Scale), u128(k.TakerQuoteVolume, decimal.QuoteScale), k.FirstTradeID, k.LastTradeID, k.Closed})
+				t := store.TextOf(k)
+				rows = append(rows, []any{u.Symbol, u.Interval.String(), k.OpenTime, k.CloseTime, t.Open, t.High, t.Low, t.Close,
+					t.Volume, t.QuoteVolume, k.Trades, t.TakerVolume, t.TakerQuoteVolume, k.FirstTradeID, k.LastTradeID, k.Closed})
 			}
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"klines_in"}, klineColumns, pgx.CopyFromRows(rows)); err != nil {
@@ -161,7 +159,7 @@ func (s *Store) Upsert(updates []kline.Update) error {
 	if err != nil {
 		return fmt.Errorf("postgres: upsert %d klines: %w", len(updates), err)
 	}
-	s.countClosed(updates)
+	s.versions.Count(updates)
 	return nil
 }
 
@@ -185,26 +183,10 @@ WHERE (klines.close_time, klines.open, klines.high, klines.low, klines.close, kl
 	excluded.quote_volume, excluded.trades, excluded.taker_buy_volume, excluded.taker_buy_quote_volume,
 	excluded.first_trade_id, excluded.last_trade_id, excluded.closed)`
 
-func price(m int64) string { return string(decimal.Append(nil, m, 0)) }
-
-func u128(u decimal.U128, scale int) string { return string(u.AppendScaled(nil, scale, 0)) }
-
 // ClosedVersion changes whenever this process writes a closed kline of
 // symbol and iv.
 func (s *Store) ClosedVersion(symbol string, iv kline.Interval) uint64 {
-	s.vmu.Lock()
-	defer s.vmu.Unlock()
-	return s.closed[[2]string{symbol, iv.String()}]
-}
-
-func (s *Store) countClosed(updates []kline.Update) {
-	s.vmu.Lock()
-	defer s.vmu.Unlock()
-	for i := range updates {
-		if u := &updates[i]; u.Closed {
-			s.closed[[2]string{u.Symbol, u.Interval.String()}]++
-		}
-	}
+	return s.versions.Closed(symbol, iv)
 }
 
 // Klines runs q: klines of one series with start ≤ open time ≤ end, oldest
@@ -230,14 +212,14 @@ func (s *Store) Klines(ctx context.Context, q store.Query) ([]kline.Kline, error
 		return nil, fmt.Errorf("postgres: read klines of %s %s: %w", q.Symbol, q.Interval, err)
 	}
 	var out []kline.Kline
-	var o, h, l, c, v, qv, tv, tqv string
+	var t store.Text
 	for rows.Next() {
 		var k kline.Kline
-		if err := rows.Scan(&k.OpenTime, &k.CloseTime, &o, &h, &l, &c, &v, &qv, &k.Trades, &tv, &tqv,
-			&k.FirstTradeID, &k.LastTradeID, &k.Closed); err != nil {
+		if err := rows.Scan(&k.OpenTime, &k.CloseTime, &t.Open, &t.High, &t.Low, &t.Close, &t.Volume, &t.QuoteVolume, &k.Trades,
+			&t.TakerVolume, &t.TakerQuoteVolume, &k.FirstTradeID, &k.LastTradeID, &k.Closed); err != nil {
 			return nil, fmt.Errorf("postgres: read klines of %s %s: %w", q.Symbol, q.Interval, err)
 		}
-		if err := parse(&k, o, h, l, c, v, qv, tv, tqv); err != nil {
+		if err := t.Parse(&k); err != nil {
 			return nil, fmt.Errorf("postgres: kline %s %s %d: %w", q.Symbol, q.Interval, k.OpenTime, err)
 		}
 		out = append(out, k)
@@ -251,27 +233,6 @@ func (s *Store) Klines(ctx context.Context, q store.Query) ([]kline.Kline, error
 		}
 	}
 	return out, nil
-}
-
-func parse(k *kline.Kline, o, h, l, c, v, qv, tv, tqv string) (err error) {
-	for _, p := range []struct {
-		dst *int64
-		s   string
-	}{{&k.Open, o}, {&k.High, h}, {&k.Low, l}, {&k.Close, c}} {
-		if *p.dst, err = decimal.Parse(p.s); err != nil {
-			return err
-		}
-	}
-	for _, p := range []struct {
-		dst   *decimal.U128
-		s     string
-		scale int
-	}{{&k.Volume, v, decimal.Scale}, {&k.QuoteVolume, qv, decimal.QuoteScale}, {&k.TakerVolume, tv, decimal.Scale}, {&k.TakerQuoteVolume, tqv, decimal.QuoteScale}} {
-		if *p.dst, err = decimal.ParseU128(p.s, p.scale); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Last returns the newest stored kline of symbol and iv.
