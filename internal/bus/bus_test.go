@@ -2,9 +2,13 @@ package bus
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"reflect"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -155,6 +159,85 @@ func BenchmarkPublish(b *testing.B) {
 	js := natsServer(b)
 	ctx := context.Background()
 	if _, err := EnsureStream(ctx, js, 1); err != nil {
+		b.Fatal(err)
+	}
+	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
+	const batch = 10_000
+	us := make([]kline.Update, batch)
+	b.ResetTimer()
+	for n := 0; b.Loop(); n++ {
+		for i := range us {
+			us[i] = kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: storetest.Kline(int64(n*batch+i)*60_000, 2)}
+		}
+		if failed := pub.publish(ctx, us); len(failed) > 0 {
+			b.Fatalf("%d not acknowledged", len(failed))
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "klines/s")
+}
+
+// freePort returns a loopback port free now.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// natsCluster runs three JetStream servers in process, routed to each
+// other, and returns a client connected to all of them.
+func natsCluster(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	ports := []int{freePort(t), freePort(t), freePort(t)}
+	var routes []*url.URL
+	for _, p := range ports {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	var urls []string
+	for i, p := range ports {
+		ns, err := server.NewServer(&server.Options{ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "klagg", Host: "127.0.0.1", Port: p}, Routes: routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		t.Cleanup(ns.Shutdown)
+		if !ns.ReadyForConnections(20 * time.Second) {
+			t.Fatal("nats-server did not start")
+		}
+		urls = append(urls, ns.ClientURL())
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// BenchmarkPublishReplicated publishes closed klines to a stream with 3
+// replicas on three in-process servers.
+func BenchmarkPublishReplicated(b *testing.B) {
+	js := natsCluster(b)
+	ctx := context.Background()
+	// The cluster elects its meta leader first; until then streams cannot
+	// be made.
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if _, err = EnsureStream(ctx, js, 3); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // waiting on the cluster's election, not synchronizing a test
+	}
+	if err != nil {
 		b.Fatal(err)
 	}
 	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
