@@ -20,7 +20,6 @@ package bus
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -29,8 +28,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
 )
 
 // Stream is the JetStream stream of closed klines.
@@ -84,17 +83,15 @@ type message struct {
 // Encode writes u as a message body.
 func Encode(u *kline.Update) []byte {
 	k := &u.Kline
+	t := store.TextOf(k)
 	b, _ := json.Marshal(message{
 		Symbol: u.Symbol, Interval: u.Interval.String(), OpenTime: k.OpenTime, CloseTime: k.CloseTime,
-		Open: price(k.Open), High: price(k.High), Low: price(k.Low), Close: price(k.Close),
-		Volume: k.Volume.String(decimal.Scale), QuoteVolume: k.QuoteVolume.String(decimal.QuoteScale), Trades: k.Trades,
-		TakerVolume: k.TakerVolume.String(decimal.Scale), TakerQuoteVolume: k.TakerQuoteVolume.String(decimal.QuoteScale),
+		Open: t.Open, High: t.High, Low: t.Low, Close: t.Close, Volume: t.Volume, QuoteVolume: t.QuoteVolume,
+		Trades: k.Trades, TakerVolume: t.TakerVolume, TakerQuoteVolume: t.TakerQuoteVolume,
 		FirstTradeID: k.FirstTradeID, LastTradeID: k.LastTradeID, Closed: k.Closed,
 	})
 	return b
 }
-
-func price(m int64) string { return string(decimal.Append(nil, m, 0)) }
 
 // Decode reads a message body.
 func Decode(b []byte) (kline.Update, error) {
@@ -108,27 +105,9 @@ func Decode(b []byte) (kline.Update, error) {
 	}
 	u := kline.Update{Symbol: m.Symbol, Interval: iv, Kline: kline.Kline{OpenTime: m.OpenTime, CloseTime: m.CloseTime,
 		Trades: m.Trades, FirstTradeID: m.FirstTradeID, LastTradeID: m.LastTradeID, Closed: m.Closed}}
-	k := &u.Kline
-	var errs []error
-	for _, p := range []struct {
-		dst *int64
-		s   string
-	}{{&k.Open, m.Open}, {&k.High, m.High}, {&k.Low, m.Low}, {&k.Close, m.Close}} {
-		v, err := decimal.Parse(p.s)
-		*p.dst = v
-		errs = append(errs, err)
-	}
-	for _, p := range []struct {
-		dst   *decimal.U128
-		s     string
-		scale int
-	}{{&k.Volume, m.Volume, decimal.Scale}, {&k.QuoteVolume, m.QuoteVolume, decimal.QuoteScale},
-		{&k.TakerVolume, m.TakerVolume, decimal.Scale}, {&k.TakerQuoteVolume, m.TakerQuoteVolume, decimal.QuoteScale}} {
-		v, err := decimal.ParseU128(p.s, p.scale)
-		*p.dst = v
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
+	t := store.Text{Open: m.Open, High: m.High, Low: m.Low, Close: m.Close, Volume: m.Volume, QuoteVolume: m.QuoteVolume,
+		TakerVolume: m.TakerVolume, TakerQuoteVolume: m.TakerQuoteVolume}
+	if err := t.Parse(&u.Kline); err != nil {
 		return kline.Update{}, fmt.Errorf("bus: kline message %s %s %d: %w", m.Symbol, m.Interval, m.OpenTime, err)
 	}
 	return u, nil

@@ -161,19 +161,7 @@ func BenchmarkPublish(b *testing.B) {
 	if _, err := EnsureStream(ctx, js, 1); err != nil {
 		b.Fatal(err)
 	}
-	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
-	const batch = 10_000
-	us := make([]kline.Update, batch)
-	b.ResetTimer()
-	for n := 0; b.Loop(); n++ {
-		for i := range us {
-			us[i] = kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: storetest.Kline(int64(n*batch+i)*60_000, 2)}
-		}
-		if failed := pub.publish(ctx, us); len(failed) > 0 {
-			b.Fatalf("%d not acknowledged", len(failed))
-		}
-	}
-	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "klines/s")
+	benchPublish(b, js)
 }
 
 // freePort returns a loopback port free now.
@@ -240,6 +228,13 @@ func BenchmarkPublishReplicated(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	benchPublish(b, js)
+}
+
+// benchPublish publishes rounds of 10,000 new closed klines to js, each
+// round waiting for every acknowledgement.
+func benchPublish(b *testing.B, js jetstream.JetStream) {
+	ctx := context.Background()
 	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
 	const batch = 10_000
 	us := make([]kline.Update, batch)
