@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -118,6 +119,13 @@ type Config struct {
 	Log struct {
 		StatusInterval Duration `toml:"status_interval"`
 	} `toml:"log"`
+	Cluster struct {
+		NATSURL   string   `toml:"nats_url"`
+		Node      string   `toml:"node"`
+		Roles     []string `toml:"roles"`
+		Replicas  int      `toml:"replicas"`
+		Staleness Duration `toml:"staleness"`
+	} `toml:"cluster"`
 
 	// Intervals is Klines.Intervals parsed, shortest first.
 	Intervals []kline.Interval `toml:"-"`
@@ -286,6 +294,9 @@ func (c *Config) validate() error {
 	if len(c.Symbols.ContractTypes) == 0 {
 		bad("symbols.contract_types", "must name at least one, e.g. [\"PERPETUAL\", \"TRADIFI_PERPETUAL\"]")
 	}
+	if c.Cluster.NATSURL != "" {
+		c.validateCluster(bad)
+	}
 	for i, s := range c.Symbols.ContractTypes {
 		c.Symbols.ContractTypes[i] = strings.ToUpper(s)
 	}
@@ -296,4 +307,51 @@ func (c *Config) validate() error {
 		c.Symbols.Exclude[i] = strings.ToUpper(s)
 	}
 	return errors.Join(errs...)
+}
+
+// Roles a cluster node can take.
+const (
+	RoleIngest = "ingest" // owns symbols and builds their klines
+	RoleServe  = "serve"  // answers REST and WebSocket for every symbol
+	RoleSink   = "sink"   // copies closed klines into PostgreSQL
+)
+
+// Clustered reports whether klagg runs as a node of a cluster.
+func (c *Config) Clustered() bool { return c.Cluster.NATSURL != "" }
+
+// Has reports whether the node takes role; a single process takes every one.
+func (c *Config) Has(role string) bool {
+	return !c.Clustered() || slices.Contains(c.Cluster.Roles, role)
+}
+
+func (c *Config) validateCluster(bad func(key, format string, args ...any)) {
+	for _, u := range strings.Split(c.Cluster.NATSURL, ",") {
+		if p, err := url.Parse(strings.TrimSpace(u)); err != nil || p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls") {
+			bad("cluster.nats_url", "%q is not a NATS URL like nats://127.0.0.1:4222 (several: comma-separated)", u)
+		}
+	}
+	if c.Cluster.Node == "" {
+		bad("cluster.node", "must name this node, uniquely in the cluster, e.g. \"node-1\"")
+	} else if strings.ContainsAny(c.Cluster.Node, ". *>") {
+		bad("cluster.node", "%q contains a dot, space, * or >, which NATS keys do not allow", c.Cluster.Node)
+	}
+	if len(c.Cluster.Roles) == 0 {
+		bad("cluster.roles", "must name at least one of \"ingest\", \"serve\", \"sink\"")
+	}
+	for i, r := range c.Cluster.Roles {
+		r = strings.ToLower(r)
+		c.Cluster.Roles[i] = r
+		if r != RoleIngest && r != RoleServe && r != RoleSink {
+			bad("cluster.roles", "%q is not one of \"ingest\", \"serve\", \"sink\"", r)
+		}
+	}
+	if c.Database.URL == "" {
+		bad("database.url", "a cluster keeps its history in PostgreSQL: set database.url = \"postgres://…\"")
+	}
+	if n := c.Cluster.Replicas; n < 1 || n > 5 {
+		bad("cluster.replicas", "%d is outside 1..5 (JetStream keeps at most 5 copies)", n)
+	}
+	if d := c.Cluster.Staleness.Duration; d < 500*time.Millisecond || d > time.Minute {
+		bad("cluster.staleness", "%s is outside 500ms..1m", d)
+	}
 }

@@ -11,6 +11,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -103,6 +104,8 @@ const (
 	evCorrect
 	evTick
 	evSnapshot
+	evStates
+	evDrop
 )
 
 type event struct {
@@ -116,6 +119,8 @@ type event struct {
 	through  int64            // seed
 	received time.Time
 	reply    chan<- []kline.Update
+	names    []string       // states
+	states   chan<- []State // states
 }
 
 // New returns an engine; start it with Run.
@@ -216,6 +221,37 @@ func (e *Engine) Snapshot(ctx context.Context, symbol string) ([]kline.Update, e
 	}
 }
 
+// State is where a symbol stands in its trades: the last aggregate id
+// applied and the open kline of every interval holding every trade up to
+// it. It is enough to go on from elsewhere: seed the open klines and start
+// the trades after LastID (a cluster's checkpoint).
+type State struct {
+	Symbol string
+	LastID int64         // -1: no trade applied yet
+	Open   []kline.Kline // by interval, shortest first; OpenTime 0: not started
+}
+
+// States returns the states of the named symbols the engine keeps; others
+// are left out.
+func (e *Engine) States(ctx context.Context, symbols []string) ([]State, error) {
+	reply := make(chan []State, 1)
+	if err := e.send(ctx, event{kind: evStates, names: symbols, states: reply}); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-reply:
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Drop stops keeping symbol without closing its open klines: another
+// owner goes on with them.
+func (e *Engine) Drop(ctx context.Context, symbol string) error {
+	return e.send(ctx, event{kind: evDrop, symbol: symbol})
+}
+
 func (e *Engine) send(ctx context.Context, ev event) error {
 	select {
 	case e.events <- ev:
@@ -270,6 +306,11 @@ func (e *Engine) handle(ev event) {
 	case evSnapshot:
 		ev.reply <- e.snapshot(ev.symbol)
 		return
+	case evStates:
+		ev.states <- e.statesOf(ev.names)
+		return
+	case evDrop:
+		e.drop(ev.symbol)
 	}
 	e.flush()
 	if e.latency != nil && !ev.received.IsZero() {
@@ -321,10 +362,40 @@ func (e *Engine) removeSymbol(name string) {
 			e.emit(si, s, k)
 		}
 	}
+	e.forget(si, name)
+}
+
+func (e *Engine) drop(name string) {
+	// Slots already marked dirty are not emitted: flush skips inactive
+	// symbols.
+	if si, ok := e.index[name]; ok {
+		e.forget(si, name)
+	}
+}
+
+func (e *Engine) statesOf(names []string) []State {
+	out := make([]State, 0, len(names))
+	n := len(e.ivs)
+	for _, name := range names {
+		si, ok := e.index[name]
+		if !ok || !e.symbols[si].active {
+			continue
+		}
+		out = append(out, State{Symbol: name, LastID: e.symbols[si].lastID, Open: slices.Clone(e.cur[si*n : (si+1)*n])})
+	}
+	return out
+}
+
+// forget frees symbol si's slots; the table no longer holds name.
+func (e *Engine) forget(si int, name string) {
+	n := len(e.ivs)
 	for j, iv := range e.ivs {
 		// Later corrections must share the series of what was just emitted.
 		e.loose[kline.Key{Symbol: name, Interval: iv.String()}] = e.slotSeries(si*n + j)
 	}
+	// Cleared, or the clock would go on rolling the slots under no name.
+	clear(e.cur[si*n : (si+1)*n])
+	clear(e.prev[si*n : (si+1)*n])
 	delete(e.index, name)
 	e.symbols[si] = symbol{}
 	e.free = append(e.free, si)

@@ -434,3 +434,71 @@ func TestOlderSeedRollsForwardAgain(t *testing.T) {
 		t.Errorf("minute 2 should hold trade 4: %+v", m2)
 	}
 }
+
+// TestHandover carries a symbol from one engine to another mid-stream by
+// its State, as a cluster does when a node dies: the second engine's
+// klines equal those of an engine that saw every trade, and the first,
+// dropped, emits nothing more.
+func TestHandover(t *testing.T) {
+	ivs := kline.BinanceIntervals()
+	m := synth.DefaultMarket(1, 7, t0)
+	m.MeanGapMs = 3_000
+	st := synth.NewStream(m)
+	trades := make([]kline.Trade, 5_000)
+	for i := range trades {
+		trades[i] = st.Next()
+	}
+	end := kline.MustInterval("1M").Next(kline.MustInterval("1M").Open(st.Time())) + 1
+	whole := newHarness(t, ivs, 0)
+	whole.add(m.Symbol)
+	whole.trades(m.Symbol, trades)
+	whole.tick(end)
+	whole.sync()
+
+	for _, cut := range []int{1, 777, 2_500, 4_999} {
+		a, b := newHarness(t, ivs, 0), newHarness(t, ivs, 0)
+		a.add(m.Symbol)
+		a.trades(m.Symbol, trades[:cut])
+		a.tick(trades[cut-1].Time) // closes what the clock may
+		states, err := a.e.States(context.Background(), []string{m.Symbol, "OTHER"})
+		if err != nil || len(states) != 1 || states[0].LastID != trades[cut-1].ID || len(states[0].Open) != len(ivs) {
+			t.Fatalf("cut %d: states %+v, %v", cut, states, err)
+		}
+		if err := a.e.Drop(context.Background(), m.Symbol); err != nil {
+			t.Fatal(err)
+		}
+		a.sync()
+		before := len(a.c.latest)
+		a.trades(m.Symbol, trades[cut:])
+		a.tick(end)
+		a.sync()
+		if len(a.c.latest) != before || a.e.Stats().Unknown != int64(len(trades)-cut) {
+			t.Fatalf("cut %d: the dropped engine went on: %d klines, then %d", cut, before, len(a.c.latest))
+		}
+
+		b.add(m.Symbol)
+		for j, iv := range ivs {
+			if k := states[0].Open[j]; k.OpenTime != 0 {
+				if err := b.e.Seed(context.Background(), m.Symbol, iv, k, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		b.trades(m.Symbol, trades[cut:])
+		b.tick(end)
+		b.sync()
+		for key, u := range b.c.latest {
+			w := whole.c.get(key)
+			if u.Kline != w.Kline {
+				t.Fatalf("cut %d: %v after the handover:\n got %+v\nwant %+v", cut, key, u.Kline, w.Kline)
+			}
+		}
+		for key, u := range whole.c.latest {
+			if u.OpenTime >= states[0].Open[0].OpenTime && u.Interval.String() == "1m" {
+				if _, ok := b.c.latest[key]; !ok {
+					t.Fatalf("cut %d: %v missing after the handover", cut, key)
+				}
+			}
+		}
+	}
+}
