@@ -36,6 +36,14 @@ type Router interface {
 type Engine interface {
 	AddSymbol(ctx context.Context, symbol string) error
 	RemoveSymbol(ctx context.Context, symbol string) error
+	Drop(ctx context.Context, symbol string) error
+}
+
+// Owner decides, in a cluster, which symbols this node keeps: it is told
+// every symbol there is to keep after each listing, and answers through
+// Registry.Own and Registry.Settled.
+type Owner interface {
+	Want(symbols []string)
 }
 
 // Store records symbols and their status, and the exchange-wide lists.
@@ -68,21 +76,26 @@ type Config struct {
 
 // Registry is the single owner of the symbol set.
 type Registry struct {
-	cfg  Config
-	ex   Exchange
-	subs Subscriber
-	rt   Router
-	eng  Engine
-	st   Store
-	hist History
-	log  *slog.Logger
+	cfg   Config
+	ex    Exchange
+	subs  Subscriber
+	rt    Router
+	eng   Engine
+	st    Store
+	hist  History
+	owner Owner
+	log   *slog.Logger
 
 	seeded chan seedResult
-	wg     sync.WaitGroup // seeds and backfills in flight
-	seeds  chan struct{}  // semaphore
-	view   atomic.Pointer[View]
-	lists  atomic.Pointer[map[string][]byte] // the exchange-wide lists of the latest listing
-	ready  atomic.Bool
+	owns   chan ownership
+	// settled is set once the owner has made its first assignment: until
+	// then a symbol Elsewhere may yet be this node's, and startup waits.
+	settled bool
+	wg      sync.WaitGroup // seeds and backfills in flight
+	seeds   chan struct{}  // semaphore
+	view    atomic.Pointer[View]
+	lists   atomic.Pointer[map[string][]byte] // the exchange-wide lists of the latest listing
+	ready   atomic.Bool
 	// readyCh is closed once ready: backfills wait for it.
 	readyCh chan struct{}
 
@@ -96,12 +109,19 @@ type Registry struct {
 }
 
 type entry struct {
+	owned   bool // this node keeps it: always, but in a cluster
 	info    binance.SymbolInfo
 	state   State
 	class   Class
 	fails   int
 	retryAt time.Time
 	since   time.Time // in this state since
+}
+
+type ownership struct {
+	symbol  string
+	owned   bool
+	settled bool
 }
 
 type seedResult struct {
@@ -123,6 +143,9 @@ type Deps struct {
 	Engine     Engine
 	Store      Store
 	History    History
+	// Owner, in a cluster, decides which symbols this node keeps; nil:
+	// every one.
+	Owner Owner
 }
 
 // New returns a registry; nothing happens until Run.
@@ -149,6 +172,7 @@ func New(cfg Config, d Deps) *Registry {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	r := &Registry{cfg: cfg, ex: d.Exchange, subs: d.Subscriber, rt: d.Router, eng: d.Engine, st: d.Store, hist: d.History,
+		owner: d.Owner, settled: d.Owner == nil, owns: make(chan ownership, 1024),
 		log: cfg.Log, seeded: make(chan seedResult), seeds: make(chan struct{}, cfg.Seeders),
 		bfQueue: make(chan backfillJob, 1<<16), readyCh: make(chan struct{}), entries: map[string]*entry{}, startup: map[string]bool{}}
 	r.view.Store(&View{})
@@ -165,6 +189,29 @@ func (r *Registry) Keeps(i binance.SymbolInfo) bool {
 		return false
 	}
 	return !slices.Contains(r.cfg.Exclude, i.Symbol)
+}
+
+// Own tells the registry that this node now owns symbol, or no longer
+// does (a cluster's lease). A symbol no longer owned is dropped at once:
+// its open klines are another node's to go on with.
+func (r *Registry) Own(ctx context.Context, symbol string, owned bool) error {
+	select {
+	case r.owns <- ownership{symbol: symbol, owned: owned}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Settled tells the registry that the owner has made its first
+// assignment: symbols not owned by then are not waited for at startup.
+func (r *Registry) Settled(ctx context.Context) error {
+	select {
+	case r.owns <- ownership{settled: true}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Ready reports whether every symbol tradable at startup is live.
@@ -204,6 +251,9 @@ func (r *Registry) Run(ctx context.Context, first *binance.ExchangeInfo) error {
 			return nil
 		case res := <-r.seeded:
 			r.onSeeded(ctx, res)
+			r.checkReady(started)
+		case o := <-r.owns:
+			r.onOwnership(ctx, o)
 			r.checkReady(started)
 		case <-retry.C:
 			now := time.Now()
@@ -246,6 +296,33 @@ func (r *Registry) Run(ctx context.Context, first *binance.ExchangeInfo) error {
 	}
 }
 
+func (r *Registry) onOwnership(ctx context.Context, o ownership) {
+	if o.settled {
+		r.settled = true
+		for name, e := range r.entries {
+			if e.state == Elsewhere {
+				delete(r.startup, name)
+			}
+		}
+		return
+	}
+	e := r.entries[o.symbol]
+	if e == nil || e.owned == o.owned {
+		return
+	}
+	e.owned = o.owned
+	if o.owned {
+		r.log.Info("symbol owned now; taking it over", "symbol", o.symbol)
+		r.move(ctx, o.symbol, e, evOwned)
+	} else {
+		r.log.Info("symbol owned by another node now; dropping it", "symbol", o.symbol)
+		r.move(ctx, o.symbol, e, evDisowned)
+	}
+	if r.settled && e.state == Elsewhere {
+		delete(r.startup, o.symbol)
+	}
+}
+
 // checkReady makes the registry ready once every symbol tradable at
 // startup is live.
 func (r *Registry) checkReady(started time.Time) {
@@ -278,7 +355,7 @@ func (r *Registry) apply(ctx context.Context, info *binance.ExchangeInfo, startu
 		listed[i.Symbol] = true
 		e, known := r.entries[i.Symbol]
 		if !known {
-			e = &entry{info: i, since: time.Now()}
+			e = &entry{info: i, since: time.Now(), owned: r.owner == nil}
 			r.entries[i.Symbol] = e
 			if !startup {
 				r.log.Info("new symbol listed; catching it up", "symbol", i.Symbol, "status", i.Status)
@@ -309,6 +386,16 @@ func (r *Registry) apply(ctx context.Context, info *binance.ExchangeInfo, startu
 			r.log.Warn("saving symbols to the store failed; they are kept all the same", "err", err)
 		}
 	}
+	if r.owner != nil {
+		var want []string
+		for name, e := range r.entries {
+			if e.state != Delisted && e.state != Pending {
+				want = append(want, name)
+			}
+		}
+		sort.Strings(want)
+		r.owner.Want(want)
+	}
 	r.publish()
 }
 
@@ -320,7 +407,7 @@ func (r *Registry) move(ctx context.Context, name string, e *entry, ev event) {
 // moveKnown makes one transition and carries out its action.
 func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev event, known bool) {
 	from := e.state
-	to, act := transition(e.state, known, ev)
+	to, act := transition(e.state, known, e.owned, ev)
 	if to == Live && e.class == ClassPaused {
 		to = Paused
 	}
@@ -346,7 +433,21 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		if err := r.eng.RemoveSymbol(ctx, name); err != nil {
 			return
 		}
+	case actDrop:
+		r.drop(ctx, name)
 	}
+	if to == Elsewhere && r.settled {
+		delete(r.startup, name)
+	}
+}
+
+// drop stops keeping name without closing anything: another node goes on.
+func (r *Registry) drop(ctx context.Context, name string) {
+	r.subs.Unsubscribe(name)
+	if err := r.rt.Remove(ctx, name); err != nil {
+		return
+	}
+	r.eng.Drop(ctx, name)
 }
 
 // seed subscribes name and seeds it, on a goroutine of its own, at most
@@ -377,6 +478,10 @@ func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
 		// subscribed it: undo what the seed did.
 		r.subs.Unsubscribe(res.name)
 		r.rt.Remove(ctx, res.name)
+		return
+	}
+	if e != nil && e.state == Elsewhere {
+		r.drop(ctx, res.name) // taken by another node while it seeded
 		return
 	}
 	if e == nil || e.state != Seeding {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -20,11 +21,13 @@ type parts struct {
 	seeds      map[string]int
 	failFirst  map[string]int // seeds of these fail this many times
 	seeded     chan string
+	dropped    []string
+	wants      chan []string
 }
 
 func newParts() *parts {
 	return &parts{subscribed: map[string]bool{}, engine: map[string]bool{}, seeds: map[string]int{},
-		failFirst: map[string]int{}, seeded: make(chan string, 100)}
+		failFirst: map[string]int{}, seeded: make(chan string, 100), wants: make(chan []string, 100)}
 }
 
 func (p *parts) ExchangeInfo(context.Context) (*binance.ExchangeInfo, error) {
@@ -57,6 +60,14 @@ func (p *parts) RemoveSymbol(_ context.Context, s string) error {
 	delete(p.engine, s)
 	return nil
 }
+func (p *parts) Drop(_ context.Context, s string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.engine, s)
+	p.dropped = append(p.dropped, s)
+	return nil
+}
+func (p *parts) Want(syms []string) { p.wants <- syms }
 func (p *parts) PutSymbols([]store.Symbol) error           { return nil }
 func (p *parts) PutExchange(lists map[string][]byte) error { return nil }
 func (p *parts) Seed(_ context.Context, s string) (int64, error) {
@@ -132,5 +143,69 @@ func TestRegistryKeepsGoingWhenASeedFails(t *testing.T) {
 	defer p.mu.Unlock()
 	if p.seeds["BADUSDT"] != 3 || p.subscribed["NEWUSDT"] || p.subscribed["OLDUSDT"] {
 		t.Errorf("seeds %v, subscribed %v", p.seeds, p.subscribed)
+	}
+}
+
+// TestRegistryInACluster: with an owner, tradable symbols wait Elsewhere
+// until owned; an owned one is seeded and goes live, readiness waits for
+// the owner's first assignment, and a symbol another node takes is
+// dropped (unsubscribed, out of the engine, nothing closed) at once.
+func TestRegistryInACluster(t *testing.T) {
+	p := newParts()
+	r := New(Config{RetryBase: 10 * time.Millisecond, Poll: time.Hour, Log: slog.New(slog.DiscardHandler)},
+		Deps{Exchange: p, Subscriber: p, Router: p, Engine: p, Store: p, History: p, Owner: p})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Run(ctx, &binance.ExchangeInfo{Symbols: []binance.SymbolInfo{
+			info("AUSDT", "TRADING", "PERPETUAL"), info("BUSDT", "TRADING", "PERPETUAL"),
+			info("NEWUSDT", "PENDING_TRADING", "PERPETUAL"), info("OLDUSDT", "SETTLING", "PERPETUAL"),
+		}})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	if w := <-p.wants; len(w) != 2 || w[0] != "AUSDT" || w[1] != "BUSDT" {
+		t.Fatalf("the owner was told %v, want the two tradable symbols", w)
+	}
+	if n := r.View().Counts[Elsewhere]; n != 2 {
+		t.Fatalf("%d symbols elsewhere before any is owned, want 2", n)
+	}
+	if err := r.Own(ctx, "AUSDT", true); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-p.seeded; s != "AUSDT" {
+		t.Fatalf("seeded %s", s)
+	}
+	if r.Ready() {
+		t.Fatal("ready before the owner settled")
+	}
+	if err := r.Settled(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.WhenReady():
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready once the owned symbol is live and the owner settled")
+	}
+	if err := r.Own(ctx, "AUSDT", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Settled(ctx); err != nil { // handled after the Own before it
+		t.Fatal(err)
+	}
+	for r.View().Symbols["AUSDT"].State != Elsewhere {
+		runtime.Gosched()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.subscribed["AUSDT"] || p.engine["AUSDT"] || len(p.dropped) != 1 || p.dropped[0] != "AUSDT" {
+		t.Fatalf("disowned symbol still kept: subscribed %v, engine %v, dropped %v", p.subscribed, p.engine, p.dropped)
+	}
+	if p.seeds["BUSDT"] != 0 {
+		t.Fatal("a symbol never owned was seeded")
 	}
 }

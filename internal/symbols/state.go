@@ -25,6 +25,8 @@ const (
 	// Delisted is settling, closed or delivered: its last klines are
 	// closed and its streams dropped; its history stays.
 	Delisted
+	// Elsewhere is trading, and kept by another node of the cluster.
+	Elsewhere
 	nStates
 )
 
@@ -37,7 +39,7 @@ func States() []State {
 	return out
 }
 
-var stateNames = [nStates]string{"pending", "seeding", "live", "paused", "failed", "delisted"}
+var stateNames = [nStates]string{"pending", "seeding", "live", "paused", "failed", "delisted", "elsewhere"}
 
 func (s State) String() string {
 	if s < nStates {
@@ -83,6 +85,8 @@ const (
 	evSeeded
 	evSeedFailed
 	evRetry
+	evOwned    // this node now owns the symbol (a cluster lease)
+	evDisowned // another node owns the symbol now
 )
 
 func listing(c Class) event {
@@ -105,15 +109,25 @@ const (
 	actSubscribe        // subscribe, add to the engine, then seed
 	actReseed           // seed again (still subscribed)
 	actFinalize         // close the open klines, unsubscribe, forget in router and engine
+	actDrop             // unsubscribe, forget in router and engine, close nothing: another node goes on
 )
 
 // transition is the state machine: from state s (known tells whether the
-// symbol was tracked before) on ev, the next state and what to do.
-func transition(s State, known bool, ev event) (State, action) {
+// symbol was tracked before, owned whether this node owns it: always, but
+// in a cluster) on ev, the next state and what to do.
+func transition(s State, known, owned bool, ev event) (State, action) {
+	tradable := Seeding
+	if !owned {
+		tradable = Elsewhere
+	}
+	start := actSubscribe
+	if !owned {
+		start = actNone
+	}
 	if !known {
 		switch ev {
 		case evTrading, evPaused:
-			return Seeding, actSubscribe
+			return tradable, start
 		case evGone:
 			return Delisted, actNone
 		}
@@ -122,8 +136,8 @@ func transition(s State, known bool, ev event) (State, action) {
 	switch ev {
 	case evTrading, evPaused:
 		switch s {
-		case Pending, Delisted:
-			return Seeding, actSubscribe
+		case Pending, Delisted, Elsewhere:
+			return tradable, start
 		case Live, Paused:
 			if ev == evTrading {
 				return Live, actNone
@@ -133,7 +147,7 @@ func transition(s State, known bool, ev event) (State, action) {
 		return s, actNone // seeding or failed: the seed decides
 	case evGone:
 		switch s {
-		case Pending, Delisted:
+		case Pending, Delisted, Elsewhere:
 			return Delisted, actNone
 		}
 		return Delisted, actFinalize
@@ -148,6 +162,15 @@ func transition(s State, known bool, ev event) (State, action) {
 	case evRetry:
 		if s == Failed {
 			return Seeding, actReseed
+		}
+	case evOwned:
+		if s == Elsewhere {
+			return Seeding, actSubscribe
+		}
+	case evDisowned:
+		switch s {
+		case Seeding, Live, Paused, Failed:
+			return Elsewhere, actDrop
 		}
 	}
 	return s, actNone

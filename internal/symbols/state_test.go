@@ -7,38 +7,58 @@ func TestTransitions(t *testing.T) {
 		from  State
 		known bool
 		ev    event
+		owned bool
 		to    State
 		act   action
 	}{
-		{Pending, false, evTrading, Seeding, actSubscribe},
-		{Pending, false, evPaused, Seeding, actSubscribe}, // a halted symbol still has klines to keep
-		{Pending, false, evPending, Pending, actNone},
-		{Pending, false, evGone, Delisted, actNone},
-		{Pending, true, evTrading, Seeding, actSubscribe},
-		{Pending, true, evGone, Delisted, actNone},
-		{Seeding, true, evSeeded, Live, actNone},
-		{Seeding, true, evSeedFailed, Failed, actNone},
-		{Seeding, true, evTrading, Seeding, actNone},
-		{Seeding, true, evGone, Delisted, actFinalize},
-		{Live, true, evPaused, Paused, actNone}, // a halt is not a delisting
-		{Live, true, evTrading, Live, actNone},
-		{Live, true, evGone, Delisted, actFinalize},
-		{Live, true, evSeeded, Live, actNone},
-		{Paused, true, evTrading, Live, actNone}, // resumes on the same series
-		{Paused, true, evPaused, Paused, actNone},
-		{Paused, true, evGone, Delisted, actFinalize},
-		{Failed, true, evRetry, Seeding, actReseed},
-		{Failed, true, evTrading, Failed, actNone},
-		{Failed, true, evGone, Delisted, actFinalize},
-		{Delisted, true, evTrading, Seeding, actSubscribe}, // listed again
-		{Delisted, true, evGone, Delisted, actNone},
-		{Delisted, true, evRetry, Delisted, actNone},
-		{Live, true, evRetry, Live, actNone},
+		{Pending, false, evTrading, true, Seeding, actSubscribe},
+		{Pending, false, evPaused, true, Seeding, actSubscribe}, // a halted symbol still has klines to keep
+		{Pending, false, evPending, true, Pending, actNone},
+		{Pending, false, evGone, true, Delisted, actNone},
+		{Pending, true, evTrading, true, Seeding, actSubscribe},
+		{Pending, true, evGone, true, Delisted, actNone},
+		{Seeding, true, evSeeded, true, Live, actNone},
+		{Seeding, true, evSeedFailed, true, Failed, actNone},
+		{Seeding, true, evTrading, true, Seeding, actNone},
+		{Seeding, true, evGone, true, Delisted, actFinalize},
+		{Live, true, evPaused, true, Paused, actNone}, // a halt is not a delisting
+		{Live, true, evTrading, true, Live, actNone},
+		{Live, true, evGone, true, Delisted, actFinalize},
+		{Live, true, evSeeded, true, Live, actNone},
+		{Paused, true, evTrading, true, Live, actNone}, // resumes on the same series
+		{Paused, true, evPaused, true, Paused, actNone},
+		{Paused, true, evGone, true, Delisted, actFinalize},
+		{Failed, true, evRetry, true, Seeding, actReseed},
+		{Failed, true, evTrading, true, Failed, actNone},
+		{Failed, true, evGone, true, Delisted, actFinalize},
+		{Delisted, true, evTrading, true, Seeding, actSubscribe}, // listed again
+		{Delisted, true, evGone, true, Delisted, actNone},
+		{Delisted, true, evRetry, true, Delisted, actNone},
+		{Live, true, evRetry, true, Live, actNone},
+		// In a cluster, a symbol another node owns is Elsewhere.
+		{Pending, false, evTrading, false, Elsewhere, actNone},
+		{Pending, false, evPaused, false, Elsewhere, actNone},
+		{Pending, false, evGone, false, Delisted, actNone},
+		{Pending, true, evTrading, false, Elsewhere, actNone},
+		{Elsewhere, true, evTrading, false, Elsewhere, actNone},
+		{Elsewhere, true, evOwned, true, Seeding, actSubscribe},
+		{Elsewhere, true, evGone, false, Delisted, actNone},
+		{Delisted, true, evTrading, false, Elsewhere, actNone},
+		{Seeding, true, evDisowned, false, Elsewhere, actDrop},
+		{Live, true, evDisowned, false, Elsewhere, actDrop},
+		{Paused, true, evDisowned, false, Elsewhere, actDrop},
+		{Failed, true, evDisowned, false, Elsewhere, actDrop},
+		{Pending, true, evOwned, true, Pending, actNone}, // owned, not trading yet
+		{Pending, true, evDisowned, false, Pending, actNone},
+		{Delisted, true, evDisowned, false, Delisted, actNone},
+		{Live, true, evOwned, true, Live, actNone},
+		{Elsewhere, true, evSeeded, false, Elsewhere, actNone}, // a seed that lost the race
+		{Elsewhere, true, evRetry, false, Elsewhere, actNone},
 	}
 	for _, c := range cases {
-		to, act := transition(c.from, c.known, c.ev)
+		to, act := transition(c.from, c.known, c.owned, c.ev)
 		if to != c.to || act != c.act {
-			t.Errorf("%v (known %v) on %d: got %v/%d, want %v/%d", c.from, c.known, c.ev, to, act, c.to, c.act)
+			t.Errorf("%v (known %v, owned %v) on %d: got %v/%d, want %v/%d", c.from, c.known, c.owned, c.ev, to, act, c.to, c.act)
 		}
 	}
 }
