@@ -118,7 +118,14 @@ func TestPublishAndSink(t *testing.T) {
 	fixed.Trades++
 	pub.Publish([]kline.Update{fixed})
 	want[7] = fixed
-	until(t, "every kline is acknowledged", func() bool { return pub.Published.Load() == int64(2*len(want)+1) && pub.Pending() == 0 })
+	if mark := pub.Mark(); mark != uint64(2*len(want)+1) {
+		t.Fatalf("mark %d after %d closed klines", mark, 2*len(want)+1)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := pub.WaitAcked(wctx, pub.Mark()); err != nil || pub.Published.Load() != int64(2*len(want)+1) || pub.Pending() != 0 {
+		t.Fatalf("WaitAcked: %v with %d published, %d pending", err, pub.Published.Load(), pub.Pending())
+	}
 	st, _ := js.Stream(ctx, Stream)
 	info, err := st.Info(ctx)
 	if err != nil || info.State.Msgs != uint64(len(want)+1) {
@@ -237,11 +244,11 @@ func benchPublish(b *testing.B, js jetstream.JetStream) {
 	ctx := context.Background()
 	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
 	const batch = 10_000
-	us := make([]kline.Update, batch)
+	us := make([]queued, batch)
 	b.ResetTimer()
 	for n := 0; b.Loop(); n++ {
 		for i := range us {
-			us[i] = kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: storetest.Kline(int64(n*batch+i)*60_000, 2)}
+			us[i].u = kline.Update{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: storetest.Kline(int64(n*batch+i)*60_000, 2)}
 		}
 		if failed := pub.publish(ctx, us); len(failed) > 0 {
 			b.Fatalf("%d not acknowledged", len(failed))

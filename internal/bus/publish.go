@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,9 @@ import (
 	"github.com/klagg/klagg/internal/kline"
 )
 
+// Drain is how long a stopping publisher goes on publishing what is queued.
+const Drain = 10 * time.Second
+
 // Publisher publishes the closed klines the engine makes. It is an engine
 // sink: Publish only queues, so the engine never waits for the broker; Run
 // publishes what is queued and keeps what the broker did not acknowledge
@@ -23,7 +27,10 @@ type Publisher struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	pending []kline.Update
+	pending []queued
+	queued  uint64        // klines ever queued
+	acked   uint64        // every kline queued up to this one is acknowledged
+	ackedCh chan struct{} // closed and replaced when acked grows
 	wake    chan struct{}
 
 	Published atomic.Int64 // acknowledged by the broker
@@ -32,7 +39,40 @@ type Publisher struct {
 
 // NewPublisher returns a publisher to js; start it with Run.
 func NewPublisher(js jetstream.JetStream, log *slog.Logger) *Publisher {
-	return &Publisher{js: js, log: log, wake: make(chan struct{}, 1)}
+	return &Publisher{js: js, log: log, wake: make(chan struct{}, 1), ackedCh: make(chan struct{})}
+}
+
+// queued is a kline waiting for the broker, numbered in queueing order.
+type queued struct {
+	u   kline.Update
+	seq uint64
+}
+
+// Mark returns the number of klines queued so far; WaitAcked(mark) waits
+// until all of them are acknowledged.
+func (p *Publisher) Mark() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.queued
+}
+
+// WaitAcked waits until every kline queued before Mark returned mark is
+// acknowledged by the broker: a cluster's checkpoint may then say the
+// klines are published.
+func (p *Publisher) WaitAcked(ctx context.Context, mark uint64) error {
+	for {
+		p.mu.Lock()
+		acked, ch := p.acked, p.ackedCh
+		p.mu.Unlock()
+		if acked >= mark {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // Publish implements the engine's Sink: it queues the closed klines.
@@ -41,7 +81,8 @@ func (p *Publisher) Publish(us []kline.Update) {
 	p.mu.Lock()
 	for i := range us {
 		if us[i].Closed {
-			p.pending = append(p.pending, us[i])
+			p.queued++
+			p.pending = append(p.pending, queued{us[i], p.queued})
 			n++
 		}
 	}
@@ -61,15 +102,27 @@ func (p *Publisher) Pending() int {
 	return len(p.pending)
 }
 
-// Run publishes until ctx ends.
+// Run publishes until ctx ends, then for up to Drain more to publish what
+// is still queued: a node that stops hands over only published klines.
 func (p *Publisher) Run(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	pctx := ctx
 	for {
 		select {
-		case <-ctx.Done():
-			return nil
+		case <-pctx.Done():
+			if pctx != ctx || p.Pending() == 0 {
+				if n := p.Pending(); n > 0 {
+					return fmt.Errorf("%d closed klines not published to JetStream at stop; the node that takes their symbols over rebuilds them", n)
+				}
+				return nil
+			}
+			var cancel context.CancelFunc
+			pctx, cancel = context.WithTimeout(context.Background(), Drain)
+			defer cancel()
+			retry.Reset(0)
+			continue
 		case <-p.wake:
 		case <-retry.C:
 		}
@@ -77,15 +130,27 @@ func (p *Publisher) Run(ctx context.Context) error {
 		batch := p.pending
 		p.pending = nil
 		p.mu.Unlock()
-		failed := p.publish(ctx, batch)
+		failed := p.publish(pctx, batch)
+		p.mu.Lock()
+		p.pending = append(failed, p.pending...)
+		acked := p.queued
+		for _, q := range p.pending {
+			acked = min(acked, q.seq-1)
+		}
+		if acked > p.acked {
+			p.acked = acked
+			close(p.ackedCh)
+			p.ackedCh = make(chan struct{})
+		}
+		p.mu.Unlock()
 		if len(failed) == 0 {
 			backoff = 100 * time.Millisecond
+			if pctx != ctx && p.Pending() == 0 {
+				return nil
+			}
 			continue
 		}
 		p.Failures.Add(int64(len(failed)))
-		p.mu.Lock()
-		p.pending = append(failed, p.pending...)
-		p.mu.Unlock()
 		p.log.Warn("publishing klines to JetStream failed; retrying", "klines", len(failed), "retry_in", backoff)
 		retry.Reset(backoff)
 		backoff = min(2*backoff, 5*time.Second)
@@ -94,11 +159,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 // publish sends batch asynchronously, waits for the acknowledgements and
 // returns the klines not acknowledged.
-func (p *Publisher) publish(ctx context.Context, batch []kline.Update) (failed []kline.Update) {
+func (p *Publisher) publish(ctx context.Context, batch []queued) (failed []queued) {
 	futures := make([]jetstream.PubAckFuture, 0, len(batch))
 	sent := 0
 	for i := range batch {
-		u := &batch[i]
+		u := &batch[i].u
 		body := Encode(u)
 		msg := &nats.Msg{Subject: Subject(u.Symbol, u.Interval.String()), Data: body, Header: nats.Header{}}
 		msg.Header.Set(jetstream.MsgIDHeader, MsgID(u, body))
