@@ -114,6 +114,7 @@ const (
 	ctlLost // conn and its symbols are down
 	ctlBack // conn and its symbols are back
 	ctlAnchor
+	ctlResume // from aggregate id next, after trades, with trades since perhaps missed
 )
 
 type control struct {
@@ -133,6 +134,7 @@ type symState struct {
 	lastTime int64         // trade time of the last trade forwarded
 	pending  []kline.Trade // later trades, sorted by id
 	suspect  bool          // may have missed trades (reconnect): repair from klines
+	behind   bool          // resumed at an id the stream may be past: fill from REST aggTrades
 	down     bool          // its connection is lost
 	epoch    int           // bumped on loss and return; older fills cannot clear suspect
 	filling  bool
@@ -270,6 +272,15 @@ func (r *Router) Alive(ctx context.Context, conn int, at int64) {
 // delivered before Start wait. It returns once the router has taken it.
 func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
 	return r.control(ctx, control{kind: ctlStart, symbol: symbol, next: next, trades: trades})
+}
+
+// Resume starts symbol at aggregate id next, after trades, as Start does,
+// for a sequence taken over from elsewhere (a cluster's checkpoint): trades
+// from next on may have happened before the stream carried the symbol, so
+// unless the stream's first trade is next, they are read from REST
+// aggTrades, and the symbol's klines are held until they are.
+func (r *Router) Resume(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
+	return r.control(ctx, control{kind: ctlResume, symbol: symbol, next: next, trades: trades})
 }
 
 // Anchor waits until symbol, not yet started, has a 1m kline snapshot that
@@ -459,6 +470,11 @@ func (r *Router) apply(c control) error {
 	}
 	// Drop what the start already covers, then release what follows.
 	r.release(c.symbol, s)
+	if c.kind == ctlResume && s.next == c.next && len(s.pending) == 0 {
+		s.behind = true
+		s.gapAt = time.Now().Add(-r.gapWait)
+		r.updateHold()
+	}
 	return nil
 }
 
@@ -597,7 +613,7 @@ func (r *Router) updateHold() {
 	for sym, s := range r.syms {
 		// A symbol waiting for its first trade after a seed is not held:
 		// its seed is whole, and the watermark covers what is in flight.
-		if len(s.pending) == 0 && !s.suspect && s.resync == 0 {
+		if len(s.pending) == 0 && !s.suspect && !s.behind && s.resync == 0 {
 			s.heldSince, s.unheld = time.Time{}, false
 			continue
 		}
@@ -634,6 +650,11 @@ func (r *Router) accept(symbol string, s *symState, t kline.Trade, received time
 		r.forward(symbol, t, received)
 		s.next++
 		s.lastTime = t.Time
+		if s.behind && !s.filling {
+			// The sequence goes on from where it resumed: nothing was missed.
+			s.behind = false
+			r.updateHold()
+		}
 		if len(s.pending) > 0 {
 			r.release(symbol, s)
 		}
@@ -693,7 +714,7 @@ func (r *Router) release(symbol string, s *symState) {
 			s.pending = nil
 		}
 	}
-	if len(s.pending) == 0 && !s.suspect && !s.gapAt.IsZero() {
+	if len(s.pending) == 0 && !s.suspect && !s.behind && !s.gapAt.IsZero() {
 		s.gapAt = time.Time{}
 		r.updateHold()
 	}
@@ -729,7 +750,7 @@ func (r *Router) checkGaps(ctx context.Context) {
 			})
 			continue
 		}
-		if s.next < 0 || s.down || (len(s.pending) == 0 && !s.suspect) {
+		if s.next < 0 || s.down || (len(s.pending) == 0 && !s.suspect && !s.behind) {
 			continue // nothing to fill, or nothing to gain before the stream is back
 		}
 		s.filling = true
@@ -855,13 +876,13 @@ func (r *Router) filled(ctx context.Context, f fillResult) {
 	if len(f.trades) < fillIDs && !s.down && f.epoch == s.epoch {
 		// The exchange had nothing more since the connection came back:
 		// the symbol is caught up.
-		s.suspect = false
+		s.suspect, s.behind = false, false
 	}
 	r.release(f.symbol, s)
 	switch {
 	case s.down:
 		s.gapAt = time.Now() // filled what it could; again after gapWait
-	case len(s.pending) > 0 || s.suspect:
+	case len(s.pending) > 0 || s.suspect || s.behind:
 		s.gapAt = time.Now().Add(-r.gapWait) // more to fill: go again at once
 	default:
 		r.updateHold()

@@ -220,3 +220,45 @@ func TestRouterAnchorsOnAContinuedSnapshot(t *testing.T) {
 		t.Fatalf("Anchor = %+v, %v; want the snapshot ending at 30", k, err)
 	}
 }
+
+// TestRouterResumes: a sequence resumed at an id (another node's
+// checkpoint) with a quiet stream reads the trades since from REST at once
+// and holds the symbol until it has; resumed where the stream goes on, it
+// asks REST nothing.
+func TestRouterResumes(t *testing.T) {
+	h := &history{}
+	for id := int64(100); id < 110; id++ {
+		h.trades = append(h.trades, tr(id))
+	}
+	r, out, ctx := startRouter(t, h)
+	if err := r.Resume(ctx, "QUIET", 105, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, held := r.Holds()["QUIET"]; !held {
+		t.Fatal("a resumed symbol is not held while the trades since are read")
+	}
+	if ids := collect(t, out, 5); !slices.Equal(ids, []int64{105, 106, 107, 108, 109}) {
+		t.Fatalf("forwarded %v, want 105…109 from REST", ids)
+	}
+	for { // the fill's result is handled after the trades it forwards
+		if _, held := r.Holds()["QUIET"]; !held {
+			break
+		}
+		if err := r.Remove(ctx, "NONE"); err != nil { // a round trip through the router
+			t.Fatal(err)
+		}
+	}
+
+	calls := h.calls
+	r.Deliver(ctx, 1, "BUSY", tr(205), time.Now())
+	if err := r.Resume(ctx, "BUSY", 205, nil); err != nil {
+		t.Fatal(err)
+	}
+	r.Deliver(ctx, 1, "BUSY", tr(206), time.Now())
+	if ids := collect(t, out, 2); !slices.Equal(ids, []int64{205, 206}) {
+		t.Fatalf("forwarded %v, want 205, 206", ids)
+	}
+	if _, held := r.Holds()["BUSY"]; held || h.calls != calls {
+		t.Fatalf("resumed where the stream went on: held %v, %d REST calls", held, h.calls-calls)
+	}
+}
