@@ -72,9 +72,9 @@ func (s *Sink) Run(ctx context.Context) error {
 			continue
 		}
 		var batch []kline.Update
-		var last jetstream.Msg
+		var got []jetstream.Msg
 		for m := range msgs.Messages() {
-			last = m
+			got = append(got, m)
 			u, err := Decode(m.Data())
 			if err != nil {
 				s.Malformed.Add(1)
@@ -86,15 +86,20 @@ func (s *Sink) Run(ctx context.Context) error {
 		if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
 			s.log.Debug("fetch ended early", "err", err)
 		}
-		if last == nil {
+		if len(got) == 0 {
 			continue
 		}
 		if err := s.commit(ctx, batch); err != nil {
 			return nil // ctx ended before the store took the batch: it is redelivered
 		}
-		// AckAll: the last message acknowledges the batch.
-		if err := last.Ack(); err != nil {
-			s.log.Warn("acknowledging stored klines failed; they will come again, which changes nothing", "err", err)
+		// Each message is acknowledged on its own: sinks sharing the
+		// consumer hold other messages between these, and acknowledging
+		// all up to the last would lose theirs if they died.
+		for _, m := range got {
+			if err := m.Ack(); err != nil {
+				s.log.Warn("acknowledging stored klines failed; they will come again, which changes nothing", "err", err)
+				break
+			}
 		}
 	}
 	return nil
@@ -129,7 +134,8 @@ func (s *Sink) consumer(ctx context.Context) (jetstream.Consumer, error) {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
 	return st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: s.durable, AckPolicy: jetstream.AckAllPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxAckPending: 4 * s.batch, AckWait: time.Minute,
+		// A sink that dies leaves its messages to the others after AckWait.
+		Durable: s.durable, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 4 * s.batch, AckWait: 15 * time.Second,
 	})
 }

@@ -21,8 +21,12 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/bus"
+	"github.com/klagg/klagg/internal/cluster"
 	"github.com/klagg/klagg/internal/config"
 	"github.com/klagg/klagg/internal/engine"
 	"github.com/klagg/klagg/internal/history"
@@ -47,6 +51,13 @@ type Service struct {
 	History    *history.History
 	Reconciler *history.Reconciler
 	Registry   *symbols.Registry
+	// In a cluster (config [cluster]): the node's NATS link, its leases
+	// (ingest), the publisher of its closed klines (ingest) and the sink
+	// into PostgreSQL (sink); nil otherwise.
+	nc        *nats.Conn
+	Leases    *cluster.Leases
+	Publisher *bus.Publisher
+	Sink      *bus.Sink
 	// Progress, if set, is told about backfill progress (for a terminal bar).
 	Progress func(done, total int)
 
@@ -119,6 +130,25 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
 	sinks := []engine.Sink{s.coalescer}
+	var js jetstream.JetStream
+	var buckets cluster.Buckets
+	if cfg.Clustered() {
+		if js, buckets, err = s.joinCluster(); err != nil {
+			st.Close()
+			return nil, err
+		}
+		// The node's klines go to the stream, and from there through the
+		// cluster's sinks into PostgreSQL; this node's writer only stores
+		// what it backfills.
+		sinks = nil
+		if cfg.Has(config.RoleIngest) {
+			s.Publisher = bus.NewPublisher(js, log.With("part", "publisher"))
+			sinks = append(sinks, s.Publisher)
+		}
+		if cfg.Has(config.RoleSink) {
+			s.Sink = bus.NewSink(js, st, "klagg-sink", log.With("part", "sink"))
+		}
+	}
 	for _, c := range consumers {
 		sinks = append(sinks, c)
 	}
@@ -142,6 +172,15 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 	}, s.Router)
 	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, st, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
 	s.Router.ResyncWith(s.History)
+	var hist symbols.History = s.History
+	var owner symbols.Owner
+	if cfg.Clustered() {
+		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
+			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
+			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
+		}, s.Engine, s.Publisher)
+		hist, owner = cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals), s.Leases
+	}
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
 		Poll: cfg.Exchange.SymbolsPoll.Duration, Log: log.With("part", "symbols"),
@@ -150,13 +189,41 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 				s.Progress(done, total)
 			}
 		},
-	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: s.History})
+	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner})
 	s.metrics.NewGauge("klagg_backfill_requests_done", func() float64 { d, _ := s.Registry.Backfill(); return float64(d) })
 	s.metrics.NewGauge("klagg_backfill_requests_total", func() float64 { _, t := s.Registry.Backfill(); return float64(t) })
 	for _, st := range symbols.States() {
 		s.metrics.NewGauge(fmt.Sprintf(`klagg_symbols{state=%q}`, st), func() float64 { return float64(s.Registry.View().Counts[st]) })
 	}
 	return s, nil
+}
+
+// joinCluster connects to NATS and makes sure the kline stream and the
+// cluster's buckets are there.
+func (s *Service) joinCluster() (jetstream.JetStream, cluster.Buckets, error) {
+	c := &s.cfg.Cluster
+	nc, err := cluster.Connect(c.NATSURL, c.Node, s.log.With("part", "nats"))
+	if err != nil {
+		return nil, cluster.Buckets{}, err
+	}
+	s.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, cluster.Buckets{}, fmt.Errorf("cluster: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := bus.EnsureStream(ctx, js, c.Replicas); err != nil {
+		nc.Close()
+		return nil, cluster.Buckets{}, fmt.Errorf("%w (is JetStream enabled on the NATS servers at %s? nats-server -js)", err, c.NATSURL)
+	}
+	b, err := cluster.EnsureBuckets(ctx, js, c.Replicas)
+	if err != nil {
+		nc.Close()
+		return nil, cluster.Buckets{}, err
+	}
+	return js, b, nil
 }
 
 // tee hands the router's trades to the consumers, then to the engine,
@@ -199,10 +266,24 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	wCtx, stopW := context.WithCancel(context.Background())
 	in, eng, w := &group{stop: stopIn}, &group{stop: stopIn}, &group{stop: stopIn}
 	w.Go("store writer", func() error { return s.writer.Run(wCtx) })
+	if s.Publisher != nil {
+		// Stopped with the writer, after the engine: it drains what the
+		// engine closed last.
+		w.Go("publisher", func() error { return s.Publisher.Run(wCtx) })
+	}
 	eng.Go("engine", func() error { return s.Engine.Run(engCtx) })
 	defer func() {
 		stopIn()
 		inErr := in.Wait()
+		if s.Leases != nil {
+			// The inputs are stopped and the engine runs: the last
+			// checkpoints hand every symbol over as it stands.
+			rctx, cancel := context.WithTimeout(context.Background(), bus.Drain)
+			if rerr := s.Leases.Release(rctx); rerr != nil {
+				s.log.Warn("releasing the symbol leases failed; other nodes take the symbols over after cluster.staleness", "err", rerr)
+			}
+			cancel()
+		}
 		stopEng()
 		engErr := eng.Wait()
 		stopW()
@@ -211,6 +292,9 @@ func (s *Service) Run(ctx context.Context) (err error) {
 			err = errors.Join(err, werr)
 		}
 		err = errors.Join(err, inErr, engErr)
+		if s.nc != nil {
+			s.nc.Close()
+		}
 		s.log.Info("stopped", "klines_written", s.writer.Written())
 	}()
 	defer context.AfterFunc(ctx, stopIn)()
@@ -257,6 +341,12 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		in.Go("reconciler", func() error { return s.Reconciler.Run(inCtx, s.Engine) })
 	}
 	in.Go("symbols", func() error { return s.Registry.Run(inCtx, info) })
+	if s.Leases != nil {
+		in.Go("cluster leases", func() error { return s.Leases.Run(inCtx, s.Registry) })
+	}
+	if s.Sink != nil {
+		in.Go("kline sink", func() error { return s.Sink.Run(inCtx) })
+	}
 	s.status(inCtx)
 	return nil
 }

@@ -67,7 +67,7 @@ func (p *parts) Drop(_ context.Context, s string) error {
 	p.dropped = append(p.dropped, s)
 	return nil
 }
-func (p *parts) Want(syms []string) { p.wants <- syms }
+func (p *parts) Want(syms []string)                        { p.wants <- syms }
 func (p *parts) PutSymbols([]store.Symbol) error           { return nil }
 func (p *parts) PutExchange(lists map[string][]byte) error { return nil }
 func (p *parts) Seed(_ context.Context, s string) (int64, error) {

@@ -1,0 +1,481 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/fnv"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Engine tells where this node's symbols stand: the engine.
+type Engine interface {
+	States(ctx context.Context, symbols []string) ([]engine.State, error)
+}
+
+// Published tells when the closed klines queued so far are acknowledged on
+// the kline stream: the bus publisher.
+type Published interface {
+	Mark() uint64
+	WaitAcked(ctx context.Context, mark uint64) error
+}
+
+// Registry keeps the symbols this node owns: the symbol registry.
+type Registry interface {
+	Own(ctx context.Context, symbol string, owned bool) error
+	Settled(ctx context.Context) error
+}
+
+// Config sets up Leases.
+type Config struct {
+	Node      string
+	Ingest    bool          // the node takes symbols; else it only watches
+	Roles     []string      // announced in the membership bucket
+	Staleness time.Duration // a node not heard of for this long is dead [3s]
+	// CheckpointEvery is how often owned symbols' checkpoints are written [1s].
+	CheckpointEvery time.Duration
+	Intervals       []kline.Interval
+	Log             *slog.Logger
+}
+
+// Leases is this node's side of the symbol leases: it keeps the node in the
+// membership bucket, takes symbols whose owner is gone when rendezvous
+// hashing over the live ingest nodes picks this node, writes the owned
+// symbols' checkpoints, and drops a symbol at once when its checkpoint
+// write is refused. It tells the registry what it owns.
+type Leases struct {
+	cfg     Config
+	nc      *nats.Conn
+	b       Buckets
+	engine  Engine
+	pub     Published
+	reg     Registry
+	want    atomic.Pointer[[]string]
+	healthy atomic.Int64 // unix ns since which the node's own link has worked; 0: not now
+
+	mu    sync.Mutex
+	held  map[string]*lease       // symbols this node owns, by name
+	taken map[string]engine.State // checkpoints of symbols taken, until seeded
+
+	// Owned by Run's decide loop.
+	members map[string]member
+	leases  map[string]view // by key
+
+	Takeovers atomic.Int64 // symbols taken over from a dead or departed owner
+	Lost      atomic.Int64 // symbols dropped because another node took them
+}
+
+type lease struct {
+	key     string
+	rev     uint64
+	lastID  int64 // as last written
+	open    int64 // 1m open time as last written
+	written time.Time
+}
+
+type member struct {
+	seen  time.Time // local time its key last changed
+	roles []string
+}
+
+type view struct {
+	owner string
+	rev   uint64
+	value []byte
+}
+
+// NewLeases returns the leases of node cfg.Node; start them with Run.
+// pub may be nil on a node that does not ingest.
+func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) *Leases {
+	if cfg.Staleness <= 0 {
+		cfg.Staleness = 3 * time.Second
+	}
+	if cfg.CheckpointEvery <= 0 {
+		cfg.CheckpointEvery = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	l := &Leases{cfg: cfg, nc: nc, b: b, engine: eng, pub: pub,
+		held: map[string]*lease{}, taken: map[string]engine.State{}, members: map[string]member{}, leases: map[string]view{}}
+	l.want.Store(&[]string{})
+	return l
+}
+
+// Want implements the registry's Owner: the symbols there are to keep.
+func (l *Leases) Want(symbols []string) { l.want.Store(&symbols) }
+
+// Taken returns, once, the checkpoint of a symbol this node has just taken
+// over, for its seed.
+func (l *Leases) Taken(symbol string) (engine.State, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st, ok := l.taken[symbol]
+	delete(l.taken, symbol)
+	return st, ok
+}
+
+// Owns reports whether this node holds symbol's lease.
+func (l *Leases) Owns(symbol string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held[symbol] != nil
+}
+
+// Held returns the number of symbols this node owns.
+func (l *Leases) Held() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.held)
+}
+
+// Run keeps the node's membership and leases until ctx ends, telling reg
+// which symbols the node owns.
+func (l *Leases) Run(ctx context.Context, reg Registry) error {
+	l.reg = reg
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { l.heartbeat(ctx); return nil })
+	g.Go(func() error { return l.decideLoop(ctx) })
+	if l.cfg.Ingest {
+		g.Go(func() error { l.checkpointLoop(ctx); return nil })
+	}
+	return g.Wait()
+}
+
+// healthyFor reports whether the node's own link to NATS has worked for
+// at least d: only then may it judge others dead, since while its own link
+// is down (a broker election, a partition) everyone looks silent.
+func (l *Leases) healthyFor(now time.Time, d time.Duration) bool {
+	since := l.healthy.Load()
+	return since != 0 && l.nc.IsConnected() && now.Sub(time.Unix(0, since)) >= d
+}
+
+func (l *Leases) heartbeat(ctx context.Context) {
+	t := time.NewTicker(l.cfg.Staleness / 4)
+	defer t.Stop()
+	body, _ := json.Marshal(struct {
+		Roles []string `json:"roles"`
+	}{l.cfg.Roles})
+	for {
+		pctx, cancel := context.WithTimeout(ctx, l.cfg.Staleness/2)
+		_, err := l.b.Nodes.Put(pctx, l.cfg.Node, body)
+		cancel()
+		switch {
+		case err == nil:
+			l.healthy.CompareAndSwap(0, time.Now().UnixNano())
+		case ctx.Err() == nil:
+			if l.healthy.Swap(0) != 0 {
+				l.cfg.Log.Warn("cannot refresh this node's membership; taking over no symbol until it works", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// decideLoop follows both buckets and takes the symbols this node should.
+func (l *Leases) decideLoop(ctx context.Context) error {
+	nodes, err := l.b.Nodes.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer nodes.Stop()
+	live, err := l.b.Live.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer live.Stop()
+	t := time.NewTicker(max(l.cfg.Staleness/8, 50*time.Millisecond))
+	defer t.Stop()
+	settled := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-nodes.Updates():
+			if !ok {
+				return errors.New("cluster: the membership watch ended")
+			}
+			if e == nil {
+				continue // the initial values are in
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				delete(l.members, e.Key()) // left the cluster
+				continue
+			}
+			var m struct {
+				Roles []string `json:"roles"`
+			}
+			json.Unmarshal(e.Value(), &m)
+			l.members[e.Key()] = member{seen: time.Now(), roles: m.Roles}
+		case e, ok := <-live.Updates():
+			if !ok {
+				return errors.New("cluster: the lease watch ended")
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				delete(l.leases, e.Key())
+				continue
+			}
+			var c struct {
+				Owner string `json:"owner"`
+			}
+			json.Unmarshal(e.Value(), &c)
+			l.leases[e.Key()] = view{owner: c.Owner, rev: e.Revision(), value: e.Value()}
+		case <-t.C:
+			now := time.Now()
+			// A full staleness of working link first: every live node has
+			// been heard from by then.
+			if !l.healthyFor(now, l.cfg.Staleness) {
+				continue
+			}
+			if l.cfg.Ingest {
+				l.decide(ctx, now)
+			}
+			if !settled {
+				settled = true
+				if err := l.reg.Settled(ctx); err != nil {
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// liveIngest returns the ingest nodes heard from within the staleness.
+func (l *Leases) liveIngest(now time.Time) []string {
+	out := []string{l.cfg.Node}
+	for name, m := range l.members {
+		if name != l.cfg.Node && now.Sub(m.seen) < l.cfg.Staleness && slices.Contains(m.roles, "ingest") {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func (l *Leases) alive(node string, now time.Time) bool {
+	m, ok := l.members[node]
+	return ok && now.Sub(m.seen) < l.cfg.Staleness
+}
+
+// Pick is the node rendezvous hashing gives symbol among nodes: the one
+// with the highest hash of node and symbol, so that a node's death moves
+// only its own symbols.
+func Pick(symbol string, nodes []string) string {
+	best, bestScore := "", uint64(0)
+	for _, n := range nodes {
+		h := fnv.New64a()
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+		h.Write([]byte(symbol))
+		if s := h.Sum64(); best == "" || s > bestScore || s == bestScore && n < best {
+			best, bestScore = n, s
+		}
+	}
+	return best
+}
+
+func (l *Leases) decide(ctx context.Context, now time.Time) {
+	nodes := l.liveIngest(now)
+	for _, sym := range *l.want.Load() {
+		if l.Owns(sym) || Pick(sym, nodes) != l.cfg.Node {
+			continue
+		}
+		v, ok := l.leases[Key(sym)]
+		if ok && v.owner != "" && v.owner != l.cfg.Node && l.alive(v.owner, now) {
+			continue // owned; ownership stays where it is while its owner lives
+		}
+		if err := l.take(ctx, sym, v, ok); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			l.cfg.Log.Debug("taking a symbol over failed; another node was faster or NATS did not answer", "symbol", sym, "err", err)
+		}
+	}
+}
+
+// take takes symbol's lease with compare-and-set on the revision seen: of
+// all nodes that try, exactly one wins. The checkpoint stays as it was but
+// for its owner, so that if this node dies before its first write, the
+// next one resumes from it all the same.
+func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) error {
+	key := Key(sym)
+	var st engine.State
+	resumable := false
+	value := encodeCheckpoint(l.cfg.Node, engine.State{Symbol: sym, LastID: -1}, nil, time.Now())
+	if exists {
+		c, s, err := decodeCheckpoint(v.value, l.cfg.Intervals)
+		if err == nil && c.LastID >= 0 {
+			st, resumable = s, true
+		}
+		if value2, err := withOwner(v.value, l.cfg.Node); err == nil {
+			value = value2
+		}
+	}
+	tctx, cancel := context.WithTimeout(ctx, l.cfg.Staleness)
+	defer cancel()
+	var rev uint64
+	var err error
+	if exists {
+		rev, err = l.b.Live.Update(tctx, key, value, v.rev)
+	} else {
+		rev, err = l.b.Live.Create(tctx, key, value)
+	}
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.held[sym] = &lease{key: key, rev: rev, lastID: st.LastID, written: time.Now()}
+	if len(st.Open) > 0 {
+		l.held[sym].open = st.Open[0].OpenTime
+	}
+	if resumable {
+		l.taken[sym] = st
+	}
+	l.mu.Unlock()
+	from := v.owner
+	if from != "" && from != l.cfg.Node {
+		l.Takeovers.Add(1)
+	}
+	l.cfg.Log.Info("symbol lease taken", "symbol", sym, "from", from, "resume_after_id", st.LastID, "checkpoint", resumable)
+	return l.reg.Own(ctx, sym, true)
+}
+
+func (l *Leases) checkpointLoop(ctx context.Context) {
+	t := time.NewTicker(l.cfg.CheckpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.checkpoint(ctx, l.cfg.Node)
+	}
+}
+
+// checkpoint writes the owned symbols' checkpoints with owner, once every
+// closed kline before them is acknowledged on the stream.
+func (l *Leases) checkpoint(ctx context.Context, owner string) int {
+	l.mu.Lock()
+	names := make([]string, 0, len(l.held))
+	for name := range l.held {
+		names = append(names, name)
+	}
+	l.mu.Unlock()
+	if len(names) == 0 {
+		return 0
+	}
+	states, err := l.engine.States(ctx, names)
+	if err != nil {
+		return 0
+	}
+	// Marked after the states: every closed kline emitted before them is
+	// queued by now.
+	mark := l.pub.Mark()
+	wctx, cancel := context.WithTimeout(ctx, max(l.cfg.Staleness, 5*time.Second))
+	err = l.pub.WaitAcked(wctx, mark)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			l.cfg.Log.Warn("closed klines not yet acknowledged on the stream; checkpoints wait", "err", err)
+		}
+		return 0
+	}
+	var g errgroup.Group
+	g.SetLimit(16)
+	var written atomic.Int64
+	now := time.Now()
+	for _, st := range states {
+		l.mu.Lock()
+		ls := l.held[st.Symbol]
+		var rev uint64
+		changed := false
+		if ls != nil {
+			rev = ls.rev
+			changed = st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node
+		}
+		l.mu.Unlock()
+		// A symbol not traded since its seed has no aggregate id to resume
+		// from: the lease's checkpoint stays as it is.
+		if ls == nil || st.LastID < 0 || !changed {
+			continue
+		}
+		value := encodeCheckpoint(owner, st, l.cfg.Intervals, now)
+		g.Go(func() error {
+			tctx, cancel := context.WithTimeout(ctx, l.cfg.Staleness)
+			defer cancel()
+			nrev, err := l.b.Live.Update(tctx, ls.key, value, rev)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+				l.lose(ctx, st.Symbol)
+			case err != nil:
+				if ctx.Err() == nil {
+					l.cfg.Log.Debug("writing a checkpoint failed; retrying", "symbol", st.Symbol, "err", err)
+				}
+			default:
+				written.Add(1)
+				l.mu.Lock()
+				if l.held[st.Symbol] == ls {
+					ls.rev, ls.lastID, ls.written = nrev, st.LastID, now
+					if len(st.Open) > 0 {
+						ls.open = st.Open[0].OpenTime
+					}
+				}
+				l.mu.Unlock()
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	return int(written.Load())
+}
+
+// lose drops a symbol whose lease another node has taken.
+func (l *Leases) lose(ctx context.Context, sym string) {
+	l.mu.Lock()
+	_, ok := l.held[sym]
+	delete(l.held, sym)
+	delete(l.taken, sym)
+	l.mu.Unlock()
+	if !ok {
+		return
+	}
+	l.Lost.Add(1)
+	l.cfg.Log.Warn("symbol lease taken by another node; dropping the symbol", "symbol", sym)
+	l.reg.Own(ctx, sym, false)
+}
+
+// Release hands every owned symbol back, for a clean stop: after the
+// inputs stopped and while the engine still runs, it writes each symbol's
+// last checkpoint with no owner and leaves the membership bucket, so that
+// other nodes take the symbols over at once.
+func (l *Leases) Release(ctx context.Context) error {
+	if l.cfg.Ingest {
+		n := l.checkpoint(ctx, "")
+		l.cfg.Log.Info("symbol leases released", "symbols", n)
+	}
+	l.mu.Lock()
+	clear(l.held)
+	l.mu.Unlock()
+	if err := l.b.Nodes.Delete(ctx, l.cfg.Node); err != nil {
+		return err
+	}
+	return nil
+}

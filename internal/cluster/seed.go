@@ -1,0 +1,59 @@
+package cluster
+
+import (
+	"context"
+
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// History seeds and backfills symbols from the exchange: history.History.
+type History interface {
+	Seed(ctx context.Context, symbol string) (m0 int64, err error)
+	Backfill(ctx context.Context, symbol string, m0 int64, progress func()) error
+	BackfillRequests() int
+}
+
+// Seeds takes a symbol's open klines: the engine.
+type Seeds interface {
+	Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline, through int64) error
+}
+
+// Resumer starts a symbol's trades at an aggregate id: the router.
+type Resumer interface {
+	Resume(ctx context.Context, symbol string, next int64, trades []kline.Trade) error
+}
+
+// Seeder seeds a symbol this node has taken over from its checkpoint: the
+// open klines as its last owner left them, and the trades from the
+// checkpoint's aggregate id + 1, with no REST weight for the klines. A
+// symbol without a checkpoint to resume from is seeded from the exchange
+// as a single node does. It is the registry's History.
+type Seeder struct {
+	History
+	leases *Leases
+	engine Seeds
+	router Resumer
+	ivs    []kline.Interval
+}
+
+// NewSeeder returns a seeder over hist for the symbols leases takes.
+func NewSeeder(hist History, leases *Leases, engine Seeds, router Resumer, ivs []kline.Interval) *Seeder {
+	return &Seeder{History: hist, leases: leases, engine: engine, router: router, ivs: ivs}
+}
+
+// Seed seeds symbol from its checkpoint where it has one. It returns 0:
+// the klines before the checkpoint are the earlier owners' and are stored.
+func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
+	st, ok := s.leases.Taken(symbol)
+	if !ok {
+		return s.History.Seed(ctx, symbol)
+	}
+	for i, iv := range s.ivs {
+		if i < len(st.Open) && st.Open[i].OpenTime != 0 {
+			if err := s.engine.Seed(ctx, symbol, iv, st.Open[i], 0); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return 0, s.router.Resume(ctx, symbol, st.LastID+1, nil)
+}
