@@ -89,7 +89,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		if len(got) == 0 {
 			continue
 		}
-		if err := s.commit(ctx, batch); err != nil {
+		if err := s.commit(ctx, batch, got); err != nil {
 			return nil // ctx ended before the store took the batch: it is redelivered
 		}
 		// Each message is acknowledged on its own: sinks sharing the
@@ -105,15 +105,20 @@ func (s *Sink) Run(ctx context.Context) error {
 	return nil
 }
 
-// commit writes batch, retrying while the store fails, until ctx ends.
-func (s *Sink) commit(ctx context.Context, batch []kline.Update) error {
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+// commit writes batch, retrying while the store fails, until ctx ends;
+// meanwhile it tells the broker that msgs are in progress, so that they
+// are not redelivered to another sink that could not store them either.
+func (s *Sink) commit(ctx context.Context, batch []kline.Update, msgs []jetstream.Msg) error {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, AckWait/2) {
 		err := s.store.Upsert(batch)
 		if err == nil {
 			s.Stored.Add(int64(len(batch)))
 			return nil
 		}
 		s.log.Warn("storing klines from the stream failed; retrying", "klines", len(batch), "err", err, "retry_in", wait)
+		for _, m := range msgs {
+			m.InProgress()
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -121,6 +126,11 @@ func (s *Sink) commit(ctx context.Context, batch []kline.Update) error {
 		}
 	}
 }
+
+// AckWait is how long a message a sink fetched waits for its
+// acknowledgement before it goes to another sink: a sink that died holds
+// back its messages this long. A sink retrying a failing store extends it.
+const AckWait = 5 * time.Second
 
 // errNoStream is returned while the stream does not exist yet.
 var errNoStream = fmt.Errorf("bus: stream %s does not exist yet", Stream)
@@ -136,6 +146,6 @@ func (s *Sink) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	return st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		// A sink that dies leaves its messages to the others after AckWait.
 		Durable: s.durable, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxAckPending: 4 * s.batch, AckWait: 15 * time.Second,
+		MaxAckPending: 4 * s.batch, AckWait: AckWait,
 	})
 }

@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
 	"net"
 	"os"
 	"os/exec"
@@ -14,13 +18,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/bus"
 	"github.com/klagg/klagg/internal/cluster"
 	"github.com/klagg/klagg/internal/fakex"
 	"github.com/klagg/klagg/internal/klaggproc"
+	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store/postgres"
 )
 
@@ -201,6 +208,16 @@ func TestCluster(t *testing.T) {
 	}
 	wg.Wait()
 	r.liveAt = r.x.Now()
+	var syms []string
+	for sym, status := range r.x.Symbols() {
+		if status == "TRADING" {
+			syms = append(syms, sym)
+		}
+	}
+	watchers := make([]*closings, len(nodes))
+	for i, n := range nodes {
+		watchers[i] = watchClosings(t, n.k.Base(), syms)
+	}
 	r.until(3*time.Minute + 30*time.Second)
 	byNode := own.owned()
 	victim := nodes[0]
@@ -220,8 +237,16 @@ func TestCluster(t *testing.T) {
 	if len(after[victim.name]) > 0 {
 		t.Fatalf("%v still owned by the killed %s", after[victim.name], victim.name)
 	}
+	published := streamLast(t, url)
 	r.startNode(victim)
 	r.until(9 * time.Minute)
+	// The killed node's sink held messages it had fetched: they go to the
+	// other sinks after bus.AckWait. REST reads PostgreSQL, so it is
+	// compared once they are stored.
+	waitStored(t, url, published)
+	for _, n := range nodes {
+		checkREST(t, r, n.name, n.k.Base(), syms)
+	}
 	for _, n := range nodes {
 		if err := n.k.Stop(time.Minute); err != nil {
 			t.Fatalf("%s did not exit 0 on SIGTERM: %v", n.name, err)
@@ -231,6 +256,12 @@ func TestCluster(t *testing.T) {
 	// for a sink: one started now writes them, as the next start would.
 	drainStream(t, url, r.pgURL)
 	r.check(9 * time.Minute)
+	for i, n := range nodes {
+		if n == victim {
+			continue
+		}
+		watchers[i].check(t, r, n.name, syms)
+	}
 	own.mu.Lock()
 	defer own.mu.Unlock()
 	for sym, seq := range own.seq {
@@ -290,5 +321,197 @@ func drainStream(t *testing.T, url, pgURL string) {
 			t.Fatalf("the stream still has %d klines to store", info.NumPending+uint64(info.NumAckPending))
 		case <-time.After(100 * time.Millisecond): // polling the broker's state
 		}
+	}
+}
+
+// closings are the 1m closing events one WebSocket client received.
+type closings struct {
+	mu     sync.Mutex
+	events map[string]map[int64]kline.Kline // symbol → open time → kline
+}
+
+// watchClosings subscribes to the 1m klines of syms on the node at base
+// and records every closing event until the node closes the connection.
+func watchClosings(t *testing.T, base string, syms []string) *closings {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/market/stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadLimit(1 << 20)
+	t.Cleanup(func() { c.CloseNow() })
+	var names []string
+	for _, s := range syms {
+		names = append(names, binance.KlineStream(s, "1m"))
+	}
+	if err := c.Write(ctx, websocket.MessageText, binance.StreamRequest("SUBSCRIBE", names, 1)); err != nil {
+		t.Fatal(err)
+	}
+	w := &closings{events: map[string]map[int64]kline.Kline{}}
+	go func() {
+		for {
+			_, b, err := c.Read(context.Background())
+			if err != nil {
+				return
+			}
+			ev, err := binance.ParseKlineEvent(b)
+			if err != nil || !ev.K.Closed {
+				continue
+			}
+			k, err := ev.K.Kline()
+			if err != nil {
+				continue
+			}
+			k.Closed = true
+			w.mu.Lock()
+			if w.events[ev.Symbol] == nil {
+				w.events[ev.Symbol] = map[int64]kline.Kline{}
+			}
+			w.events[ev.Symbol][k.OpenTime] = k
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+// check requires a closing event for every minute of every symbol from
+// the client's first to its last, each equal to the exchange's kline.
+func (w *closings) check(t *testing.T, r *run, node string, syms []string) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	compared := 0
+	for _, sym := range syms {
+		ev := w.events[sym]
+		if len(ev) < 5 {
+			t.Errorf("%s: a client got %d closing events of %s", node, len(ev), sym)
+			continue
+		}
+		first, last := int64(math.MaxInt64), int64(0)
+		for open := range ev {
+			first, last = min(first, open), max(last, open)
+		}
+		// The first minute may have closed before the subscription.
+		for _, ref := range r.x.ReferenceKlines(sym, kline.OneMinute(), first+60_000, last) {
+			got, ok := ev[ref.OpenTime]
+			ref.Closed = true
+			switch {
+			case !ok:
+				t.Errorf("%s: no closing event of %s %s", node, sym, ms(ref.OpenTime))
+			case !sameAsRow(got, ref):
+				t.Errorf("%s: closing event of %s %s:\n got %+v\nwant %+v", node, sym, ms(ref.OpenTime), got, ref)
+			default:
+				compared++
+			}
+		}
+	}
+	t.Logf("%s: %d closing events on one WebSocket client equal the exchange's", node, compared)
+}
+
+// checkREST requires the node's REST klines of every symbol and interval
+// to equal the exchange's, every kline closed a few seconds ago or more,
+// with no gap.
+func checkREST(t *testing.T, r *run, node, base string, syms []string) {
+	t.Helper()
+	ivs, err := kline.ParseIntervals(strings.Trim(strings.ReplaceAll(testIntervals, `"`, ""), "[]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := r.x.Now().UnixMilli()
+	compared := 0
+	for _, sym := range syms {
+		for _, iv := range ivs {
+			resp, err := http.Get(fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=%s&limit=1500", base, url.QueryEscape(sym), iv))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var rows [][]json.RawMessage
+			if err := json.Unmarshal(body, &rows); err != nil {
+				t.Fatalf("%s: klines of %s %s: %s", node, sym, iv, body)
+			}
+			var got []kline.Kline
+			for _, row := range rows {
+				k, _, err := binance.ParseKlineArray(row)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if k.CloseTime < now-5_000 {
+					got = append(got, k)
+				}
+			}
+			if len(got) == 0 {
+				continue
+			}
+			ref := r.x.ReferenceKlines(sym, iv, got[0].OpenTime, got[len(got)-1].OpenTime)
+			if len(ref) != len(got) {
+				t.Errorf("%s: %s %s: %d klines from %s to %s, the exchange has %d", node, sym, iv, len(got), ms(got[0].OpenTime), ms(got[len(got)-1].OpenTime), len(ref))
+				continue
+			}
+			for i := range ref {
+				if !sameAsRow(got[i], ref[i]) {
+					t.Errorf("%s: %s %s %s:\n got %+v\nwant %+v", node, sym, iv, ms(ref[i].OpenTime), got[i], ref[i])
+					break
+				}
+				compared++
+			}
+		}
+	}
+	t.Logf("%s: %d closed klines from REST equal the exchange's", node, compared)
+}
+
+// streamLast is the kline stream's last sequence.
+func streamLast(t *testing.T, url string) uint64 {
+	t.Helper()
+	_, info := sinkInfo(t, url)
+	return info.Delivered.Stream
+}
+
+// sinkInfo returns the stream's and the sink consumer's state.
+func sinkInfo(t *testing.T, url string) (*jetstream.StreamInfo, *jetstream.ConsumerInfo) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, bus.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := st.Consumer(ctx, "klagg-sink")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return si, ci
+}
+
+// waitStored waits until the sinks have stored every message up to
+// stream sequence seq.
+func waitStored(t *testing.T, url string, seq uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; {
+		_, ci := sinkInfo(t, url)
+		if ci.AckFloor.Stream >= seq {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sinks stored the stream up to %d, not yet %d", ci.AckFloor.Stream, seq)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the broker's state
 	}
 }

@@ -58,6 +58,7 @@ type Service struct {
 	Leases    *cluster.Leases
 	Publisher *bus.Publisher
 	Sink      *bus.Sink
+	Feed      *cluster.Feed
 	// Progress, if set, is told about backfill progress (for a terminal bar).
 	Progress func(done, total int)
 
@@ -180,6 +181,16 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
 		}, s.Engine, s.Publisher)
 		hist, owner = cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals), s.Leases
+		if cfg.Has(config.RoleServe) {
+			var out []engine.Sink
+			for _, c := range consumers {
+				out = append(out, c)
+			}
+			s.Feed = cluster.NewFeed(js, buckets, s.Leases, out, cfg.Intervals, log.With("part", "feed"))
+			if w, ok := st.(interface{ Written([]kline.Update) }); ok {
+				s.Feed.Closed = w.Written
+			}
+		}
 	}
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
@@ -346,6 +357,9 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	if s.Sink != nil {
 		in.Go("kline sink", func() error { return s.Sink.Run(inCtx) })
+	}
+	if s.Feed != nil {
+		in.Go("cluster feed", func() error { return s.Feed.Run(inCtx) })
 	}
 	s.status(inCtx)
 	return nil

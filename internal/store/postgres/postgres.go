@@ -183,6 +183,11 @@ WHERE (klines.close_time, klines.open, klines.high, klines.low, klines.close, kl
 	excluded.quote_volume, excluded.trades, excluded.taker_buy_volume, excluded.taker_buy_quote_volume,
 	excluded.first_trade_id, excluded.last_trade_id, excluded.closed)`
 
+// Written tells the store that another process wrote closed klines to its
+// database (a cluster's sink on another node): copies readers keep of
+// those series are stale.
+func (s *Store) Written(updates []kline.Update) { s.versions.Count(updates) }
+
 // ClosedVersion changes whenever this process writes a closed kline of
 // symbol and iv.
 func (s *Store) ClosedVersion(symbol string, iv kline.Interval) uint64 {

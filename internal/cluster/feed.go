@@ -1,0 +1,141 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/klagg/klagg/internal/bus"
+	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// Owner tells which symbols this node builds itself: the leases.
+type Owner interface {
+	Owns(symbol string) bool
+}
+
+// Feed shows a serve node the klines other nodes build: the open ones from
+// their checkpoints in the lease bucket (about once a second), the closed
+// ones from the kline stream as they are published. It hands them to the
+// node's consumers (the WebSocket server, which REST reads the newest
+// klines from) as the engine hands its own, for every symbol the node does
+// not own; Closed, if set, is told of each closed kline first, so that
+// readers' copies of what the store holds are known to be stale.
+type Feed struct {
+	js     jetstream.JetStream
+	b      Buckets
+	owner  Owner
+	sinks  []engine.Sink
+	ivs    []kline.Interval
+	log    *slog.Logger
+	Closed func(updates []kline.Update)
+
+	// Owned by Run: per series, the open time of the newest closed kline
+	// handed on, so that an older checkpoint's open copy of it is not.
+	closed map[[2]string]int64
+
+	Klines atomic.Int64 // klines handed on
+}
+
+// NewFeed returns a feed to sinks; start it with Run.
+func NewFeed(js jetstream.JetStream, b Buckets, owner Owner, sinks []engine.Sink, ivs []kline.Interval, log *slog.Logger) *Feed {
+	return &Feed{js: js, b: b, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}}
+}
+
+// Run feeds until ctx ends.
+func (f *Feed) Run(ctx context.Context) error {
+	live, err := f.b.Live.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("cluster: watch %s: %w", LiveBucket, err)
+	}
+	defer live.Stop()
+	// Only what is published from now on: what came before is in the store.
+	cons, err := f.js.OrderedConsumer(ctx, bus.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		return fmt.Errorf("cluster: follow the kline stream: %w", err)
+	}
+	msgs := make(chan jetstream.Msg, 4096)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: follow the kline stream: %w", err)
+	}
+	defer cc.Stop()
+	var batch []kline.Update
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			batch = f.closedKline(batch, m)
+			for len(batch) < 1024 { // what else has come, in one hand-over
+				select {
+				case m := <-msgs:
+					batch = f.closedKline(batch, m)
+					continue
+				default:
+				}
+				break
+			}
+			if len(batch) > 0 && f.Closed != nil {
+				f.Closed(batch)
+			}
+		case e, ok := <-live.Updates():
+			if !ok {
+				return errors.New("cluster: the lease watch ended")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			batch = f.openKlines(batch, e.Value())
+		}
+		if len(batch) > 0 {
+			f.Klines.Add(int64(len(batch)))
+			for _, s := range f.sinks {
+				s.Publish(batch)
+			}
+		}
+	}
+}
+
+func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update {
+	u, err := bus.Decode(m.Data())
+	if err != nil {
+		f.log.Warn("left out a message that is not a kline", "subject", m.Subject(), "err", err)
+		return batch
+	}
+	if f.owner.Owns(u.Symbol) {
+		return batch // this node's engine handed it on already
+	}
+	key := [2]string{u.Symbol, u.Interval.String()}
+	f.closed[key] = max(f.closed[key], u.OpenTime)
+	return append(batch, u)
+}
+
+func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
+	c, st, err := decodeCheckpoint(value, f.ivs)
+	if err != nil {
+		f.log.Warn("left out a malformed checkpoint", "err", err)
+		return batch
+	}
+	if c.Owner == "" || f.owner.Owns(c.Symbol) {
+		return batch
+	}
+	for i, k := range st.Open {
+		if k.OpenTime == 0 || k.OpenTime <= f.closed[[2]string{c.Symbol, f.ivs[i].String()}] {
+			continue
+		}
+		batch = append(batch, kline.Update{Symbol: c.Symbol, Interval: f.ivs[i], Kline: k})
+	}
+	return batch
+}
