@@ -1,0 +1,233 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store/storetest"
+)
+
+func TestPick(t *testing.T) {
+	nodes := []string{"a", "b", "c"}
+	count := map[string]int{}
+	picks := map[string]string{}
+	for i := range 3000 {
+		sym := fmt.Sprintf("S%04dUSDT", i)
+		picks[sym] = Pick(sym, nodes)
+		count[picks[sym]]++
+	}
+	for _, n := range nodes {
+		if count[n] < 800 || count[n] > 1200 {
+			t.Errorf("node %s has %d of 3000 symbols: %v", n, count[n], count)
+		}
+	}
+	// Without c, only c's symbols move.
+	for sym, n := range picks {
+		if got := Pick(sym, []string{"b", "a"}); n != "c" && got != n {
+			t.Fatalf("%s moved from %s to %s when c left", sym, n, got)
+		}
+	}
+}
+
+func TestKeyAndCheckpoint(t *testing.T) {
+	if Key("BTCUSDT") != "BTCUSDT" || Key("1000PEPE_USDT") != "1000PEPE_USDT" {
+		t.Error("plain symbols are their own keys")
+	}
+	if k := Key("币安人生USDT"); !strings.HasPrefix(k, "=") || k == Key("币安人生USDC") {
+		t.Errorf("key of a non-ASCII symbol: %q", k)
+	}
+	ivs := []kline.Interval{kline.OneMinute(), kline.MustInterval("1h"), kline.MustInterval("1d")}
+	st := engine.State{Symbol: "币安人生USDT", LastID: 42, Open: []kline.Kline{storetest.Kline(60_000, 1), storetest.Kline(3_600_000, 1), {}}}
+	for i := range st.Open[:2] {
+		st.Open[i].Closed = false
+		st.Open[i].CloseTime = ivs[i].CloseTime(st.Open[i].OpenTime)
+	}
+	b := encodeCheckpoint("node-1", st, ivs, time.UnixMilli(5))
+	c, got, err := decodeCheckpoint(b, ivs)
+	if err != nil || c.Owner != "node-1" || got.Symbol != st.Symbol || got.LastID != 42 || len(got.Open) != 3 {
+		t.Fatalf("decoded %+v %+v, %v", c, got, err)
+	}
+	for i := range ivs {
+		if got.Open[i] != st.Open[i] {
+			t.Errorf("%s: got %+v, want %+v", ivs[i], got.Open[i], st.Open[i])
+		}
+	}
+	b2, err := withOwner(b, "")
+	if c2, got2, err2 := decodeCheckpoint(b2, ivs); err != nil || err2 != nil || c2.Owner != "" || got2.Open[1] != st.Open[1] {
+		t.Fatalf("released checkpoint %s: %v %v", b2, err, err2)
+	}
+}
+
+// fakeEngine says each symbol stands at an aggregate id that grows.
+type fakeEngine struct {
+	mu   sync.Mutex
+	last map[string]int64
+}
+
+func (e *fakeEngine) States(_ context.Context, syms []string) ([]engine.State, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []engine.State
+	for _, s := range syms {
+		e.last[s]++
+		out = append(out, engine.State{Symbol: s, LastID: e.last[s], Open: []kline.Kline{{OpenTime: 60_000, CloseTime: 119_999}}})
+	}
+	return out, nil
+}
+
+type acked struct{}
+
+func (acked) Mark() uint64                            { return 0 }
+func (acked) WaitAcked(context.Context, uint64) error { return nil }
+func (r *registry) Settled(context.Context) error     { return nil }
+func (r *registry) Own(_ context.Context, s string, owned bool) error {
+	r.ch <- ownership{r.node, s, owned}
+	return nil
+}
+
+type ownership struct {
+	node, symbol string
+	owned        bool
+}
+
+type registry struct {
+	node string
+	ch   chan ownership
+}
+
+// TestLeases: two nodes share twenty symbols; when one stops (no release,
+// as a kill), the other takes its symbols over with their checkpoints;
+// a node whose checkpoint write is refused drops the symbol.
+func TestLeases(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(ns.Shutdown)
+	ch := make(chan ownership, 1000)
+	var syms []string
+	for i := range 20 {
+		syms = append(syms, fmt.Sprintf("S%02dUSDT", i))
+	}
+	start := func(node string) (*Leases, context.CancelFunc, chan error) {
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		b, err := EnsureBuckets(context.Background(), js, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := NewLeases(nc, b, Config{Node: node, Ingest: true, Roles: []string{"ingest"}, Staleness: 300 * time.Millisecond,
+			CheckpointEvery: 20 * time.Millisecond, Intervals: []kline.Interval{kline.OneMinute()}, Log: slog.New(slog.DiscardHandler)},
+			&fakeEngine{last: map[string]int64{}}, acked{})
+		l.Want(syms)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx, &registry{node, ch}) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return l, cancel, done
+	}
+	owners := map[string]string{}
+	wait := func(what string, until func() bool) {
+		t.Helper()
+		timeout := time.After(20 * time.Second)
+		poll := time.NewTicker(10 * time.Millisecond) // for conditions no event announces
+		defer poll.Stop()
+		for !until() {
+			select {
+			case <-poll.C:
+			case o := <-ch:
+				if o.owned {
+					owners[o.symbol] = o.node
+				} else if owners[o.symbol] == o.node {
+					delete(owners, o.symbol)
+				}
+			case <-timeout:
+				t.Fatalf("%s: owners %v", what, owners)
+			}
+		}
+	}
+	a, stopA, doneA := start("a")
+	b, _, _ := start("b")
+	wait("every symbol owned", func() bool { return len(owners) == 20 && a.Held()+b.Held() == 20 })
+	var fromA []string
+	for sym, n := range owners {
+		if n == "a" {
+			fromA = append(fromA, sym)
+		}
+	}
+	if len(fromA) == 0 || len(fromA) == 20 {
+		t.Fatalf("a owns %d of 20 symbols; rendezvous hashing should split them", len(fromA))
+	}
+	wait("a has written its checkpoints", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, ls := range a.held {
+			if ls.lastID <= 0 {
+				return false
+			}
+		}
+		return true
+	})
+	stopA()
+	<-doneA
+	doneA <- nil
+	wait("b owns every symbol", func() bool { return b.Held() == 20 && len(owners) == 20 && !containsOwner(owners, "a") })
+	for _, sym := range syms {
+		if owners[sym] != "b" {
+			t.Fatalf("%s owned by %s", sym, owners[sym])
+		}
+	}
+	if n := b.Takeovers.Load(); n != int64(len(fromA)) {
+		t.Errorf("%d takeovers counted, want %d", n, len(fromA))
+	}
+	// Each checkpoint a wrote is b's to resume from, once.
+	if st, ok := b.Taken(fromA[0]); !ok || st.LastID <= 0 || st.Open[0].OpenTime != 60_000 {
+		t.Errorf("checkpoint of %s taken from a: %+v %v", fromA[0], st, ok)
+	}
+	if _, ok := b.Taken(fromA[0]); ok {
+		t.Error("a checkpoint taken twice")
+	}
+
+	// Another node writes S00USDT's lease: b's next checkpoint is refused
+	// and b drops the symbol.
+	e, err := b.b.Live.Get(context.Background(), Key("S00USDT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := withOwner(e.Value(), "c")
+	if _, err := b.b.Live.Update(context.Background(), Key("S00USDT"), v, e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	wait("b drops the symbol c took", func() bool { return owners["S00USDT"] == "" })
+	if b.Lost.Load() != 1 || b.Owns("S00USDT") {
+		t.Fatalf("lost %d, owns %v", b.Lost.Load(), b.Owns("S00USDT"))
+	}
+}
+
+func containsOwner(owners map[string]string, node string) bool {
+	for _, n := range owners {
+		if n == node {
+			return true
+		}
+	}
+	return false
+}
