@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/kline"
@@ -59,7 +60,15 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 	}
 	for ctx.Err() == nil {
-		msgs, err := cons.Fetch(s.batch, jetstream.FetchMaxWait(time.Second))
+		// Wait for one message, then take what else is there: a batch
+		// that waited to fill would hold klines back from readers of the
+		// store for the whole wait.
+		var batch []kline.Update
+		var got []jetstream.Msg
+		err := s.fetch(cons, &batch, &got, 1, true)
+		if err == nil && len(got) > 0 {
+			err = s.fetch(cons, &batch, &got, s.batch-1, false)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -70,21 +79,6 @@ func (s *Sink) Run(ctx context.Context) error {
 			case <-time.After(time.Second):
 			}
 			continue
-		}
-		var batch []kline.Update
-		var got []jetstream.Msg
-		for m := range msgs.Messages() {
-			got = append(got, m)
-			u, err := Decode(m.Data())
-			if err != nil {
-				s.Malformed.Add(1)
-				s.log.Warn("left out a message that is not a kline", "subject", m.Subject(), "err", err)
-				continue
-			}
-			batch = append(batch, u)
-		}
-		if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
-			s.log.Debug("fetch ended early", "err", err)
 		}
 		if len(got) == 0 {
 			continue
@@ -125,6 +119,35 @@ func (s *Sink) commit(ctx context.Context, batch []kline.Update, msgs []jetstrea
 		case <-time.After(wait):
 		}
 	}
+}
+
+// fetch appends up to n messages to got, and the klines among them to
+// batch: waiting up to a second for them, or only for what is there.
+func (s *Sink) fetch(cons jetstream.Consumer, batch *[]kline.Update, got *[]jetstream.Msg, n int, wait bool) error {
+	var msgs jetstream.MessageBatch
+	var err error
+	if wait {
+		msgs, err = cons.Fetch(n, jetstream.FetchMaxWait(time.Second))
+	} else {
+		msgs, err = cons.FetchNoWait(n)
+	}
+	if err != nil {
+		return err
+	}
+	for m := range msgs.Messages() {
+		*got = append(*got, m)
+		u, err := Decode(m.Data())
+		if err != nil {
+			s.Malformed.Add(1)
+			s.log.Warn("left out a message that is not a kline", "subject", m.Subject(), "err", err)
+			continue
+		}
+		*batch = append(*batch, u)
+	}
+	if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+		s.log.Debug("fetch ended early", "err", err)
+	}
+	return nil
 }
 
 // AckWait is how long a message a sink fetched waits for its

@@ -316,12 +316,11 @@ func (l *Leases) decide(ctx context.Context, now time.Time) {
 // next one resumes from it all the same.
 func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) error {
 	key := Key(sym)
-	var st engine.State
+	st := engine.State{Symbol: sym, LastID: -1}
 	resumable := false
-	value := encodeCheckpoint(l.cfg.Node, engine.State{Symbol: sym, LastID: -1}, nil, time.Now())
+	value := encodeCheckpoint(l.cfg.Node, st, nil, time.Now())
 	if exists {
-		c, s, err := decodeCheckpoint(v.value, l.cfg.Intervals)
-		if err == nil && c.LastID >= 0 {
+		if _, s, err := decodeCheckpoint(v.value, l.cfg.Intervals); err == nil && len(s.Open) > 0 && s.Open[0].OpenTime != 0 {
 			st, resumable = s, true
 		}
 		if value2, err := withOwner(v.value, l.cfg.Node); err == nil {
@@ -412,9 +411,11 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 			changed = st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node
 		}
 		l.mu.Unlock()
-		// A symbol not traded since its seed has no aggregate id to resume
-		// from: the lease's checkpoint stays as it is.
-		if ls == nil || st.LastID < 0 || !changed {
+		// A symbol not yet seeded has nothing to write, and one not traded
+		// since it resumed at a known aggregate id keeps that id in its
+		// checkpoint. One not traded since a seed from the exchange is
+		// written without an id: its taker resynchronizes it from klines.
+		if ls == nil || !changed || len(st.Open) == 0 || st.Open[0].OpenTime == 0 || st.LastID < 0 && ls.lastID >= 0 {
 			continue
 		}
 		value := encodeCheckpoint(owner, st, l.cfg.Intervals, now)

@@ -11,6 +11,7 @@ type History interface {
 	Seed(ctx context.Context, symbol string) (m0 int64, err error)
 	Backfill(ctx context.Context, symbol string, m0 int64, progress func()) error
 	BackfillRequests() int
+	Resync(ctx context.Context, symbol string, since int64) error
 }
 
 // Seeds takes a symbol's open klines: the engine.
@@ -43,9 +44,15 @@ func NewSeeder(hist History, leases *Leases, engine Seeds, router Resumer, ivs [
 
 // Seed seeds symbol from its checkpoint where it has one. It returns 0:
 // the klines before the checkpoint are the earlier owners' and are stored.
+//
+// A checkpoint without an aggregate id is of a symbol that had no trade
+// since its owner seeded it (a quiet market): its open klines are seeded
+// all the same and then resynchronized from the exchange's klines through
+// the engine, so that the klines closed since reach the stream (and every
+// subscriber) corrected, as after any gap.
 func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
 	st, ok := s.leases.Taken(symbol)
-	if !ok {
+	if !ok || len(st.Open) == 0 || st.Open[0].OpenTime == 0 {
 		return s.History.Seed(ctx, symbol)
 	}
 	for i, iv := range s.ivs {
@@ -54,6 +61,9 @@ func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
 				return 0, err
 			}
 		}
+	}
+	if st.LastID < 0 {
+		return 0, s.History.Resync(ctx, symbol, st.Open[0].OpenTime)
 	}
 	return 0, s.router.Resume(ctx, symbol, st.LastID+1, nil)
 }

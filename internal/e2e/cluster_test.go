@@ -165,18 +165,11 @@ func (o *owners) owned() map[string][]string {
 	return out
 }
 
-// TestCluster runs three klagg nodes, each taking every role, on one NATS
-// server and the local PostgreSQL, and kills the node that owns the most
-// symbols with kill -9 in the middle of a minute, then restarts it. Its
-// symbols move to the other two, which resume them from their checkpoints:
-// every closed kline of every interval in PostgreSQL equals the exchange's,
-// with no gap, and each symbol's lease changed owner only at the kill (and
-// never flapped).
-func TestCluster(t *testing.T) {
-	r := newRun(t, fakex.Config{Symbols: 12}, "")
-	r.usePostgres()
-	url := natsServer(t)
-	own := watchOwners(t, url)
+// startCluster writes the configs of three nodes taking every role on the
+// NATS servers at urls (comma-separated), with extra keys of [cluster],
+// and starts them.
+func (r *run) startCluster(urls, extra string) []*node {
+	t := r.t
 	data, err := os.ReadFile(r.conf)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +177,7 @@ func TestCluster(t *testing.T) {
 	nodes := make([]*node, 3)
 	for i := range nodes {
 		n := &node{name: fmt.Sprintf("node-%d", i+1), conf: filepath.Join(r.dir, fmt.Sprintf("node-%d.toml", i+1))}
-		cfg := string(data) + fmt.Sprintf("\n[cluster]\nnats_url = %q\nnode = %q\nstaleness = \"2s\"\n", url, n.name)
+		cfg := string(data) + fmt.Sprintf("\n[cluster]\nnats_url = %q\nnode = %q\nstaleness = \"2s\"\n%s\n", urls, n.name, extra)
 		if err := os.WriteFile(n.conf, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -199,6 +192,9 @@ func TestCluster(t *testing.T) {
 			if t.Failed() {
 				lines := append(n.earlier, n.k.Lines()...)
 				t.Logf("%s log (last 40 lines):\n%s", n.name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+				if dir := os.Getenv("KLAGG_E2E_LOGS"); dir != "" {
+					os.WriteFile(filepath.Join(dir, n.name+".log"), []byte(strings.Join(lines, "\n")), 0o644)
+				}
 			}
 		}
 	})
@@ -207,6 +203,22 @@ func TestCluster(t *testing.T) {
 		wg.Go(func() { r.startNode(n) })
 	}
 	wg.Wait()
+	return nodes
+}
+
+// TestCluster runs three klagg nodes, each taking every role, on one NATS
+// server and the local PostgreSQL, and kills the node that owns the most
+// symbols with kill -9 in the middle of a minute, then restarts it. Its
+// symbols move to the other two, which resume them from their checkpoints:
+// every closed kline of every interval in PostgreSQL equals the exchange's,
+// with no gap, and each symbol's lease changed owner only at the kill (and
+// never flapped).
+func TestCluster(t *testing.T) {
+	r := newRun(t, fakex.Config{Symbols: 30}, "")
+	r.usePostgres()
+	url := natsServer(t)
+	own := watchOwners(t, url)
+	nodes := r.startCluster(url, "")
 	r.liveAt = r.x.Now()
 	var syms []string
 	for sym, status := range r.x.Symbols() {
@@ -448,7 +460,13 @@ func checkREST(t *testing.T, r *run, node, base string, syms []string) {
 			}
 			ref := r.x.ReferenceKlines(sym, iv, got[0].OpenTime, got[len(got)-1].OpenTime)
 			if len(ref) != len(got) {
-				t.Errorf("%s: %s %s: %d klines from %s to %s, the exchange has %d", node, sym, iv, len(got), ms(got[0].OpenTime), ms(got[len(got)-1].OpenTime), len(ref))
+				missing := ""
+				for i, k := range got {
+					if i > 0 && k.OpenTime != iv.Next(got[i-1].OpenTime) {
+						missing += " after " + ms(got[i-1].OpenTime)
+					}
+				}
+				t.Errorf("%s: %s %s: %d klines from %s to %s, the exchange has %d; gaps%s", node, sym, iv, len(got), ms(got[0].OpenTime), ms(got[len(got)-1].OpenTime), len(ref), missing)
 				continue
 			}
 			for i := range ref {
