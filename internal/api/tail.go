@@ -97,6 +97,13 @@ func (c *tails) get(ctx context.Context, st Store, v versioned, symbol string, i
 	return t, nil
 }
 
+// drop forgets the tail of symbol and iv.
+func (c *tails) drop(symbol string, iv kline.Interval) {
+	c.mu.Lock()
+	delete(c.m, [2]string{symbol, iv.String()})
+	c.mu.Unlock()
+}
+
 // appendLatest appends the latest limit klines of q's series as a JSON
 // array: the cached closed rows, then the rows after them in the store with
 // the klines in memory laid over them.
@@ -108,6 +115,18 @@ func (s *Server) appendLatest(ctx context.Context, b []byte, q KlinesQuery, prec
 	after, err := s.cfg.Store.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1})
 	if err != nil {
 		return nil, err
+	}
+	if len(after) > afterRows {
+		// More rows after the tail than can be open: another process
+		// wrote them (a cluster's sink) without this one's version
+		// moving. The tail is read afresh.
+		s.tails.drop(q.Symbol, q.Interval)
+		if t, err = s.tails.get(ctx, s.cfg.Store, s.versions, q.Symbol, q.Interval, prec); err != nil {
+			return nil, err
+		}
+		if after, err = s.cfg.Store.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1}); err != nil {
+			return nil, err
+		}
 	}
 	var mem [2]kline.Kline
 	for _, m := range s.cfg.Streams.Recent(mem[:0], q.Symbol, q.Interval) {

@@ -24,8 +24,9 @@ type Owner interface {
 // ones from the kline stream as they are published. It hands them to the
 // node's consumers (the WebSocket server, which REST reads the newest
 // klines from) as the engine hands its own, for every symbol the node does
-// not own; Closed, if set, is told of each closed kline first, so that
-// readers' copies of what the store holds are known to be stale.
+// not own; Closed, if set, is told of every closed kline first, its own
+// included, so that readers' copies of what the store holds are known to be
+// stale.
 type Feed struct {
 	js     jetstream.JetStream
 	b      Buckets
@@ -70,25 +71,30 @@ func (f *Feed) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster: follow the kline stream: %w", err)
 	}
 	defer cc.Stop()
-	var batch []kline.Update
+	var batch, closed []kline.Update
 	for {
 		batch = batch[:0]
 		select {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			batch = f.closedKline(batch, m)
-			for len(batch) < 1024 { // what else has come, in one hand-over
+			closed := f.closedKline(closed[:0], m)
+			for len(closed) < 1024 { // what else has come, in one hand-over
 				select {
 				case m := <-msgs:
-					batch = f.closedKline(batch, m)
+					closed = f.closedKline(closed, m)
 					continue
 				default:
 				}
 				break
 			}
-			if len(batch) > 0 && f.Closed != nil {
-				f.Closed(batch)
+			if f.Closed != nil {
+				f.Closed(closed)
+			}
+			for _, u := range closed {
+				if !f.owner.Owns(u.Symbol) { // this node's engine handed on its own
+					batch = append(batch, u)
+				}
 			}
 		case e, ok := <-live.Updates():
 			if !ok {
@@ -113,9 +119,6 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 	if err != nil {
 		f.log.Warn("left out a message that is not a kline", "subject", m.Subject(), "err", err)
 		return batch
-	}
-	if f.owner.Owns(u.Symbol) {
-		return batch // this node's engine handed it on already
 	}
 	key := [2]string{u.Symbol, u.Interval.String()}
 	f.closed[key] = max(f.closed[key], u.OpenTime)

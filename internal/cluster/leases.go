@@ -85,7 +85,8 @@ type lease struct {
 }
 
 type member struct {
-	seen  time.Time // local time its key last changed
+	seen  time.Time // local time its key was last seen to change
+	rev   uint64
 	roles []string
 }
 
@@ -221,7 +222,7 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 				Roles []string `json:"roles"`
 			}
 			json.Unmarshal(e.Value(), &m)
-			l.members[e.Key()] = member{seen: time.Now(), roles: m.Roles}
+			l.members[e.Key()] = member{seen: time.Now(), rev: e.Revision(), roles: m.Roles}
 		case e, ok := <-live.Updates():
 			if !ok {
 				return errors.New("cluster: the lease watch ended")
@@ -274,6 +275,31 @@ func (l *Leases) alive(node string, now time.Time) bool {
 	return ok && now.Sub(m.seen) < l.cfg.Staleness
 }
 
+// confirm reads the membership key of every node that looks dead from the
+// bucket itself: a watch can fall behind (its consumer is recreated when
+// the bucket's leader moves), and a node whose key has moved on since is
+// alive. A node whose key cannot be read is taken as alive this round.
+func (l *Leases) confirm(ctx context.Context, now time.Time) {
+	for name, m := range l.members {
+		if name == l.cfg.Node || now.Sub(m.seen) < l.cfg.Staleness {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, l.cfg.Staleness/2)
+		e, err := l.b.Nodes.Get(gctx, name)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			delete(l.members, name) // it left
+		case err != nil:
+			m.seen = now.Add(-l.cfg.Staleness / 2)
+			l.members[name] = m
+		case e.Revision() != m.rev:
+			m.seen, m.rev = now, e.Revision()
+			l.members[name] = m
+		}
+	}
+}
+
 // Pick is the node rendezvous hashing gives symbol among nodes: the one
 // with the highest hash of node and symbol, so that a node's death moves
 // only its own symbols.
@@ -292,6 +318,7 @@ func Pick(symbol string, nodes []string) string {
 }
 
 func (l *Leases) decide(ctx context.Context, now time.Time) {
+	l.confirm(ctx, now)
 	nodes := l.liveIngest(now)
 	for _, sym := range *l.want.Load() {
 		if l.Owns(sym) || Pick(sym, nodes) != l.cfg.Node {
