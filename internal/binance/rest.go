@@ -83,12 +83,12 @@ func NewWeight(n int) *Weight { return &Weight{budget: n, now: time.Now} }
 // Unless urgent, it leaves a twentieth of the budget unspent for urgent
 // requests.
 func (wt *Weight) Acquire(ctx context.Context, w int, urgent bool) error {
-	limit := wt.budget
-	if !urgent {
-		limit = max(w, wt.budget-wt.budget/20)
-	}
 	for {
 		wt.mu.Lock()
+		limit := wt.budget
+		if !urgent {
+			limit = max(w, wt.budget-wt.budget/20)
+		}
 		now := wt.now()
 		if m := now.Truncate(time.Minute); m.After(wt.window) {
 			wt.window, wt.used = m, 0
@@ -114,6 +114,22 @@ func (wt *Weight) Acquire(ctx context.Context, w int, urgent bool) error {
 		case <-t.C:
 		}
 	}
+}
+
+// SetBudget changes the budget to n weight per minute: a cluster's nodes
+// behind one IP address split Binance's limit between them. The count
+// Binance reports for the IP in every answer bounds them all the same.
+func (wt *Weight) SetBudget(n int) {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	wt.budget = max(n, 1)
+}
+
+// Budget returns the budget per minute.
+func (wt *Weight) Budget() int {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	return wt.budget
 }
 
 // report takes the server's count for the current minute.

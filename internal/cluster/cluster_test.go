@@ -124,6 +124,8 @@ func TestLeases(t *testing.T) {
 	for i := range 20 {
 		syms = append(syms, fmt.Sprintf("S%02dUSDT", i))
 	}
+	var nodesMu sync.Mutex
+	ingestNodes := map[string]int{}
 	start := func(node string) (*Leases, context.CancelFunc, chan error) {
 		nc, err := nats.Connect(ns.ClientURL())
 		if err != nil {
@@ -136,7 +138,8 @@ func TestLeases(t *testing.T) {
 			t.Fatal(err)
 		}
 		l := NewLeases(nc, b, Config{Node: node, Ingest: true, Roles: []string{"ingest"}, Staleness: 300 * time.Millisecond,
-			CheckpointEvery: 20 * time.Millisecond, Intervals: []kline.Interval{kline.OneMinute()}, Log: slog.New(slog.DiscardHandler)},
+			CheckpointEvery: 20 * time.Millisecond, Intervals: []kline.Interval{kline.OneMinute()}, Log: slog.New(slog.DiscardHandler),
+			IngestNodes: func(n int) { nodesMu.Lock(); ingestNodes[node] = n; nodesMu.Unlock() }},
 			&fakeEngine{last: map[string]int64{}}, acked{})
 		l.Want(syms)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -168,6 +171,11 @@ func TestLeases(t *testing.T) {
 	a, stopA, doneA := start("a")
 	b, _, _ := start("b")
 	wait("every symbol owned", func() bool { return len(owners) == 20 && a.Held()+b.Held() == 20 })
+	nodesMu.Lock()
+	if ingestNodes["b"] != 2 {
+		t.Errorf("b counts %d live ingest nodes, want 2 (they share the REST weight)", ingestNodes["b"])
+	}
+	nodesMu.Unlock()
 	var fromA []string
 	for sym, n := range owners {
 		if n == "a" {
@@ -196,6 +204,11 @@ func TestLeases(t *testing.T) {
 			t.Fatalf("%s owned by %s", sym, owners[sym])
 		}
 	}
+	nodesMu.Lock()
+	if ingestNodes["b"] != 1 {
+		t.Errorf("b counts %d live ingest nodes after a died, want 1", ingestNodes["b"])
+	}
+	nodesMu.Unlock()
 	if n := b.Takeovers.Load(); n != int64(len(fromA)) {
 		t.Errorf("%d takeovers counted, want %d", n, len(fromA))
 	}

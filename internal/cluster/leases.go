@@ -47,6 +47,9 @@ type Config struct {
 	CheckpointEvery time.Duration
 	Intervals       []kline.Interval
 	Log             *slog.Logger
+	// IngestNodes, if set, is told the number of live ingest nodes when
+	// it changes: they share the IP's REST weight.
+	IngestNodes func(n int)
 }
 
 // Leases is this node's side of the symbol leases: it keeps the node in the
@@ -203,6 +206,7 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 	t := time.NewTicker(max(l.cfg.Staleness/8, 50*time.Millisecond))
 	defer t.Stop()
 	settled := false
+	ingest := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -249,6 +253,10 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 			if l.cfg.Ingest {
 				l.decide(ctx, now)
 			}
+			if n := len(l.liveIngest(now)); n != ingest && l.cfg.IngestNodes != nil {
+				ingest = n
+				l.cfg.IngestNodes(n)
+			}
 			if !settled {
 				settled = true
 				if err := l.reg.Settled(ctx); err != nil {
@@ -261,7 +269,10 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 
 // liveIngest returns the ingest nodes heard from within the staleness.
 func (l *Leases) liveIngest(now time.Time) []string {
-	out := []string{l.cfg.Node}
+	var out []string
+	if l.cfg.Ingest {
+		out = append(out, l.cfg.Node)
+	}
 	for name, m := range l.members {
 		if name != l.cfg.Node && now.Sub(m.seen) < l.cfg.Staleness && slices.Contains(m.roles, "ingest") {
 			out = append(out, name)

@@ -179,6 +179,13 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
 			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
+			IngestNodes: func(n int) {
+				// The nodes are taken to share one IP: each keeps to its
+				// share, and Binance's count in every answer bounds them all.
+				share := cfg.Exchange.WeightPerMinute / max(n, 1)
+				s.Client.Weight().SetBudget(share)
+				log.Info("REST weight shared by the live ingest nodes", "nodes", n, "per_node_per_minute", share)
+			},
 		}, s.Engine, s.Publisher)
 		hist, owner = cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals), s.Leases
 		if cfg.Has(config.RoleServe) {
