@@ -34,6 +34,16 @@ func (s *Server) writeMetrics(w http.ResponseWriter, _ *http.Request) {
 	counter("klagg_store_write_failures_total", st.WriteFailures)
 	gauge("klagg_writer_queue_depth", float64(st.WriterBacklog))
 	gauge("klagg_rest_weight_used_1m", float64(st.RESTWeight1M))
+	counter("klagg_rest_weight_total", st.RESTWeight)
+	if c := st.Cluster; c != nil {
+		gauge("klagg_cluster_symbols_owned", float64(c.Owned))
+		counter("klagg_cluster_takeovers_total", c.Takeovers)
+		counter("klagg_cluster_leases_lost_total", c.Lost)
+		counter("klagg_bus_published_total", c.Published)
+		gauge("klagg_bus_publish_pending", float64(c.PublishPending))
+		counter("klagg_bus_stored_total", c.Stored)
+		counter("klagg_cluster_klines_fed_total", c.Fed)
+	}
 	counter("klagg_reconcile_checked_total", st.Reconciled)
 	fields := make([]string, 0, len(st.ReconcileDiffs))
 	for f := range st.ReconcileDiffs {

@@ -40,7 +40,7 @@ var natsBin struct {
 // natsServer starts a nats-server binary, built once from the pinned
 // module, with JetStream in a folder of the test's; it is killed at the
 // end of the test.
-func natsServer(t *testing.T) string {
+func natsServer(t testing.TB) string {
 	t.Helper()
 	natsBin.once.Do(func() {
 		dir, err := os.MkdirTemp("", "klagg-nats")
@@ -115,7 +115,7 @@ type owners struct {
 	cur map[string]string
 }
 
-func watchOwners(t *testing.T, url string, replicas int) *owners {
+func watchOwners(t testing.TB, url string, replicas int) *owners {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)

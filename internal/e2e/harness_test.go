@@ -44,7 +44,7 @@ var start = time.Date(2026, 3, 1, 23, 30, 0, 0, time.UTC)
 const testIntervals = `["1m", "3m", "5m", "15m", "1h", "4h", "1d", "1w", "1M"]`
 
 type run struct {
-	t    *testing.T
+	t    testing.TB
 	x    *fakex.Exchange
 	dir  string
 	db   string
@@ -101,7 +101,7 @@ func (r *run) openStore() klineStore {
 }
 
 // newRun starts a fake exchange; extra is appended to klagg's config.
-func newRun(t *testing.T, xcfg fakex.Config, extra string) *run {
+func newRun(t testing.TB, xcfg fakex.Config, extra string) *run {
 	t.Helper()
 	if xcfg.Symbols == 0 {
 		xcfg.Symbols = 8

@@ -630,6 +630,8 @@ type Status struct {
 	WriteFailures  int64              `json:"write_failures"`
 	LagMs          int64              `json:"lag_ms"`
 	RESTWeight1M   int                `json:"rest_weight_1m"`
+	RESTWeight     int64              `json:"rest_weight_total"`
+	Cluster        *ClusterStatus     `json:"cluster,omitempty"`
 	Reconciled     int64              `json:"reconciled"`
 	ReconcileDiffs map[string]int64   `json:"reconcile_diffs"`
 	SymbolStates   map[string]int     `json:"symbol_states"`
@@ -642,6 +644,19 @@ type Status struct {
 	Unamended      int64              `json:"reconcile_unamended"`
 	Late           int64              `json:"late_trades"`
 	ConnStates     []ingest.ConnState `json:"connection_states"`
+}
+
+// ClusterStatus are a cluster node's figures.
+type ClusterStatus struct {
+	Node           string   `json:"node"`
+	Roles          []string `json:"roles"`
+	Owned          int      `json:"symbols_owned"`
+	Takeovers      int64    `json:"takeovers"`   // symbols taken from a dead or departed node
+	Lost           int64    `json:"leases_lost"` // symbols another node took from this one
+	Published      int64    `json:"klines_published"`
+	PublishPending int      `json:"publish_pending"`
+	Stored         int64    `json:"klines_stored"` // by this node's sink
+	Fed            int64    `json:"klines_fed"`    // from other nodes, to this node's clients
 }
 
 // Status returns the current figures.
@@ -659,17 +674,31 @@ func (s *Service) Status() Status {
 	}
 	ist := s.Ingest.Stats()
 	est := s.Engine.Stats()
-	w1m, _ := s.Client.Weight().Used()
+	w1m, wTotal := s.Client.Weight().Used()
 	st := Status{
 		Ready: s.Ready(), Uptime: time.Since(s.started).Round(time.Second).String(),
 		Symbols: nsym, Intervals: len(s.cfg.Intervals), Connections: len(conns), Connected: connected,
 		Reconnects: ist.Reconnects.Load(), Frames: ist.Frames.Load(), Malformed: ist.Malformed.Load(),
 		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
 		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
-		RESTWeight1M: w1m, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
+		RESTWeight1M: w1m, RESTWeight: wTotal, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
 		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Buffered: s.Router.Stats().Buffered.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
 	}
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
+	if s.Leases != nil {
+		c := &ClusterStatus{Node: s.cfg.Cluster.Node, Roles: s.cfg.Cluster.Roles, Owned: s.Leases.Held(),
+			Takeovers: s.Leases.Takeovers.Load(), Lost: s.Leases.Lost.Load()}
+		if s.Publisher != nil {
+			c.Published, c.PublishPending = s.Publisher.Published.Load(), s.Publisher.Pending()
+		}
+		if s.Sink != nil {
+			c.Stored = s.Sink.Stored.Load()
+		}
+		if s.Feed != nil {
+			c.Fed = s.Feed.Klines.Load()
+		}
+		st.Cluster = c
+	}
 	st.Seeds = map[string]int64{"snapshot": s.History.Seeds.Snapshot.Load(), "quiet": s.History.Seeds.Quiet.Load(),
 		"trades": s.History.Seeds.Trades.Load()}
 	if last := ist.LastFrameMs.Load(); last > 0 {
