@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,6 +15,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/klagg/klagg/internal/bus"
+	"github.com/klagg/klagg/internal/cluster"
 	"github.com/klagg/klagg/internal/fakex"
 	"github.com/klagg/klagg/internal/klaggproc"
 )
@@ -34,6 +40,8 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 	clients := fs.Int("clients", 0, "WebSocket clients reading klagg's kline streams")
 	perClient := fs.Int("streams", 10, "<symbol>@kline_1m streams per client")
 	clientWeight := fs.Int("client-weight", 2400, "klagg's server.weight_per_minute, the per-client REST budget (0: none)")
+	natsURL := fs.String("cluster", "", "run klagg as a one-node cluster on this NATS server (its klagg stream and buckets are deleted first), with -postgres")
+	pgURL := fs.String("postgres", "", "with -cluster: klagg's database.url")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,6 +59,16 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	clusterConf := ""
+	if *natsURL != "" {
+		if *pgURL == "" {
+			return fmt.Errorf("blast: -cluster needs -postgres")
+		}
+		if err := wipeCluster(*natsURL); err != nil {
+			return err
+		}
+		clusterConf = fmt.Sprintf("url = %q\n[cluster]\nnats_url = %q\nnode = \"blast\"\n", *pgURL, *natsURL)
+	}
 	k, err := startKlagg(*bin, dir, fmt.Sprintf(`[exchange]
 rest_url = "%[1]s"
 ws_url = "%[5]s"
@@ -68,7 +86,7 @@ status_interval = "5s"
 [database]
 path = %[4]q
 write_every = %[3]q
-`, b.URL(), quoteList(*intervals), writeEvery.String(), filepath.Join(dir, "k.db"), b.WSURL(), *clientWeight))
+%[7]s`, b.URL(), quoteList(*intervals), writeEvery.String(), filepath.Join(dir, "k.db"), b.WSURL(), *clientWeight, clusterConf))
 	if err != nil {
 		return err
 	}
@@ -204,4 +222,31 @@ func startKlagg(bin, dir, config string) (*klaggproc.Proc, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// wipeCluster deletes klagg's stream and buckets on the NATS server at url:
+// the blaster's trade ids start afresh each run, and checkpoints of an
+// earlier run would name ids it has not sent.
+func wipeCluster(url string) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return fmt.Errorf("blast: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, del := range []func() error{
+		func() error { return js.DeleteStream(ctx, bus.Stream) },
+		func() error { return js.DeleteKeyValue(ctx, cluster.LiveBucket) },
+		func() error { return js.DeleteKeyValue(ctx, cluster.NodesBucket) },
+	} {
+		if err := del(); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("blast: wiping klagg's state on %s: %w", url, err)
+		}
+	}
+	return nil
 }

@@ -256,3 +256,49 @@ func benchPublish(b *testing.B, js jetstream.JetStream) {
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "klines/s")
 }
+
+// BenchmarkReplay reads the whole stream back with an ordered consumer,
+// decoding every kline, as any consumer replaying it from the start:
+//
+//	go test -run '^$' -bench Replay -benchtime 5x ./internal/bus/
+func BenchmarkReplay(b *testing.B) {
+	js := natsServer(b)
+	ctx := context.Background()
+	if _, err := EnsureStream(ctx, js, 1); err != nil {
+		b.Fatal(err)
+	}
+	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
+	const n = 200_000
+	us := make([]queued, 10_000)
+	for round := range n / len(us) {
+		for i := range us {
+			us[i].u = kline.Update{Symbol: fmt.Sprintf("S%03dUSDT", i%500), Interval: kline.OneMinute(),
+				Kline: storetest.Kline(int64(round*len(us)+i)*60_000, 2)}
+		}
+		if failed := pub.publish(ctx, us); len(failed) > 0 {
+			b.Fatalf("%d not acknowledged", len(failed))
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		cons, err := js.OrderedConsumer(ctx, Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+		if err != nil {
+			b.Fatal(err)
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range n {
+			m, err := it.Next()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := Decode(m.Data()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		it.Stop()
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+}
