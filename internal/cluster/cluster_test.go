@@ -88,9 +88,10 @@ func (e *fakeEngine) States(_ context.Context, syms []string) ([]engine.State, e
 
 type acked struct{}
 
-func (acked) Mark() uint64                            { return 0 }
-func (acked) WaitAcked(context.Context, uint64) error { return nil }
-func (r *registry) Settled(context.Context) error     { return nil }
+func (acked) Mark() uint64                                      { return 0 }
+func (acked) WaitAcked(context.Context, uint64) error           { return nil }
+func (r *registry) Settled(context.Context) error               { return nil }
+func (r *registry) Standby(context.Context, string, bool) error { return nil }
 func (r *registry) Own(_ context.Context, s string, owned bool) error {
 	r.ch <- ownership{r.node, s, owned}
 	return nil

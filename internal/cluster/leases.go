@@ -31,9 +31,11 @@ type Published interface {
 	WaitAcked(ctx context.Context, mark uint64) error
 }
 
-// Registry keeps the symbols this node owns: the symbol registry.
+// Registry keeps the symbols this node owns, and those it stands by for:
+// the symbol registry.
 type Registry interface {
 	Own(ctx context.Context, symbol string, owned bool) error
+	Standby(ctx context.Context, symbol string, on bool) error
 	Settled(ctx context.Context) error
 }
 
@@ -50,6 +52,9 @@ type Config struct {
 	// IngestNodes, if set, is told the number of live ingest nodes when
 	// it changes: they share the IP's REST weight.
 	IngestNodes func(n int)
+	// Standby makes the node carry the trades of the symbols it would
+	// take over if their owner died, so that it resumes them without REST.
+	Standby bool
 }
 
 // Leases is this node's side of the symbol leases: it keeps the node in the
@@ -74,6 +79,7 @@ type Leases struct {
 	// Owned by Run's decide loop.
 	members map[string]member
 	leases  map[string]view // by key
+	standby map[string]bool // symbols the registry was told this node stands by for
 
 	Takeovers atomic.Int64 // symbols taken over from a dead or departed owner
 	Lost      atomic.Int64 // symbols dropped because another node took them
@@ -112,7 +118,7 @@ func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) 
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	l := &Leases{cfg: cfg, nc: nc, b: b, engine: eng, pub: pub,
-		held: map[string]*lease{}, taken: map[string]engine.State{}, members: map[string]member{}, leases: map[string]view{}}
+		held: map[string]*lease{}, taken: map[string]engine.State{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]bool{}}
 	l.want.Store(&[]string{})
 	return l
 }
@@ -252,6 +258,9 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 			}
 			if l.cfg.Ingest {
 				l.decide(ctx, now)
+				if l.cfg.Standby {
+					l.standBy(ctx, now)
+				}
 			}
 			if n := len(l.liveIngest(now)); n != ingest && l.cfg.IngestNodes != nil {
 				ingest = n
@@ -346,6 +355,35 @@ func (l *Leases) decide(ctx context.Context, now time.Time) {
 			l.cfg.Log.Debug("taking a symbol over failed; another node was faster or NATS did not answer", "symbol", sym, "err", err)
 		}
 	}
+}
+
+// standBy tells the registry which symbols this node is next in line for:
+// those another live node owns, which rendezvous hashing gives this node
+// among the others.
+func (l *Leases) standBy(ctx context.Context, now time.Time) {
+	nodes := l.liveIngest(now)
+	want := map[string]bool{}
+	for _, sym := range *l.want.Load() {
+		v, ok := l.leases[Key(sym)]
+		if !ok || v.owner == "" || v.owner == l.cfg.Node || l.Owns(sym) || !l.alive(v.owner, now) {
+			continue
+		}
+		others := slices.DeleteFunc(slices.Clone(nodes), func(n string) bool { return n == v.owner })
+		if Pick(sym, others) == l.cfg.Node {
+			want[sym] = true
+		}
+	}
+	for sym := range want {
+		if !l.standby[sym] {
+			l.reg.Standby(ctx, sym, true)
+		}
+	}
+	for sym := range l.standby {
+		if !want[sym] {
+			l.reg.Standby(ctx, sym, false)
+		}
+	}
+	l.standby = want
 }
 
 // take takes symbol's lease with compare-and-set on the revision seen: of

@@ -125,6 +125,7 @@ type Config struct {
 		Roles     []string `toml:"roles"`
 		Replicas  int      `toml:"replicas"`
 		Staleness Duration `toml:"staleness"`
+		Standby   bool     `toml:"standby"`
 	} `toml:"cluster"`
 
 	// Intervals is Klines.Intervals parsed, shortest first.

@@ -115,6 +115,7 @@ const (
 	ctlBack // conn and its symbols are back
 	ctlAnchor
 	ctlResume // from aggregate id next, after trades, with trades since perhaps missed
+	ctlStandby
 )
 
 type control struct {
@@ -135,6 +136,7 @@ type symState struct {
 	pending  []kline.Trade // later trades, sorted by id
 	suspect  bool          // may have missed trades (reconnect): repair from klines
 	behind   bool          // resumed at an id the stream may be past: fill from REST aggTrades
+	standby  bool          // not started: keeps only its last StandbyKeep of trades, for a takeover
 	down     bool          // its connection is lost
 	epoch    int           // bumped on loss and return; older fills cannot clear suspect
 	filling  bool
@@ -281,6 +283,17 @@ func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []
 // aggTrades, and the symbol's klines are held until they are.
 func (r *Router) Resume(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
 	return r.control(ctx, control{kind: ctlResume, symbol: symbol, next: next, trades: trades})
+}
+
+// StandbyKeep is how much of a standby symbol's trades the router keeps.
+const StandbyKeep = time.Minute
+
+// Standby makes symbol, not started, a standby of another node's: its
+// trades are kept for StandbyKeep (trade time) and not waited for, so
+// that Resume, when the other node dies, finds the trades since its
+// checkpoint here rather than on REST.
+func (r *Router) Standby(ctx context.Context, symbol string) error {
+	return r.control(ctx, control{kind: ctlStandby, symbol: symbol})
 }
 
 // Anchor waits until symbol, not yet started, has a 1m kline snapshot that
@@ -448,18 +461,31 @@ func (r *Router) apply(c control) error {
 		s.anchors = append(s.anchors, c.anchor)
 		r.offerSnapshot(s)
 		return nil
+	case ctlStandby:
+		if s := r.state(c.symbol); s.next < 0 {
+			s.standby = true
+			s.gapAt = time.Time{}
+			r.updateHold()
+		}
+		return nil
 	}
 	s := r.state(c.symbol)
 	if s.next >= 0 {
 		return nil // already started
 	}
-	s.snap, s.anchors = nil, nil
+	s.snap, s.anchors, s.standby = nil, nil, false
 	switch c.kind {
 	case ctlStartAfter:
 		return r.startAfter(c.symbol, s, c.next)
 	case ctlStartAt:
 		r.startAt(c.symbol, s, c.next)
 		return nil
+	}
+	// A standby that holds the checkpoint's own last trade has carried the
+	// symbol since: nothing after it can be missing.
+	covered := false
+	for _, t := range s.pending {
+		covered = covered || t.ID == c.next-1
 	}
 	s.next = c.next
 	if len(c.trades) > 0 {
@@ -470,10 +496,23 @@ func (r *Router) apply(c control) error {
 	}
 	// Drop what the start already covers, then release what follows.
 	r.release(c.symbol, s)
-	if c.kind == ctlResume && s.next == c.next && len(s.pending) == 0 {
+	switch {
+	case c.kind == ctlResume && s.next == c.next && len(s.pending) == 0 && !covered:
 		s.behind = true
 		s.gapAt = time.Now().Add(-r.gapWait)
 		r.updateHold()
+	case len(s.pending) > 0 && s.gapAt.IsZero():
+		// Kept as a standby, which waits for no gap: the gap to the
+		// buffer is filled now, the symbol held meanwhile.
+		s.gapAt = time.Now().Add(-r.gapWait)
+		r.updateHold()
+	}
+	if c.kind == ctlResume {
+		first := int64(-1)
+		if len(s.pending) > 0 {
+			first = s.pending[0].ID
+		}
+		r.log.Debug("resumed", "symbol", c.symbol, "from_id", c.next, "next", s.next, "covered", covered, "behind", s.behind, "pending", len(s.pending), "first_pending", first)
 	}
 	return nil
 }
@@ -613,7 +652,7 @@ func (r *Router) updateHold() {
 	for sym, s := range r.syms {
 		// A symbol waiting for its first trade after a seed is not held:
 		// its seed is whole, and the watermark covers what is in flight.
-		if len(s.pending) == 0 && !s.suspect && !s.behind && s.resync == 0 {
+		if len(s.pending) == 0 && !s.suspect && !s.behind && s.resync == 0 || s.standby {
 			s.heldSince, s.unheld = time.Time{}, false
 			continue
 		}
@@ -674,6 +713,18 @@ func (r *Router) buffer(s *symState, t kline.Trade) {
 		s.pending = append(s.pending, kline.Trade{})
 		copy(s.pending[i+1:], s.pending[i:])
 		s.pending[i] = t
+	} else if s.standby {
+		// Only the last StandbyKeep: what a checkpoint a few seconds old
+		// needs, bounded however long the symbol stands by.
+		i := 0
+		for i < n && s.pending[i].Time < t.Time-StandbyKeep.Milliseconds() {
+			i++
+		}
+		if i > 0 {
+			r.stats.Buffered.Add(-int64(i))
+			s.pending = append(s.pending[:0], s.pending[i:]...)
+		}
+		s.pending = append(s.pending, t)
 	} else {
 		if n >= r.maxBuf {
 			// Keep the oldest: the newest will come again from a fill.
@@ -683,7 +734,7 @@ func (r *Router) buffer(s *symState, t kline.Trade) {
 		s.pending = append(s.pending, t)
 	}
 	r.stats.Buffered.Add(1)
-	if s.gapAt.IsZero() {
+	if s.gapAt.IsZero() && !s.standby {
 		s.gapAt = time.Now()
 		r.updateHold() // before anything lets the clock pass the gap
 	}

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -260,5 +261,82 @@ func TestRouterResumes(t *testing.T) {
 	}
 	if _, held := r.Holds()["BUSY"]; held || h.calls != calls {
 		t.Fatalf("resumed where the stream went on: held %v, %d REST calls", held, h.calls-calls)
+	}
+}
+
+// TestRouterStandby: a standby symbol keeps its last minute of trades and
+// holds nothing back; resumed at a checkpoint inside that minute it goes on
+// from the buffer without REST, and resumed right after its last trade it
+// knows nothing is missing.
+func TestRouterStandby(t *testing.T) {
+	h := &history{}
+	r, out, ctx := startRouter(t, h)
+	if err := r.Standby(ctx, "X"); err != nil {
+		t.Fatal(err)
+	}
+	for id := int64(1); id <= 100; id++ { // a trade a second
+		r.Deliver(ctx, 1, "X", tr(id), time.Now())
+	}
+	if err := r.Standby(ctx, "Y"); err != nil {
+		t.Fatal(err)
+	}
+	r.Deliver(ctx, 1, "Y", tr(7), time.Now())
+	// Deliveries are taken in order, after the controls before them: wait
+	// for Y's, then X's are all in.
+	for deadline := time.Now().Add(10 * time.Second); r.Stats().Buffered.Load() < 62; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d trades buffered, want the last minute's 61 of X (40…100) and Y's one", r.Stats().Buffered.Load())
+		}
+		runtime.Gosched()
+	}
+	if n := r.Stats().Buffered.Load(); n != 62 {
+		t.Fatalf("%d trades buffered, want 62: X's last minute and Y's one", n)
+	}
+	if _, held := r.Holds()["X"]; held {
+		t.Fatal("a standby symbol holds the clock")
+	}
+	if err := r.Resume(ctx, "X", 90, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ids := collect(t, out, 11); ids[0] != 90 || ids[10] != 100 {
+		t.Fatalf("forwarded %v, want 90…100 from the standby buffer", ids)
+	}
+	if err := r.Resume(ctx, "Y", 8, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, held := r.Holds()["Y"]; held || h.calls != 0 {
+		t.Fatalf("resumed after the standby's own last trade: held %v, %d REST calls", held, h.calls)
+	}
+}
+
+// TestRouterStandbyShort: resumed at a checkpoint older than the standby's
+// buffer, the trades between come from REST, then the buffer's.
+func TestRouterStandbyShort(t *testing.T) {
+	h := &history{}
+	for id := int64(100); id <= 300; id++ {
+		h.trades = append(h.trades, tr(id))
+	}
+	r, out, ctx := startRouter(t, h)
+	if err := r.Standby(ctx, "X"); err != nil {
+		t.Fatal(err)
+	}
+	for id := int64(200); id <= 300; id++ {
+		r.Deliver(ctx, 1, "X", tr(id), time.Now())
+	}
+	for r.Stats().Buffered.Load() < 61 {
+		runtime.Gosched()
+	}
+	if err := r.Resume(ctx, "X", 150, nil); err != nil {
+		t.Fatal(err)
+	}
+	ids := collect(t, out, 151)
+	for i, id := range ids {
+		if id != int64(150+i) {
+			t.Fatalf("forwarded %v, want 150…300", ids)
+		}
+	}
+	r.Deliver(ctx, 1, "X", tr(301), time.Now())
+	if ids := collect(t, out, 1); ids[0] != 301 {
+		t.Fatalf("then %v", ids)
 	}
 }

@@ -179,6 +179,7 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
 			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
+			Standby: cfg.Cluster.Standby,
 			IngestNodes: func(n int) {
 				// The nodes are taken to share one IP: each keeps to its
 				// share, and Binance's count in every answer bounds them all.

@@ -27,9 +27,11 @@ type Subscriber interface {
 	Unsubscribe(symbols ...string)
 }
 
-// Router forgets a symbol's trade sequence.
+// Router forgets a symbol's trade sequence, or keeps a standby's last
+// trades.
 type Router interface {
 	Remove(ctx context.Context, symbol string) error
+	Standby(ctx context.Context, symbol string) error
 }
 
 // Engine keeps symbols' live klines.
@@ -122,6 +124,7 @@ type ownership struct {
 	symbol  string
 	owned   bool
 	settled bool
+	standby *bool // set: a standby change, not an ownership one
 }
 
 type seedResult struct {
@@ -197,6 +200,18 @@ func (r *Registry) Keeps(i binance.SymbolInfo) bool {
 func (r *Registry) Own(ctx context.Context, symbol string, owned bool) error {
 	select {
 	case r.owns <- ownership{symbol: symbol, owned: owned}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Standby tells the registry that this node is next in line for symbol,
+// which another node owns, or no longer is: a standby carries the
+// symbol's trades so that a takeover needs no REST.
+func (r *Registry) Standby(ctx context.Context, symbol string, on bool) error {
+	select {
+	case r.owns <- ownership{symbol: symbol, standby: &on}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -300,13 +315,21 @@ func (r *Registry) onOwnership(ctx context.Context, o ownership) {
 	if o.settled {
 		r.settled = true
 		for name, e := range r.entries {
-			if e.state == Elsewhere {
+			if e.state == Elsewhere || e.state == Standby {
 				delete(r.startup, name)
 			}
 		}
 		return
 	}
 	e := r.entries[o.symbol]
+	if e != nil && o.standby != nil {
+		if *o.standby {
+			r.move(ctx, o.symbol, e, evStandby)
+		} else {
+			r.move(ctx, o.symbol, e, evUnready)
+		}
+		return
+	}
 	if e == nil || e.owned == o.owned {
 		return
 	}
@@ -318,7 +341,7 @@ func (r *Registry) onOwnership(ctx context.Context, o ownership) {
 		r.log.Info("symbol owned by another node now; dropping it", "symbol", o.symbol)
 		r.move(ctx, o.symbol, e, evDisowned)
 	}
-	if r.settled && e.state == Elsewhere {
+	if r.settled && (e.state == Elsewhere || e.state == Standby) {
 		delete(r.startup, o.symbol)
 	}
 }
@@ -435,8 +458,16 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		}
 	case actDrop:
 		r.drop(ctx, name)
+	case actWatch:
+		if err := r.rt.Standby(ctx, name); err != nil {
+			return
+		}
+		r.subs.Subscribe(name)
+	case actUnwatch:
+		r.subs.Unsubscribe(name)
+		r.rt.Remove(ctx, name)
 	}
-	if to == Elsewhere && r.settled {
+	if (to == Elsewhere || to == Standby) && r.settled {
 		delete(r.startup, name)
 	}
 }
@@ -480,8 +511,12 @@ func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
 		r.rt.Remove(ctx, res.name)
 		return
 	}
-	if e != nil && e.state == Elsewhere {
+	if e != nil && (e.state == Elsewhere || e.state == Standby) {
 		r.drop(ctx, res.name) // taken by another node while it seeded
+		if e.state == Standby {
+			r.rt.Standby(ctx, res.name)
+			r.subs.Subscribe(res.name)
+		}
 		return
 	}
 	if e == nil || e.state != Seeding {

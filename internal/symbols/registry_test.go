@@ -47,7 +47,8 @@ func (p *parts) Unsubscribe(syms ...string) {
 		delete(p.subscribed, s)
 	}
 }
-func (p *parts) Remove(context.Context, string) error { return nil }
+func (p *parts) Remove(context.Context, string) error  { return nil }
+func (p *parts) Standby(context.Context, string) error { return nil }
 func (p *parts) AddSymbol(_ context.Context, s string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

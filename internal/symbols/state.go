@@ -27,6 +27,9 @@ const (
 	Delisted
 	// Elsewhere is trading, and kept by another node of the cluster.
 	Elsewhere
+	// Standby is kept by another node, and this node, next in line for
+	// it, carries its trades to take it over without asking REST.
+	Standby
 	nStates
 )
 
@@ -39,7 +42,7 @@ func States() []State {
 	return out
 }
 
-var stateNames = [nStates]string{"pending", "seeding", "live", "paused", "failed", "delisted", "elsewhere"}
+var stateNames = [nStates]string{"pending", "seeding", "live", "paused", "failed", "delisted", "elsewhere", "standby"}
 
 func (s State) String() string {
 	if s < nStates {
@@ -87,6 +90,8 @@ const (
 	evRetry
 	evOwned    // this node now owns the symbol (a cluster lease)
 	evDisowned // another node owns the symbol now
+	evStandby  // this node is next in line for the symbol
+	evUnready  // this node is no longer next in line
 )
 
 func listing(c Class) event {
@@ -110,6 +115,8 @@ const (
 	actReseed           // seed again (still subscribed)
 	actFinalize         // close the open klines, unsubscribe, forget in router and engine
 	actDrop             // unsubscribe, forget in router and engine, close nothing: another node goes on
+	actWatch            // subscribe and keep the last trades, as a standby
+	actUnwatch          // unsubscribe and forget the kept trades
 )
 
 // transition is the state machine: from state s (known tells whether the
@@ -136,6 +143,11 @@ func transition(s State, known, owned bool, ev event) (State, action) {
 	switch ev {
 	case evTrading, evPaused:
 		switch s {
+		case Standby:
+			if owned {
+				return Seeding, actSubscribe
+			}
+			return Standby, actNone
 		case Pending, Delisted, Elsewhere:
 			return tradable, start
 		case Live, Paused:
@@ -149,6 +161,8 @@ func transition(s State, known, owned bool, ev event) (State, action) {
 		switch s {
 		case Pending, Delisted, Elsewhere:
 			return Delisted, actNone
+		case Standby:
+			return Delisted, actUnwatch
 		}
 		return Delisted, actFinalize
 	case evSeeded:
@@ -164,8 +178,16 @@ func transition(s State, known, owned bool, ev event) (State, action) {
 			return Seeding, actReseed
 		}
 	case evOwned:
-		if s == Elsewhere {
+		if s == Elsewhere || s == Standby {
 			return Seeding, actSubscribe
+		}
+	case evStandby:
+		if s == Elsewhere {
+			return Standby, actWatch
+		}
+	case evUnready:
+		if s == Standby {
+			return Elsewhere, actUnwatch
 		}
 	case evDisowned:
 		switch s {

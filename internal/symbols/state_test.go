@@ -54,6 +54,16 @@ func TestTransitions(t *testing.T) {
 		{Live, true, evOwned, true, Live, actNone},
 		{Elsewhere, true, evSeeded, false, Elsewhere, actNone}, // a seed that lost the race
 		{Elsewhere, true, evRetry, false, Elsewhere, actNone},
+		// Next in line for another node's symbol: a standby.
+		{Elsewhere, true, evStandby, false, Standby, actWatch},
+		{Standby, true, evUnready, false, Elsewhere, actUnwatch},
+		{Standby, true, evOwned, true, Seeding, actSubscribe},
+		{Standby, true, evTrading, false, Standby, actNone},
+		{Standby, true, evGone, false, Delisted, actUnwatch},
+		{Standby, true, evDisowned, false, Standby, actNone},
+		{Live, true, evStandby, true, Live, actNone},
+		{Pending, true, evStandby, false, Pending, actNone},
+		{Elsewhere, true, evUnready, false, Elsewhere, actNone},
 	}
 	for _, c := range cases {
 		to, act := transition(c.from, c.known, c.owned, c.ev)
