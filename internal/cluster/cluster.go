@@ -19,11 +19,13 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -138,11 +140,16 @@ func decodeCheckpoint(b []byte, ivs []kline.Interval) (checkpoint, engine.State,
 
 // withOwner returns the checkpoint b with its owner replaced.
 func withOwner(b []byte, owner string) ([]byte, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
+	var c checkpoint
+	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("cluster: malformed checkpoint: %w", err)
 	}
-	o, _ := json.Marshal(owner)
-	m["owner"] = o
-	return json.Marshal(m)
+	c.Owner = owner
+	return json.Marshal(c)
+}
+
+// ownedBy reports, without decoding it, whether checkpoint b names owner:
+// checkpoints are written with the owner first.
+func ownedBy(b []byte, owner string) bool {
+	return bytes.HasPrefix(b, []byte(`{"owner":`)) && bytes.HasPrefix(b[len(`{"owner":`):], strconv.AppendQuote(nil, owner))
 }

@@ -63,7 +63,13 @@ func TestKeyAndCheckpoint(t *testing.T) {
 			t.Errorf("%s: got %+v, want %+v", ivs[i], got.Open[i], st.Open[i])
 		}
 	}
+	if !ownedBy(b, "node-1") || ownedBy(b, "node-10") || ownedBy(b, "node") {
+		t.Errorf("ownedBy reads the owner of %s wrongly", b)
+	}
 	b2, err := withOwner(b, "")
+	if !ownedBy(b2, "") || ownedBy(b2, "node-1") {
+		t.Errorf("ownedBy reads the owner of %s wrongly", b2)
+	}
 	if c2, got2, err2 := decodeCheckpoint(b2, ivs); err != nil || err2 != nil || c2.Owner != "" || got2.Open[1] != st.Open[1] {
 		t.Fatalf("released checkpoint %s: %v %v", b2, err, err2)
 	}

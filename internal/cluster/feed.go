@@ -35,6 +35,7 @@ type Feed struct {
 	ivs    []kline.Interval
 	log    *slog.Logger
 	Closed func(updates []kline.Update)
+	self   string // this node's name
 
 	// Owned by Run: per series, the open time of the newest closed kline
 	// handed on, so that an older checkpoint's open copy of it is not.
@@ -43,9 +44,9 @@ type Feed struct {
 	Klines atomic.Int64 // klines handed on
 }
 
-// NewFeed returns a feed to sinks; start it with Run.
-func NewFeed(js jetstream.JetStream, b Buckets, owner Owner, sinks []engine.Sink, ivs []kline.Interval, log *slog.Logger) *Feed {
-	return &Feed{js: js, b: b, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}}
+// NewFeed returns a feed for node self to sinks; start it with Run.
+func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, ivs []kline.Interval, log *slog.Logger) *Feed {
+	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}}
 }
 
 // Run feeds until ctx ends.
@@ -126,6 +127,9 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 }
 
 func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
+	if f.self != "" && ownedBy(value, f.self) {
+		return batch // this node's own, handed on by its engine
+	}
 	c, st, err := decodeCheckpoint(value, f.ivs)
 	if err != nil {
 		f.log.Warn("left out a malformed checkpoint", "err", err)

@@ -457,15 +457,21 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 	if len(names) == 0 {
 		return 0
 	}
-	states, err := l.engine.States(ctx, names)
-	if err != nil {
-		return 0
+	// In chunks: the engine stops applying trades while it copies states,
+	// and a thousand symbols at once held trades back by milliseconds.
+	var states []engine.State
+	for chunk := range slices.Chunk(names, 64) {
+		st, err := l.engine.States(ctx, chunk)
+		if err != nil {
+			return 0
+		}
+		states = append(states, st...)
 	}
 	// Marked after the states: every closed kline emitted before them is
 	// queued by now.
 	mark := l.pub.Mark()
 	wctx, cancel := context.WithTimeout(ctx, max(l.cfg.Staleness, 5*time.Second))
-	err = l.pub.WaitAcked(wctx, mark)
+	err := l.pub.WaitAcked(wctx, mark)
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {

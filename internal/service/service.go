@@ -194,7 +194,7 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 			for _, c := range consumers {
 				out = append(out, c)
 			}
-			s.Feed = cluster.NewFeed(js, buckets, s.Leases, out, cfg.Intervals, log.With("part", "feed"))
+			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, cfg.Intervals, log.With("part", "feed"))
 			if w, ok := st.(interface{ Written([]kline.Update) }); ok {
 				s.Feed.Closed = w.Written
 			}
