@@ -12,7 +12,7 @@
 // Each message's Nats-Msg-Id is the series, open time and a hash of the
 // fields, so a kline published twice is kept once, and a corrected one is
 // a new message. Any consumer can replay the stream from a sequence or a
-// time. The package has the Publisher, an engine sink that publishes
+// time within Retention (72 h). The package has the Publisher, an engine sink that publishes
 // closed klines, and the Sink, which copies the stream into a store and
 // acknowledges only what the store has committed.
 package bus
@@ -35,6 +35,11 @@ import (
 // Stream is the JetStream stream of closed klines.
 const Stream = "KLAGG_KLINES"
 
+// Retention is how long the stream keeps a kline: a sink (or any
+// consumer) that was down this long catches up from it; older klines are
+// in PostgreSQL.
+const Retention = 72 * time.Hour
+
 // Market is the market segment of klagg's subjects: Binance USDⓈ-M.
 const Market = "usdm"
 
@@ -53,6 +58,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 		Replicas:   max(1, replicas),
 		Duplicates: 10 * time.Minute,
 		Discard:    jetstream.DiscardOld,
+		MaxAge:     Retention,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: create stream %s: %w", Stream, err)

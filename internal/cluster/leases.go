@@ -73,8 +73,8 @@ type Leases struct {
 	healthy atomic.Int64 // unix ns since which the node's own link has worked; 0: not now
 
 	mu    sync.Mutex
-	held  map[string]*lease       // symbols this node owns, by name
-	taken map[string]engine.State // checkpoints of symbols taken, until seeded
+	held  map[string]*lease // symbols this node owns, by name
+	taken map[string]taken  // checkpoints of symbols taken, until seeded
 
 	// Owned by Run's decide loop.
 	members map[string]member
@@ -83,6 +83,11 @@ type Leases struct {
 
 	Takeovers atomic.Int64 // symbols taken over from a dead or departed owner
 	Lost      atomic.Int64 // symbols dropped because another node took them
+}
+
+type taken struct {
+	st   engine.State
+	asOf time.Time // when the checkpoint was written
 }
 
 type lease struct {
@@ -118,7 +123,7 @@ func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) 
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	l := &Leases{cfg: cfg, nc: nc, b: b, engine: eng, pub: pub,
-		held: map[string]*lease{}, taken: map[string]engine.State{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]bool{}}
+		held: map[string]*lease{}, taken: map[string]taken{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]bool{}}
 	l.want.Store(&[]string{})
 	return l
 }
@@ -127,13 +132,13 @@ func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) 
 func (l *Leases) Want(symbols []string) { l.want.Store(&symbols) }
 
 // Taken returns, once, the checkpoint of a symbol this node has just taken
-// over, for its seed.
-func (l *Leases) Taken(symbol string) (engine.State, bool) {
+// over, for its seed, and when it was written.
+func (l *Leases) Taken(symbol string) (engine.State, time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st, ok := l.taken[symbol]
+	t, ok := l.taken[symbol]
 	delete(l.taken, symbol)
-	return st, ok
+	return t.st, t.asOf, ok
 }
 
 // Owns reports whether this node holds symbol's lease.
@@ -393,11 +398,12 @@ func (l *Leases) standBy(ctx context.Context, now time.Time) {
 func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) error {
 	key := Key(sym)
 	st := engine.State{Symbol: sym, LastID: -1}
+	var asOf time.Time
 	resumable := false
 	value := encodeCheckpoint(l.cfg.Node, st, nil, time.Now())
 	if exists {
-		if _, s, err := decodeCheckpoint(v.value, l.cfg.Intervals); err == nil && len(s.Open) > 0 && s.Open[0].OpenTime != 0 {
-			st, resumable = s, true
+		if c, s, err := decodeCheckpoint(v.value, l.cfg.Intervals); err == nil && len(s.Open) > 0 && s.Open[0].OpenTime != 0 {
+			st, asOf, resumable = s, time.UnixMilli(c.At), true
 		}
 		if value2, err := withOwner(v.value, l.cfg.Node); err == nil {
 			value = value2
@@ -421,7 +427,7 @@ func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) erro
 		l.held[sym].open = st.Open[0].OpenTime
 	}
 	if resumable {
-		l.taken[sym] = st
+		l.taken[sym] = taken{st, asOf}
 	}
 	l.mu.Unlock()
 	from := v.owner

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"time"
 
 	"github.com/klagg/klagg/internal/kline"
 )
@@ -21,7 +22,7 @@ type Seeds interface {
 
 // Resumer starts a symbol's trades at an aggregate id: the router.
 type Resumer interface {
-	Resume(ctx context.Context, symbol string, next int64, trades []kline.Trade) error
+	Resume(ctx context.Context, symbol string, next int64, asOf time.Time) error
 }
 
 // Seeder seeds a symbol this node has taken over from its checkpoint: the
@@ -51,7 +52,7 @@ func NewSeeder(hist History, leases *Leases, engine Seeds, router Resumer, ivs [
 // the engine, so that the klines closed since reach the stream (and every
 // subscriber) corrected, as after any gap.
 func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
-	st, ok := s.leases.Taken(symbol)
+	st, asOf, ok := s.leases.Taken(symbol)
 	if !ok || len(st.Open) == 0 || st.Open[0].OpenTime == 0 {
 		return s.History.Seed(ctx, symbol)
 	}
@@ -65,5 +66,5 @@ func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
 	if st.LastID < 0 {
 		return 0, s.History.Resync(ctx, symbol, st.Open[0].OpenTime)
 	}
-	return 0, s.router.Resume(ctx, symbol, st.LastID+1, nil)
+	return 0, s.router.Resume(ctx, symbol, st.LastID+1, asOf)
 }

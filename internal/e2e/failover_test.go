@@ -28,6 +28,29 @@ func BenchmarkFailover(b *testing.B) {
 	nodes := r.startCluster(url, "")
 	var took []time.Duration
 	weight := 0
+	settle := func() {
+		// Each round starts from a settled cluster: backfills done, and the
+		// restarted node a standby for some seconds, as a node that has run
+		// for a while is (its buffer reaches back past the checkpoints).
+		for _, n := range nodes {
+			for {
+				st, err := n.k.Status()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if st.BackfillDone >= st.BackfillTotal {
+					break
+				}
+				time.Sleep(100 * time.Millisecond) // polling the node's state
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := r.x.WaitUntil(ctx, r.x.Now().Add(5*time.Second)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	settle()
 	for b.Loop() {
 		byNode := own.owned()
 		victim := nodes[0]
@@ -50,8 +73,20 @@ func BenchmarkFailover(b *testing.B) {
 			b.Fatal(err)
 		}
 		took = append(took, last.Sub(killed))
-		weight += restWeight(nodes, victim) - w0
+		w := restWeight(nodes, victim) - w0
+		weight += w
+		if testing.Verbose() {
+			b.Logf("kill %d: %s's %d symbols live again after %s, %d REST weight", len(took), victim.name, len(moved), last.Sub(killed).Round(time.Millisecond), w)
+			for _, n := range nodes {
+				for _, l := range n.k.Lines() {
+					if strings.Contains(l, "msg=resumed") && l > "time="+killed.UTC().Format(time.RFC3339Nano) {
+						b.Log(n.name, l)
+					}
+				}
+			}
+		}
 		r.startNode(victim)
+		settle()
 	}
 	slices.Sort(took)
 	q := func(p float64) time.Duration { return took[min(len(took)-1, int(p*float64(len(took))))] }

@@ -119,6 +119,7 @@ const (
 )
 
 type control struct {
+	asOf    time.Time // ctlResume: when the checkpoint was written
 	kind    controlKind
 	symbol  string
 	conn    int
@@ -137,6 +138,7 @@ type symState struct {
 	suspect  bool          // may have missed trades (reconnect): repair from klines
 	behind   bool          // resumed at an id the stream may be past: fill from REST aggTrades
 	standby  bool          // not started: keeps only its last StandbyKeep of trades, for a takeover
+	since    time.Time     // when it became a standby
 	down     bool          // its connection is lost
 	epoch    int           // bumped on loss and return; older fills cannot clear suspect
 	filling  bool
@@ -276,13 +278,15 @@ func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []
 	return r.control(ctx, control{kind: ctlStart, symbol: symbol, next: next, trades: trades})
 }
 
-// Resume starts symbol at aggregate id next, after trades, as Start does,
-// for a sequence taken over from elsewhere (a cluster's checkpoint): trades
-// from next on may have happened before the stream carried the symbol, so
+// Resume starts symbol at aggregate id next, for a sequence taken over
+// from elsewhere (a cluster's checkpoint, written at asOf): trades from
+// next on may have happened before the stream carried the symbol, so
 // unless the stream's first trade is next, they are read from REST
-// aggTrades, and the symbol's klines are held until they are.
-func (r *Router) Resume(ctx context.Context, symbol string, next int64, trades []kline.Trade) error {
-	return r.control(ctx, control{kind: ctlResume, symbol: symbol, next: next, trades: trades})
+// aggTrades, and the symbol's klines are held until they are. A standby
+// (see Standby) that holds the trade before next, or that carried the
+// symbol since before asOf and saw no trade, has missed nothing.
+func (r *Router) Resume(ctx context.Context, symbol string, next int64, asOf time.Time) error {
+	return r.control(ctx, control{kind: ctlResume, symbol: symbol, next: next, asOf: asOf})
 }
 
 // StandbyKeep is how much of a standby symbol's trades the router keeps.
@@ -463,7 +467,7 @@ func (r *Router) apply(c control) error {
 		return nil
 	case ctlStandby:
 		if s := r.state(c.symbol); s.next < 0 {
-			s.standby = true
+			s.standby, s.since = true, time.Now()
 			s.gapAt = time.Time{}
 			r.updateHold()
 		}
@@ -474,6 +478,7 @@ func (r *Router) apply(c control) error {
 		return nil // already started
 	}
 	s.snap, s.anchors, s.standby = nil, nil, false
+	defer func() { s.since = time.Time{} }()
 	switch c.kind {
 	case ctlStartAfter:
 		return r.startAfter(c.symbol, s, c.next)
@@ -482,10 +487,15 @@ func (r *Router) apply(c control) error {
 		return nil
 	}
 	// A standby that holds the checkpoint's own last trade has carried the
-	// symbol since: nothing after it can be missing.
+	// symbol since: nothing after it can be missing. So has one that
+	// carried it since before the checkpoint (a second's margin for the
+	// nodes' clocks) and saw no trade.
 	covered := false
 	for _, t := range s.pending {
 		covered = covered || t.ID == c.next-1
+	}
+	if c.kind == ctlResume && len(s.pending) == 0 && !s.since.IsZero() && s.since.Before(c.asOf.Add(-time.Second)) {
+		covered = true
 	}
 	s.next = c.next
 	if len(c.trades) > 0 {

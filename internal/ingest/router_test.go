@@ -232,7 +232,7 @@ func TestRouterResumes(t *testing.T) {
 		h.trades = append(h.trades, tr(id))
 	}
 	r, out, ctx := startRouter(t, h)
-	if err := r.Resume(ctx, "QUIET", 105, nil); err != nil {
+	if err := r.Resume(ctx, "QUIET", 105, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if _, held := r.Holds()["QUIET"]; !held {
@@ -252,7 +252,7 @@ func TestRouterResumes(t *testing.T) {
 
 	calls := h.calls
 	r.Deliver(ctx, 1, "BUSY", tr(205), time.Now())
-	if err := r.Resume(ctx, "BUSY", 205, nil); err != nil {
+	if err := r.Resume(ctx, "BUSY", 205, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	r.Deliver(ctx, 1, "BUSY", tr(206), time.Now())
@@ -295,17 +295,37 @@ func TestRouterStandby(t *testing.T) {
 	if _, held := r.Holds()["X"]; held {
 		t.Fatal("a standby symbol holds the clock")
 	}
-	if err := r.Resume(ctx, "X", 90, nil); err != nil {
+	if err := r.Resume(ctx, "X", 90, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if ids := collect(t, out, 11); ids[0] != 90 || ids[10] != 100 {
 		t.Fatalf("forwarded %v, want 90…100 from the standby buffer", ids)
 	}
-	if err := r.Resume(ctx, "Y", 8, nil); err != nil {
+	if err := r.Resume(ctx, "Y", 8, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if _, held := r.Holds()["Y"]; held || h.calls != 0 {
 		t.Fatalf("resumed after the standby's own last trade: held %v, %d REST calls", held, h.calls)
+	}
+	// A standby since before the checkpoint that saw no trade: nothing
+	// to read; one that became a standby after it: REST is asked.
+	if err := r.Standby(ctx, "Q"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Resume(ctx, "Q", 50, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, held := r.Holds()["Q"]; held {
+		t.Fatal("a quiet standby since before the checkpoint is held")
+	}
+	if err := r.Standby(ctx, "R"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Resume(ctx, "R", 50, time.Now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, held := r.Holds()["R"]; !held {
+		t.Fatal("a standby younger than the checkpoint, with no trade, is not held while REST is asked")
 	}
 }
 
@@ -326,7 +346,7 @@ func TestRouterStandbyShort(t *testing.T) {
 	for r.Stats().Buffered.Load() < 61 {
 		runtime.Gosched()
 	}
-	if err := r.Resume(ctx, "X", 150, nil); err != nil {
+	if err := r.Resume(ctx, "X", 150, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	ids := collect(t, out, 151)
