@@ -71,6 +71,7 @@ type Leases struct {
 	reg     Registry
 	want    atomic.Pointer[[]string]
 	healthy atomic.Int64 // unix ns since which the node's own link has worked; 0: not now
+	through atomic.Int64 // see membership.Through
 
 	mu    sync.Mutex
 	held  map[string]*lease // symbols this node owns, by name
@@ -99,9 +100,19 @@ type lease struct {
 }
 
 type member struct {
-	seen  time.Time // local time its key was last seen to change
-	rev   uint64
-	roles []string
+	seen    time.Time // local time its key was last seen to change
+	rev     uint64
+	roles   []string
+	through int64 // its membership's Through
+}
+
+// membership is a node's value in the membership bucket.
+type membership struct {
+	Roles []string `json:"roles"`
+	// Through is when (unix ms) the node last took its engine's states
+	// and then wrote every changed one: a symbol whose checkpoint is
+	// older had no trade applied between the two.
+	Through int64 `json:"through,omitempty"`
 }
 
 type view struct {
@@ -179,10 +190,8 @@ func (l *Leases) healthyFor(now time.Time, d time.Duration) bool {
 func (l *Leases) heartbeat(ctx context.Context) {
 	t := time.NewTicker(l.cfg.Staleness / 4)
 	defer t.Stop()
-	body, _ := json.Marshal(struct {
-		Roles []string `json:"roles"`
-	}{l.cfg.Roles})
 	for {
+		body, _ := json.Marshal(membership{Roles: l.cfg.Roles, Through: l.through.Load()})
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.Staleness/2)
 		_, err := l.b.Nodes.Put(pctx, l.cfg.Node, body)
 		cancel()
@@ -233,11 +242,9 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 				delete(l.members, e.Key()) // left the cluster
 				continue
 			}
-			var m struct {
-				Roles []string `json:"roles"`
-			}
+			var m membership
 			json.Unmarshal(e.Value(), &m)
-			l.members[e.Key()] = member{seen: time.Now(), rev: e.Revision(), roles: m.Roles}
+			l.members[e.Key()] = member{seen: time.Now(), rev: e.Revision(), roles: m.Roles, through: m.Through}
 		case e, ok := <-live.Updates():
 			if !ok {
 				return errors.New("cluster: the lease watch ended")
@@ -403,7 +410,13 @@ func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) erro
 	value := encodeCheckpoint(l.cfg.Node, st, nil, time.Now())
 	if exists {
 		if c, s, err := decodeCheckpoint(v.value, l.cfg.Intervals); err == nil && len(s.Open) > 0 && s.Open[0].OpenTime != 0 {
-			st, asOf, resumable = s, time.UnixMilli(c.At), true
+			// The checkpoint holds every trade its owner applied until it
+			// last wrote all its checkpoints, if that was later.
+			at := c.At
+			if m, ok := l.members[v.owner]; ok && c.Owner == v.owner {
+				at = max(at, m.through)
+			}
+			st, asOf, resumable = s, time.UnixMilli(at), true
 		}
 		if value2, err := withOwner(v.value, l.cfg.Node); err == nil {
 			value = value2
@@ -465,6 +478,7 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 	}
 	// In chunks: the engine stops applying trades while it copies states,
 	// and a thousand symbols at once held trades back by milliseconds.
+	snapAt := time.Now()
 	var states []engine.State
 	for chunk := range slices.Chunk(names, 64) {
 		st, err := l.engine.States(ctx, chunk)
@@ -487,7 +501,7 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 	}
 	var g errgroup.Group
 	g.SetLimit(16)
-	var written atomic.Int64
+	var written, failed atomic.Int64
 	now := time.Now()
 	for _, st := range states {
 		l.mu.Lock()
@@ -515,6 +529,7 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 			case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 				l.lose(ctx, st.Symbol)
 			case err != nil:
+				failed.Add(1)
 				if ctx.Err() == nil {
 					l.cfg.Log.Debug("writing a checkpoint failed; retrying", "symbol", st.Symbol, "err", err)
 				}
@@ -533,6 +548,9 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		})
 	}
 	g.Wait()
+	if failed.Load() == 0 {
+		l.through.Store(snapAt.UnixMilli())
+	}
 	return int(written.Load())
 }
 
