@@ -23,6 +23,7 @@ type Seeds interface {
 // Resumer starts a symbol's trades at an aggregate id: the router.
 type Resumer interface {
 	Resume(ctx context.Context, symbol string, next int64, asOf time.Time) error
+	ResumeQuiet(ctx context.Context, symbol string, asOf time.Time) (bool, error)
 }
 
 // Seeder seeds a symbol this node has taken over from its checkpoint: the
@@ -64,6 +65,11 @@ func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
 		}
 	}
 	if st.LastID < 0 {
+		// A standby that saw no trade since before the checkpoint vouches
+		// for it; else the exchange's klines do.
+		if ok, err := s.router.ResumeQuiet(ctx, symbol, asOf); ok || err != nil {
+			return 0, err
+		}
 		return 0, s.History.Resync(ctx, symbol, st.Open[0].OpenTime)
 	}
 	return 0, s.router.Resume(ctx, symbol, st.LastID+1, asOf)

@@ -116,6 +116,7 @@ const (
 	ctlAnchor
 	ctlResume // from aggregate id next, after trades, with trades since perhaps missed
 	ctlStandby
+	ctlResumeQuiet
 )
 
 type control struct {
@@ -287,6 +288,23 @@ func (r *Router) Start(ctx context.Context, symbol string, next int64, trades []
 // symbol since before asOf and saw no trade, has missed nothing.
 func (r *Router) Resume(ctx context.Context, symbol string, next int64, asOf time.Time) error {
 	return r.control(ctx, control{kind: ctlResume, symbol: symbol, next: next, asOf: asOf})
+}
+
+// errNotCovered is ResumeQuiet's answer when the standby cannot vouch for
+// the symbol.
+var errNotCovered = errors.New("the standby did not carry the symbol since the checkpoint without a trade")
+
+// ResumeQuiet starts symbol, taken over from a checkpoint written at asOf
+// that knows no aggregate id (no trade since its seed), at its next trade,
+// if this node has stood by for it since before asOf and seen no trade: the
+// checkpoint's klines then hold every trade there was. It reports false,
+// starting nothing, otherwise.
+func (r *Router) ResumeQuiet(ctx context.Context, symbol string, asOf time.Time) (bool, error) {
+	err := r.control(ctx, control{kind: ctlResumeQuiet, symbol: symbol, asOf: asOf})
+	if errors.Is(err, errNotCovered) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // StandbyKeep is how much of a standby symbol's trades the router keeps.
@@ -464,6 +482,14 @@ func (r *Router) apply(c control) error {
 		s := r.state(c.symbol)
 		s.anchors = append(s.anchors, c.anchor)
 		r.offerSnapshot(s)
+		return nil
+	case ctlResumeQuiet:
+		s := r.state(c.symbol)
+		if s.next >= 0 || !s.standby || len(s.pending) > 0 || s.since.IsZero() || !s.since.Before(c.asOf.Add(-time.Second)) {
+			return errNotCovered
+		}
+		s.snap, s.anchors, s.standby, s.since = nil, nil, false, time.Time{}
+		r.startAt(c.symbol, s, c.asOf.UnixMilli())
 		return nil
 	case ctlStandby:
 		if s := r.state(c.symbol); s.next < 0 {

@@ -318,6 +318,20 @@ func TestRouterStandby(t *testing.T) {
 	if _, held := r.Holds()["Q"]; held {
 		t.Fatal("a quiet standby since before the checkpoint is held")
 	}
+	if err := r.Standby(ctx, "Q2"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := r.ResumeQuiet(ctx, "Q2", time.Now().Add(2*time.Second)); !ok || err != nil {
+		t.Fatalf("a quiet standby since before a checkpoint without an id: %v %v", ok, err)
+	}
+	after := kline.Trade{ID: 77, FirstID: 77, LastID: 77, Time: time.Now().Add(3 * time.Second).UnixMilli()}
+	r.Deliver(ctx, 1, "Q2", after, time.Now())
+	if ids := collect(t, out, 1); ids[0] != 77 {
+		t.Fatalf("forwarded %v, want the first trade after the checkpoint", ids)
+	}
+	if ok, err := r.ResumeQuiet(ctx, "NEVER", time.Now()); ok || err != nil {
+		t.Fatalf("a symbol never stood by for vouched for: %v %v", ok, err)
+	}
 	if err := r.Standby(ctx, "R"); err != nil {
 		t.Fatal(err)
 	}
