@@ -246,25 +246,11 @@ func TestCluster(t *testing.T) {
 	own := watchOwners(t, url, 1)
 	nodes := r.startCluster(url, "")
 	r.liveAt = r.x.Now()
-	var syms []string
-	for sym, status := range r.x.Symbols() {
-		if status == "TRADING" {
-			syms = append(syms, sym)
-		}
-	}
-	watchers := make([]*closings, len(nodes))
-	for i, n := range nodes {
-		watchers[i] = watchClosings(t, n.k.Base(), syms)
-	}
+	syms := r.trading()
+	watchers := watchAll(t, nodes, syms)
 	r.until(3*time.Minute + 30*time.Second)
 	byNode := own.owned()
-	victim := nodes[0]
-	for _, n := range nodes {
-		if len(byNode[n.name]) > len(byNode[victim.name]) {
-			victim = n
-		}
-	}
-	moved := byNode[victim.name]
+	victim, moved := busiest(byNode, nodes)
 	if len(moved) == 0 || len(byNode[""]) > 0 {
 		t.Fatalf("owners before the kill: %v", byNode)
 	}
@@ -360,6 +346,37 @@ func drainStream(t *testing.T, url, pgURL string) {
 		case <-time.After(100 * time.Millisecond): // polling the broker's state
 		}
 	}
+}
+
+// trading returns the symbols the exchange is trading.
+func (r *run) trading() []string {
+	var syms []string
+	for sym, status := range r.x.Symbols() {
+		if status == "TRADING" {
+			syms = append(syms, sym)
+		}
+	}
+	return syms
+}
+
+// watchAll connects a client of syms' 1m closings to every node.
+func watchAll(t *testing.T, nodes []*node, syms []string) []*closings {
+	watchers := make([]*closings, len(nodes))
+	for i, n := range nodes {
+		watchers[i] = watchClosings(t, n.k.Base(), syms)
+	}
+	return watchers
+}
+
+// busiest returns the node owning the most symbols, and its symbols.
+func busiest(byNode map[string][]string, nodes []*node) (*node, []string) {
+	victim := nodes[0]
+	for _, n := range nodes {
+		if len(byNode[n.name]) > len(byNode[victim.name]) {
+			victim = n
+		}
+	}
+	return victim, byNode[victim.name]
 }
 
 // closings are the 1m closing events one WebSocket client received.
@@ -783,16 +800,8 @@ func TestClusterOutages(t *testing.T) {
 	own := watchOwners(t, urls, 3)
 	nodes := r.startCluster(urls, "replicas = 3")
 	r.liveAt = r.x.Now()
-	var syms []string
-	for sym, status := range r.x.Symbols() {
-		if status == "TRADING" {
-			syms = append(syms, sym)
-		}
-	}
-	watchers := make([]*closings, len(nodes))
-	for i, n := range nodes {
-		watchers[i] = watchClosings(t, n.k.Base(), syms)
-	}
+	syms := r.trading()
+	watchers := watchAll(t, nodes, syms)
 	before := own.owned()
 
 	r.until(2*time.Minute + 30*time.Second)

@@ -53,13 +53,7 @@ func BenchmarkFailover(b *testing.B) {
 	settle()
 	for b.Loop() {
 		byNode := own.owned()
-		victim := nodes[0]
-		for _, n := range nodes {
-			if len(byNode[n.name]) > len(byNode[victim.name]) {
-				victim = n
-			}
-		}
-		moved := byNode[victim.name]
+		victim, moved := busiest(byNode, nodes)
 		if len(moved) == 0 {
 			b.Fatalf("no node owns a symbol: %v", byNode)
 		}
