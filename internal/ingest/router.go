@@ -751,9 +751,12 @@ func (r *Router) buffer(s *symState, t kline.Trade) {
 		s.pending[i] = t
 	} else if s.standby {
 		// Only the last StandbyKeep: what a checkpoint a few seconds old
-		// needs, bounded however long the symbol stands by.
+		// needs, bounded however long the symbol stands by. Trimmed once
+		// the oldest is twice that old, so that each trade does not move
+		// the whole buffer.
+		keep := StandbyKeep.Milliseconds()
 		i := 0
-		for i < n && s.pending[i].Time < t.Time-StandbyKeep.Milliseconds() {
+		for n > 0 && s.pending[0].Time < t.Time-2*keep && i < n && s.pending[i].Time < t.Time-keep {
 			i++
 		}
 		if i > 0 {

@@ -264,42 +264,43 @@ func TestRouterResumes(t *testing.T) {
 	}
 }
 
-// TestRouterStandby: a standby symbol keeps its last minute of trades and
-// holds nothing back; resumed at a checkpoint inside that minute it goes on
-// from the buffer without REST, and resumed right after its last trade it
-// knows nothing is missing.
+// TestRouterStandby: a standby symbol keeps its last one to two minutes of
+// trades and holds nothing back; resumed at a checkpoint inside them it
+// goes on from the buffer without REST, and resumed right after its last
+// trade it knows nothing is missing.
 func TestRouterStandby(t *testing.T) {
 	h := &history{}
 	r, out, ctx := startRouter(t, h)
 	if err := r.Standby(ctx, "X"); err != nil {
 		t.Fatal(err)
 	}
-	for id := int64(1); id <= 100; id++ { // a trade a second
-		r.Deliver(ctx, 1, "X", tr(id), time.Now())
-	}
 	if err := r.Standby(ctx, "Y"); err != nil {
 		t.Fatal(err)
 	}
-	r.Deliver(ctx, 1, "Y", tr(7), time.Now())
-	// Deliveries are taken in order, after the controls before them: wait
-	// for Y's, then X's are all in.
-	for deadline := time.Now().Add(10 * time.Second); r.Stats().Buffered.Load() < 62; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d trades buffered, want the last minute's 61 of X (40…100) and Y's one", r.Stats().Buffered.Load())
-		}
-		runtime.Gosched()
+	if err := r.Start(ctx, "Z", 1, nil); err != nil {
+		t.Fatal(err)
 	}
-	if n := r.Stats().Buffered.Load(); n != 62 {
-		t.Fatalf("%d trades buffered, want 62: X's last minute and Y's one", n)
+	r.Deliver(ctx, 1, "Y", tr(7), time.Now())
+	for id := int64(1); id <= 200; id++ { // a trade a second
+		r.Deliver(ctx, 1, "X", tr(id), time.Now())
+	}
+	// Deliveries are taken in order: once Z's is forwarded, X's are in.
+	r.Deliver(ctx, 1, "Z", tr(1), time.Now())
+	if ids := collect(t, out, 1); ids[0] != 1 {
+		t.Fatalf("forwarded %v", ids)
+	}
+	// Trimmed at 122 s (to 62…122) and 183 s (to 123…183): 123…200 kept.
+	if n := r.Stats().Buffered.Load(); n != 79 {
+		t.Fatalf("%d trades buffered, want 79: X's 123…200 and Y's one", n)
 	}
 	if _, held := r.Holds()["X"]; held {
 		t.Fatal("a standby symbol holds the clock")
 	}
-	if err := r.Resume(ctx, "X", 90, time.Now()); err != nil {
+	if err := r.Resume(ctx, "X", 190, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if ids := collect(t, out, 11); ids[0] != 90 || ids[10] != 100 {
-		t.Fatalf("forwarded %v, want 90…100 from the standby buffer", ids)
+	if ids := collect(t, out, 11); ids[0] != 190 || ids[10] != 200 {
+		t.Fatalf("forwarded %v, want 190…200 from the standby buffer", ids)
 	}
 	if err := r.Resume(ctx, "Y", 8, time.Now()); err != nil {
 		t.Fatal(err)
