@@ -9,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/klagg/klagg/internal/bus/bustest"
 	"github.com/klagg/klagg/internal/engine"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store/storetest"
@@ -117,15 +114,7 @@ type registry struct {
 // as a kill), the other takes its symbols over with their checkpoints;
 // a node whose checkpoint write is refused drops the symbol.
 func TestLeases(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
+	url := bustest.Server(t)
 	ch := make(chan ownership, 1000)
 	var syms []string
 	for i := range 20 {
@@ -134,12 +123,7 @@ func TestLeases(t *testing.T) {
 	var nodesMu sync.Mutex
 	ingestNodes := map[string]int{}
 	start := func(node string) (*Leases, context.CancelFunc, chan error) {
-		nc, err := nats.Connect(ns.ClientURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
+		nc, js := bustest.Connect(t, url)
 		b, err := EnsureBuckets(context.Background(), js, 1)
 		if err != nil {
 			t.Fatal(err)
