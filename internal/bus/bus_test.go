@@ -116,7 +116,8 @@ func TestPublishAndSink(t *testing.T) {
 		t.Fatalf("the stream holds %d messages (%v), want %d: one per kline and the correction", info.State.Msgs, err, len(want)+1)
 	}
 
-	sink := NewSink(js, db, "sink", log)
+	rec := &recorder{Store: db, stamps: map[kline.Key][]int64{}}
+	sink := NewSink(js, rec, "sink", log)
 	run(t, sink.Run)
 	until(t, "the sink stores every message", func() bool { return sink.Stored.Load() == int64(len(want)+1) })
 	check := func(when string) {
@@ -138,11 +139,43 @@ func TestPublishAndSink(t *testing.T) {
 		}
 	}
 	check("after the sink")
+	// The versions of want[7] are stamped in the stream's order; the
+	// first one, stored again after the correction (as a second sink
+	// could), changes nothing.
+	rec.mu.Lock()
+	st7 := rec.stamps[want[7].Key()]
+	rec.mu.Unlock()
+	if len(st7) != 2 || st7[0] <= 0 || st7[1] <= st7[0] {
+		t.Fatalf("the two versions of a kline were stamped %v, want two rising stamps", st7)
+	}
+	old := want[7]
+	old.Trades--
+	old.Stamp = st7[0]
+	if err := db.Upsert([]kline.Update{old}); err != nil {
+		t.Fatal(err)
+	}
+	check("after an old version came late")
 	// A second sink from the start replays every message: nothing changes.
 	replay := NewSink(js, db, "replay", log)
 	run(t, replay.Run)
 	until(t, "the replay ends", func() bool { return replay.Stored.Load() == int64(len(want)+1) })
 	check("after a replay")
+}
+
+// recorder records the stamps of the klines a sink stores.
+type recorder struct {
+	Store
+	mu     sync.Mutex
+	stamps map[kline.Key][]int64
+}
+
+func (r *recorder) Upsert(us []kline.Update) error {
+	r.mu.Lock()
+	for i := range us {
+		r.stamps[us[i].Key()] = append(r.stamps[us[i].Key()], us[i].Stamp)
+	}
+	r.mu.Unlock()
+	return r.Store.Upsert(us)
 }
 
 // BenchmarkPublish publishes closed klines with 1 replica, in process.

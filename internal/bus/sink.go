@@ -22,7 +22,9 @@ type Store interface {
 // Sink copies the kline stream into a store. It reads with a durable
 // consumer and acknowledges a batch only after the store has committed
 // it, so a sink that dies redoes at most its last batch, which changes
-// nothing: the store's upserts are idempotent.
+// nothing: the store's upserts are idempotent. Each kline is stamped with
+// its message's time in the stream, so that a store never replaces a
+// correction with the version before it when sinks commit out of order.
 type Sink struct {
 	js      jetstream.JetStream
 	store   Store
@@ -141,6 +143,11 @@ func (s *Sink) fetch(cons jetstream.Consumer, batch *[]kline.Update, got *[]jets
 			s.Malformed.Add(1)
 			s.log.Warn("left out a message that is not a kline", "subject", m.Subject(), "err", err)
 			continue
+		}
+		// The stream's time orders the versions of one kline for the
+		// store: sinks sharing the consumer commit them out of order.
+		if md, err := m.Metadata(); err == nil {
+			u.Stamp = md.Timestamp.UnixNano()
 		}
 		*batch = append(*batch, u)
 	}

@@ -183,6 +183,11 @@ type Update struct {
 	// never given to another pair, so consumers can key by it instead of
 	// hashing names for each of millions of updates a second.
 	Series uint32
+	// Stamp orders the versions of one kline that reach a store out of
+	// order (sinks sharing a stream): a store never replaces a kline with
+	// one of a lower stamp. Zero, the engine's own writes, orders nothing:
+	// it always applies.
+	Stamp int64
 	Kline
 }
 

@@ -71,6 +71,9 @@ var migrations = []string{
 		name  TEXT PRIMARY KEY,
 		value TEXT NOT NULL
 	) WITHOUT ROWID;`,
+	// The stamp of the kline's version (kline.Update.Stamp): the highest
+	// stamp written so far.
+	`ALTER TABLE klines ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // Symbol is a symbol's exchangeInfo metadata.
@@ -182,17 +185,19 @@ func (s *Store) Close() error {
 }
 
 const upsertSQL = `INSERT INTO klines (symbol, interval, open_time, close_time, open, high, low, close,
-	volume, quote_volume, trades, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+	volume, quote_volume, trades, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed, stamp)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT (symbol, interval, open_time) DO UPDATE SET
 	close_time=excluded.close_time, open=excluded.open, high=excluded.high, low=excluded.low,
 	close=excluded.close, volume=excluded.volume, quote_volume=excluded.quote_volume,
 	trades=excluded.trades, taker_buy_volume=excluded.taker_buy_volume,
 	taker_buy_quote_volume=excluded.taker_buy_quote_volume, first_trade_id=excluded.first_trade_id,
-	last_trade_id=excluded.last_trade_id, closed=excluded.closed`
+	last_trade_id=excluded.last_trade_id, closed=excluded.closed, stamp=max(klines.stamp, excluded.stamp)
+WHERE excluded.stamp = 0 OR excluded.stamp >= klines.stamp`
 
 // Upsert writes updates in one transaction: all or none. Writing the same
-// kline twice leaves one row with the later value.
+// kline twice leaves one row with the later value, unless the later one has
+// a lower stamp.
 func (s *Store) Upsert(updates []kline.Update) (err error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -228,6 +233,7 @@ func (s *Store) Upsert(updates []kline.Update) (err error) {
 		st.BindInt64(14, k.FirstTradeID)
 		st.BindInt64(15, k.LastTradeID)
 		st.BindBool(16, k.Closed)
+		st.BindInt64(17, u.Stamp)
 		if _, err := st.Step(); err != nil {
 			st.Reset()
 			return fmt.Errorf("store: upsert %s %s %d: %w", u.Symbol, u.Interval, k.OpenTime, err)

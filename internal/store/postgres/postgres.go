@@ -54,6 +54,9 @@ var migrations = []string{
 		name  TEXT PRIMARY KEY,
 		value TEXT NOT NULL
 	);`,
+	// The stamp of the kline's version (kline.Update.Stamp): the highest
+	// stamp written so far.
+	`ALTER TABLE klines ADD COLUMN stamp BIGINT NOT NULL DEFAULT 0;`,
 }
 
 // Store is a PostgreSQL kline database.
@@ -129,10 +132,24 @@ func (s *Store) Upsert(updates []kline.Update) error {
 	if len(updates) == 0 {
 		return nil
 	}
-	// One INSERT may not touch a row twice: keep each key's last update.
-	last := make(map[kline.Key]int, len(updates))
+	// One INSERT may not touch a row twice: keep each key's update that
+	// one by one would have been written last. (An unstamped winner is
+	// written unstamped: the stamps before it in the batch are not kept,
+	// where one by one the highest would be. Batches do not mix the two:
+	// the engine's writes have none, a sink's all have one.)
+	type pick struct {
+		i   int
+		max int64
+	}
+	last := make(map[kline.Key]pick, len(updates))
 	for i := range updates {
-		last[updates[i].Key()] = i
+		u := &updates[i]
+		p, ok := last[u.Key()]
+		if !ok || u.Stamp == 0 || u.Stamp >= p.max {
+			p.i = i
+		}
+		p.max = max(p.max, u.Stamp)
+		last[u.Key()] = p
 	}
 	ctx := context.Background()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -143,11 +160,11 @@ func (s *Store) Upsert(updates []kline.Update) error {
 		}
 		rows := make([][]any, 0, len(last))
 		for i := range updates {
-			if u := &updates[i]; last[u.Key()] == i {
+			if u := &updates[i]; last[u.Key()].i == i {
 				k := &u.Kline
 				t := store.TextOf(k)
 				rows = append(rows, []any{u.Symbol, u.Interval.String(), k.OpenTime, k.CloseTime, t.Open, t.High, t.Low, t.Close,
-					t.Volume, t.QuoteVolume, k.Trades, t.TakerVolume, t.TakerQuoteVolume, k.FirstTradeID, k.LastTradeID, k.Closed})
+					t.Volume, t.QuoteVolume, k.Trades, t.TakerVolume, t.TakerQuoteVolume, k.FirstTradeID, k.LastTradeID, k.Closed, u.Stamp})
 			}
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"klines_in"}, klineColumns, pgx.CopyFromRows(rows)); err != nil {
@@ -164,24 +181,26 @@ func (s *Store) Upsert(updates []kline.Update) error {
 }
 
 var klineColumns = []string{"symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
-	"volume", "quote_volume", "trades", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "closed"}
+	"volume", "quote_volume", "trades", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "closed", "stamp"}
 
 // upsertSQL moves the copied rows into klines. A row equal to the stored
-// one is left as it is: a replay writes nothing.
+// one is left as it is: a replay writes nothing. A row with a lower stamp
+// than the stored one is older than it: it is left out.
 const upsertSQL = `INSERT INTO klines (symbol, interval, open_time, close_time, open, high, low, close,
-	volume, quote_volume, trades, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed)
+	volume, quote_volume, trades, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, closed, stamp)
 SELECT * FROM klines_in
 ON CONFLICT (symbol, interval, open_time) DO UPDATE SET
 	close_time=excluded.close_time, open=excluded.open, high=excluded.high, low=excluded.low,
 	close=excluded.close, volume=excluded.volume, quote_volume=excluded.quote_volume,
 	trades=excluded.trades, taker_buy_volume=excluded.taker_buy_volume,
 	taker_buy_quote_volume=excluded.taker_buy_quote_volume, first_trade_id=excluded.first_trade_id,
-	last_trade_id=excluded.last_trade_id, closed=excluded.closed
-WHERE (klines.close_time, klines.open, klines.high, klines.low, klines.close, klines.volume, klines.quote_volume,
+	last_trade_id=excluded.last_trade_id, closed=excluded.closed, stamp=GREATEST(klines.stamp, excluded.stamp)
+WHERE (excluded.stamp = 0 OR excluded.stamp >= klines.stamp) AND (excluded.stamp > klines.stamp OR
+	(klines.close_time, klines.open, klines.high, klines.low, klines.close, klines.volume, klines.quote_volume,
 	klines.trades, klines.taker_buy_volume, klines.taker_buy_quote_volume, klines.first_trade_id, klines.last_trade_id, klines.closed)
 	IS DISTINCT FROM (excluded.close_time, excluded.open, excluded.high, excluded.low, excluded.close, excluded.volume,
 	excluded.quote_volume, excluded.trades, excluded.taker_buy_volume, excluded.taker_buy_quote_volume,
-	excluded.first_trade_id, excluded.last_trade_id, excluded.closed)`
+	excluded.first_trade_id, excluded.last_trade_id, excluded.closed))`
 
 // Written tells the store that another process wrote closed klines to its
 // database (a cluster's sink on another node): copies readers keep of

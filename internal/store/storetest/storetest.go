@@ -32,6 +32,7 @@ type Store interface {
 func Run(t *testing.T, open func(t *testing.T) Store, reopen func(t *testing.T, s Store) Store) {
 	t.Run("UpsertAndRanges", func(t *testing.T) { upsertAndRanges(t, open(t)) })
 	t.Run("ReplaceAndReplay", func(t *testing.T) { replaceAndReplay(t, open(t)) })
+	t.Run("Stamps", func(t *testing.T) { stamps(t, open(t)) })
 	t.Run("ExactNumbers", func(t *testing.T) { exactNumbers(t, open(t)) })
 	t.Run("SymbolsAndLists", func(t *testing.T) { symbolsAndLists(t, open(t), reopen) })
 	t.Run("ClosedVersion", func(t *testing.T) { closedVersion(t, open(t)) })
@@ -147,6 +148,39 @@ func replaceAndReplay(t *testing.T, s Store) {
 		}
 		if err := s.Upsert(replay); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// stamps: a version with a lower stamp never replaces the stored one, in
+// separate writes or in one; an unstamped write (the engine's own) always
+// does, and keeps the highest stamp seen; a higher stamp on equal content
+// still counts.
+func stamps(t *testing.T, s Store) {
+	ctx := context.Background()
+	v := func(stamp, i int64) kline.Update {
+		return kline.Update{Symbol: "BTCUSDT", Interval: oneMin, Stamp: stamp, Kline: Kline(0, i)}
+	}
+	for n, step := range []struct {
+		write []kline.Update
+		want  int64 // the stored kline's number
+	}{
+		{[]kline.Update{v(10, 1)}, 1},
+		{[]kline.Update{v(5, 2)}, 1},            // older
+		{[]kline.Update{v(10, 3)}, 3},           // the same stamp: later wins
+		{[]kline.Update{v(0, 4)}, 4},            // unstamped
+		{[]kline.Update{v(7, 5)}, 4},            // older than the stamp kept
+		{[]kline.Update{v(30, 4)}, 4},           // equal content, newer stamp
+		{[]kline.Update{v(20, 6)}, 4},           // older than that
+		{[]kline.Update{v(40, 7), v(35, 8)}, 7}, // in one batch
+		{[]kline.Update{v(45, 9), v(50, 10), v(0, 11), v(48, 12)}, 11},
+	} {
+		if err := s.Upsert(step.write); err != nil {
+			t.Fatal(err)
+		}
+		ks, err := s.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: oneMin})
+		if err != nil || len(ks) != 1 || ks[0] != Kline(0, step.want) {
+			t.Fatalf("step %d: stored %+v (%v), want kline %d", n, ks, err, step.want)
 		}
 	}
 }
