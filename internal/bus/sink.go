@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,7 @@ type Sink struct {
 	store   Store
 	durable string
 	batch   int
+	workers int
 	log     *slog.Logger
 
 	Stored    atomic.Int64 // klines committed
@@ -39,7 +41,7 @@ type Sink struct {
 // NewSink returns a sink from js into store with the durable consumer
 // name durable (sinks sharing it share the work).
 func NewSink(js jetstream.JetStream, store Store, durable string, log *slog.Logger) *Sink {
-	return &Sink{js: js, store: store, durable: durable, batch: 5000, log: log}
+	return &Sink{js: js, store: store, durable: durable, batch: 5000, workers: 2, log: log}
 }
 
 // Run copies until ctx ends.
@@ -61,6 +63,19 @@ func (s *Sink) Run(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
+	// Two copiers: one decodes and fetches while the other waits for
+	// the store to commit, which alone leaves both the store and the sink
+	// half idle.
+	var wg sync.WaitGroup
+	for range s.workers {
+		wg.Go(func() { s.copy(ctx, cons) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// copy moves batches from cons to the store until ctx ends.
+func (s *Sink) copy(ctx context.Context, cons jetstream.Consumer) {
 	for ctx.Err() == nil {
 		// Wait for one message, then take what else is there: a batch
 		// that waited to fill would hold klines back from readers of the
@@ -73,7 +88,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			s.log.Warn("fetching klines failed; retrying", "err", err)
 			select {
@@ -86,7 +101,7 @@ func (s *Sink) Run(ctx context.Context) error {
 			continue
 		}
 		if err := s.commit(ctx, batch, got); err != nil {
-			return nil // ctx ended before the store took the batch: it is redelivered
+			return // ctx ended before the store took the batch: it is redelivered
 		}
 		// Each message is acknowledged on its own: sinks sharing the
 		// consumer hold other messages between these, and acknowledging
@@ -98,7 +113,6 @@ func (s *Sink) Run(ctx context.Context) error {
 			}
 		}
 	}
-	return nil
 }
 
 // commit writes batch, retrying while the store fails, until ctx ends;
@@ -176,6 +190,6 @@ func (s *Sink) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	return st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		// A sink that dies leaves its messages to the others after AckWait.
 		Durable: s.durable, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxAckPending: 4 * s.batch, AckWait: AckWait,
+		MaxAckPending: 2 * s.workers * s.batch, AckWait: AckWait,
 	})
 }
