@@ -128,9 +128,10 @@ func Decode(b []byte) (kline.Update, error) {
 // reports false for anything else (another producer's key order, spaces,
 // escapes, a bad value), which Decode then reads with encoding/json.
 //
-// Hand-written because a sink decodes every kline of the market: it
-// takes a fifth of encoding/json's time and a sink's throughput rose by
-// (BenchmarkSink).
+// Hand-written because a sink decodes every kline of the market: 0.6 µs a
+// message against encoding/json's 4 µs (CPU profile of BenchmarkSink),
+// which was a fifth of the sink's process. FuzzDecode checks it against
+// encoding/json.
 func decodeEncoded(b []byte) (u kline.Update, ok bool) {
 	r := encoded{b: b}
 	sym := r.str(`{"s":`)
