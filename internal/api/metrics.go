@@ -38,6 +38,7 @@ func (s *Server) writeMetrics(w http.ResponseWriter, _ *http.Request) {
 	if c := st.Cluster; c != nil {
 		gauge("klagg_cluster_symbols_owned", float64(c.Owned))
 		counter("klagg_cluster_takeovers_total", c.Takeovers)
+		counter("klagg_cluster_rebalanced_total", c.Rebalanced)
 		counter("klagg_cluster_leases_lost_total", c.Lost)
 		counter("klagg_bus_published_total", c.Published)
 		gauge("klagg_bus_publish_pending", float64(c.PublishPending))

@@ -72,10 +72,12 @@ func TestKeyAndCheckpoint(t *testing.T) {
 	}
 }
 
-// fakeEngine says each symbol stands at an aggregate id that grows.
+// fakeEngine says each symbol stands at an aggregate id that grows, or
+// while quiet stays.
 type fakeEngine struct {
-	mu   sync.Mutex
-	last map[string]int64
+	mu    sync.Mutex
+	last  map[string]int64
+	quiet bool
 }
 
 func (e *fakeEngine) States(_ context.Context, syms []string) ([]engine.State, error) {
@@ -83,7 +85,9 @@ func (e *fakeEngine) States(_ context.Context, syms []string) ([]engine.State, e
 	defer e.mu.Unlock()
 	var out []engine.State
 	for _, s := range syms {
-		e.last[s]++
+		if !e.quiet || e.last[s] == 0 {
+			e.last[s]++
+		}
 		out = append(out, engine.State{Symbol: s, LastID: e.last[s], Open: []kline.Kline{{OpenTime: 60_000, CloseTime: 119_999}}})
 	}
 	return out, nil
@@ -122,7 +126,7 @@ func TestLeases(t *testing.T) {
 	}
 	var nodesMu sync.Mutex
 	ingestNodes := map[string]int{}
-	start := func(node string) (*Leases, context.CancelFunc, chan error) {
+	start := func(node string, standby bool) (*Leases, context.CancelFunc, chan error) {
 		nc, js := bustest.Connect(t, url)
 		b, err := EnsureBuckets(context.Background(), js, 1)
 		if err != nil {
@@ -130,7 +134,7 @@ func TestLeases(t *testing.T) {
 		}
 		l := NewLeases(nc, b, Config{Node: node, Ingest: true, Roles: []string{"ingest"}, Staleness: 300 * time.Millisecond,
 			CheckpointEvery: 20 * time.Millisecond, Intervals: []kline.Interval{kline.OneMinute()}, Log: slog.New(slog.DiscardHandler),
-			IngestNodes: func(n int) { nodesMu.Lock(); ingestNodes[node] = n; nodesMu.Unlock() }},
+			IngestNodes: func(n int) { nodesMu.Lock(); ingestNodes[node] = n; nodesMu.Unlock() }, Standby: standby},
 			&fakeEngine{last: map[string]int64{}}, acked{})
 		l.Want(syms)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -159,8 +163,8 @@ func TestLeases(t *testing.T) {
 			}
 		}
 	}
-	a, stopA, doneA := start("a")
-	b, _, _ := start("b")
+	a, stopA, doneA := start("a", false)
+	b, _, _ := start("b", false)
 	wait("every symbol owned", func() bool { return len(owners) == 20 && a.Held()+b.Held() == 20 })
 	nodesMu.Lock()
 	if ingestNodes["b"] != 2 {
@@ -224,6 +228,38 @@ func TestLeases(t *testing.T) {
 	wait("b drops the symbol c took", func() bool { return owners["S00USDT"] == "" })
 	if b.Lost.Load() != 1 || b.Owns("S00USDT") {
 		t.Fatalf("lost %d, owns %v", b.Lost.Load(), b.Owns("S00USDT"))
+	}
+	wait("b takes back the symbol of c, which is not alive", func() bool { return owners["S00USDT"] == "b" })
+
+	// A node joins and stands by: it then takes from the live b the
+	// symbols rendezvous hashing gives it. b's symbols are quiet, so it
+	// writes no checkpoint that could be refused: it learns of each
+	// from the lease bucket.
+	quiet := b.engine.(*fakeEngine)
+	quiet.mu.Lock()
+	quiet.quiet = true
+	quiet.mu.Unlock()
+	d, _, _ := start("d", true)
+	toD := 0
+	for _, sym := range syms {
+		if Pick(sym, []string{"b", "d"}) == "d" {
+			toD++
+		}
+	}
+	if toD == 0 || toD == 20 {
+		t.Fatalf("rendezvous hashing gives d %d of 20 symbols", toD)
+	}
+	lostBefore := b.Lost.Load()
+	wait("d owns its share", func() bool {
+		for _, sym := range syms {
+			if owners[sym] != Pick(sym, []string{"b", "d"}) {
+				return false
+			}
+		}
+		return d.Held() == toD && b.Held() == 20-toD
+	})
+	if n := d.Rebalanced.Load(); n != int64(toD) || d.Takeovers.Load() != 0 || b.Lost.Load()-lostBefore != int64(toD) {
+		t.Fatalf("d rebalanced %d, took over %d, b lost %d; want %d, 0, %[4]d", n, d.Takeovers.Load(), b.Lost.Load()-lostBefore, toD)
 	}
 }
 

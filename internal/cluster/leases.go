@@ -79,11 +79,12 @@ type Leases struct {
 
 	// Owned by Run's decide loop.
 	members map[string]member
-	leases  map[string]view // by key
-	standby map[string]bool // symbols the registry was told this node stands by for
+	leases  map[string]view      // by key
+	standby map[string]time.Time // symbols the registry was told this node stands by for, since when
 
-	Takeovers atomic.Int64 // symbols taken over from a dead or departed owner
-	Lost      atomic.Int64 // symbols dropped because another node took them
+	Takeovers  atomic.Int64 // symbols taken over from a dead or departed owner
+	Rebalanced atomic.Int64 // symbols taken from a live owner, which rendezvous hashing gives this node
+	Lost       atomic.Int64 // symbols dropped because another node took them
 }
 
 type taken struct {
@@ -134,7 +135,7 @@ func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) 
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	l := &Leases{cfg: cfg, nc: nc, b: b, engine: eng, pub: pub,
-		held: map[string]*lease{}, taken: map[string]taken{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]bool{}}
+		held: map[string]*lease{}, taken: map[string]taken{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]time.Time{}}
 	l.want.Store(&[]string{})
 	return l
 }
@@ -257,10 +258,16 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 				continue
 			}
 			var c struct {
-				Owner string `json:"owner"`
+				Owner  string `json:"owner"`
+				Symbol string `json:"s"`
 			}
 			json.Unmarshal(e.Value(), &c)
 			l.leases[e.Key()] = view{owner: c.Owner, rev: e.Revision(), value: e.Value()}
+			if c.Owner != "" && c.Owner != l.cfg.Node && l.heldBefore(c.Symbol, e.Revision()) {
+				// Another node took it: this node learns it here even if
+				// the symbol is too quiet to write a checkpoint soon.
+				l.lose(ctx, c.Symbol)
+			}
 		case <-t.C:
 			now := time.Now()
 			// A full staleness of working link first: every live node has
@@ -349,24 +356,49 @@ func Pick(symbol string, nodes []string) string {
 	return best
 }
 
+// rebalanceEvery is how many symbols a node takes from live owners in one
+// round of decide, so that a node joining a large cluster moves its share
+// over some seconds rather than all at once.
+const rebalanceEvery = 8
+
 func (l *Leases) decide(ctx context.Context, now time.Time) {
 	l.confirm(ctx, now)
 	nodes := l.liveIngest(now)
+	moved := 0
 	for _, sym := range *l.want.Load() {
 		if l.Owns(sym) || Pick(sym, nodes) != l.cfg.Node {
 			continue
 		}
 		v, ok := l.leases[Key(sym)]
-		if ok && v.owner != "" && v.owner != l.cfg.Node && l.alive(v.owner, now) {
-			continue // owned; ownership stays where it is while its owner lives
+		rebalance := ok && v.owner != "" && v.owner != l.cfg.Node && l.alive(v.owner, now)
+		if rebalance {
+			// The owner lives, and rendezvous hashing gives the symbol
+			// to this node, which joined since. It takes the symbol
+			// over like a dead owner's, but only once it has stood by
+			// long enough to resume from its own buffer: then the move
+			// costs no REST weight. The owner's next checkpoint is
+			// refused, and it drops the symbol; klines both publish
+			// meanwhile are the same, and the stream keeps one.
+			since, ok := l.standby[sym]
+			if !ok || now.Sub(since) < l.settle() || moved >= rebalanceEvery {
+				continue
+			}
+			moved++
 		}
-		if err := l.take(ctx, sym, v, ok); err != nil {
+		if err := l.take(ctx, sym, v, ok, rebalance); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			l.cfg.Log.Debug("taking a symbol over failed; another node was faster or NATS did not answer", "symbol", sym, "err", err)
 		}
 	}
+}
+
+// settle is how long a node stands by for a symbol before it takes it
+// from a live owner: its buffer then holds the trades since the owner's
+// last checkpoint, with room for the subscription to start.
+func (l *Leases) settle() time.Duration {
+	return max(4*l.cfg.CheckpointEvery, 2*l.cfg.Staleness)
 }
 
 // standBy tells the registry which symbols this node is next in line for:
@@ -386,23 +418,24 @@ func (l *Leases) standBy(ctx context.Context, now time.Time) {
 		}
 	}
 	for sym := range want {
-		if !l.standby[sym] {
+		if _, ok := l.standby[sym]; !ok {
 			l.reg.Standby(ctx, sym, true)
+			l.standby[sym] = now
 		}
 	}
 	for sym := range l.standby {
 		if !want[sym] {
 			l.reg.Standby(ctx, sym, false)
+			delete(l.standby, sym)
 		}
 	}
-	l.standby = want
 }
 
 // take takes symbol's lease with compare-and-set on the revision seen: of
 // all nodes that try, exactly one wins. The checkpoint stays as it was but
 // for its owner, so that if this node dies before its first write, the
 // next one resumes from it all the same.
-func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) error {
+func (l *Leases) take(ctx context.Context, sym string, v view, exists, rebalance bool) error {
 	key := Key(sym)
 	st := engine.State{Symbol: sym, LastID: -1}
 	var asOf time.Time
@@ -444,10 +477,13 @@ func (l *Leases) take(ctx context.Context, sym string, v view, exists bool) erro
 	}
 	l.mu.Unlock()
 	from := v.owner
-	if from != "" && from != l.cfg.Node {
+	switch {
+	case rebalance:
+		l.Rebalanced.Add(1)
+	case from != "" && from != l.cfg.Node:
 		l.Takeovers.Add(1)
 	}
-	l.cfg.Log.Info("symbol lease taken", "symbol", sym, "from", from, "resume_after_id", st.LastID, "checkpoint", resumable)
+	l.cfg.Log.Info("symbol lease taken", "symbol", sym, "from", from, "rebalance", rebalance, "resume_after_id", st.LastID, "checkpoint", resumable)
 	return l.reg.Own(ctx, sym, true)
 }
 
@@ -554,6 +590,15 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 	return int(written.Load())
 }
 
+// heldBefore reports whether this node holds symbol's lease at a revision
+// before rev: a later write by anyone else means the lease is gone.
+func (l *Leases) heldBefore(symbol string, rev uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ls := l.held[symbol]
+	return ls != nil && ls.rev < rev
+}
+
 // lose drops a symbol whose lease another node has taken.
 func (l *Leases) lose(ctx context.Context, sym string) {
 	l.mu.Lock()
@@ -565,7 +610,7 @@ func (l *Leases) lose(ctx context.Context, sym string) {
 		return
 	}
 	l.Lost.Add(1)
-	l.cfg.Log.Warn("symbol lease taken by another node; dropping the symbol", "symbol", sym)
+	l.cfg.Log.Warn("another node took this symbol's lease (it joined and rendezvous hashing gives it the symbol, or it thought this node dead); dropping the symbol", "symbol", sym)
 	l.reg.Own(ctx, sym, false)
 }
 

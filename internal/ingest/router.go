@@ -548,7 +548,10 @@ func (r *Router) apply(c control) error {
 		if len(s.pending) > 0 {
 			first = s.pending[0].ID
 		}
-		r.log.Debug("resumed", "symbol", c.symbol, "from_id", c.next, "next", s.next, "covered", covered, "behind", s.behind, "pending", len(s.pending), "first_pending", first)
+		// from_buffer: the standby's buffer continued the checkpoint
+		// (or vouched that nothing followed it), so no REST is needed.
+		r.log.Info("symbol resumed from a checkpoint", "symbol", c.symbol, "from_id", c.next, "next", s.next,
+			"from_buffer", covered || s.next > c.next, "behind", s.behind, "pending", len(s.pending), "first_pending", first)
 	}
 	return nil
 }

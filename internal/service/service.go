@@ -653,6 +653,7 @@ type ClusterStatus struct {
 	Roles          []string `json:"roles"`
 	Owned          int      `json:"symbols_owned"`
 	Takeovers      int64    `json:"takeovers"`   // symbols taken from a dead or departed node
+	Rebalanced     int64    `json:"rebalanced"`  // symbols taken from a live node: rendezvous hashing gives them to this one, which joined later
 	Lost           int64    `json:"leases_lost"` // symbols another node took from this one
 	Published      int64    `json:"klines_published"`
 	PublishPending int      `json:"publish_pending"`
@@ -688,7 +689,7 @@ func (s *Service) Status() Status {
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
 	if s.Leases != nil {
 		c := &ClusterStatus{Node: s.cfg.Cluster.Node, Roles: s.cfg.Cluster.Roles, Owned: s.Leases.Held(),
-			Takeovers: s.Leases.Takeovers.Load(), Lost: s.Leases.Lost.Load()}
+			Takeovers: s.Leases.Takeovers.Load(), Rebalanced: s.Leases.Rebalanced.Load(), Lost: s.Leases.Lost.Load()}
 		if s.Publisher != nil {
 			c.Published, c.PublishPending = s.Publisher.Published.Load(), s.Publisher.Pending()
 		}
