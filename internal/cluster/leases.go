@@ -58,10 +58,11 @@ type Config struct {
 }
 
 // Leases is this node's side of the symbol leases: it keeps the node in the
-// membership bucket, takes symbols whose owner is gone when rendezvous
-// hashing over the live ingest nodes picks this node, writes the owned
-// symbols' checkpoints, and drops a symbol at once when its checkpoint
-// write is refused. It tells the registry what it owns.
+// membership bucket, takes symbols whose owner is gone (or, once it has
+// stood by for them, whose owner lives but joined before it) when
+// rendezvous hashing over the live ingest nodes picks this node, writes
+// the owned symbols' checkpoints, and drops a symbol at once when another
+// node writes its lease. It tells the registry what it owns.
 type Leases struct {
 	cfg     Config
 	nc      *nats.Conn
