@@ -167,7 +167,7 @@ func (o *owners) snapshot() map[string][]string {
 }
 
 // waitOwns waits until node owns every one of syms.
-func (o *owners) waitOwns(t *testing.T, node string, syms []string) {
+func (o *owners) waitOwns(t testing.TB, node string, syms []string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {

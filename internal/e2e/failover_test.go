@@ -17,7 +17,8 @@ import (
 // most symbols and times, from the kill, until every one of its symbols is
 // live on another node, then restarts it. It reports the median, p99 and
 // worst of those times, and the REST weight the takeovers spent, per
-// round:
+// round; then how long the restarted node took to own its symbols again
+// (rebalancing), and the REST weight the others spent meanwhile:
 //
 //	go test -run '^$' -bench Failover -benchtime 20x ./internal/e2e/
 func BenchmarkFailover(b *testing.B) {
@@ -26,8 +27,8 @@ func BenchmarkFailover(b *testing.B) {
 	url := natsServer(b)
 	own := watchOwners(b, url, 1)
 	nodes := r.startCluster(url, "")
-	var took []time.Duration
-	weight := 0
+	var took, back []time.Duration
+	weight, backWeight := 0, 0
 	settle := func() {
 		// Each round starts from a settled cluster: backfills done, and the
 		// restarted node a standby for some seconds, as a node that has run
@@ -73,13 +74,20 @@ func BenchmarkFailover(b *testing.B) {
 			b.Logf("kill %d: %s's %d symbols live again after %s, %d REST weight", len(took), victim.name, len(moved), last.Sub(killed).Round(time.Millisecond), w)
 			for _, n := range nodes {
 				for _, l := range n.k.Lines() {
-					if strings.Contains(l, "msg=resumed") && l > "time="+killed.UTC().Format(time.RFC3339Nano) {
+					if strings.Contains(l, "symbol resumed from a checkpoint") && l > "time="+killed.UTC().Format(time.RFC3339Nano) {
 						b.Log(n.name, l)
 					}
 				}
 			}
 		}
+		// Restarted, it takes its symbols back from the live nodes once it
+		// has stood by for them.
+		restarted := time.Now()
+		others := restWeight(nodes, victim)
 		r.startNode(victim)
+		own.waitOwns(b, victim.name, moved)
+		back = append(back, time.Since(restarted))
+		backWeight += restWeight(nodes, victim) - others
 		settle()
 	}
 	slices.Sort(took)
@@ -88,6 +96,9 @@ func BenchmarkFailover(b *testing.B) {
 	b.ReportMetric(q(0.99).Seconds(), "s-p99")
 	b.ReportMetric(took[len(took)-1].Seconds(), "s-max")
 	b.ReportMetric(float64(weight)/float64(len(took)), "weight/kill")
+	slices.Sort(back)
+	b.ReportMetric(back[len(back)/2].Seconds(), "s-back-p50")
+	b.ReportMetric(float64(backWeight)/float64(len(back)), "weight/back")
 }
 
 // liveAgain waits until each of syms has gone live on a node other than
