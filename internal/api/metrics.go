@@ -41,6 +41,7 @@ func (s *Server) writeMetrics(w http.ResponseWriter, _ *http.Request) {
 		counter("klagg_cluster_rebalanced_total", c.Rebalanced)
 		counter("klagg_cluster_leases_lost_total", c.Lost)
 		counter("klagg_bus_published_total", c.Published)
+		counter("klagg_bus_open_klines_sent_total", c.OpenSent)
 		gauge("klagg_bus_publish_pending", float64(c.PublishPending))
 		counter("klagg_bus_stored_total", c.Stored)
 		counter("klagg_cluster_klines_fed_total", c.Fed)

@@ -13,8 +13,9 @@
 // fields, so a kline published twice is kept once, and a corrected one is
 // a new message. Any consumer can replay the stream from a sequence or a
 // time within Retention (72 h). The package has the Publisher, an engine sink that publishes
-// closed klines, and the Sink, which copies the stream into a store and
-// acknowledges only what the store has committed.
+// closed klines, the Sink, which copies the stream into a store and
+// acknowledges only what the store has committed, and Opens, which sends
+// open klines on core NATS (OpenSubject), kept nowhere.
 package bus
 
 import (

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/bus"
@@ -19,9 +20,10 @@ type Owner interface {
 	Owns(symbol string) bool
 }
 
-// Feed shows a serve node the klines other nodes build: the open ones from
-// their checkpoints in the lease bucket (about once a second), the closed
-// ones from the kline stream as they are published. It hands them to the
+// Feed shows a serve node the klines other nodes build: the open ones as
+// their owners send them (bus.Opens, every quarter second) and from their
+// checkpoints in the lease bucket (about once a second, should a message be
+// lost), the closed ones from the kline stream as they are published. It hands them to the
 // node's consumers (the WebSocket server, which REST reads the newest
 // klines from) as the engine hands its own, for every symbol the node does
 // not own; Closed, if set, is told of every closed kline first, its own
@@ -38,15 +40,18 @@ type Feed struct {
 	self   string // this node's name
 
 	// Owned by Run: per series, the open time of the newest closed kline
-	// handed on, so that an older checkpoint's open copy of it is not.
+	// handed on, so that an older checkpoint's open copy of it is not;
+	// and the newest open kline handed on, so that an older one (a
+	// checkpoint behind the owner's last message) is not.
 	closed map[[2]string]int64
+	open   map[[2]string]version
 
 	Klines atomic.Int64 // klines handed on
 }
 
 // NewFeed returns a feed for node self to sinks; start it with Run.
 func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, ivs []kline.Interval, log *slog.Logger) *Feed {
-	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}}
+	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{}}
 }
 
 // Run feeds until ctx ends.
@@ -72,6 +77,12 @@ func (f *Feed) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster: follow the kline stream: %w", err)
 	}
 	defer cc.Stop()
+	opens := make(chan *nats.Msg, 4096)
+	sub, err := f.js.Conn().ChanSubscribe(bus.OpenSubjects, opens)
+	if err != nil {
+		return fmt.Errorf("cluster: follow the open klines: %w", err)
+	}
+	defer sub.Unsubscribe()
 	var batch, closed []kline.Update
 	for {
 		batch = batch[:0]
@@ -96,6 +107,17 @@ func (f *Feed) Run(ctx context.Context) error {
 				if !f.owner.Owns(u.Symbol) { // this node's engine handed on its own
 					batch = append(batch, u)
 				}
+			}
+		case m := <-opens:
+			batch = f.openKline(batch, m)
+			for len(batch) < 1024 {
+				select {
+				case m := <-opens:
+					batch = f.openKline(batch, m)
+					continue
+				default:
+				}
+				break
 			}
 		case e, ok := <-live.Updates():
 			if !ok {
@@ -139,10 +161,43 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 		return batch
 	}
 	for i, k := range st.Open {
-		if k.OpenTime == 0 || k.OpenTime <= f.closed[[2]string{c.Symbol, f.ivs[i].String()}] {
-			continue
+		if k.OpenTime != 0 && f.newer(c.Symbol, f.ivs[i], &k) {
+			batch = append(batch, kline.Update{Symbol: c.Symbol, Interval: f.ivs[i], Kline: k})
 		}
-		batch = append(batch, kline.Update{Symbol: c.Symbol, Interval: f.ivs[i], Kline: k})
 	}
 	return batch
+}
+
+// openKline appends the open kline in m, if it is of a symbol another node
+// owns and newer than what was handed on.
+func (f *Feed) openKline(batch []kline.Update, m *nats.Msg) []kline.Update {
+	u, err := bus.Decode(m.Data)
+	if err != nil {
+		f.log.Warn("left out a message that is not a kline", "subject", m.Subject, "err", err)
+		return batch
+	}
+	if u.Closed || f.owner.Owns(u.Symbol) || !f.newer(u.Symbol, u.Interval, &u.Kline) {
+		return batch
+	}
+	return append(batch, u)
+}
+
+// version orders the open versions of a series: a kline's trades only grow.
+type version struct {
+	open   int64
+	trades int64
+}
+
+// newer reports whether the open kline k of symbol and iv is newer than
+// any of the series handed on, and notes it if so.
+func (f *Feed) newer(symbol string, iv kline.Interval, k *kline.Kline) bool {
+	key := [2]string{symbol, iv.String()}
+	if k.OpenTime <= f.closed[key] {
+		return false
+	}
+	if v, ok := f.open[key]; ok && (k.OpenTime < v.open || k.OpenTime == v.open && k.Trades <= v.trades) {
+		return false
+	}
+	f.open[key] = version{k.OpenTime, k.Trades}
+	return true
 }

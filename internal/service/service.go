@@ -57,6 +57,7 @@ type Service struct {
 	nc        *nats.Conn
 	Leases    *cluster.Leases
 	Publisher *bus.Publisher
+	Opens     *bus.Opens // open klines to the serve nodes
 	Sink      *bus.Sink
 	Feed      *cluster.Feed
 	// Progress, if set, is told about backfill progress (for a terminal bar).
@@ -144,7 +145,8 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		sinks = nil
 		if cfg.Has(config.RoleIngest) {
 			s.Publisher = bus.NewPublisher(js, log.With("part", "publisher"))
-			sinks = append(sinks, s.Publisher)
+			s.Opens = bus.NewOpens(js.Conn())
+			sinks = append(sinks, s.Publisher, s.Opens)
 		}
 		if cfg.Has(config.RoleSink) {
 			s.Sink = bus.NewSink(js, st, "klagg-sink", log.With("part", "sink"))
@@ -291,6 +293,9 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		w.Go("publisher", func() error { return s.Publisher.Run(wCtx) })
 	}
 	eng.Go("engine", func() error { return s.Engine.Run(engCtx) })
+	if s.Opens != nil {
+		eng.Go("open klines", func() error { return s.Opens.Run(engCtx) })
+	}
 	defer func() {
 		stopIn()
 		inErr := in.Wait()
@@ -656,6 +661,7 @@ type ClusterStatus struct {
 	Rebalanced     int64    `json:"rebalanced"`  // symbols taken from a live node: rendezvous hashing gives them to this one, which joined later
 	Lost           int64    `json:"leases_lost"` // symbols another node took from this one
 	Published      int64    `json:"klines_published"`
+	OpenSent       int64    `json:"open_klines_sent"` // to the serve nodes, on core NATS
 	PublishPending int      `json:"publish_pending"`
 	Stored         int64    `json:"klines_stored"` // by this node's sink
 	Fed            int64    `json:"klines_fed"`    // from other nodes, to this node's clients
@@ -692,6 +698,7 @@ func (s *Service) Status() Status {
 			Takeovers: s.Leases.Takeovers.Load(), Rebalanced: s.Leases.Rebalanced.Load(), Lost: s.Leases.Lost.Load()}
 		if s.Publisher != nil {
 			c.Published, c.PublishPending = s.Publisher.Published.Load(), s.Publisher.Pending()
+			c.OpenSent = s.Opens.Sent.Load()
 		}
 		if s.Sink != nil {
 			c.Stored = s.Sink.Stored.Load()

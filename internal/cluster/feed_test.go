@@ -1,0 +1,134 @@
+package cluster
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/internal/bus"
+	"github.com/klagg/klagg/internal/bus/bustest"
+	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store/storetest"
+)
+
+// handed records what a feed hands on.
+type handed struct {
+	mu sync.Mutex
+	us []kline.Update
+	ch chan struct{}
+}
+
+func (h *handed) Publish(us []kline.Update) {
+	h.mu.Lock()
+	h.us = append(h.us, us...)
+	h.mu.Unlock()
+	select {
+	case h.ch <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until an update with trades n has been handed on, and
+// returns every update handed on so far.
+func (h *handed) waitFor(t *testing.T, n int64, poke func()) []kline.Update {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		h.mu.Lock()
+		us := append([]kline.Update(nil), h.us...)
+		h.mu.Unlock()
+		for _, u := range us {
+			if u.Trades == n {
+				return us
+			}
+		}
+		poke()
+		select {
+		case <-h.ch:
+		case <-time.After(bus.OpenEvery): // each round of Opens
+		case <-timeout:
+			t.Fatalf("no update with %d trades handed on; got %+v", n, us)
+		}
+	}
+}
+
+type ownsSet map[string]bool
+
+func (o ownsSet) Owns(s string) bool { return o[s] }
+
+// TestFeed: a serve node's feed hands on the open klines another node's
+// Opens sends, within a round of it, but not those of symbols it owns, and
+// never an open kline older than one it handed on, whether it comes from
+// the owner's messages or its checkpoint.
+func TestFeed(t *testing.T) {
+	url := bustest.Server(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ownerNC, ownerJS := bustest.Connect(t, url)
+	if _, err := bus.EnsureStream(ctx, ownerJS, 1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := EnsureBuckets(ctx, ownerJS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opens := bus.NewOpens(ownerNC)
+	_, serveJS := bustest.Connect(t, url)
+	ivs := []kline.Interval{kline.OneMinute()}
+	out := &handed{ch: make(chan struct{}, 1)}
+	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, ivs, slog.New(slog.DiscardHandler))
+	var wg sync.WaitGroup
+	wg.Go(func() { opens.Run(ctx) })
+	wg.Go(func() {
+		if err := feed.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	defer wg.Wait()
+	defer cancel()
+
+	at := func(trades int64) kline.Update {
+		k := storetest.Kline(60_000, 1)
+		k.Trades, k.Closed = trades, false
+		return kline.Update{Symbol: "BTCUSDT", Interval: ivs[0], Series: 1, Kline: k}
+	}
+	own := at(50)
+	own.Symbol, own.Series = "OWNUSDT", 2
+	// Sent again each round until the feed, subscribing meanwhile, has it.
+	got := out.waitFor(t, 5, func() { opens.Publish([]kline.Update{at(5), own}) })
+	for _, u := range got {
+		if u.Symbol != "BTCUSDT" || u.Trades != 5 {
+			t.Fatalf("handed on %+v; want only BTCUSDT with 5 trades, once", got)
+		}
+	}
+
+	// The owner's checkpoints: an older version (3 trades), then a newer
+	// one (7). The watch delivers them in order: once 7 is handed on, 3
+	// was passed over.
+	check := func(trades int64) {
+		st := engine.State{Symbol: "BTCUSDT", LastID: trades, Open: []kline.Kline{at(trades).Kline}}
+		if _, err := b.Live.Put(ctx, Key("BTCUSDT"), encodeCheckpoint("owner", st, ivs, time.Now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(3)
+	check(7)
+	got = out.waitFor(t, 7, func() {})
+	if len(got) != 2 || got[1].Trades != 7 {
+		t.Fatalf("handed on %+v; want 5 then 7 trades", got)
+	}
+	// And the owner's message with 6 trades, now behind: passed over,
+	// while 9 is handed on.
+	sent := opens.Sent.Load()
+	opens.Publish([]kline.Update{at(6)})
+	for opens.Sent.Load() == sent {
+		time.Sleep(bus.OpenEvery / 10) // until the round that sends it
+	}
+	got = out.waitFor(t, 9, func() { opens.Publish([]kline.Update{at(9)}) })
+	if len(got) != 3 || got[2].Trades != 9 {
+		t.Fatalf("handed on %+v; want 5, 7, then 9 trades", got)
+	}
+}
