@@ -312,6 +312,14 @@ func TestCluster(t *testing.T) {
 	waitStored(t, url, published)
 	for _, n := range nodes {
 		checkREST(t, r, n.name, n.k.Base(), syms)
+		// Each sends its open klines to the others, and hands on theirs.
+		m, err := n.k.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sent, fed := m.Value("klagg_bus_open_klines_sent_total"), m.Value("klagg_cluster_klines_fed_total"); sent == 0 || fed == 0 {
+			t.Errorf("%s sent %v open klines and handed on %v of other nodes'", n.name, sent, fed)
+		}
 	}
 	// Each node hands its symbols to those still running as it stops:
 	// ownership is judged up to here.
