@@ -44,7 +44,10 @@ const (
 
 // Connect connects to NATS for node, reconnecting for as long as it runs.
 func Connect(url, node string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name("klagg "+node), nats.MaxReconnects(-1),
+	// No echo: the node's feed would otherwise receive every open kline
+	// the node itself sends (JetStream deliveries come from the server
+	// and are not echoes).
+	nc, err := nats.Connect(url, nats.Name("klagg "+node), nats.MaxReconnects(-1), nats.NoEcho(),
 		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("NATS link lost; reconnecting", "err", err)
