@@ -90,7 +90,65 @@ type message struct {
 }
 
 // Encode writes u as a message body.
-func Encode(u *kline.Update) []byte {
+func Encode(u *kline.Update) []byte { return AppendEncode(nil, u) }
+
+// AppendEncode appends u's message body to b: the bytes encoding/json
+// writes for the message, at a fraction of its cost. Hand-written because
+// a node sends the open klines of every series that changes four times a
+// second (Opens): json.Marshal there cost the engine's consumers
+// milliseconds at p99.
+func AppendEncode(b []byte, u *kline.Update) []byte {
+	if !plain(u.Symbol) {
+		return append(b, encodeJSON(u)...)
+	}
+	k := &u.Kline
+	b = append(b, `{"s":"`...)
+	b = append(b, u.Symbol...)
+	b = append(b, `","i":"`...)
+	b = append(b, u.Interval.String()...)
+	b = append(b, `","t":`...)
+	b = strconv.AppendInt(b, k.OpenTime, 10)
+	b = append(b, `,"T":`...)
+	b = strconv.AppendInt(b, k.CloseTime, 10)
+	for _, p := range [...]struct {
+		key string
+		m   int64
+	}{{`,"o":"`, k.Open}, {`","h":"`, k.High}, {`","l":"`, k.Low}, {`","c":"`, k.Close}} {
+		b = append(b, p.key...)
+		b = decimal.Append(b, p.m, 0)
+	}
+	b = append(b, `","v":"`...)
+	b = k.Volume.AppendScaled(b, decimal.Scale, 0)
+	b = append(b, `","q":"`...)
+	b = k.QuoteVolume.AppendScaled(b, decimal.QuoteScale, 0)
+	b = append(b, `","n":`...)
+	b = strconv.AppendInt(b, k.Trades, 10)
+	b = append(b, `,"V":"`...)
+	b = k.TakerVolume.AppendScaled(b, decimal.Scale, 0)
+	b = append(b, `","Q":"`...)
+	b = k.TakerQuoteVolume.AppendScaled(b, decimal.QuoteScale, 0)
+	b = append(b, `","f":`...)
+	b = strconv.AppendInt(b, k.FirstTradeID, 10)
+	b = append(b, `,"L":`...)
+	b = strconv.AppendInt(b, k.LastTradeID, 10)
+	b = append(b, `,"x":`...)
+	b = strconv.AppendBool(b, k.Closed)
+	return append(b, '}')
+}
+
+// plain reports whether s is written by encoding/json as it is: ASCII
+// letters, digits, '_' and '-' (every USDⓈ-M symbol but a few).
+func plain(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeJSON writes u with encoding/json, for symbols it escapes.
+func encodeJSON(u *kline.Update) []byte {
 	k := &u.Kline
 	t := store.TextOf(k)
 	b, _ := json.Marshal(message{

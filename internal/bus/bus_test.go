@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"reflect"
@@ -19,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/bus/bustest"
+	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/postgres"
@@ -82,6 +84,25 @@ func TestEncodeDecode(t *testing.T) {
 	}
 	if got, err := Decode(other); err != nil || !reflect.DeepEqual(got, u) {
 		t.Fatalf("Decode(%s) = %+v %v", other, got, err)
+	}
+}
+
+// TestAppendEncode: the hand-written encoder writes encoding/json's bytes,
+// so that a kline's message id does not depend on which one wrote it.
+func TestAppendEncode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		k := storetest.Kline(rng.Int64N(1<<50), rng.Int64N(1000))
+		k.Open, k.High, k.Low, k.Close = rng.Int64(), rng.Int64N(1000), -rng.Int64N(1<<40), 0
+		k.Volume = decimal.U128{Hi: rng.Uint64N(1 << uint(i%63+1)), Lo: rng.Uint64()}
+		k.QuoteVolume = decimal.U128{Hi: rng.Uint64(), Lo: rng.Uint64()}
+		k.TakerVolume, k.TakerQuoteVolume = decimal.U128{}, decimal.FromInt64(rng.Int64())
+		k.Trades, k.FirstTradeID, k.LastTradeID, k.Closed = rng.Int64(), -1, rng.Int64(), i%2 == 0
+		sym := []string{"BTCUSDT", "1000PEPEUSDT", "A_B-C", "币安人生USDT", "X<&>", ""}[i%6]
+		u := kline.Update{Symbol: sym, Interval: kline.MustInterval([]string{"1m", "1M", "4h"}[i%3]), Kline: k}
+		if got, want := AppendEncode(nil, &u), encodeJSON(&u); string(got) != string(want) {
+			t.Fatalf("AppendEncode:\n%s\nencoding/json:\n%s", got, want)
+		}
 	}
 }
 

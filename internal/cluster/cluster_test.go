@@ -55,6 +55,11 @@ func TestKeyAndCheckpoint(t *testing.T) {
 	if err != nil || c.Owner != "node-1" || got.Symbol != st.Symbol || got.LastID != 42 || len(got.Open) != 3 {
 		t.Fatalf("decoded %+v %+v, %v", c, got, err)
 	}
+	for _, v := range [][]byte{b, []byte(`{"s":"币安人生USDT","a":1,"owner":"node-1"}`)} {
+		if h := checkpointHead(v); h.Owner != "node-1" || h.Symbol != st.Symbol {
+			t.Fatalf("checkpointHead(%.80s) = %q %q", v, h.Owner, h.Symbol)
+		}
+	}
 	for i := range ivs {
 		if got.Open[i] != st.Open[i] {
 			t.Errorf("%s: got %+v, want %+v", ivs[i], got.Open[i], st.Open[i])

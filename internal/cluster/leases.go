@@ -258,11 +258,7 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 				delete(l.leases, e.Key())
 				continue
 			}
-			var c struct {
-				Owner  string `json:"owner"`
-				Symbol string `json:"s"`
-			}
-			json.Unmarshal(e.Value(), &c)
+			c := checkpointHead(e.Value())
 			l.leases[e.Key()] = view{owner: c.Owner, rev: e.Revision(), value: e.Value()}
 			if c.Owner != "" && c.Owner != l.cfg.Node && l.heldBefore(c.Symbol, e.Revision()) {
 				// Another node took it: this node learns it here even if
