@@ -90,16 +90,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			closed := f.closedKline(closed[:0], m)
-			for len(closed) < 1024 { // what else has come, in one hand-over
-				select {
-				case m := <-msgs:
-					closed = f.closedKline(closed, m)
-					continue
-				default:
-				}
-				break
-			}
+			closed := gather(closed[:0], m, msgs, f.closedKline)
 			if f.Closed != nil {
 				f.Closed(closed)
 			}
@@ -109,16 +100,7 @@ func (f *Feed) Run(ctx context.Context) error {
 				}
 			}
 		case m := <-opens:
-			batch = f.openKline(batch, m)
-			for len(batch) < 1024 {
-				select {
-				case m := <-opens:
-					batch = f.openKline(batch, m)
-					continue
-				default:
-				}
-				break
-			}
+			batch = gather(batch, m, opens, f.openKline)
 		case e, ok := <-live.Updates():
 			if !ok {
 				return errors.New("cluster: the lease watch ended")
@@ -135,6 +117,21 @@ func (f *Feed) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// gather adds first to batch with add, then what else has come on ch, up
+// to 1024 klines: one hand-over for what arrived together.
+func gather[M any](batch []kline.Update, first M, ch <-chan M, add func([]kline.Update, M) []kline.Update) []kline.Update {
+	batch = add(batch, first)
+	for len(batch) < 1024 {
+		select {
+		case m := <-ch:
+			batch = add(batch, m)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update {
