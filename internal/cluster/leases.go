@@ -373,9 +373,10 @@ func (l *Leases) decide(ctx context.Context, now time.Time) {
 			// to this node, which joined since. It takes the symbol
 			// over like a dead owner's, but only once it has stood by
 			// long enough to resume from its own buffer: then the move
-			// costs no REST weight. The owner's next checkpoint is
-			// refused, and it drops the symbol; klines both publish
-			// meanwhile are the same, and the stream keeps one.
+			// costs no REST weight. The owner sees the lease written
+			// (or its next checkpoint refused) and drops the symbol;
+			// klines both publish meanwhile are the same, and the
+			// stream keeps one.
 			since, ok := l.standby[sym]
 			if !ok || now.Sub(since) < l.settle() || moved >= rebalanceEvery {
 				continue
