@@ -153,7 +153,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.Failures.Add(int64(len(failed)))
 		p.log.Warn("publishing klines to JetStream failed; retrying", "klines", len(failed), "retry_in", backoff)
 		retry.Reset(backoff)
-		backoff = min(2*backoff, 5*time.Second)
+		// At most a second: a broker election lasts about five, and
+		// klines should reach the stream soon after it, not up to one
+		// more backoff later. A failed round costs the broker little.
+		backoff = min(2*backoff, time.Second)
 	}
 }
 
