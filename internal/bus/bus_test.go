@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/bus/bustest"
@@ -297,15 +296,7 @@ func natsCluster(t testing.TB) jetstream.JetStream {
 		}
 		urls = append(urls, ns.ClientURL())
 	}
-	nc, err := nats.Connect(strings.Join(urls, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := bustest.Connect(t, strings.Join(urls, ","))
 	return js
 }
 

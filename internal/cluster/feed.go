@@ -22,9 +22,9 @@ type Owner interface {
 
 // Feed shows a serve node the klines other nodes build: the open ones as
 // their owners send them (bus.Opens, every quarter second) and from their
-// checkpoints in the lease bucket (about once a second, should a message be
-// lost), the closed ones from the kline stream as they are published. It hands them to the
-// node's consumers (the WebSocket server, which REST reads the newest
+// checkpoints in the lease bucket (about once a second, should a message
+// be lost), the closed ones from the kline stream as they are published.
+// It hands them to the node's consumers (the WebSocket server, which REST reads the newest
 // klines from) as the engine hands its own, for every symbol the node does
 // not own; Closed, if set, is told of every closed kline first, its own
 // included, so that readers' copies of what the store holds are known to be
@@ -90,7 +90,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-msgs:
-			closed := gather(closed[:0], m, msgs, f.closedKline)
+			closed = gather(closed[:0], m, msgs, f.closedKline)
 			if f.Closed != nil {
 				f.Closed(closed)
 			}
