@@ -233,6 +233,20 @@ func TestPublishAndSink(t *testing.T) {
 	run(t, replay.Run)
 	until(t, "the replay ends", func() bool { return replay.Stored.Load() == int64(len(want)+1) })
 	check("after a replay")
+
+	// A consumer deleted under a running sink is created again (from the
+	// stream's start, as a new one), and klines published after reach
+	// the store.
+	if err := st.DeleteConsumer(ctx, "sink"); err != nil {
+		t.Fatal(err)
+	}
+	late := kline.Update{Symbol: "LATEUSDT", Interval: kline.OneMinute(), Kline: storetest.Kline(0, 2)}
+	pub.Publish([]kline.Update{late})
+	until(t, "the sink stores again after its consumer was deleted", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.stamps[late.Key()]) > 0
+	})
 }
 
 // recorder records the stamps of the klines a sink stores.

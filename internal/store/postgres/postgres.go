@@ -4,9 +4,11 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -158,16 +160,15 @@ func (s *Store) Upsert(updates []kline.Update) error {
 		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS klines_in (LIKE klines) ON COMMIT DELETE ROWS`); err != nil {
 			return err
 		}
-		rows := make([][]any, 0, len(last))
+		// About 200 bytes a row.
+		rows := append(make([]byte, 0, len(copyHeader)+len(last)*256), copyHeader...)
 		for i := range updates {
 			if u := &updates[i]; last[u.Key()].i == i {
-				k := &u.Kline
-				t := store.TextOf(k)
-				rows = append(rows, []any{u.Symbol, u.Interval.String(), k.OpenTime, k.CloseTime, t.Open, t.High, t.Low, t.Close,
-					t.Volume, t.QuoteVolume, k.Trades, t.TakerVolume, t.TakerQuoteVolume, k.FirstTradeID, k.LastTradeID, k.Closed, u.Stamp})
+				rows = appendCopyRow(rows, u)
 			}
 		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"klines_in"}, klineColumns, pgx.CopyFromRows(rows)); err != nil {
+		rows = append(rows, copyTrailer...)
+		if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(rows), copySQL); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, upsertSQL)
@@ -179,6 +180,9 @@ func (s *Store) Upsert(updates []kline.Update) error {
 	s.versions.Count(updates)
 	return nil
 }
+
+// copySQL copies rows appendCopyRow encodes into the scratch table.
+var copySQL = "COPY klines_in (" + strings.Join(klineColumns, ", ") + ") FROM STDIN (FORMAT binary)"
 
 var klineColumns = []string{"symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
 	"volume", "quote_volume", "trades", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "closed", "stamp"}
