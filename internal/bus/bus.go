@@ -304,7 +304,7 @@ func (r *encoded) u128(p string, scale int) decimal.U128 {
 	if r.bad {
 		return decimal.U128{}
 	}
-	v, err := decimal.ParseU128(string(s), scale)
+	v, err := decimal.ParseU128(s, scale)
 	r.bad = err != nil
 	return v
 }

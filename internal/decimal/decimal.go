@@ -246,15 +246,16 @@ func (u U128) AppendScaled(dst []byte, scale, decimals int) []byte {
 // ParseU128 reads a non-negative decimal into a U128 at the given scale
 // (Scale for quantities, QuoteScale for quote volumes), refusing digits
 // beyond the scale. It is used off the hot path: for stored values and
-// reference klines.
-func ParseU128(s string, scale int) (U128, error) {
+// reference klines, and for the sink's klines from the stream (from
+// bytes, without allocating).
+func ParseU128[S ~string | ~[]byte](s S, scale int) (U128, error) {
 	if i := indexExp(s); i >= 0 {
 		// Reuse the exponent shifter: it produces a plain decimal string.
-		plain, err := shiftExp(s, i)
+		plain, err := shiftExp(string(s), i)
 		if err != nil {
 			return U128{}, err
 		}
-		s = plain
+		return ParseU128(plain, scale)
 	}
 	var u U128
 	digits, frac, seenPoint := 0, 0, false
@@ -265,13 +266,13 @@ func ParseU128(s string, scale int) (U128, error) {
 			seenPoint = true
 			continue
 		case c < '0' || c > '9':
-			return U128{}, fmt.Errorf("%w: %q", ErrSyntax, s)
+			return U128{}, fmt.Errorf("%w: %q", ErrSyntax, string(s))
 		}
 		digits++
 		if seenPoint {
 			if frac >= scale {
 				if c != '0' {
-					return U128{}, fmt.Errorf("%w: %q has more than %d decimals", ErrPrecision, s, scale)
+					return U128{}, fmt.Errorf("%w: %q has more than %d decimals", ErrPrecision, string(s), scale)
 				}
 				continue
 			}
@@ -279,16 +280,16 @@ func ParseU128(s string, scale int) (U128, error) {
 		}
 		var ok bool
 		if u, ok = u.mulAdd(10, uint64(c-'0')); !ok {
-			return U128{}, fmt.Errorf("%w: %q", ErrRange, s)
+			return U128{}, fmt.Errorf("%w: %q", ErrRange, string(s))
 		}
 	}
 	if digits == 0 {
-		return U128{}, fmt.Errorf("%w: %q", ErrSyntax, s)
+		return U128{}, fmt.Errorf("%w: %q", ErrSyntax, string(s))
 	}
 	for ; frac < scale; frac++ {
 		var ok bool
 		if u, ok = u.mulAdd(10, 0); !ok {
-			return U128{}, fmt.Errorf("%w: %q", ErrRange, s)
+			return U128{}, fmt.Errorf("%w: %q", ErrRange, string(s))
 		}
 	}
 	return u, nil
@@ -306,7 +307,7 @@ func (u U128) mulAdd(m, a uint64) (U128, bool) {
 	return U128{hi, lo}, c == 0
 }
 
-func indexExp(s string) int {
+func indexExp[S ~string | ~[]byte](s S) int {
 	for i := 0; i < len(s); i++ {
 		if s[i] == 'e' || s[i] == 'E' {
 			return i
