@@ -1,7 +1,9 @@
 package api
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/klagg/klagg/internal/binance"
@@ -127,6 +129,11 @@ func (s *Server) appendLatest(ctx context.Context, b []byte, q KlinesQuery, prec
 		if after, err = s.cfg.Store.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1}); err != nil {
 			return nil, err
 		}
+	}
+	// Klines the store has not taken yet (a cluster's sinks behind).
+	if mem := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval); len(mem) > 0 {
+		i, _ := slices.BinarySearchFunc(mem, t.last+1, func(k kline.Kline, t int64) int { return cmp.Compare(k.OpenTime, t) })
+		after = merge(after, mem[i:])
 	}
 	var mem [2]kline.Kline
 	for _, m := range s.cfg.Streams.Recent(mem[:0], q.Symbol, q.Interval) {

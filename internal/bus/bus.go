@@ -38,6 +38,10 @@ import (
 // Stream is the JetStream stream of closed klines.
 const Stream = "KLAGG_KLINES"
 
+// SinkDurable is the durable consumer the sinks share: every message
+// below its acknowledgement floor is in PostgreSQL.
+const SinkDurable = "klagg-sink"
+
 // Retention is how long the stream keeps a kline: a sink (or any
 // consumer) that was down this long catches up from it; older klines are
 // in PostgreSQL.

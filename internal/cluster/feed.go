@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +48,8 @@ type Feed struct {
 	closed map[[2]string]int64
 	open   map[[2]string]version
 
+	unsunk unsunk // closed klines not yet in the store, for REST
+
 	Klines atomic.Int64 // klines handed on
 }
 
@@ -83,6 +87,11 @@ func (f *Feed) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster: follow the open klines: %w", err)
 	}
 	defer sub.Unsubscribe()
+	fctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { f.followSinks(fctx) })
+	defer wg.Wait()
+	defer stop()
 	var batch, closed []kline.Update
 	for {
 		batch = batch[:0]
@@ -142,7 +151,40 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 	}
 	key := [2]string{u.Symbol, u.Interval.String()}
 	f.closed[key] = max(f.closed[key], u.OpenTime)
+	if md, err := m.Metadata(); err == nil {
+		f.unsunk.add(&u, md.Sequence.Stream)
+	}
 	return append(batch, u)
+}
+
+// followSinks drops from unsunk, every second, what the sinks have
+// acknowledged, until ctx ends. While there is no sink, or no answer,
+// unsunk keeps what it has.
+func (f *Feed) followSinks(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := f.js.Consumer(rctx, bus.Stream, bus.SinkDurable)
+		cancel()
+		if err != nil {
+			f.log.Debug("reading the sinks' progress", "err", err)
+			continue
+		}
+		f.unsunk.stored(c.CachedInfo().AckFloor.Stream)
+	}
+}
+
+// Unwritten appends to dst the closed klines of symbol and iv that this
+// node has read from the stream and the sinks have not yet stored, by
+// open time: REST lays them over what the store answers.
+func (f *Feed) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
+	return f.unsunk.Unwritten(dst, symbol, iv)
 }
 
 func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {

@@ -132,3 +132,72 @@ func TestFeed(t *testing.T) {
 		t.Fatalf("handed on %+v; want 5, 7, then 9 trades", got)
 	}
 }
+
+// okStore takes every kline.
+type okStore struct{}
+
+func (okStore) Upsert([]kline.Update) error { return nil }
+
+// TestFeedUnwritten: the closed klines a serve node reads from the stream
+// are laid over the store's answers (the newest version of each) until
+// the sinks have acknowledged them, and then no longer.
+func TestFeedUnwritten(t *testing.T) {
+	url := bustest.Server(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, js := bustest.Connect(t, url)
+	if _, err := bus.EnsureStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := EnsureBuckets(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	iv := kline.OneMinute()
+	out := &handed{ch: make(chan struct{}, 1)}
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, []kline.Interval{iv}, log)
+	pub := bus.NewPublisher(js, log)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { pub.Run(ctx) })
+	wg.Go(func() {
+		if err := feed.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	closed := func(i, trades int64) kline.Update {
+		k := storetest.Kline(i*60_000, 2)
+		k.Trades = trades
+		return kline.Update{Symbol: "BTCUSDT", Interval: iv, Kline: k}
+	}
+	unwritten := func() []kline.Kline { return feed.Unwritten(nil, "BTCUSDT", iv) }
+
+	// The feed reads only what is published after it started: one more
+	// kline each round until it has one.
+	var next int64
+	out.waitFor(t, 10, func() { pub.Publish([]kline.Update{closed(next, 10)}); next++ })
+	before := unwritten()
+	if len(before) == 0 {
+		t.Fatal("the feed handed on a closed kline but keeps none")
+	}
+	// A newer kline, and a correction of the oldest kept.
+	first := before[0].OpenTime / 60_000
+	pub.Publish([]kline.Update{closed(next, 11), closed(first, 13)})
+	out.waitFor(t, 13, func() {})
+	ks := unwritten()
+	if len(ks) != len(before)+1 || ks[0].OpenTime != first*60_000 || ks[0].Trades != 13 || ks[len(ks)-1].Trades != 11 {
+		t.Fatalf("unwritten %+v after %+v; want the oldest with 13 trades and one more with 11", ks, before)
+	}
+	// Once the sinks have acknowledged them, they are the store's.
+	sink := bus.NewSink(js, okStore{}, bus.SinkDurable, log)
+	wg.Go(func() { sink.Run(ctx) })
+	deadline := time.Now().Add(20 * time.Second)
+	for len(unwritten()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still unwritten after the sink stored %d: %+v", sink.Stored.Load(), unwritten())
+		}
+		time.Sleep(50 * time.Millisecond) // polling what the feed learns each second
+	}
+}

@@ -369,7 +369,7 @@ func drainStream(t *testing.T, url, pgURL string) {
 	defer db.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sink := bus.NewSink(js, db, "klagg-sink", slog.New(slog.DiscardHandler))
+	sink := bus.NewSink(js, db, bus.SinkDurable, slog.New(slog.DiscardHandler))
 	done := make(chan error, 1)
 	sctx, stop := context.WithCancel(ctx)
 	go func() { done <- sink.Run(sctx) }()
@@ -379,7 +379,7 @@ func drainStream(t *testing.T, url, pgURL string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := st.Consumer(ctx, "klagg-sink")
+		c, err := st.Consumer(ctx, bus.SinkDurable)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -639,7 +639,7 @@ func sinkInfo(t *testing.T, url string) (*jetstream.StreamInfo, *jetstream.Consu
 			if err != nil {
 				return nil, nil, err
 			}
-			c, err := st.Consumer(ctx, "klagg-sink")
+			c, err := st.Consumer(ctx, bus.SinkDurable)
 			if err != nil {
 				return nil, nil, err
 			}

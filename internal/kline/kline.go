@@ -10,6 +10,9 @@
 package kline
 
 import (
+	"cmp"
+	"slices"
+
 	"github.com/klagg/klagg/internal/decimal"
 )
 
@@ -200,3 +203,17 @@ type Key struct {
 
 // Key returns u's identity.
 func (u *Update) Key() Key { return Key{u.Symbol, u.Interval.name, u.OpenTime} }
+
+// ByOpenTime sorts ks by open time and keeps, of klines with equal open
+// times, the one that came last in ks: the newest version of each.
+func ByOpenTime(ks []Kline) []Kline {
+	slices.SortStableFunc(ks, func(a, b Kline) int { return cmp.Compare(a.OpenTime, b.OpenTime) })
+	out := ks[:0]
+	for i, k := range ks {
+		if i+1 < len(ks) && ks[i+1].OpenTime == k.OpenTime {
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
+}

@@ -149,7 +149,7 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 			sinks = append(sinks, s.Publisher, s.Opens)
 		}
 		if cfg.Has(config.RoleSink) {
-			s.Sink = bus.NewSink(js, st, "klagg-sink", log.With("part", "sink"))
+			s.Sink = bus.NewSink(js, st, bus.SinkDurable, log.With("part", "sink"))
 		}
 	}
 	for _, c := range consumers {
@@ -611,7 +611,17 @@ func (s *Service) StoreErr() error { return s.writer.Failing() }
 // Unwritten appends the klines of symbol and iv the store has not taken
 // while its writes fail, oldest first.
 func (s *Service) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
-	return s.writer.Unwritten(dst, symbol, iv)
+	at := len(dst)
+	dst = s.writer.Unwritten(dst, symbol, iv)
+	if s.Feed == nil {
+		return dst
+	}
+	// A cluster's closed klines reach the store through the sinks.
+	n := len(dst)
+	if dst = s.Feed.Unwritten(dst, symbol, iv); n > at && len(dst) > n {
+		dst = append(dst[:at], kline.ByOpenTime(dst[at:])...)
+	}
+	return dst
 }
 
 // Intervals returns the configured intervals, shortest first.
