@@ -96,10 +96,14 @@ func (s *Sink) receive(ctx context.Context, cons jetstream.Consumer, batches cha
 	// a busy sink commits many small batches (BenchmarkSink: room for
 	// 256 made 68,000 klines/s of 97,000).
 	msgs := make(chan jetstream.Msg, s.batch)
+	// Unblocks a delivery still waiting for room once this returns: its
+	// message is redelivered.
+	done := make(chan struct{})
+	defer close(done)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
-		case <-ctx.Done():
+		case <-done:
 		}
 	}, jetstream.PullMaxMessages(s.batch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		s.log.Warn("receiving klines from the stream", "err", err)
