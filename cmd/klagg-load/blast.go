@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -65,6 +66,9 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("blast: -cluster needs -postgres")
 		}
 		if err := wipeCluster(*natsURL); err != nil {
+			return err
+		}
+		if err := ensureSchema(*pgURL); err != nil {
 			return err
 		}
 		clusterConf = fmt.Sprintf("url = %q\n[cluster]\nnats_url = %q\nnode = \"blast\"\n", *pgURL, *natsURL)
@@ -247,6 +251,31 @@ func wipeCluster(url string) error {
 		if err := del(); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, jetstream.ErrBucketNotFound) {
 			return fmt.Errorf("blast: wiping klagg's state on %s: %w", url, err)
 		}
+	}
+	return nil
+}
+
+// ensureSchema creates the schema database url's search_path names, if it
+// names one: klagg refuses a search_path without its schema.
+func ensureSchema(url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("blast: -postgres: %w", err)
+	}
+	schema := cfg.RuntimeParams["search_path"]
+	if schema == "" {
+		return nil
+	}
+	delete(cfg.RuntimeParams, "search_path")
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("blast: -postgres: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		return fmt.Errorf("blast: creating schema %s: %w", schema, err)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/klagg/klagg/internal/kline"
@@ -83,6 +84,9 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	}
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
+		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "3F000" {
+			return nil, fmt.Errorf("postgres: the schema named in database.url's search_path does not exist: create it (CREATE SCHEMA …) or leave search_path out: %w", err)
+		}
 		return nil, fmt.Errorf("postgres: migrate: %w", err)
 	}
 	return &Store{pool: pool}, nil

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -116,4 +118,24 @@ func BenchmarkUpsert(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "klines/s")
 	})
+}
+
+// TestMissingSchema: a search_path naming no schema is refused with words
+// that say what to do.
+func TestMissingSchema(t *testing.T) {
+	u, err := url.Parse(storetest.PostgresSchema(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", q.Get("search_path")+"_missing")
+	u.RawQuery = q.Encode()
+	s, err := Open(context.Background(), u.String())
+	if err == nil {
+		s.Close()
+		t.Fatal("opened a database whose search_path names no schema")
+	}
+	if !strings.Contains(err.Error(), "CREATE SCHEMA") {
+		t.Fatalf("error %q does not say to create the schema", err)
+	}
 }
