@@ -12,9 +12,10 @@ import (
 const copyHeader = "PGCOPY\n\xff\r\n\x00" + "\x00\x00\x00\x00" + "\x00\x00\x00\x00"
 
 // appendCopyRow appends u as one row of klineColumns in binary COPY
-// format. Written by hand for speed: pgx's CopyFrom boxes every value in
-// an interface and formats the decimals into strings first, which cost
-// a sink as much CPU as the rest of its copying (BenchmarkSink).
+// format. Written by hand for speed: with pgx's CopyFrom every value was
+// boxed in an interface and the decimals formatted into strings first,
+// and the client took three times the CPU (BenchmarkUpsert/New: 3.0 s
+// against 0.9 s for 600,000 klines).
 func appendCopyRow(b []byte, u *kline.Update) []byte {
 	k := &u.Kline
 	b = binary.BigEndian.AppendUint16(b, uint16(len(klineColumns)))

@@ -164,7 +164,7 @@ func (s *Store) Upsert(updates []kline.Update) error {
 		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS klines_in (LIKE klines) ON COMMIT DELETE ROWS`); err != nil {
 			return err
 		}
-		// About 200 bytes a row.
+		// A row takes about 200 bytes: room for 256 saves growing.
 		rows := append(make([]byte, 0, len(copyHeader)+len(last)*256), copyHeader...)
 		for i := range updates {
 			if u := &updates[i]; last[u.Key()].i == i {
