@@ -428,11 +428,19 @@ func BenchmarkSink(b *testing.B) {
 		sctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		wg.Go(func() { sink.Run(sctx) })
-		for sink.Stored.Load() < n {
+		defer wg.Wait()
+		defer cancel()
+		for deadline := time.Now().Add(time.Minute); sink.Stored.Load() < n; {
 			time.Sleep(time.Millisecond) // polling the counter the benchmark measures
+			if time.Now().After(deadline) {
+				ci, err := js.Consumer(ctx, Stream, durable)
+				var info *jetstream.ConsumerInfo
+				if err == nil {
+					info, err = ci.Info(ctx)
+				}
+				b.Fatalf("sink %s stored %d of %d klines in a minute: consumer %+v %v", durable, sink.Stored.Load(), n, info, err)
+			}
 		}
-		cancel()
-		wg.Wait()
 	}
 	var rounds int
 	b.Run("New", func(b *testing.B) {
@@ -457,7 +465,8 @@ func BenchmarkSink(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer db.Close()
-		sinkAll(b, db, "first")
+		sinkAll(b, db, fmt.Sprintf("first%d", rounds))
+		rounds++
 		b.ResetTimer()
 		for b.Loop() {
 			sinkAll(b, db, fmt.Sprintf("replay%d", rounds))
