@@ -45,8 +45,9 @@ type Feed struct {
 	// handed on, so that an older checkpoint's open copy of it is not;
 	// and the newest open kline handed on, so that an older one (a
 	// checkpoint behind the owner's last message) is not.
-	closed map[[2]string]int64
-	open   map[[2]string]version
+	closed  map[[2]string]int64
+	open    map[[2]string]version
+	backlog uint64 // the stream's last sequence when the feed started reading it
 
 	unsunk unsunk // closed klines not yet in the store, for REST
 
@@ -65,8 +66,11 @@ func (f *Feed) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster: watch %s: %w", LiveBucket, err)
 	}
 	defer live.Stop()
-	// Only what is published from now on: what came before is in the store.
-	cons, err := f.js.OrderedConsumer(ctx, bus.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	cfg, err := f.start(ctx)
+	if err != nil {
+		return err
+	}
+	cons, err := f.js.OrderedConsumer(ctx, bus.Stream, cfg)
 	if err != nil {
 		return fmt.Errorf("cluster: follow the kline stream: %w", err)
 	}
@@ -100,7 +104,7 @@ func (f *Feed) Run(ctx context.Context) error {
 			return nil
 		case m := <-msgs:
 			closed = gather(closed[:0], m, msgs, f.closedKline)
-			if f.Closed != nil {
+			if f.Closed != nil && len(closed) > 0 {
 				f.Closed(closed)
 			}
 			for _, u := range closed {
@@ -128,11 +132,41 @@ func (f *Feed) Run(ctx context.Context) error {
 	}
 }
 
+// start returns where the feed reads the stream from: after what the
+// sinks have stored. What the store lacks then (the sinks behind, or
+// PostgreSQL down, when this node starts) is read again for REST's
+// overlay only; the consumers get what is published from now on, up to
+// which f.backlog is set. Without sinks, only what is published from now on.
+func (f *Feed) start(ctx context.Context) (jetstream.OrderedConsumerConfig, error) {
+	fromNow := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy}
+	st, err := f.js.Stream(ctx, bus.Stream)
+	if err != nil {
+		return fromNow, fmt.Errorf("cluster: follow the kline stream: %w", err)
+	}
+	sinks, err := f.js.Consumer(ctx, bus.Stream, bus.SinkDurable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fromNow, nil
+	}
+	if err != nil {
+		return fromNow, fmt.Errorf("cluster: read the sinks' progress on the kline stream: %w", err)
+	}
+	last := st.CachedInfo().State.LastSeq
+	from := sinks.CachedInfo().AckFloor.Stream + 1
+	if last >= maxUnsunk { // the overlay keeps no more than the newest maxUnsunk
+		from = max(from, last-maxUnsunk+1)
+	}
+	if from > last {
+		return fromNow, nil
+	}
+	f.backlog = last
+	return jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from}, nil
+}
+
 // gather adds first to batch with add, then what else has come on ch, up
-// to 1024 klines: one hand-over for what arrived together.
+// to 1024 messages: one hand-over for what arrived together.
 func gather[M any](batch []kline.Update, first M, ch <-chan M, add func([]kline.Update, M) []kline.Update) []kline.Update {
 	batch = add(batch, first)
-	for len(batch) < 1024 {
+	for range 1023 {
 		select {
 		case m := <-ch:
 			batch = add(batch, m)
@@ -153,6 +187,9 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 	f.closed[key] = max(f.closed[key], u.OpenTime)
 	if md, err := m.Metadata(); err == nil {
 		f.unsunk.add(&u, md.Sequence.Stream)
+		if md.Sequence.Stream <= f.backlog {
+			return batch // published before the feed started: for REST only
+		}
 	}
 	return append(batch, u)
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/klagg/klagg/internal/bus"
 	"github.com/klagg/klagg/internal/bus/bustest"
 	"github.com/klagg/klagg/internal/engine"
@@ -199,5 +201,79 @@ func TestFeedUnwritten(t *testing.T) {
 			t.Fatalf("still unwritten after the sink stored %d: %+v", sink.Stored.Load(), unwritten())
 		}
 		time.Sleep(50 * time.Millisecond) // polling what the feed learns each second
+	}
+}
+
+// TestFeedBacklog: a serve node that starts while the sinks are behind (a
+// sink down, or PostgreSQL) reads again what they have not stored, so that
+// its REST answers have those klines too; its consumers get only what is
+// published after it started, as before.
+func TestFeedBacklog(t *testing.T) {
+	url := bustest.Server(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, js := bustest.Connect(t, url)
+	st, err := bus.EnsureStream(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := EnsureBuckets(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iv := kline.OneMinute()
+	publish := func(i int64) {
+		k := storetest.Kline(i*60_000, 2)
+		k.Trades = 100 + i
+		u := kline.Update{Symbol: "BTCUSDT", Interval: iv, Kline: k}
+		if _, err := js.Publish(ctx, bus.Subject(u.Symbol, iv.String()), bus.Encode(&u)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range int64(3) {
+		publish(i)
+	}
+	// The sinks have stored the first of the three.
+	sinks, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: bus.SinkDurable, AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := sinks.Fetch(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range got.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	out := &handed{ch: make(chan struct{}, 1)}
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		if err := feed.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	unwritten := func() []kline.Kline { return feed.Unwritten(nil, "BTCUSDT", iv) }
+	for deadline := time.Now().Add(20 * time.Second); len(unwritten()) < 2; time.Sleep(10 * time.Millisecond) { // polling what the feed reads on its own
+		if time.Now().After(deadline) {
+			t.Fatalf("the feed keeps %+v for REST; want the two klines the sinks have not stored", unwritten())
+		}
+	}
+	if ks := unwritten(); len(ks) != 2 || ks[0].Trades != 101 || ks[1].Trades != 102 {
+		t.Fatalf("the feed keeps %+v for REST; want the klines with 101 and 102 trades", ks)
+	}
+	publish(3)
+	for _, u := range out.waitFor(t, 103, func() {}) {
+		if u.Trades < 103 {
+			t.Fatalf("the feed handed on %+v, published before it started", u)
+		}
+	}
+	if ks := unwritten(); len(ks) != 3 {
+		t.Fatalf("the feed keeps %d klines for REST; want 3", len(ks))
 	}
 }
