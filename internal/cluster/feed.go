@@ -135,28 +135,27 @@ func (f *Feed) Run(ctx context.Context) error {
 // start returns where the feed reads the stream from: after what the
 // sinks have stored. What the store lacks then (the sinks behind, or
 // PostgreSQL down, when this node starts) is read again for REST's
-// overlay only; the consumers get what is published from now on, up to
-// which f.backlog is set. Without sinks, only what is published from now on.
+// overlay only, up to f.backlog, the stream's last message now; the
+// consumers get what comes after it. Without sinks, only what comes after.
 func (f *Feed) start(ctx context.Context) (jetstream.OrderedConsumerConfig, error) {
-	fromNow := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy}
 	st, err := f.js.Stream(ctx, bus.Stream)
 	if err != nil {
-		return fromNow, fmt.Errorf("cluster: follow the kline stream: %w", err)
+		return jetstream.OrderedConsumerConfig{}, fmt.Errorf("cluster: follow the kline stream: %w", err)
 	}
-	sinks, err := f.js.Consumer(ctx, bus.Stream, bus.SinkDurable)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fromNow, nil
-	}
-	if err != nil {
-		return fromNow, fmt.Errorf("cluster: read the sinks' progress on the kline stream: %w", err)
-	}
+	// The last message is read before the sinks' floor, so a floor that
+	// moved past it meanwhile starts the feed just after it: every message
+	// is either read again or handed on.
 	last := st.CachedInfo().State.LastSeq
-	from := sinks.CachedInfo().AckFloor.Stream + 1
-	if last >= maxUnsunk { // the overlay keeps no more than the newest maxUnsunk
-		from = max(from, last-maxUnsunk+1)
-	}
-	if from > last {
-		return fromNow, nil
+	from := last + 1
+	switch sinks, err := f.js.Consumer(ctx, bus.Stream, bus.SinkDurable); {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil:
+		return jetstream.OrderedConsumerConfig{}, fmt.Errorf("cluster: read the sinks' progress on the kline stream: %w", err)
+	default:
+		from = min(from, sinks.CachedInfo().AckFloor.Stream+1)
+		if last >= maxUnsunk { // the overlay keeps no more than the newest maxUnsunk
+			from = max(from, last-maxUnsunk+1)
+		}
 	}
 	f.backlog = last
 	return jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from}, nil
