@@ -224,9 +224,14 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQue
 	bp := s.bufs.Get().(*[]byte)
 	b, err := s.appendKlines(ctx, (*bp)[:0], q, prec)
 	if err != nil {
-		s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
-		writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
-		return
+		ks, ok := s.fromMemory(q)
+		if !ok {
+			s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
+			writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
+			return
+		}
+		s.cfg.Log.Debug("answered from memory: reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
+		b = appendArray((*bp)[:0], ks, prec)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(b)
@@ -246,6 +251,18 @@ func (s *Server) appendKlines(ctx context.Context, b []byte, q KlinesQuery, prec
 	if err != nil {
 		return nil, err
 	}
+	return appendArray(b, ks, prec), nil
+}
+
+// openingFrom returns the index of the first of ks (by open time) opening
+// at or after t.
+func openingFrom(ks []kline.Kline, t int64) int {
+	i, _ := slices.BinarySearchFunc(ks, t, func(k kline.Kline, t int64) int { return cmp.Compare(k.OpenTime, t) })
+	return i
+}
+
+// appendArray appends ks as Binance's JSON array of kline arrays.
+func appendArray(b []byte, ks []kline.Kline, prec kline.Precision) []byte {
 	b = append(b, '[')
 	for i := range ks {
 		if i > 0 {
@@ -253,7 +270,63 @@ func (s *Server) appendKlines(ctx context.Context, b []byte, q KlinesQuery, prec
 		}
 		b = binance.AppendKlineArray(b, &ks[i], prec)
 	}
-	return append(b, ']'), nil
+	return append(b, ']')
+}
+
+// fromMemory answers q from the klines in memory alone, where they hold
+// every kline of the answer, and reports whether they do. While the store
+// cannot be read (a cluster's PostgreSQL down), every closed kline it may
+// lack is in memory (the writer's backlog, or the stream's klines the sinks
+// have not stored), each in its newest version; so an answer whose every
+// interval slot is in memory is the one the store would give, and any
+// other is refused rather than given with a hole.
+func (s *Server) fromMemory(q KlinesQuery) ([]kline.Kline, bool) {
+	var recent [2]kline.Kline
+	live := s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval)
+	if len(live) == 0 || q.End == 0 {
+		return nil, false
+	}
+	newest := live[len(live)-1].OpenTime
+	ks := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval)
+	ks = merge(ks, live)
+	iv := q.Interval
+	if q.End >= 0 { // klines opening after End are not asked for
+		ks = ks[:openingFrom(ks, q.End+1)]
+	}
+	if len(ks) == 0 {
+		return nil, false
+	}
+	// The answer holds the first Limit klines from Start, or the last Limit
+	// up to End (or the newest); the store may have the rest.
+	var sel []kline.Kline
+	if q.Start >= 0 {
+		first := iv.Open(q.Start)
+		if first < q.Start {
+			first = iv.Next(first)
+		}
+		i := openingFrom(ks, first)
+		if i == len(ks) || ks[i].OpenTime != first {
+			return nil, false
+		}
+		sel = ks[i:min(len(ks), i+q.Limit)]
+	} else {
+		if len(ks) < q.Limit {
+			return nil, false
+		}
+		sel = ks[len(ks)-q.Limit:]
+	}
+	for i := 1; i < len(sel); i++ {
+		if sel[i].OpenTime != iv.Next(sel[i-1].OpenTime) {
+			return nil, false
+		}
+	}
+	// Nothing is missing after the last: the limit reached from Start, the
+	// last slot before End, or the live kline.
+	last := sel[len(sel)-1].OpenTime
+	if !((q.Start >= 0 && len(sel) == q.Limit) || (q.End >= 0 && iv.Next(last) > q.End) || last == newest) {
+		return nil, false
+	}
+	return sel, true
 }
 
 // read answers q from the store, with the klines in memory (the open one and

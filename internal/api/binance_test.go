@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -197,6 +198,58 @@ func TestStoreFailing(t *testing.T) {
 	}
 	if code, body := get(t, srv.URL+"/readyz"); code != 503 || !strings.Contains(body, "store failing: disk full") {
 		t.Fatalf("readyz while the store fails: %d %s", code, body)
+	}
+}
+
+// TestStoreUnreadable: while the store cannot be read (a cluster's
+// PostgreSQL down), an answer whose every kline is in memory is given from
+// memory, exactly; one that needs a kline only the store has is refused
+// with Binance's -1001, never given with a hole.
+func TestStoreUnreadable(t *testing.T) {
+	m := func(i int64) int64 { return t0 + i*60_000 }
+	for _, c := range []struct {
+		held  []int64 // closed klines in memory, by minute (the live one is 102)
+		query string
+		want  []int64 // nil: refused
+	}{
+		{[]int64{99, 100, 101}, "limit=3", []int64{100, 101, 102}},
+		{[]int64{99, 100, 101}, "limit=4", []int64{99, 100, 101, 102}},
+		{[]int64{99, 100, 101}, "limit=5", nil}, // 98 is in the store only
+		{[]int64{99, 101}, "limit=2", []int64{101, 102}},
+		{[]int64{99, 101}, "limit=3", nil}, // 100 is in the store only
+		{[]int64{99, 100, 101}, "startTime=" + itoa(m(100)), []int64{100, 101, 102}},
+		{[]int64{99, 100, 101}, "startTime=" + itoa(m(100)-1) + "&limit=2", []int64{100, 101}},
+		{[]int64{99, 100, 101}, "startTime=" + itoa(m(98)), nil},
+		{[]int64{99, 100, 101}, "startTime=" + itoa(m(99)) + "&endTime=" + itoa(m(100)), []int64{99, 100}},
+		{[]int64{99, 101}, "startTime=" + itoa(m(99)) + "&endTime=" + itoa(m(101)), nil},
+		{[]int64{99, 100, 101}, "endTime=" + itoa(m(101)+1) + "&limit=2", []int64{100, 101}},
+		{[]int64{99, 101}, "endTime=" + itoa(m(100)+1) + "&limit=1", nil}, // 100 is the last before endTime
+	} {
+		var held []kline.Kline
+		for _, i := range c.held {
+			held = append(held, mk(m(i), 500+i, true))
+		}
+		srv, ss, st := newAPIWith(t, source{ready: true, storeErr: errors.New("connection refused"), unwritten: held}, Config{})
+		ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(m(102), 602, false)}})
+		st.Close()
+		query := "symbol=BTCUSDT&interval=1m&" + c.query
+		if c.want == nil {
+			if code, body := get(t, srv.URL+"/fapi/v1/klines?"+query); code != 503 || !strings.Contains(body, "-1001") {
+				t.Errorf("held %v, %s: %d %s; want 503 and -1001", c.held, c.query, code, body)
+			}
+			continue
+		}
+		ks := klines(t, srv.URL, query)
+		var got []int64
+		for _, k := range ks {
+			got = append(got, (k.OpenTime-t0)/60_000)
+			if k.Open != mk(k.OpenTime, 500+(k.OpenTime-t0)/60_000, true).Open {
+				t.Errorf("held %v, %s: kline %+v is not memory's", c.held, c.query, k)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("held %v, %s: klines of minutes %v, want %v", c.held, c.query, got, c.want)
+		}
 	}
 }
 
