@@ -233,18 +233,37 @@ func (s *Service) joinCluster() (jetstream.JetStream, cluster.Buckets, error) {
 		nc.Close()
 		return nil, cluster.Buckets{}, fmt.Errorf("cluster: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// JetStream answers nothing while its servers elect a leader (a NATS
+	// cluster starting with klagg, or a server restarting), and a request
+	// sent as the link drops is lost: each attempt has its own deadline,
+	// and they go on for a minute.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := bus.EnsureStream(ctx, js, c.Replicas); err != nil {
-		nc.Close()
-		return nil, cluster.Buckets{}, fmt.Errorf("%w (is JetStream enabled on the NATS servers at %s? nats-server -js)", err, c.NATSURL)
+	var b cluster.Buckets
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = bus.EnsureStream(actx, js, c.Replicas)
+		if err != nil {
+			err = fmt.Errorf("%w (is JetStream enabled on the NATS servers at %s? nats-server -js)", err, c.NATSURL)
+		} else {
+			b, err = cluster.EnsureBuckets(actx, js, c.Replicas)
+		}
+		acancel()
+		if err == nil {
+			return js, b, nil
+		}
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			nc.Close() // the servers' configuration: waiting changes nothing
+			return nil, cluster.Buckets{}, err
+		}
+		s.log.Warn("waiting for JetStream; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, cluster.Buckets{}, err
+		case <-time.After(time.Second):
+		}
 	}
-	b, err := cluster.EnsureBuckets(ctx, js, c.Replicas)
-	if err != nil {
-		nc.Close()
-		return nil, cluster.Buckets{}, err
-	}
-	return js, b, nil
 }
 
 // tee hands the router's trades to the consumers, then to the engine,
