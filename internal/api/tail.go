@@ -1,9 +1,7 @@
 package api
 
 import (
-	"cmp"
 	"context"
-	"slices"
 	"sync"
 
 	"github.com/klagg/klagg/internal/binance"
@@ -132,8 +130,7 @@ func (s *Server) appendLatest(ctx context.Context, b []byte, q KlinesQuery, prec
 	}
 	// Klines the store has not taken yet (a cluster's sinks behind).
 	if mem := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval); len(mem) > 0 {
-		i, _ := slices.BinarySearchFunc(mem, t.last+1, func(k kline.Kline, t int64) int { return cmp.Compare(k.OpenTime, t) })
-		after = merge(after, mem[i:])
+		after = merge(after, mem[openingFrom(mem, t.last+1):])
 	}
 	var mem [2]kline.Kline
 	for _, m := range s.cfg.Streams.Recent(mem[:0], q.Symbol, q.Interval) {
