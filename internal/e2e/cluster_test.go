@@ -188,6 +188,36 @@ func (o *owners) waitOwns(t testing.TB, node string, syms []string) {
 	}
 }
 
+// waitSplit waits until each of syms is owned by the node rendezvous
+// hashing gives it among nodes: the cluster has settled (a node that joined
+// late has taken its share from the others).
+func (o *owners) waitSplit(t testing.TB, nodes []*node, syms []string) {
+	t.Helper()
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.name)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		o.mu.Lock()
+		off := map[string]string{}
+		for _, sym := range syms {
+			if owner, want := o.cur[sym], cluster.Pick(sym, names); owner != want {
+				off[sym] = fmt.Sprintf("%q, not %s", owner, want)
+			}
+		}
+		settled := len(off) == 0
+		o.mu.Unlock()
+		if settled {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the symbols' owners have not settled a minute after the start: %v", off)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the lease watch's record
+	}
+}
+
 // owned returns the symbols each node owns now.
 func (o *owners) owned() map[string][]string {
 	o.mu.Lock()
@@ -852,6 +882,10 @@ func TestClusterOutages(t *testing.T) {
 	r.liveAt = r.x.Now()
 	syms := r.trading()
 	watchers := watchAll(t, nodes, syms)
+	// A node may join some seconds after the others (waiting for the
+	// NATS servers to elect the stream's leader) and then take its share
+	// from them: ownership is judged from the settled split.
+	own.waitSplit(t, nodes, syms)
 	before := own.owned()
 
 	r.until(2*time.Minute + 30*time.Second)
