@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/bus/bustest"
@@ -189,7 +190,7 @@ func TestPublishAndSink(t *testing.T) {
 		t.Fatalf("the stream holds %d messages (%v), want %d: one per kline and the correction", info.State.Msgs, err, len(want)+1)
 	}
 
-	rec := &recorder{Store: db, stamps: map[kline.Key][]int64{}}
+	rec := &recorder{Store: db, stamps: map[kline.Key]map[int64]int64{}}
 	sink := NewSink(js, rec, "sink", log)
 	run(t, sink.Run)
 	until(t, "the sink stores every message", func() bool { return sink.Stored.Load() == int64(len(want)+1) })
@@ -215,15 +216,15 @@ func TestPublishAndSink(t *testing.T) {
 	// The versions of want[7] are stamped in the stream's order; the
 	// first one, stored again after the correction (as a second sink
 	// could), changes nothing.
+	old := want[7]
+	old.Trades--
 	rec.mu.Lock()
 	st7 := rec.stamps[want[7].Key()]
 	rec.mu.Unlock()
-	if len(st7) != 2 || st7[0] <= 0 || st7[1] <= st7[0] {
-		t.Fatalf("the two versions of a kline were stamped %v, want two rising stamps", st7)
+	if len(st7) != 2 || st7[old.Trades] <= 0 || st7[want[7].Trades] <= st7[old.Trades] {
+		t.Fatalf("the two versions of a kline were stamped %v (by trades), want the correction's above the first's", st7)
 	}
-	old := want[7]
-	old.Trades--
-	old.Stamp = st7[0]
+	old.Stamp = st7[old.Trades]
 	if err := db.Upsert([]kline.Update{old}); err != nil {
 		t.Fatal(err)
 	}
@@ -250,16 +251,22 @@ func TestPublishAndSink(t *testing.T) {
 }
 
 // recorder records the stamps of the klines a sink stores.
+// recorder records the stamp of each version (by trade count) of each
+// kline stored: the sink's committers may store batches out of order.
 type recorder struct {
 	Store
 	mu     sync.Mutex
-	stamps map[kline.Key][]int64
+	stamps map[kline.Key]map[int64]int64
 }
 
 func (r *recorder) Upsert(us []kline.Update) error {
 	r.mu.Lock()
 	for i := range us {
-		r.stamps[us[i].Key()] = append(r.stamps[us[i].Key()], us[i].Stamp)
+		k := us[i].Key()
+		if r.stamps[k] == nil {
+			r.stamps[k] = map[int64]int64{}
+		}
+		r.stamps[k][us[i].Trades] = us[i].Stamp
 	}
 	r.mu.Unlock()
 	return r.Store.Upsert(us)
@@ -474,4 +481,65 @@ func BenchmarkSink(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "klines/s")
 	})
+}
+
+// TestOpens: a round of Opens sends one message a symbol with each of its
+// changed open klines (the newest of each series) and none of the closed
+// ones, which go to the stream; DecodeOpens reads them back exactly.
+func TestOpens(t *testing.T) {
+	nc, _ := bustest.Connect(t, bustest.Server(t))
+	msgs := make(chan *nats.Msg, 16)
+	sub, err := nc.ChanSubscribe(OpenSubjects, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	o := NewOpens(nc)
+	ivs := []kline.Interval{kline.OneMinute(), kline.MustInterval("1h"), kline.MustInterval("1M")}
+	update := func(sym string, first uint32, iv int, trades int64, closed bool) kline.Update {
+		k := storetest.Kline(0, trades)
+		k.Closed = closed
+		return kline.Update{Symbol: sym, Interval: ivs[iv], Series: first + uint32(iv), Kline: k}
+	}
+	// Two symbols' series interleaved, an older version of one, and a
+	// closed kline.
+	o.Publish([]kline.Update{update("BTCUSDT", 1, 0, 1, false), update("币安人生USDT", 4, 0, 2, false), update("BTCUSDT", 1, 1, 3, false)})
+	o.Publish([]kline.Update{update("币安人生USDT", 4, 2, 4, false), update("BTCUSDT", 1, 0, 5, false), update("BTCUSDT", 1, 2, 6, true)})
+	run(t, o.Run)
+	want := map[string][]kline.Update{
+		"klagg.open.usdm.BTCUSDT":  {update("BTCUSDT", 1, 0, 5, false), update("BTCUSDT", 1, 1, 3, false)},
+		"klagg.open.usdm.币安人生USDT": {update("币安人生USDT", 4, 0, 2, false), update("币安人生USDT", 4, 2, 4, false)},
+	}
+	for range want {
+		var m *nats.Msg
+		select {
+		case m = <-msgs:
+		case <-time.After(20 * time.Second):
+			t.Fatal("no open-kline message in 20 s")
+		}
+		got, err := DecodeOpens(nil, m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, ok := want[m.Subject]
+		if !ok {
+			t.Fatalf("a message on %s: %s", m.Subject, m.Data)
+		}
+		for i := range w {
+			w[i].Series = 0 // not on the wire
+		}
+		if !reflect.DeepEqual(got, w) {
+			t.Errorf("%s: got %+v, want %+v", m.Subject, got, w)
+		}
+		delete(want, m.Subject)
+	}
+	if o.Sent.Load() != 4 {
+		t.Errorf("Sent counts %d open klines, want 4", o.Sent.Load())
+	}
+	if _, err := DecodeOpens(nil, []byte("{\"s\":\n")); err == nil {
+		t.Error("DecodeOpens took a malformed line")
+	}
 }

@@ -1,8 +1,12 @@
 package bus
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"errors"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -16,19 +20,39 @@ import (
 // Binance's own cadence for kline stream updates.
 const OpenEvery = 250 * time.Millisecond
 
-// OpenSubject is the core NATS subject of symbol's open klines of interval
-// iv, in the layout of the stream's messages with "x":false:
+// OpenSubject is the core NATS subject of symbol's open klines:
 //
-//	klagg.open.<market>.<SYMBOL>.<interval>     e.g. klagg.open.usdm.BTCUSDT.1m
+//	klagg.open.<market>.<SYMBOL>     e.g. klagg.open.usdm.BTCUSDT
 //
-// Nothing keeps these messages: a subscriber gets the open klines of every
-// series that changes from then on, at most one per OpenEvery.
-func OpenSubject(symbol, iv string) string {
-	return "klagg.open." + Market + "." + symbol + "." + iv
+// A message holds the symbol's open klines that changed since its last
+// one, one per line, each in the layout of the stream's messages with
+// "x":false. Nothing keeps these messages: a subscriber gets the open
+// klines of every series that changes from then on, at most one per
+// series and OpenEvery.
+func OpenSubject(symbol string) string {
+	return "klagg.open." + Market + "." + symbol
 }
 
 // OpenSubjects matches every OpenSubject.
 const OpenSubjects = "klagg.open.>"
+
+// DecodeOpens appends the open klines of an OpenSubject message to dst.
+// A malformed line is reported and the others are kept.
+func DecodeOpens(dst []kline.Update, body []byte) ([]kline.Update, error) {
+	var errs []error
+	for line := range bytes.SplitSeq(body, []byte{'\n'}) {
+		if len(line) == 0 {
+			continue
+		}
+		u, err := Decode(line)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		dst = append(dst, u)
+	}
+	return dst, errors.Join(errs...)
+}
 
 // Opens sends the open klines the engine makes to the other nodes on core
 // NATS, the newest of each series once per OpenEvery, so that a serve
@@ -62,21 +86,32 @@ func (o *Opens) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		batch = o.co.Drain(batch[:0])
-		for i := range batch {
-			// Closed klines go to the stream.
-			u := &batch[i]
-			if u.Closed {
-				continue
+		// Closed klines go to the stream.
+		batch = slices.DeleteFunc(batch, func(u kline.Update) bool { return u.Closed })
+		// One message a symbol: at full market load every series of a
+		// symbol changes each round, and a message per series was 15
+		// times the messages for every node to route and read. A
+		// symbol's series are numbered together.
+		slices.SortStableFunc(batch, func(a, b kline.Update) int { return cmp.Compare(a.Series, b.Series) })
+		sent := 0
+		for i := 0; i < len(batch); {
+			sym := batch[i].Symbol
+			body = body[:0]
+			n := 0
+			for ; i < len(batch) && batch[i].Symbol == sym; i++ {
+				body = AppendEncode(body, &batch[i])
+				body = append(body, '\n')
+				n++
 			}
 			// Publish copies body. An error is a lost link: these are
 			// gone, and the next round sends newer ones.
-			body = AppendEncode(body[:0], u)
-			if o.nc.Publish(OpenSubject(u.Symbol, u.Interval.String()), body) == nil {
-				o.Sent.Add(1)
+			if o.nc.Publish(OpenSubject(sym), body) == nil {
+				o.Sent.Add(int64(n))
 			}
-			if i%256 == 255 {
+			if sent += n; sent >= 256 {
 				// A round is milliseconds of CPU at full market load:
 				// let the engine in between, as the store writer does.
+				sent = 0
 				runtime.Gosched()
 			}
 		}

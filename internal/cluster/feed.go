@@ -243,18 +243,21 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 	return batch
 }
 
-// openKline appends the open kline in m, if it is of a symbol another node
-// owns and newer than what was handed on.
+// openKline appends the open klines in m that are of a symbol another
+// node owns and newer than what was handed on.
 func (f *Feed) openKline(batch []kline.Update, m *nats.Msg) []kline.Update {
-	u, err := bus.Decode(m.Data)
+	n := len(batch)
+	batch, err := bus.DecodeOpens(batch, m.Data)
 	if err != nil {
-		f.log.Warn("left out a message that is not a kline", "subject", m.Subject, "err", err)
-		return batch
+		f.log.Warn("left out lines of an open-kline message that are not klines", "subject", m.Subject, "err", err)
 	}
-	if u.Closed || f.owner.Owns(u.Symbol) || !f.newer(u.Symbol, u.Interval, &u.Kline) {
-		return batch
+	kept := batch[:n]
+	for _, u := range batch[n:] {
+		if !u.Closed && !f.owner.Owns(u.Symbol) && f.newer(u.Symbol, u.Interval, &u.Kline) {
+			kept = append(kept, u)
+		}
 	}
-	return append(batch, u)
+	return kept
 }
 
 // version orders the open versions of a series: a kline's trades only grow.
