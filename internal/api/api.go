@@ -64,11 +64,19 @@ type Streams interface {
 	WritePrometheus(w io.Writer) // the streams' own metrics
 }
 
+// Replayer reads a series' closed klines back from where a cluster keeps
+// them for a while (its kline stream), from a time on: REST's last resort
+// while the store cannot be read.
+type Replayer interface {
+	Replay(ctx context.Context, dst []kline.Kline, symbol string, iv kline.Interval, from time.Time) ([]kline.Kline, error)
+}
+
 // Config sets up a Server.
 type Config struct {
 	Source  Source
 	Store   Store
 	Streams Streams
+	Replay  Replayer     // a cluster's kline stream; nil on a single node
 	Page    http.Handler // the chart page and its files, at /
 	Token   string       // required on every request but health and page files when set
 	CORS    []string     // allowed origins; "*" for any
@@ -224,7 +232,7 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQue
 	bp := s.bufs.Get().(*[]byte)
 	b, err := s.appendKlines(ctx, (*bp)[:0], q, prec)
 	if err != nil {
-		ks, ok := s.fromMemory(q)
+		ks, ok := s.fromMemory(r.Context(), q)
 		if !ok {
 			s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
 			writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
@@ -273,14 +281,16 @@ func appendArray(b []byte, ks []kline.Kline, prec kline.Precision) []byte {
 	return append(b, ']')
 }
 
-// fromMemory answers q from the klines in memory alone, where they hold
-// every kline of the answer, and reports whether they do. While the store
-// cannot be read (a cluster's PostgreSQL down), every closed kline it may
-// lack is in memory (the writer's backlog, or the stream's klines the sinks
-// have not stored), each in its newest version; so an answer whose every
-// interval slot is in memory is the one the store would give, and any
-// other is refused rather than given with a hole.
-func (s *Server) fromMemory(q KlinesQuery) ([]kline.Kline, bool) {
+// fromMemory answers q from the klines in memory alone, or with those
+// of a cluster's kline stream under them, where they hold every kline of
+// the answer, and reports whether they do. While the store cannot be read
+// (a cluster's PostgreSQL down), every closed kline it may lack is in
+// memory (the writer's backlog, or the stream's klines the sinks have not
+// stored), each in its newest version, and the stream holds every version
+// the cluster published in its retention; so an answer whose every
+// interval slot is there is the one the store would give, and any other
+// is refused rather than given with a hole.
+func (s *Server) fromMemory(ctx context.Context, q KlinesQuery) ([]kline.Kline, bool) {
 	var recent [2]kline.Kline
 	live := s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval)
 	if len(live) == 0 || q.End == 0 {
@@ -289,6 +299,35 @@ func (s *Server) fromMemory(q KlinesQuery) ([]kline.Kline, bool) {
 	newest := live[len(live)-1].OpenTime
 	ks := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval)
 	ks = merge(ks, live)
+	if sel, ok := answer(ks, q, newest); ok || s.cfg.Replay == nil {
+		return sel, ok
+	}
+	// The first slot the answer may hold: a kline is published when it
+	// closes, after its open time.
+	iv := q.Interval
+	from := iv.Open(max(q.Start, 0))
+	if q.Start < 0 {
+		from = newest
+		if q.End >= 0 {
+			from = min(from, iv.Open(q.End))
+		}
+		for range q.Limit - 1 {
+			from = iv.Prev(from)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	old, err := s.cfg.Replay.Replay(ctx, nil, q.Symbol, iv, time.UnixMilli(from))
+	if err != nil {
+		s.cfg.Log.Debug("reading klines back from the cluster's stream failed", "symbol", q.Symbol, "interval", iv, "err", err)
+		return nil, false
+	}
+	return answer(merge(old, ks), q, newest)
+}
+
+// answer selects the answer to q from ks, klines by open time, the newest
+// of which opens at newest, and reports whether ks held all of it.
+func answer(ks []kline.Kline, q KlinesQuery, newest int64) ([]kline.Kline, bool) {
 	iv := q.Interval
 	if q.End >= 0 { // klines opening after End are not asked for
 		ks = ks[:openingFrom(ks, q.End+1)]

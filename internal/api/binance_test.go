@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -249,6 +250,83 @@ func TestStoreUnreadable(t *testing.T) {
 		}
 		if !slices.Equal(got, c.want) {
 			t.Errorf("held %v, %s: klines of minutes %v, want %v", c.held, c.query, got, c.want)
+		}
+	}
+}
+
+// replayer is a cluster's kline stream holding some closed klines.
+type replayer struct {
+	ks   []kline.Kline
+	err  error
+	from []time.Time // asked for
+}
+
+func (r *replayer) Replay(_ context.Context, dst []kline.Kline, symbol string, iv kline.Interval, from time.Time) ([]kline.Kline, error) {
+	r.from = append(r.from, from)
+	for _, k := range r.ks {
+		if k.OpenTime >= from.UnixMilli() {
+			dst = append(dst, k)
+		}
+	}
+	return dst, r.err
+}
+
+// TestStoreUnreadableReplay: on a cluster's node, while the store cannot
+// be read, what memory lacks is read back from the kline stream, from the
+// first slot the answer may hold; memory's version of a kline wins, and
+// an answer the stream and memory do not hold whole is still refused.
+func TestStoreUnreadableReplay(t *testing.T) {
+	m := func(i int64) int64 { return t0 + i*60_000 }
+	for _, c := range []struct {
+		streamed []int64 // closed klines in the stream (100 and 101 in memory too)
+		fail     bool    // the stream cannot be read
+		query    string
+		from     int64 // the minute asked from the stream
+		want     []int64
+	}{
+		{[]int64{96, 97, 98, 99, 100, 101}, false, "limit=5", 98, []int64{98, 99, 100, 101, 102}},
+		{[]int64{96, 97, 99, 100, 101}, false, "limit=5", 98, nil}, // 98 is in the store only
+		{[]int64{96, 97, 98, 99, 100, 101}, true, "limit=5", 98, nil},
+		{[]int64{96, 97, 98, 99}, false, "startTime=" + itoa(m(97)) + "&limit=3", 97, []int64{97, 98, 99}},
+		{[]int64{96, 97, 98, 99}, false, "startTime=" + itoa(m(97)-1) + "&endTime=" + itoa(m(98)), 96, []int64{97, 98}},
+		{[]int64{96, 97, 98, 99}, false, "endTime=" + itoa(m(99)+1) + "&limit=3", 97, []int64{97, 98, 99}},
+	} {
+		held := []kline.Kline{mk(m(100), 600, true), mk(m(101), 601, true)}
+		rep := &replayer{}
+		if c.fail {
+			rep.err = errors.New("nats: timeout")
+		}
+		for _, i := range c.streamed {
+			rep.ks = append(rep.ks, mk(m(i), 400+i, true))
+		}
+		srv, ss, st := newAPIWith(t, source{ready: true, storeErr: errors.New("connection refused"), unwritten: held}, Config{Replay: rep})
+		ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(m(102), 602, false)}})
+		st.Close()
+		query := "symbol=BTCUSDT&interval=1m&" + c.query
+		code, body := get(t, srv.URL+"/fapi/v1/klines?"+query)
+		if len(rep.from) != 1 || rep.from[0].UnixMilli() != m(c.from) {
+			t.Errorf("%v, %s: asked the stream from %v, want minute %d", c.streamed, c.query, rep.from, c.from)
+		}
+		if c.want == nil {
+			if code != 503 || !strings.Contains(body, "-1001") {
+				t.Errorf("%v, %s: %d %s; want 503 and -1001", c.streamed, c.query, code, body)
+			}
+			continue
+		}
+		var got []int64
+		for _, k := range klines(t, srv.URL, query) {
+			i := (k.OpenTime - t0) / 60_000
+			got = append(got, i)
+			price := 400 + i // the stream's
+			if i >= 100 {
+				price = 500 + i // memory's
+			}
+			if k.Open != mk(k.OpenTime, price, true).Open {
+				t.Errorf("%v, %s: kline %d opens at %d, want %d", c.streamed, c.query, i, k.Open, price)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%v, %s: klines of minutes %v, want %v", c.streamed, c.query, got, c.want)
 		}
 	}
 }

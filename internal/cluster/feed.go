@@ -49,14 +49,16 @@ type Feed struct {
 	open    map[[2]string]version
 	backlog uint64 // the stream's last sequence when the feed started reading it
 
-	unsunk unsunk // closed klines not yet in the store, for REST
+	unsunk  unsunk        // closed klines not yet in the store, for REST
+	replays chan struct{} // one token a Replay running
 
 	Klines atomic.Int64 // klines handed on
 }
 
 // NewFeed returns a feed for node self to sinks; start it with Run.
 func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, ivs []kline.Interval, log *slog.Logger) *Feed {
-	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{}}
+	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{},
+		replays: make(chan struct{}, maxReplays)}
 }
 
 // Run feeds until ctx ends.

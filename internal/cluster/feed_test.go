@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -275,5 +276,73 @@ func TestFeedBacklog(t *testing.T) {
 	}
 	if ks := unwritten(); len(ks) != 3 {
 		t.Fatalf("the feed keeps %d klines for REST; want 3", len(ks))
+	}
+}
+
+// TestReplay: a series' closed klines are read back from the stream from a
+// time on, the newest version of each, by open time, and no other series'.
+func TestReplay(t *testing.T) {
+	url := bustest.Server(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, js := bustest.Connect(t, url)
+	if _, err := bus.EnsureStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := EnsureBuckets(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	iv := kline.OneMinute()
+	feed := NewFeed(js, b, "serve", ownsSet{}, nil, []kline.Interval{iv}, log)
+	pub := bus.NewPublisher(js, log)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { pub.Run(ctx) })
+	closed := func(sym string, i, trades int64) kline.Update {
+		k := storetest.Kline(i*60_000, 2)
+		k.Trades = trades
+		return kline.Update{Symbol: sym, Interval: iv, Kline: k}
+	}
+	publish := func(us ...kline.Update) {
+		t.Helper()
+		pub.Publish(us)
+		if err := pub.WaitAcked(ctx, pub.Mark()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replay := func(from time.Time) []int64 {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ks, err := feed.Replay(rctx, nil, "币安人生USDT", iv, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int64
+		for _, k := range ks {
+			got = append(got, k.OpenTime/60_000*100+k.Trades)
+		}
+		return got
+	}
+	start := time.Now()
+	if got := replay(start); len(got) != 0 {
+		t.Fatalf("replayed %v from an empty stream", got)
+	}
+	publish(closed("币安人生USDT", 1, 10), closed("币安人生USDT", 2, 20), closed("BTCUSDT", 3, 30))
+	mid := time.Now()
+	// A later kline, then a correction of the first, published out of
+	// open-time order as reconciliation does.
+	publish(closed("币安人生USDT", 3, 31), closed("币安人生USDT", 1, 11))
+	if got, want := replay(start), []int64{111, 220, 331}; !slices.Equal(got, want) {
+		t.Errorf("replayed from the start: %v, want %v (minute×100 + trades)", got, want)
+	}
+	if got, want := replay(mid), []int64{111, 331}; !slices.Equal(got, want) {
+		t.Errorf("replayed from the middle: %v, want %v", got, want)
+	}
+	if got := replay(time.Now().Add(time.Second)); len(got) != 0 {
+		t.Errorf("replayed %v from after the last message", got)
 	}
 }

@@ -550,6 +550,47 @@ func (w *closings) check(t *testing.T, r *run, node string, syms []string) {
 	t.Logf("%s: %d closing events on one WebSocket client equal the exchange's", node, compared)
 }
 
+// checkDeep requires node's REST to answer the last limit 1m klines of
+// syms while its store cannot be read, and its settled klines to equal the
+// exchange's.
+func checkDeep(t *testing.T, r *run, node, base string, syms []string, limit int) {
+	t.Helper()
+	now := r.x.Now().UnixMilli()
+	for _, sym := range syms {
+		resp, err := http.Get(fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=1m&limit=%d", base, neturl.QueryEscape(sym), limit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var rows [][]json.RawMessage
+		if err := json.Unmarshal(body, &rows); err != nil || len(rows) != limit {
+			t.Fatalf("%s: the last %d 1m klines of %s with PostgreSQL unreachable: %d %.300s", node, limit, sym, resp.StatusCode, body)
+		}
+		var got []kline.Kline
+		for _, row := range rows {
+			k, _, err := binance.ParseKlineArray(row)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k.CloseTime < now-120_000 { // settled, as in checkREST
+				got = append(got, k)
+			}
+		}
+		ref := r.x.ReferenceKlines(sym, kline.OneMinute(), got[0].OpenTime, got[len(got)-1].OpenTime)
+		if len(got) != len(ref) || len(got) < limit-5 {
+			t.Fatalf("%s: the last %d 1m klines of %s with PostgreSQL unreachable: %d settled, the exchange has %d", node, limit, sym, len(got), len(ref))
+		}
+		for i := range ref {
+			if !sameAsRow(got[i], ref[i]) {
+				t.Errorf("%s: %s 1m %s with PostgreSQL unreachable:\n got %+v\nwant %+v", node, sym, ms(ref[i].OpenTime), got[i], ref[i])
+				break
+			}
+		}
+	}
+	t.Logf("%s: the last %d 1m klines of %d symbols with PostgreSQL unreachable equal the exchange's", node, limit, len(syms))
+}
+
 // checkREST requires the node's REST klines of every symbol and interval
 // to equal the exchange's, every kline closed two simulated minutes ago or
 // more, with no gap.
@@ -921,7 +962,15 @@ func TestClusterOutages(t *testing.T) {
 
 	t.Log("PostgreSQL unreachable for 30 s")
 	proxy.cut()
-	time.Sleep(30 * time.Second) // the outage itself, in real time
+	cutAt := r.x.Now()
+	time.Sleep(20 * time.Second) // the outage itself, in real time
+	// Deeper than memory (the klines closed since the cut): the rest is
+	// read back from the kline stream.
+	limit := int(r.x.Now().Sub(cutAt)/time.Minute) + 5
+	for _, n := range nodes {
+		checkDeep(t, r, n.name, n.k.Base(), syms[:4], limit)
+	}
+	time.Sleep(10 * time.Second)
 	proxy.restore()
 	r.until(r.x.Now().Sub(r.liveAt) + 3*time.Minute)
 	waitPublished(t, nodes)
