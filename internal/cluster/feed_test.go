@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/bus"
@@ -58,6 +59,23 @@ func (h *handed) waitFor(t *testing.T, n int64, poke func()) []kline.Update {
 	}
 }
 
+// streamAndBuckets runs a JetStream server for the test and returns its
+// URL, a connection to it with klagg's stream and buckets, and the stream.
+func streamAndBuckets(t *testing.T) (string, *nats.Conn, jetstream.JetStream, jetstream.Stream, Buckets) {
+	t.Helper()
+	url := bustest.Server(t)
+	nc, js := bustest.Connect(t, url)
+	st, err := bus.EnsureStream(context.Background(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := EnsureBuckets(context.Background(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return url, nc, js, st, b
+}
+
 type ownsSet map[string]bool
 
 func (o ownsSet) Owns(s string) bool { return o[s] }
@@ -67,17 +85,9 @@ func (o ownsSet) Owns(s string) bool { return o[s] }
 // never an open kline older than one it handed on, whether it comes from
 // the owner's messages or its checkpoint.
 func TestFeed(t *testing.T) {
-	url := bustest.Server(t)
+	url, ownerNC, _, _, b := streamAndBuckets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ownerNC, ownerJS := bustest.Connect(t, url)
-	if _, err := bus.EnsureStream(ctx, ownerJS, 1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := EnsureBuckets(ctx, ownerJS, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	opens := bus.NewOpens(ownerNC)
 	_, serveJS := bustest.Connect(t, url)
 	ivs := []kline.Interval{kline.OneMinute()}
@@ -145,17 +155,9 @@ func (okStore) Upsert([]kline.Update) error { return nil }
 // are laid over the store's answers (the newest version of each) until
 // the sinks have acknowledged them, and then no longer.
 func TestFeedUnwritten(t *testing.T) {
-	url := bustest.Server(t)
+	_, _, js, _, b := streamAndBuckets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, js := bustest.Connect(t, url)
-	if _, err := bus.EnsureStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := EnsureBuckets(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
 	out := &handed{ch: make(chan struct{}, 1)}
@@ -210,18 +212,9 @@ func TestFeedUnwritten(t *testing.T) {
 // its REST answers have those klines too; its consumers get only what is
 // published after it started, as before.
 func TestFeedBacklog(t *testing.T) {
-	url := bustest.Server(t)
+	_, _, js, st, b := streamAndBuckets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, js := bustest.Connect(t, url)
-	st, err := bus.EnsureStream(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := EnsureBuckets(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	iv := kline.OneMinute()
 	publish := func(i int64) {
 		k := storetest.Kline(i*60_000, 2)
@@ -282,17 +275,9 @@ func TestFeedBacklog(t *testing.T) {
 // TestReplay: a series' closed klines are read back from the stream from a
 // time on, the newest version of each, by open time, and no other series'.
 func TestReplay(t *testing.T) {
-	url := bustest.Server(t)
+	_, _, js, _, b := streamAndBuckets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, js := bustest.Connect(t, url)
-	if _, err := bus.EnsureStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := EnsureBuckets(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
 	feed := NewFeed(js, b, "serve", ownsSet{}, nil, []kline.Interval{iv}, log)
