@@ -240,7 +240,7 @@ func (s *Service) joinCluster() (jetstream.JetStream, cluster.Buckets, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var b cluster.Buckets
-	for {
+	for attempt := 0; ; attempt++ {
 		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err = bus.EnsureStream(actx, js, c.Replicas)
 		if err != nil {
@@ -256,7 +256,9 @@ func (s *Service) joinCluster() (jetstream.JetStream, cluster.Buckets, error) {
 			nc.Close() // the servers' configuration: waiting changes nothing
 			return nil, cluster.Buckets{}, err
 		}
-		s.log.Warn("waiting for JetStream; retrying", "err", err)
+		if attempt%10 == 0 { // once every ten seconds or so is enough to read
+			s.log.Warn("waiting for JetStream; retrying for a minute", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			nc.Close()
