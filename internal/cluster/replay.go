@@ -50,6 +50,9 @@ func (f *Feed) Replay(ctx context.Context, dst []kline.Kline, symbol string, iv 
 		FilterSubjects: []string{subject},
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &from,
+		// Gone from the server soon after: while PostgreSQL is down, every
+		// deep REST request makes one.
+		InactiveThreshold: 10 * time.Second,
 	})
 	if err != nil {
 		return dst, fmt.Errorf("cluster: replay %s: %w", subject, err)
