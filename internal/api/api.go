@@ -232,7 +232,7 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQue
 	bp := s.bufs.Get().(*[]byte)
 	b, err := s.appendKlines(ctx, (*bp)[:0], q, prec)
 	if err != nil {
-		ks, ok := s.fromMemory(r.Context(), q)
+		ks, ok := s.withoutStore(r.Context(), q)
 		if !ok {
 			s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
 			writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
@@ -281,7 +281,7 @@ func appendArray(b []byte, ks []kline.Kline, prec kline.Precision) []byte {
 	return append(b, ']')
 }
 
-// fromMemory answers q from the klines in memory alone, or with those
+// withoutStore answers q from the klines in memory alone, or with those
 // of a cluster's kline stream under them, where they hold every kline of
 // the answer, and reports whether they do. While the store cannot be read
 // (a cluster's PostgreSQL down), every closed kline it may lack is in
@@ -290,7 +290,7 @@ func appendArray(b []byte, ks []kline.Kline, prec kline.Precision) []byte {
 // the cluster published in its retention; so an answer whose every
 // interval slot is there is the one the store would give, and any other
 // is refused rather than given with a hole.
-func (s *Server) fromMemory(ctx context.Context, q KlinesQuery) ([]kline.Kline, bool) {
+func (s *Server) withoutStore(ctx context.Context, q KlinesQuery) ([]kline.Kline, bool) {
 	var recent [2]kline.Kline
 	live := s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval)
 	if len(live) == 0 || q.End == 0 {

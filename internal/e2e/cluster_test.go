@@ -557,25 +557,9 @@ func checkDeep(t *testing.T, r *run, node, base string, syms []string, limit int
 	t.Helper()
 	now := r.x.Now().UnixMilli()
 	for _, sym := range syms {
-		resp, err := http.Get(fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=1m&limit=%d", base, neturl.QueryEscape(sym), limit))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		var rows [][]json.RawMessage
-		if err := json.Unmarshal(body, &rows); err != nil || len(rows) != limit {
-			t.Fatalf("%s: the last %d 1m klines of %s with PostgreSQL unreachable: %d %.300s", node, limit, sym, resp.StatusCode, body)
-		}
-		var got []kline.Kline
-		for _, row := range rows {
-			k, _, err := binance.ParseKlineArray(row)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if k.CloseTime < now-120_000 { // settled, as in checkREST
-				got = append(got, k)
-			}
+		got, n := settledREST(t, fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=1m&limit=%d", base, neturl.QueryEscape(sym), limit), now)
+		if n != limit {
+			t.Fatalf("%s: the last %d 1m klines of %s with PostgreSQL unreachable: %d", node, limit, sym, n)
 		}
 		ref := r.x.ReferenceKlines(sym, kline.OneMinute(), got[0].OpenTime, got[len(got)-1].OpenTime)
 		if len(got) != len(ref) || len(got) < limit-5 {
@@ -591,6 +575,36 @@ func checkDeep(t *testing.T, r *run, node, base string, syms []string, limit int
 	t.Logf("%s: the last %d 1m klines of %d symbols with PostgreSQL unreachable equal the exchange's", node, limit, len(syms))
 }
 
+// settledREST GETs the klines request url and returns the klines of its
+// answer closed and settled at now (exchange time, ms): two simulated
+// minutes after their close, past grace (10 s) and the corrections of late
+// trades behind it; and how many klines the answer held. An answer that is
+// not an array of klines fails the test.
+func settledREST(t *testing.T, url string, now int64) ([]kline.Kline, int) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var rows [][]json.RawMessage
+	if err := json.Unmarshal(body, &rows); err != nil {
+		t.Fatalf("%s: %d %.300s", url, resp.StatusCode, body)
+	}
+	var got []kline.Kline
+	for _, row := range rows {
+		k, _, err := binance.ParseKlineArray(row)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.CloseTime < now-120_000 {
+			got = append(got, k)
+		}
+	}
+	return got, len(rows)
+}
+
 // checkREST requires the node's REST klines of every symbol and interval
 // to equal the exchange's, every kline closed two simulated minutes ago or
 // more, with no gap.
@@ -604,28 +618,7 @@ func checkREST(t *testing.T, r *run, node, base string, syms []string) {
 	compared := 0
 	for _, sym := range syms {
 		for _, iv := range ivs {
-			resp, err := http.Get(fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=%s&limit=1500", base, neturl.QueryEscape(sym), iv))
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			var rows [][]json.RawMessage
-			if err := json.Unmarshal(body, &rows); err != nil {
-				t.Fatalf("%s: klines of %s %s: %s", node, sym, iv, body)
-			}
-			var got []kline.Kline
-			for _, row := range rows {
-				k, _, err := binance.ParseKlineArray(row)
-				if err != nil {
-					t.Fatal(err)
-				}
-				// Closed and settled: grace (10 s) and the corrections of
-				// late trades behind it, in simulated time.
-				if k.CloseTime < now-120_000 {
-					got = append(got, k)
-				}
-			}
+			got, _ := settledREST(t, fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=%s&limit=1500", base, neturl.QueryEscape(sym), iv), now)
 			if len(got) == 0 {
 				continue
 			}
