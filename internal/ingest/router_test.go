@@ -3,9 +3,9 @@ package ingest
 import (
 	"context"
 	"log/slog"
-	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,19 +39,102 @@ func (h *history) AggTrades(_ context.Context, _ string, fromID, _ int64, limit 
 	return out, nil
 }
 
-func tr(id int64) kline.Trade { return kline.Trade{ID: id, FirstID: id, LastID: id, Time: id * 1000} }
-
-func startRouter(t *testing.T, h *history) (*Router, chan []kline.Trade, context.Context) {
-	sink := chanSink{make(chan []kline.Trade, 100)}
-	r := NewRouter(sink, h, RouterConfig{GapWait: time.Millisecond, HoldMax: time.Hour, Log: slog.New(slog.DiscardHandler)})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return r, sink.ch, ctx
+func (h *history) Calls() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.calls
 }
 
-// collect reads forwarded trades until it has n ids.
+func tr(id int64) kline.Trade { return kline.Trade{ID: id, FirstID: id, LastID: id, Time: id * 1000} }
+
+// trf is aggregate trade id with trade ids f…l.
+func trf(id, f, l int64) kline.Trade {
+	return kline.Trade{ID: id, FirstID: f, LastID: l, Time: id * 1000}
+}
+
+// clock is a hand-driven clock.
+type clock struct{ ns atomic.Int64 }
+
+func (c *clock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// repairs is a Resyncer that records each repair and starts the symbol
+// again at the id start gives, as History does.
+type repairs struct {
+	r     *Router
+	ch    chan Repair
+	start map[string]int64
+}
+
+func (rp *repairs) Resync(ctx context.Context, symbol string, since int64) error {
+	rp.ch <- Repair{symbol, since}
+	if next, ok := rp.start[symbol]; ok {
+		return rp.r.Start(ctx, symbol, next, nil)
+	}
+	return nil
+}
+
+// rig is a running router on a hand-driven clock: time passes only when a
+// test says so, and the router looks at gaps only when it ticks.
+type rig struct {
+	*Router
+	ctx     context.Context
+	out     chan []kline.Trade
+	clock   *clock
+	ticks   chan time.Time
+	repairs *repairs
+}
+
+const testGapWait = 300 * time.Millisecond
+
+func startRouter(t *testing.T, h *history) *rig {
+	sink := chanSink{make(chan []kline.Trade, 100)}
+	c := &clock{}
+	c.ns.Store(int64(5 * time.Minute)) // the test trades are at 1 s…300 s
+	ticks := make(chan time.Time)
+	r := NewRouter(sink, h, RouterConfig{GapWait: testGapWait, HoldMax: time.Hour, Clock: c.Now, Now: c.Now, Ticks: ticks,
+		Log: slog.New(slog.DiscardHandler)})
+	rp := &repairs{r: r, ch: make(chan Repair, 10), start: map[string]int64{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Run(ctx) })
+	wg.Go(func() { r.RunRepairs(ctx, rp) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return &rig{Router: r, ctx: ctx, out: sink.ch, clock: c, ticks: ticks, repairs: rp}
+}
+
+// sync returns once the router has taken everything delivered before it.
+func (g *rig) sync(t *testing.T) {
+	t.Helper()
+	if err := g.Remove(g.ctx, "\x00none"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tick lets d pass and has the router look at its gaps.
+func (g *rig) tick(t *testing.T, d time.Duration) {
+	t.Helper()
+	g.sync(t)
+	g.clock.Advance(d)
+	g.ticks <- g.clock.Now()
+	g.sync(t)
+}
+
+func (g *rig) deliver(symbol string, ts ...kline.Trade) {
+	for _, t := range ts {
+		g.Deliver(g.ctx, 1, symbol, t, g.clock.Now())
+	}
+}
+
+func (g *rig) held(t *testing.T, symbol string) (int64, bool) {
+	t.Helper()
+	g.sync(t)
+	h, ok := g.Holds()[symbol]
+	return h, ok
+}
+
+// collect reads forwarded trades until it has n ids. The deadline is a
+// failsafe for a broken router, not a wait for it.
 func collect(t *testing.T, ch chan []kline.Trade, n int) []int64 {
 	t.Helper()
 	var ids []int64
@@ -69,75 +152,85 @@ func collect(t *testing.T, ch chan []kline.Trade, n int) []int64 {
 	return ids
 }
 
+func (g *rig) repaired(t *testing.T) Repair {
+	t.Helper()
+	select {
+	case rp := <-g.repairs.ch:
+		return rp
+	case <-time.After(10 * time.Second):
+		t.Fatal("no repair from klines")
+		return Repair{}
+	}
+}
+
 func TestRouterOrdersDedupesAndFills(t *testing.T) {
 	h := &history{}
 	for id := int64(100); id < 120; id++ {
 		h.trades = append(h.trades, tr(id))
 	}
-	r, out, ctx := startRouter(t, h)
+	g := startRouter(t, h)
 	// Delivered before the start: held until then.
-	r.Deliver(ctx, 1, "X", tr(103), time.Now())
-	if err := r.Start(ctx, "X", 0, []kline.Trade{tr(100), tr(101)}); err != nil {
+	g.deliver("X", tr(103))
+	if err := g.Start(g.ctx, "X", 0, []kline.Trade{tr(100), tr(101)}); err != nil {
 		t.Fatal(err)
 	}
 	// 102 never arrives on the stream: filled from history. 103 repeats;
 	// 105 comes twice from two connections; 104 comes late.
-	r.Deliver(ctx, 1, "X", tr(103), time.Now())
-	r.Deliver(ctx, 2, "X", tr(105), time.Now())
-	r.Deliver(ctx, 1, "X", tr(105), time.Now())
-	r.Deliver(ctx, 1, "X", tr(104), time.Now())
-	r.Deliver(ctx, 1, "X", tr(106), time.Now())
-	ids := collect(t, out, 7)
-	for i, id := range ids[:7] {
-		if id != int64(100+i) {
-			t.Fatalf("forwarded %v, want 100…106 in order", ids)
-		}
+	g.deliver("X", tr(103))
+	g.Deliver(g.ctx, 2, "X", tr(105), g.clock.Now())
+	g.deliver("X", tr(105), tr(104), tr(106))
+	if ids := collect(t, g.out, 2); !slices.Equal(ids, []int64{100, 101}) {
+		t.Fatalf("forwarded %v before the gap was filled", ids)
 	}
-	if r.Stats().Duplicates.Load() < 2 {
-		t.Errorf("duplicates = %d", r.Stats().Duplicates.Load())
+	g.tick(t, testGapWait/2)
+	if h.Calls() != 0 {
+		t.Fatal("REST asked before the gap stood for GapWait")
+	}
+	g.tick(t, testGapWait/2)
+	ids := collect(t, g.out, 5)
+	if !slices.Equal(ids[:5], []int64{102, 103, 104, 105, 106}) {
+		t.Fatalf("forwarded %v, want 102…106 in order", ids)
+	}
+	if g.Stats().Duplicates.Load() < 2 {
+		t.Errorf("duplicates = %d", g.Stats().Duplicates.Load())
 	}
 }
 
-func TestRouterHoldsClockAcrossLoss(t *testing.T) {
-	h := &history{}
-	for id := int64(1); id <= 10; id++ {
-		h.trades = append(h.trades, tr(id))
-	}
-	r, out, ctx := startRouter(t, h)
-	r.Start(ctx, "X", 0, []kline.Trade{tr(1), tr(2)})
-	collect(t, out, 2)
-	r.Lost(ctx, 1, []string{"X"})
-	if hold, ok := r.Holds()["X"]; !ok || hold != 2000 {
+// TestRouterRepairsALostConnection: while its connection is down a symbol
+// holds its klines at its last trade and waits; once it is back, the trades
+// it may have missed, of unknown number, are repaired from klines.
+func TestRouterRepairsALostConnection(t *testing.T) {
+	g := startRouter(t, &history{})
+	g.Start(g.ctx, "X", 0, []kline.Trade{tr(1), tr(2)})
+	collect(t, g.out, 2)
+	g.Lost(g.ctx, 1, []string{"X"})
+	if hold, ok := g.held(t, "X"); !ok || hold != 2000 {
 		t.Fatalf("hold = %d, %v; want the last trade's time while the connection is down", hold, ok)
 	}
-	r.Reconnected(ctx, 1, []string{"X"})
-	ids := collect(t, out, 8) // 3…10 from REST
-	if ids[0] != 3 || ids[7] != 10 {
-		t.Fatalf("fill after reconnect: %v", ids)
+	g.tick(t, time.Second)
+	select {
+	case rp := <-g.repairs.ch:
+		t.Fatalf("repair %v while the connection is down", rp)
+	default:
 	}
-	deadline := time.After(10 * time.Second)
-	for {
-		if _, ok := r.Holds()["X"]; !ok {
+	g.repairs.start["X"] = 11
+	g.Reconnected(g.ctx, 1, []string{"X"})
+	g.tick(t, 0)
+	if rp := g.repaired(t); rp != (Repair{"X", 2000}) {
+		t.Fatalf("repair %+v, want X from its last trade", rp)
+	}
+	g.deliver("X", tr(11))
+	if ids := collect(t, g.out, 1); ids[0] != 11 {
+		t.Fatalf("after the repair: %v", ids)
+	}
+	for { // the repair's result follows the Start it made
+		if _, ok := g.held(t, "X"); !ok {
 			break
 		}
-		select {
-		case <-deadline:
-			t.Fatal("clock still held after the fill caught up")
-		case <-time.After(time.Millisecond):
-		}
 	}
-}
-
-// trf is aggregate trade id with trade ids f…l.
-func trf(id, f, l int64) kline.Trade {
-	return kline.Trade{ID: id, FirstID: f, LastID: l, Time: id * 1000}
-}
-
-type resyncs struct{ ch chan string }
-
-func (r resyncs) Resync(_ context.Context, symbol string, _ int64) error {
-	r.ch <- symbol
-	return nil
+	if n := g.Stats().Resyncs.Load(); n != 1 {
+		t.Fatalf("%d repairs counted", n)
+	}
 }
 
 // TestRouterStartsAfterASnapshot is the table of how a symbol seeded from a
@@ -161,28 +254,21 @@ func TestRouterStartsAfterASnapshot(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rs := resyncs{make(chan string, 1)}
-			r, out, ctx := startRouter(t, &history{})
-			r.ResyncWith(rs)
-			for _, tr := range c.buffered {
-				r.Deliver(ctx, 1, "X", tr, time.Now())
-			}
-			ok, err := r.StartAfter(ctx, "X", 20)
+			g := startRouter(t, &history{})
+			g.deliver("X", c.buffered...)
+			ok, err := g.StartAfter(g.ctx, "X", 20)
 			if err != nil || ok != c.started {
 				t.Fatalf("StartAfter = %v, %v; want %v", ok, err, c.started)
 			}
-			for _, tr := range c.later {
-				r.Deliver(ctx, 1, "X", tr, time.Now())
-			}
+			g.deliver("X", c.later...)
 			if c.resync {
-				select {
-				case <-rs.ch:
-				case <-time.After(10 * time.Second):
-					t.Fatal("no resync")
+				g.tick(t, 0)
+				if rp := g.repaired(t); rp != (Repair{"X", 9000}) {
+					t.Fatalf("repair %+v, want X from its first trade", rp)
 				}
 				return
 			}
-			if got := collect(t, out, len(c.want)); len(c.want) > 0 && !slices.Equal(got, c.want) {
+			if got := collect(t, g.out, len(c.want)); len(c.want) > 0 && !slices.Equal(got, c.want) {
 				t.Fatalf("forwarded %v, want %v", got, c.want)
 			}
 		})
@@ -192,14 +278,13 @@ func TestRouterStartsAfterASnapshot(t *testing.T) {
 // TestRouterStartsAtATime: a symbol seeded from a minute without trades
 // starts at its first trade at or after that minute.
 func TestRouterStartsAtATime(t *testing.T) {
-	r, out, ctx := startRouter(t, &history{})
-	r.Deliver(ctx, 1, "X", tr(4), time.Now()) // 4000 ms: in the seed's closed klines
-	r.Deliver(ctx, 1, "X", tr(5), time.Now())
-	if err := r.StartAt(ctx, "X", 5000); err != nil {
+	g := startRouter(t, &history{})
+	g.deliver("X", tr(4), tr(5)) // 4000 ms: in the seed's closed klines
+	if err := g.StartAt(g.ctx, "X", 5000); err != nil {
 		t.Fatal(err)
 	}
-	r.Deliver(ctx, 1, "X", tr(6), time.Now())
-	if got := collect(t, out, 2); !slices.Equal(got, []int64{5, 6}) {
+	g.deliver("X", tr(6))
+	if got := collect(t, g.out, 2); !slices.Equal(got, []int64{5, 6}) {
 		t.Fatalf("forwarded %v, want [5 6]", got)
 	}
 }
@@ -207,18 +292,24 @@ func TestRouterStartsAtATime(t *testing.T) {
 // TestRouterAnchorsOnAContinuedSnapshot: Anchor answers with a snapshot
 // only once the buffered trades reach back to the trade after its last.
 func TestRouterAnchorsOnAContinuedSnapshot(t *testing.T) {
-	r, _, ctx := startRouter(t, &history{})
-	r.Deliver(ctx, 1, "X", trf(9, 30, 30), time.Now())
-	r.Snapshot(ctx, 1, "X", kline.Kline{OpenTime: 60_000, Trades: 5, FirstTradeID: 16, LastTradeID: 20})
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	if _, err := r.Anchor(short, "X"); err == nil {
-		t.Fatal("a snapshot the buffer does not continue was handed out")
+	g := startRouter(t, &history{})
+	g.deliver("X", trf(9, 30, 30))
+	g.Snapshot(g.ctx, 1, "X", kline.Kline{OpenTime: 60_000, Trades: 5, FirstTradeID: 16, LastTradeID: 20})
+	g.sync(t)
+	type answer struct {
+		k   kline.Kline
+		err error
 	}
-	r.Snapshot(ctx, 1, "X", kline.Kline{OpenTime: 60_000, Trades: 15, FirstTradeID: 16, LastTradeID: 30})
-	k, err := r.Anchor(ctx, "X")
-	if err != nil || k.LastTradeID != 30 {
-		t.Fatalf("Anchor = %+v, %v; want the snapshot ending at 30", k, err)
+	ch := make(chan answer, 1)
+	go func() {
+		k, err := g.Anchor(g.ctx, "X")
+		ch <- answer{k, err}
+	}()
+	// The snapshot ending at 20 is not continued by trade 30; the next,
+	// ending at 30, is: Anchor answers with that one.
+	g.Snapshot(g.ctx, 1, "X", kline.Kline{OpenTime: 60_000, Trades: 15, FirstTradeID: 16, LastTradeID: 30})
+	if a := <-ch; a.err != nil || a.k.LastTradeID != 30 {
+		t.Fatalf("Anchor = %+v, %v; want the snapshot ending at 30", a.k, a.err)
 	}
 }
 
@@ -231,36 +322,35 @@ func TestRouterResumes(t *testing.T) {
 	for id := int64(100); id < 110; id++ {
 		h.trades = append(h.trades, tr(id))
 	}
-	r, out, ctx := startRouter(t, h)
-	if err := r.Resume(ctx, "QUIET", 105, time.Now()); err != nil {
+	g := startRouter(t, h)
+	if err := g.Resume(g.ctx, "QUIET", 105, g.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, held := r.Holds()["QUIET"]; !held {
+	if _, held := g.Holds()["QUIET"]; !held {
 		t.Fatal("a resumed symbol is not held while the trades since are read")
 	}
-	if ids := collect(t, out, 5); !slices.Equal(ids, []int64{105, 106, 107, 108, 109}) {
+	g.tick(t, 0)
+	if ids := collect(t, g.out, 5); !slices.Equal(ids, []int64{105, 106, 107, 108, 109}) {
 		t.Fatalf("forwarded %v, want 105…109 from REST", ids)
 	}
 	for { // the fill's result is handled after the trades it forwards
-		if _, held := r.Holds()["QUIET"]; !held {
+		if _, held := g.held(t, "QUIET"); !held {
 			break
-		}
-		if err := r.Remove(ctx, "NONE"); err != nil { // a round trip through the router
-			t.Fatal(err)
 		}
 	}
 
-	calls := h.calls
-	r.Deliver(ctx, 1, "BUSY", tr(205), time.Now())
-	if err := r.Resume(ctx, "BUSY", 205, time.Now()); err != nil {
+	calls := h.Calls()
+	g.deliver("BUSY", tr(205))
+	if err := g.Resume(g.ctx, "BUSY", 205, g.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	r.Deliver(ctx, 1, "BUSY", tr(206), time.Now())
-	if ids := collect(t, out, 2); !slices.Equal(ids, []int64{205, 206}) {
+	g.deliver("BUSY", tr(206))
+	if ids := collect(t, g.out, 2); !slices.Equal(ids, []int64{205, 206}) {
 		t.Fatalf("forwarded %v, want 205, 206", ids)
 	}
-	if _, held := r.Holds()["BUSY"]; held || h.calls != calls {
-		t.Fatalf("resumed where the stream went on: held %v, %d REST calls", held, h.calls-calls)
+	g.tick(t, time.Second)
+	if _, held := g.held(t, "BUSY"); held || h.Calls() != calls {
+		t.Fatalf("resumed where the stream went on: held %v, %d REST calls", held, h.Calls()-calls)
 	}
 }
 
@@ -270,76 +360,68 @@ func TestRouterResumes(t *testing.T) {
 // trade it knows nothing is missing.
 func TestRouterStandby(t *testing.T) {
 	h := &history{}
-	r, out, ctx := startRouter(t, h)
-	if err := r.Standby(ctx, "X"); err != nil {
-		t.Fatal(err)
+	g := startRouter(t, h)
+	for _, s := range []string{"X", "Y"} {
+		if err := g.Standby(g.ctx, s); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := r.Standby(ctx, "Y"); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(ctx, "Z", 1, nil); err != nil {
-		t.Fatal(err)
-	}
-	r.Deliver(ctx, 1, "Y", tr(7), time.Now())
+	g.deliver("Y", tr(7))
 	for id := int64(1); id <= 200; id++ { // a trade a second
-		r.Deliver(ctx, 1, "X", tr(id), time.Now())
+		g.deliver("X", tr(id))
 	}
-	// Deliveries are taken in order: once Z's is forwarded, X's are in.
-	r.Deliver(ctx, 1, "Z", tr(1), time.Now())
-	if ids := collect(t, out, 1); ids[0] != 1 {
-		t.Fatalf("forwarded %v", ids)
-	}
+	g.sync(t)
 	// Trimmed at 122 s (to 62…122) and 183 s (to 123…183): 123…200 kept.
-	if n := r.Stats().Buffered.Load(); n != 79 {
+	if n := g.Stats().Buffered.Load(); n != 79 {
 		t.Fatalf("%d trades buffered, want 79: X's 123…200 and Y's one", n)
 	}
-	if _, held := r.Holds()["X"]; held {
+	if _, held := g.held(t, "X"); held {
 		t.Fatal("a standby symbol holds the clock")
 	}
-	if err := r.Resume(ctx, "X", 190, time.Now()); err != nil {
+	if err := g.Resume(g.ctx, "X", 190, g.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if ids := collect(t, out, 11); ids[0] != 190 || ids[10] != 200 {
+	if ids := collect(t, g.out, 11); ids[0] != 190 || ids[10] != 200 {
 		t.Fatalf("forwarded %v, want 190…200 from the standby buffer", ids)
 	}
-	if err := r.Resume(ctx, "Y", 8, time.Now()); err != nil {
+	if err := g.Resume(g.ctx, "Y", 8, g.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, held := r.Holds()["Y"]; held || h.calls != 0 {
-		t.Fatalf("resumed after the standby's own last trade: held %v, %d REST calls", held, h.calls)
+	if _, held := g.Holds()["Y"]; held || h.Calls() != 0 {
+		t.Fatalf("resumed after the standby's own last trade: held %v, %d REST calls", held, h.Calls())
 	}
 	// A standby since before the checkpoint that saw no trade: nothing
 	// to read; one that became a standby after it: REST is asked.
-	if err := r.Standby(ctx, "Q"); err != nil {
+	if err := g.Standby(g.ctx, "Q"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Resume(ctx, "Q", 50, time.Now().Add(2*time.Second)); err != nil {
+	if err := g.Resume(g.ctx, "Q", 50, g.clock.Now().Add(2*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if _, held := r.Holds()["Q"]; held {
+	if _, held := g.Holds()["Q"]; held {
 		t.Fatal("a quiet standby since before the checkpoint is held")
 	}
-	if err := r.Standby(ctx, "Q2"); err != nil {
+	if err := g.Standby(g.ctx, "Q2"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := r.ResumeQuiet(ctx, "Q2", time.Now().Add(2*time.Second)); !ok || err != nil {
+	if ok, err := g.ResumeQuiet(g.ctx, "Q2", g.clock.Now().Add(2*time.Second)); !ok || err != nil {
 		t.Fatalf("a quiet standby since before a checkpoint without an id: %v %v", ok, err)
 	}
-	after := kline.Trade{ID: 77, FirstID: 77, LastID: 77, Time: time.Now().Add(3 * time.Second).UnixMilli()}
-	r.Deliver(ctx, 1, "Q2", after, time.Now())
-	if ids := collect(t, out, 1); ids[0] != 77 {
+	after := kline.Trade{ID: 77, FirstID: 77, LastID: 77, Time: g.clock.Now().Add(3 * time.Second).UnixMilli()}
+	g.deliver("Q2", after)
+	if ids := collect(t, g.out, 1); ids[0] != 77 {
 		t.Fatalf("forwarded %v, want the first trade after the checkpoint", ids)
 	}
-	if ok, err := r.ResumeQuiet(ctx, "NEVER", time.Now()); ok || err != nil {
+	if ok, err := g.ResumeQuiet(g.ctx, "NEVER", g.clock.Now()); ok || err != nil {
 		t.Fatalf("a symbol never stood by for vouched for: %v %v", ok, err)
 	}
-	if err := r.Standby(ctx, "R"); err != nil {
+	if err := g.Standby(g.ctx, "R"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Resume(ctx, "R", 50, time.Now().Add(-time.Minute)); err != nil {
+	if err := g.Resume(g.ctx, "R", 50, g.clock.Now().Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if _, held := r.Holds()["R"]; !held {
+	if _, held := g.Holds()["R"]; !held {
 		t.Fatal("a standby younger than the checkpoint, with no trade, is not held while REST is asked")
 	}
 }
@@ -351,27 +433,26 @@ func TestRouterStandbyShort(t *testing.T) {
 	for id := int64(100); id <= 300; id++ {
 		h.trades = append(h.trades, tr(id))
 	}
-	r, out, ctx := startRouter(t, h)
-	if err := r.Standby(ctx, "X"); err != nil {
+	g := startRouter(t, h)
+	if err := g.Standby(g.ctx, "X"); err != nil {
 		t.Fatal(err)
 	}
 	for id := int64(200); id <= 300; id++ {
-		r.Deliver(ctx, 1, "X", tr(id), time.Now())
+		g.deliver("X", tr(id))
 	}
-	for r.Stats().Buffered.Load() < 61 {
-		runtime.Gosched()
-	}
-	if err := r.Resume(ctx, "X", 150, time.Now()); err != nil {
+	g.sync(t)
+	if err := g.Resume(g.ctx, "X", 150, g.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	ids := collect(t, out, 151)
+	g.tick(t, 0)
+	ids := collect(t, g.out, 151)
 	for i, id := range ids {
 		if id != int64(150+i) {
 			t.Fatalf("forwarded %v, want 150…300", ids)
 		}
 	}
-	r.Deliver(ctx, 1, "X", tr(301), time.Now())
-	if ids := collect(t, out, 1); ids[0] != 301 {
+	g.deliver("X", tr(301))
+	if ids := collect(t, g.out, 1); ids[0] != 301 {
 		t.Fatalf("then %v", ids)
 	}
 }

@@ -174,7 +174,6 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
 	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, st, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
-	s.Router.ResyncWith(s.History)
 	var hist symbols.History = s.History
 	var owner symbols.Owner
 	if cfg.Clustered() {
@@ -379,6 +378,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	s.log.Info("symbols", "count", kept, "intervals", len(s.cfg.Intervals))
 
 	in.Go("router", func() error { return s.Router.Run(inCtx) })
+	in.Go("repairs", func() error { return s.Router.RunRepairs(inCtx, s.History) })
 	in.Go("ingest", func() error { return s.Ingest.Run(inCtx) })
 	in.Go("clock", func() error { s.tick(inCtx); return nil })
 	in.Go("time sync", func() error { s.syncClock(inCtx); return nil })
