@@ -39,7 +39,8 @@ func runBlast(args []string, stdout, stderr io.Writer) error {
 	intervals := fs.String("intervals", "1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d,3d,1w,1M", "klagg's intervals")
 	writeEvery := fs.Duration("write-every", time.Second, "klagg's database.write_every")
 	clients := fs.Int("clients", 0, "WebSocket clients reading klagg's kline streams")
-	perClient := fs.Int("streams", 10, "<symbol>@kline_1m streams per client")
+	perClient := fs.Int("streams", 10, "streams per client")
+	kind := fs.String("stream", "kline_1m", "the clients' stream: kline_<interval> or aggTrade")
 	clientWeight := fs.Int("client-weight", 2400, "klagg's server.weight_per_minute, the per-client REST budget (0: none)")
 	natsURL := fs.String("cluster", "", "run klagg as a one-node cluster on this NATS server (its klagg stream and buckets are deleted first), with -postgres")
 	pgURL := fs.String("postgres", "", "with -cluster: klagg's database.url")
@@ -96,13 +97,13 @@ write_every = %[3]q
 	}
 	defer k.Stop(time.Minute)
 	fmt.Fprintf(stdout, "klagg live with %d symbols after %s\n", *symbols, k.LiveAfter().Round(time.Millisecond))
-	readers, err := dialReaders(k.Base(), *clients, *perClient, b.Symbols())
+	readers, err := dialReaders(k.Base(), *clients, *perClient, *kind, b.Symbols())
 	if err != nil {
 		return err
 	}
 	defer readers.close()
 	if *clients > 0 {
-		fmt.Fprintf(stdout, "%d clients reading %d streams each\n", *clients, *perClient)
+		fmt.Fprintf(stdout, "%d clients reading %d %s streams each\n", *clients, *perClient, *kind)
 	}
 
 	time.Sleep(*warm)
@@ -148,14 +149,14 @@ type readers struct {
 }
 
 // dialReaders connects n clients to klagg at base, each subscribed to
-// perClient 1m kline streams, spread over the symbols.
-func dialReaders(base string, n, perClient int, symbols []string) (*readers, error) {
+// perClient streams of kind (kline_1m, aggTrade…), spread over the symbols.
+func dialReaders(base string, n, perClient int, kind string, symbols []string) (*readers, error) {
 	r := &readers{}
 	addr := strings.TrimPrefix(base, "http://")
 	for c := range n {
 		names := make([]string, perClient)
 		for j := range names {
-			names[j] = strings.ToLower(symbols[(c*perClient+j)%len(symbols)]) + "@kline_1m"
+			names[j] = strings.ToLower(symbols[(c*perClient+j)%len(symbols)]) + "@" + kind
 		}
 		conn, err := dialRaw(addr, "/market/ws/"+strings.Join(names, "/"))
 		if err != nil {

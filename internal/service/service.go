@@ -680,7 +680,20 @@ type Status struct {
 	Seeds          map[string]int64   `json:"seeds"` // by how the current minute was had
 	Unamended      int64              `json:"reconcile_unamended"`
 	Late           int64              `json:"late_trades"`
+	Exactness      Exactness          `json:"exactness"`
 	ConnStates     []ingest.ConnState `json:"connection_states"`
+}
+
+// Exactness are the counters that show what klagg could not take as it
+// came, and how it made up for it. Only Unfillable is a loss, and it is
+// the exchange's: the trade ids it could not supply.
+type Exactness struct {
+	Duplicates int64 `json:"duplicate_trades"`     // dropped: already forwarded (overlapping connections, replays)
+	Filled     int64 `json:"trades_filled"`        // came from REST aggTrades into a gap
+	Unfillable int64 `json:"unfillable_gaps"`      // trade ids the exchange could not supply, skipped
+	Overflowed int64 `json:"trades_overflowed"`    // dropped from a full gap buffer, fetched again from REST
+	TooLate    int64 `json:"trades_too_late"`      // older than the engine's last closed kline; the repair from klines covers them
+	Rotations  int64 `json:"connection_rotations"` // connections replaced before Binance's 24 h cut
 }
 
 // ClusterStatus are a cluster node's figures.
@@ -723,6 +736,9 @@ func (s *Service) Status() Status {
 		RESTWeight1M: w1m, RESTWeight: wTotal, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
 		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Buffered: s.Router.Stats().Buffered.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
 	}
+	rs := s.Router.Stats()
+	st.Exactness = Exactness{Duplicates: rs.Duplicates.Load(), Filled: rs.Filled.Load(), Unfillable: rs.Unfillable.Load(),
+		Overflowed: rs.Overflowing.Load(), TooLate: est.TooLate, Rotations: ist.Rotations.Load()}
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
 	if s.Leases != nil {
 		c := &ClusterStatus{Node: s.cfg.Cluster.Node, Roles: s.cfg.Cluster.Roles, Owned: s.Leases.Held(),

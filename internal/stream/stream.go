@@ -111,6 +111,7 @@ type Server struct {
 	tmu       sync.RWMutex
 	trades    map[string]*tradeStream // by symbol
 	tradeSubs atomic.Int64            // subscriptions to trade streams, for a lock-free "none"
+	tradeQ    chan tradeBatch         // to the fan-out
 
 	lmu  sync.RWMutex
 	last map[string]*lastTrade // by symbol
@@ -201,7 +202,7 @@ func New(cfg Config) *Server {
 	phases := max(1, min(maxPhases, int(cfg.PushInterval/minPhase)))
 	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, spacing: max(1, (cfg.PushInterval - cfg.PushInterval/time.Duration(phases)).Milliseconds()), streams: map[streamKey]*stream{},
 		groups: make([]map[*client]struct{}, phases), set: metrics.NewSet(),
-		trades: map[string]*tradeStream{}, last: map[string]*lastTrade{}}
+		trades: map[string]*tradeStream{}, tradeQ: make(chan tradeBatch, tradeQueue), last: map[string]*lastTrade{}}
 	for i := range s.groups {
 		s.groups[i] = map[*client]struct{}{}
 	}
@@ -312,8 +313,11 @@ func (s *Server) Recent(dst []kline.Kline, symbol string, iv kline.Interval) []k
 	return append(dst, st.latest)
 }
 
-// Run pushes changes until ctx ends, then closes every client.
+// Run pushes changes and trades until ctx ends, then closes every client.
 func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.fanTrades(ctx) })
 	every := s.cfg.PushInterval / time.Duration(s.phases)
 	t := time.NewTicker(every)
 	defer t.Stop()
