@@ -30,7 +30,8 @@ type client struct {
 	combined atomic.Bool // events wrapped with their stream name; SET_PROPERTY changes it
 	ctx      context.Context
 	cancel   context.CancelFunc
-	closing  atomic.Bool
+	closing  atomic.Bool // close has begun; closed is closed once it is over
+	closed   chan struct{}
 	id       uint64    // set by join, in the order clients joined
 	phase    int       // the push loop's group; set by join
 	pinged   time.Time // the last ping's start; guarded by s.mu
@@ -86,20 +87,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn.SetReadLimit(maxRequest)
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &client{s: s, conn: conn, wire: hj.wire, ctx: ctx, cancel: cancel,
-		subs: map[string]*sub{}, ready: make(chan struct{}, 1)}
+		subs: map[string]*sub{}, ready: make(chan struct{}, 1), closed: make(chan struct{})}
 	c.combined.Store(combined)
 	if !s.join(c) {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		cancel()
 		return
 	}
+	// This handler owns the client's goroutines and waits for them all;
+	// Run waits for the handlers (join counted this one), so that klagg
+	// does not exit before a client has its close frame.
+	defer s.handlers.Done()
+	writer := make(chan struct{})
 	defer func() {
 		s.leave(c)
 		s.unsubscribe(c, nil)
+		if c.closing.Swap(true) {
+			<-c.closed // the close frame is out, or its wait timed out
+		}
 		cancel()
 		conn.CloseNow()
+		<-writer
 	}()
-	go c.writer()
+	go func() { defer close(writer); c.writer() }()
 	if len(names) > 0 {
 		s.subscribe(c, names)
 	}
@@ -183,13 +193,17 @@ func (c *client) enqueue(frames []frame, burst bool) {
 // reply queues an answer to a request.
 func (c *client) reply(b []byte) { c.queue([]frame{{b, time.Now()}}) }
 
-// close ends the connection with a reason, once.
+// close ends the connection with a reason, once, on a goroutine that
+// closes c.closed when done: the close handshake waits for the client (up
+// to 5 s), and the caller may be the push loop. The client's handler
+// waits for it.
 func (c *client) close(code websocket.StatusCode, reason string) {
 	if c.closing.Swap(true) {
 		return
 	}
 	c.s.cfg.Log.Debug("closing stream client", "reason", reason)
 	go func() {
+		defer close(c.closed)
 		c.conn.Close(code, reason)
 		c.cancel()
 	}()
@@ -265,8 +279,10 @@ func (c *client) reader() {
 		if count++; count > c.s.cfg.MaxMsgsPerSecond {
 			// Closed here, not by the writer: the deferred CloseNow in
 			// ServeHTTP must not cut the close frame that gives the reason.
-			c.closing.Store(true)
-			c.conn.Close(websocket.StatusPolicyViolation, fmt.Sprintf("too many requests: more than %d a second", c.s.cfg.MaxMsgsPerSecond))
+			if !c.closing.Swap(true) {
+				c.conn.Close(websocket.StatusPolicyViolation, fmt.Sprintf("too many requests: more than %d a second", c.s.cfg.MaxMsgsPerSecond))
+				close(c.closed)
+			}
 			return
 		}
 		c.s.request(c, msg)

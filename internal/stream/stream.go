@@ -105,6 +105,9 @@ type Server struct {
 	groups   []map[*client]struct{} // clients by phase
 	joined   uint64
 	stopped  bool
+	// handlers counts the client handlers that joined: Run waits for them.
+	handlers sync.WaitGroup
+	pings    sync.WaitGroup // owned by Run's push loop
 
 	// Trade streams have their own lock: trades arrive from ingest far more
 	// often than kline changes, and must not wait for a push.
@@ -315,9 +318,8 @@ func (s *Server) Recent(dst []kline.Kline, symbol string, iv kline.Interval) []k
 
 // Run pushes changes and trades until ctx ends, then closes every client.
 func (s *Server) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Go(func() { s.fanTrades(ctx) })
+	var fan sync.WaitGroup
+	fan.Go(func() { s.fanTrades(ctx) })
 	every := s.cfg.PushInterval / time.Duration(s.phases)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -334,6 +336,11 @@ func (s *Server) Run(ctx context.Context) error {
 				}
 			}
 			s.mu.Unlock()
+			// Every client has its close frame (or gave up on it) before
+			// Run returns.
+			s.handlers.Wait()
+			s.pings.Wait()
+			fan.Wait()
 			return nil
 		case <-s.wake:
 			s.push(&p, -1)
@@ -420,7 +427,7 @@ func (s *Server) push(p *pusher, phase int) {
 	}
 	s.mu.Unlock()
 	for _, c := range p.pings {
-		go c.ping()
+		s.pings.Go(c.ping)
 	}
 	clear(p.pings)
 	p.pings = p.pings[:0]
@@ -637,6 +644,7 @@ func (s *Server) join(c *client) bool {
 	if s.stopped {
 		return false
 	}
+	s.handlers.Add(1) // under mu, so never after Run's Wait began
 	c.id, c.phase, c.pinged = s.joined, int(s.joined%uint64(s.phases)), time.Now()
 	s.joined++
 	s.groups[c.phase][c] = struct{}{}

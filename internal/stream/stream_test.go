@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"go.uber.org/goleak"
 
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
@@ -563,4 +565,50 @@ func readServerFrame(r *bufio.Reader) (op byte, payload []byte, err error) {
 	payload = make([]byte, n)
 	_, err = io.ReadFull(r, payload)
 	return h[0] & 0x0f, payload, err
+}
+
+// TestRunWaitsForClients: when Run returns, every client's handler has
+// ended and the client has its close frame with the reason: klagg may exit
+// at once without cutting a close short.
+func TestRunWaitsForClients(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/VictoriaMetrics/metrics.summariesSwapCron"))
+	cfg := Config{Intervals: []kline.Interval{oneMin}, Symbol: func(string) (Market, bool) { return Market{}, true }}
+	s := New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	run := make(chan error)
+	go func() { run <- s.Run(ctx) }()
+	const n = 3
+	handlers := make(chan struct{}, n)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.ServeHTTP(w, r)
+		handlers <- struct{}{}
+	}))
+	defer hs.Close()
+	url := "ws" + strings.TrimPrefix(hs.URL, "http") + "/market/ws/btcusdt@kline_1m"
+	closes := make(chan error, n)
+	for range n {
+		c := dial(t, url)
+		write(t, c, `{"method":"LIST_SUBSCRIPTIONS","id":1}`)
+		read(t, c) // the handler has joined and reads
+		go func() {
+			for {
+				if _, _, err := c.Read(context.Background()); err != nil {
+					closes <- err
+					return
+				}
+			}
+		}()
+	}
+	cancel()
+	if err := <-run; err != nil {
+		t.Fatal(err)
+	}
+	if got := len(handlers); got != n {
+		t.Fatalf("Run returned with %d of %d client handlers still running", n-got, n)
+	}
+	for range n {
+		if err := <-closes; websocket.CloseStatus(err) != websocket.StatusGoingAway || !strings.Contains(err.Error(), "server shutting down") {
+			t.Fatalf("client closed with %v, want going away and the reason", err)
+		}
+	}
 }
