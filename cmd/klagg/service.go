@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/klagg/klagg/internal/api"
 	"github.com/klagg/klagg/internal/config"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/run"
 	"github.com/klagg/klagg/internal/service"
 	"github.com/klagg/klagg/internal/stream"
 	"github.com/klagg/klagg/internal/web"
@@ -109,40 +109,17 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 		e.log.Warn("the chart page's library is not built in; run ./scripts/run, or ./scripts/web before building")
 	}
 
-	// The API stops before the service, so no request reads a closed store.
-	svcCtx, stopSvc := context.WithCancel(context.Background())
-	streamCtx, stopStreams := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var streamErr, httpErr error
-	wg.Go(func() { streamErr = streams.Run(streamCtx) })
-	wg.Go(func() {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			httpErr = fmt.Errorf("HTTP server: %w", err)
-			stopSvc()
-		}
-	})
-	var once sync.Once
-	shutdown := func() {
-		once.Do(func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			hs.Shutdown(sctx)
-			stopStreams()
-		})
-	}
-	stop := context.AfterFunc(ctx, func() {
-		shutdown()
-		stopSvc()
-	})
-	defer stop()
+	// One group runs every part; the API's tiers start last and stop
+	// first, so no request reads a closed store and every stream client
+	// gets its close frame.
+	var g run.Group
+	svc.Tiers(&g)
+	g.Tier("streams").Add("stream server", streams.Run)
+	g.Tier("http").Add("HTTP server", run.Server(hs, ln, 5*time.Second))
 	forceOnSecondSignal(ctx, e)
 	e.log.Info("klagg starting", "version", version, "exchange", cfg.Exchange.RESTURL, "database", database(cfg),
 		"listen", "http://"+ln.Addr().String())
-	err = svc.Run(svcCtx)
-	stopSvc()
-	shutdown()
-	wg.Wait()
-	return errors.Join(err, httpErr, streamErr)
+	return errors.Join(g.Run(ctx), svc.Close())
 }
 
 // database names the configured store for the log, without a password.

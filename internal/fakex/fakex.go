@@ -7,7 +7,9 @@
 //
 // Its clock is simulated: it starts at Config.Start and runs Config.Speed
 // times faster than the wall clock, so a test can live through 30 minutes
-// of market in a few seconds.
+// of market in a few seconds. By default it is the wall clock, as
+// Binance's is: every client library compares its own clock with
+// /fapi/v1/time, and some refuse an exchange seconds behind.
 package fakex
 
 import (
@@ -29,7 +31,7 @@ import (
 type Config struct {
 	Symbols int           // generated symbols trading from the start [10]
 	Seed    uint64        // generator seed [1]
-	Start   time.Time     // simulated time at the start [now, truncated to the minute]
+	Start   time.Time     // simulated time at the start [now]
 	History time.Duration // trades generated before Start, for backfill [0]
 	Speed   float64       // simulated seconds per wall-clock second [1]
 	// MeanGap is the mean simulated time between one symbol's trades [200ms].
@@ -140,7 +142,7 @@ func New(cfg Config) (*Exchange, error) {
 		cfg.Seed = 1
 	}
 	if cfg.Start.IsZero() {
-		cfg.Start = time.Now().Truncate(time.Minute)
+		cfg.Start = time.Now()
 	}
 	if cfg.Speed == 0 {
 		cfg.Speed = 1
