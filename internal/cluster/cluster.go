@@ -185,7 +185,10 @@ func checkpointHead(b []byte) checkpoint {
 		c.Owner, c.Symbol = owner, symbol
 		return c
 	}
-	json.Unmarshal(b, &c)
+	if err := json.Unmarshal(b, &c); err != nil {
+		// Not a checkpoint: no owner, which no node takes for its own.
+		return checkpoint{}
+	}
 	return c
 }
 

@@ -245,7 +245,10 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 				continue
 			}
 			var m membership
-			json.Unmarshal(e.Value(), &m)
+			if err := json.Unmarshal(e.Value(), &m); err != nil {
+				// Alive all the same: it refreshed its key.
+				l.cfg.Log.Warn("a node's membership cannot be read; taking it as a node of no role", "node", e.Key(), "err", err)
+			}
 			l.members[e.Key()] = member{seen: time.Now(), rev: e.Revision(), roles: m.Roles, through: m.Through}
 		case e, ok := <-live.Updates():
 			if !ok {
@@ -417,13 +420,17 @@ func (l *Leases) standBy(ctx context.Context, now time.Time) {
 	}
 	for sym := range want {
 		if _, ok := l.standby[sym]; !ok {
-			l.reg.Standby(ctx, sym, true)
+			if l.reg.Standby(ctx, sym, true) != nil {
+				return // the registry's answer fails only when ctx ends
+			}
 			l.standby[sym] = now
 		}
 	}
 	for sym := range l.standby {
 		if !want[sym] {
-			l.reg.Standby(ctx, sym, false)
+			if l.reg.Standby(ctx, sym, false) != nil {
+				return
+			}
 			delete(l.standby, sym)
 		}
 	}
@@ -533,6 +540,8 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		}
 		return 0
 	}
+	// Each write reports its own failure (failed, the log); the group's
+	// functions return nil, so that one failed write does not stop others.
 	var g errgroup.Group
 	g.SetLimit(16)
 	var written, failed atomic.Int64
@@ -581,7 +590,7 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 			return nil
 		})
 	}
-	g.Wait()
+	_ = g.Wait() // always nil: see above
 	if failed.Load() == 0 {
 		l.through.Store(snapAt.UnixMilli())
 	}
@@ -609,7 +618,9 @@ func (l *Leases) lose(ctx context.Context, sym string) {
 	}
 	l.Lost.Add(1)
 	l.cfg.Log.Warn("another node took this symbol's lease (it joined and rendezvous hashing gives it the symbol, or it thought this node dead); dropping the symbol", "symbol", sym)
-	l.reg.Own(ctx, sym, false)
+	if err := l.reg.Own(ctx, sym, false); err != nil {
+		l.cfg.Log.Debug("stopping; the registry was not told of a lost lease", "symbol", sym, "err", err)
+	}
 }
 
 // Release hands every owned symbol back, for a clean stop: after the

@@ -571,7 +571,9 @@ func (c *conn) run(ctx context.Context) {
 				// Its symbols miss trades from now on: hold their klines
 				// (for a bounded time) and repair them once it is back.
 				lost = true
-				c.in.router.Lost(ctx, c.id, c.symbolList())
+				if c.in.router.Lost(ctx, c.id, c.symbolList()) != nil {
+					return // the router's answer fails only when ctx ends
+				}
 			}
 			var refused *refusedError
 			if errors.As(err, &refused) && c.in.split(c) {
@@ -589,7 +591,9 @@ func (c *conn) run(ctx context.Context) {
 			c.mu.Lock()
 			c.reconn++
 			c.mu.Unlock()
-			c.in.router.Reconnected(ctx, c.id, c.symbolList())
+			if c.in.router.Reconnected(ctx, c.id, c.symbolList()) != nil {
+				return
+			}
 		}
 		backoff = 100 * time.Millisecond
 		for s != nil {
@@ -603,7 +607,9 @@ func (c *conn) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		c.in.router.Lost(ctx, c.id, c.symbolList())
+		if c.in.router.Lost(ctx, c.id, c.symbolList()) != nil {
+			return
+		}
 		lost = true
 		log.Warn("trade stream lost; reconnecting")
 		if !pause() {

@@ -456,11 +456,11 @@ func (r *Router) Run(ctx context.Context) error {
 }
 
 // step moves symbol's sequence by m and carries out the effects.
-func (r *Router) step(ctx context.Context, symbol string, s *sequence, m *msg, now time.Time) error {
+func (r *Router) step(ctx context.Context, symbol string, s *sequence, m *msg, now time.Time) {
 	fx := &r.fx
 	fx.reset()
 	held, hold := s.held, s.hold
-	err := s.step(m, now, &r.rules, fx)
+	s.step(m, now, &r.rules, fx)
 	if len(fx.forward) > 0 {
 		r.forward(symbol, fx.forward, fx.received)
 	}
@@ -500,7 +500,6 @@ func (r *Router) step(ctx context.Context, symbol string, s *sequence, m *msg, n
 		}
 	}
 	r.count(fx)
-	return err
 }
 
 // count adds one step's counters to the stats.
@@ -562,7 +561,8 @@ func (r *Router) apply(ctx context.Context, c control, now time.Time) error {
 	if c.anchor != nil {
 		r.anchors[c.symbol] = append(r.anchors[c.symbol], c.anchor)
 	}
-	return r.step(ctx, c.symbol, r.sequence(c.symbol), &c.m, now)
+	r.step(ctx, c.symbol, r.sequence(c.symbol), &c.m, now)
+	return r.fx.answer
 }
 
 // take handles one delivered item.

@@ -106,6 +106,7 @@ type effects struct {
 	fetchEpoch int
 	resync     int64        // repair from klines from this trade time (0: none)
 	anchor     *kline.Kline // answer the seeders waiting for an anchor
+	answer     error        // a start's answer: errNoAnchor, errNotCovered
 	notes      []note
 
 	// Counters.
@@ -163,9 +164,7 @@ type sequence struct {
 func newSequence() *sequence { return &sequence{after: -1} }
 
 // step moves s by m at time now and says in fx what the router must do.
-// Its error answers a start that cannot be carried out.
-func (s *sequence) step(m *msg, now time.Time, r *rules, fx *effects) error {
-	var err error
+func (s *sequence) step(m *msg, now time.Time, r *rules, fx *effects) {
 	switch m.kind {
 	case msgTrade:
 		s.take(m.trade, m.received, now, r, fx)
@@ -193,14 +192,15 @@ func (s *sequence) step(m *msg, now time.Time, r *rules, fx *effects) error {
 		// the nodes' clocks) that saw no trade: the checkpoint's klines
 		// hold every trade there was.
 		if s.phase != standby || len(s.pending) > 0 || s.since.IsZero() || !s.since.Before(m.asOf.Add(-time.Second)) {
-			return errNotCovered
+			fx.answer = errNotCovered
+			break
 		}
 		s.unstart()
 		s.startAt(m.asOf.UnixMilli(), now, r, fx)
 	case msgStartAfter:
 		if s.phase != live {
 			s.unstart()
-			err = s.startAfter(m.id, now, r, fx)
+			fx.answer = s.startAfter(m.id, now, r, fx)
 		}
 	case msgStartAt:
 		if s.phase != live {
@@ -228,7 +228,6 @@ func (s *sequence) step(m *msg, now time.Time, r *rules, fx *effects) error {
 		s.tick(m.at, now, r, fx)
 	}
 	s.updateHold(now, r, fx)
-	return err
 }
 
 // unstart leaves whatever waited for a start: the snapshot, the seeders

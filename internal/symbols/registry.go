@@ -465,7 +465,9 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		r.subs.Subscribe(name)
 	case actUnwatch:
 		r.subs.Unsubscribe(name)
-		r.rt.Remove(ctx, name)
+		if err := r.rt.Remove(ctx, name); err != nil {
+			return // the router's answer fails only when ctx ends
+		}
 	}
 	if (to == Elsewhere || to == Standby) && r.settled {
 		delete(r.startup, name)
@@ -478,7 +480,9 @@ func (r *Registry) drop(ctx context.Context, name string) {
 	if err := r.rt.Remove(ctx, name); err != nil {
 		return
 	}
-	r.eng.Drop(ctx, name)
+	if err := r.eng.Drop(ctx, name); err != nil {
+		r.log.Debug("stopping; a dropped symbol's klines are left in the engine", "symbol", name, "err", err)
+	}
 }
 
 // seed subscribes name and seeds it, on a goroutine of its own, at most
@@ -508,13 +512,17 @@ func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
 		// Delisted while it was seeding, perhaps before the seed
 		// subscribed it: undo what the seed did.
 		r.subs.Unsubscribe(res.name)
-		r.rt.Remove(ctx, res.name)
+		if err := r.rt.Remove(ctx, res.name); err != nil {
+			r.log.Debug("stopping; a delisted symbol's sequence is left", "symbol", res.name, "err", err)
+		}
 		return
 	}
 	if e != nil && (e.state == Elsewhere || e.state == Standby) {
 		r.drop(ctx, res.name) // taken by another node while it seeded
 		if e.state == Standby {
-			r.rt.Standby(ctx, res.name)
+			if err := r.rt.Standby(ctx, res.name); err != nil {
+				return
+			}
 			r.subs.Subscribe(res.name)
 		}
 		return
