@@ -11,7 +11,7 @@ import (
 
 	"github.com/klagg/klagg/internal/archive"
 	"github.com/klagg/klagg/internal/kline"
-	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/sqlite"
 )
 
 const buildArgs = "[-intervals 1m,5m,...] (-out DIR | -db PATH) FILE..."
@@ -52,7 +52,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	}
 	var output archive.Output
 	if *db != "" {
-		s, err := store.Open(*db)
+		s, err := sqlite.Open(*db)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/sqlite"
 	"github.com/klagg/klagg/internal/synth"
 )
 
@@ -192,7 +193,7 @@ func TestBuildCrashSafety(t *testing.T) {
 }
 
 func countSeries(t *testing.T, path string) int {
-	s, err := store.Open(path)
+	s, err := sqlite.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +206,7 @@ func countSeries(t *testing.T, path string) int {
 }
 
 func dump(t *testing.T, path string) string {
-	s, err := store.Open(path)
+	s, err := sqlite.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}

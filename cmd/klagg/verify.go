@@ -9,6 +9,7 @@ import (
 	"github.com/klagg/klagg/internal/archive"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/sqlite"
 	"github.com/klagg/klagg/internal/verify"
 )
 
@@ -59,7 +60,7 @@ type lookupFunc func(ctx context.Context, ref archive.Series) ([]kline.Kline, er
 
 func oursLookup(db, ours string) (lookupFunc, func(), error) {
 	if db != "" {
-		s, err := store.Open(db)
+		s, err := sqlite.Open(db)
 		if err != nil {
 			return nil, nil, err
 		}

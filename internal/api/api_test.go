@@ -18,6 +18,7 @@ import (
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/service"
 	"github.com/klagg/klagg/internal/store"
+	"github.com/klagg/klagg/internal/store/sqlite"
 	"github.com/klagg/klagg/internal/stream"
 )
 
@@ -76,15 +77,15 @@ func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *strea
 	return srv, ss
 }
 
-func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server, *store.Store) {
+func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server, *sqlite.Store) {
 	t.Helper()
 	return newAPIWith(t, source{ready: true}, Config{Token: token, CORS: cors})
 }
 
 // newAPIWith is newAPIStore with src and the rest of cfg.
-func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *stream.Server, *store.Store) {
+func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *stream.Server, *sqlite.Store) {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "k.db"))
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +393,7 @@ func FuzzKlinesQuery(f *testing.F) {
 // BenchmarkKlines1500 is the handler alone on a real SQLite file: what
 // one request for 1500 klines costs before the network.
 func BenchmarkKlines1500(b *testing.B) {
-	st, err := store.Open(filepath.Join(b.TempDir(), "k.db"))
+	st, err := sqlite.Open(filepath.Join(b.TempDir(), "k.db"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/postgres"
+	"github.com/klagg/klagg/internal/store/sqlite"
 	"github.com/klagg/klagg/internal/store/storetest"
 )
 
@@ -93,7 +94,7 @@ func (r *run) openStore() klineStore {
 		}
 		return st
 	}
-	st, err := store.Open(r.db)
+	st, err := sqlite.Open(r.db)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/postgres"
+	"github.com/klagg/klagg/internal/store/sqlite"
 	"github.com/klagg/klagg/internal/symbols"
 )
 
@@ -90,7 +91,7 @@ func openStore(cfg *config.Config) (Store, error) {
 		defer cancel()
 		return postgres.Open(ctx, cfg.Database.URL)
 	}
-	st, err := store.Open(cfg.Database.Path)
+	st, err := sqlite.Open(cfg.Database.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w (database.path in the config)", err)
 	}

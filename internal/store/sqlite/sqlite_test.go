@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
 )
 
 func testKline(open int64, i int64) kline.Kline {
@@ -53,18 +54,18 @@ func TestUpsertAndQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	all, err := s.Klines(ctx, Query{Symbol: "BTCUSDT", Interval: iv})
+	all, err := s.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: iv})
 	if err != nil || len(all) != 100 {
 		t.Fatalf("got %d klines, %v", len(all), err)
 	}
 	if all[5] != ups[5].Kline || all[7] != ups[7].Kline {
 		t.Fatalf("round trip:\n%+v\n%+v", all[5], ups[5].Kline)
 	}
-	rng, _ := s.Klines(ctx, Query{Symbol: "BTCUSDT", Interval: iv, Start: 10 * 60_000, End: 20 * 60_000, Limit: 5})
+	rng, _ := s.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: iv, Start: 10 * 60_000, End: 20 * 60_000, Limit: 5})
 	if len(rng) != 5 || rng[0].OpenTime != 10*60_000 {
 		t.Fatalf("range: %d from %d", len(rng), rng[0].OpenTime)
 	}
-	tail, _ := s.Klines(ctx, Query{Symbol: "BTCUSDT", Interval: iv, Limit: 3, FromEnd: true})
+	tail, _ := s.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: iv, Limit: 3, FromEnd: true})
 	if len(tail) != 3 || tail[2].OpenTime != 99*60_000 || tail[0].OpenTime != 97*60_000 {
 		t.Fatalf("newest 3: %+v", tail)
 	}
@@ -83,17 +84,17 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sym := Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 2,
+	sym := store.Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 2,
 		QuantityPrecision: 3, OnboardDate: 1569398400000, Pair: "BTCUSDT", Info: []byte(`{"symbol":"BTCUSDT","filters":[]}`)}
-	if err := s.PutSymbols([]Symbol{sym}); err != nil {
+	if err := s.PutSymbols([]store.Symbol{sym}); err != nil {
 		t.Fatal(err)
 	}
 	// A later record without the exchange's object keeps the stored one.
-	if err := s.PutSymbols([]Symbol{{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL",
+	if err := s.PutSymbols([]store.Symbol{{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL",
 		PricePrecision: 2, QuantityPrecision: 3, OnboardDate: 1569398400000, Pair: "BTCUSDT"}}); err != nil {
 		t.Fatal(err)
 	}
-	limits := map[string][]byte{RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT","limit":2400}]`)}
+	limits := map[string][]byte{store.RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT","limit":2400}]`)}
 	if err := s.PutExchange(limits); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +143,7 @@ func (f *fakeSource) Drain(dst []kline.Update) []kline.Update {
 func TestWriterFlushesOnStop(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10)}
-	w := NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
 	for i := int64(0); i < 5; i++ {
 		src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(i*60_000, i)}}
 	}
@@ -154,7 +155,7 @@ func TestWriterFlushesOnStop(t *testing.T) {
 	if w.Written() != 5 {
 		t.Fatalf("written %d, want 5", w.Written())
 	}
-	ks, _ := s.Klines(context.Background(), Query{Symbol: "A", Interval: kline.OneMinute()})
+	ks, _ := s.Klines(context.Background(), store.Query{Symbol: "A", Interval: kline.OneMinute()})
 	if len(ks) != 5 {
 		t.Fatalf("stored %d", len(ks))
 	}
@@ -163,7 +164,7 @@ func TestWriterFlushesOnStop(t *testing.T) {
 func TestWriterWritesAtMostOncePerInterval(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
-	w := NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -257,7 +258,7 @@ func BenchmarkUpsertLive(b *testing.B) {
 func TestWriterTakesBackfillPages(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
-	w := NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -273,7 +274,7 @@ func TestWriterTakesBackfillPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	for sym, want := range map[string]int{"A": 1, "B": 3} {
-		ks, _ := s.Klines(context.Background(), Query{Symbol: sym, Interval: kline.OneMinute()})
+		ks, _ := s.Klines(context.Background(), store.Query{Symbol: sym, Interval: kline.OneMinute()})
 		if len(ks) != want {
 			t.Errorf("%s: stored %d, want %d", sym, len(ks), want)
 		}
@@ -289,7 +290,7 @@ func TestWriterIsolatesAFailingSymbol(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := &fakeSource{ch: make(chan []kline.Update, 10)}
-	w := NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
 	src.ch <- []kline.Update{
 		{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
 		{Symbol: "BAD", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
@@ -301,7 +302,7 @@ func TestWriterIsolatesAFailingSymbol(t *testing.T) {
 		t.Error("the failing symbol's rows were not reported")
 	}
 	for sym, want := range map[string]int{"A": 1, "C": 1, "BAD": 0} {
-		ks, _ := s.Klines(context.Background(), Query{Symbol: sym, Interval: kline.OneMinute()})
+		ks, _ := s.Klines(context.Background(), store.Query{Symbol: sym, Interval: kline.OneMinute()})
 		if len(ks) != want {
 			t.Errorf("%s: stored %d, want %d", sym, len(ks), want)
 		}
@@ -317,7 +318,7 @@ func TestWriterHoldsBackWhileFailing(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{}, 1)}
-	w := NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -342,7 +343,7 @@ func TestWriterHoldsBackWhileFailing(t *testing.T) {
 	if held := w.Unwritten(nil, "A", kline.OneMinute()); len(held) != 0 {
 		t.Fatalf("still held back after a good write: %+v", held)
 	}
-	if ks, _ := s.Klines(context.Background(), Query{Symbol: "A", Interval: kline.OneMinute()}); len(ks) != 2 {
+	if ks, _ := s.Klines(context.Background(), store.Query{Symbol: "A", Interval: kline.OneMinute()}); len(ks) != 2 {
 		t.Fatalf("stored %d klines after the retry", len(ks))
 	}
 }
