@@ -153,7 +153,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.authorized(r) {
-		writeError(rec, &Error{http.StatusUnauthorized, -2015, "Invalid API-key: this klagg requires its token (Authorization: Bearer <token>, X-MBX-APIKEY or ?token=)."})
+		writeError(rec, &binance.APIError{Status: http.StatusUnauthorized, Code: -2015, Msg: "Invalid API-key: this klagg requires its token (Authorization: Bearer <token>, X-MBX-APIKEY or ?token=)."})
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, "/fapi/") && !s.weigh(rec, r) {
@@ -206,7 +206,7 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
-	q, aerr := ParseKlinesQuery(r.URL.Query())
+	q, aerr := binance.ParseKlinesQuery(r.URL.Query())
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -215,14 +215,14 @@ func (s *Server) klines(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveKlines answers a klines query of any kind of kline request.
-func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQuery) {
+func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q binance.KlinesQuery) {
 	sym, ok := s.cfg.Source.Symbol(q.Symbol)
 	if !ok {
-		writeError(w, badParam(-1121, "Invalid symbol."))
+		writeError(w, binance.BadRequest(-1121, "Invalid symbol."))
 		return
 	}
 	if !slices.ContainsFunc(s.cfg.Source.Intervals(), func(v kline.Interval) bool { return v.String() == q.Interval.String() }) {
-		writeError(w, badParam(-1120, fmt.Sprintf("Invalid interval: this klagg keeps %s (klines.intervals in its config).", strings.Join(intervalNames(s.cfg.Source.Intervals()), ", "))))
+		writeError(w, binance.BadRequest(-1120, fmt.Sprintf("Invalid interval: this klagg keeps %s (klines.intervals in its config).", strings.Join(intervalNames(s.cfg.Source.Intervals()), ", "))))
 		return
 	}
 	// A slow database gets a clear error rather than a hung client.
@@ -235,7 +235,7 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQue
 		ks, ok := s.withoutStore(r.Context(), q)
 		if !ok {
 			s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
-			writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; unable to read klines from the database. Please try again."})
+			writeError(w, &binance.APIError{Status: http.StatusServiceUnavailable, Code: -1001, Msg: "Internal error; unable to read klines from the database. Please try again."})
 			return
 		}
 		s.cfg.Log.Debug("answered from memory: reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
@@ -251,7 +251,7 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q KlinesQue
 
 // appendKlines appends the answer to q as a JSON array: from the tail cache
 // for the latest klines, else from the store.
-func (s *Server) appendKlines(ctx context.Context, b []byte, q KlinesQuery, prec kline.Precision) ([]byte, error) {
+func (s *Server) appendKlines(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, error) {
 	if q.Start < 0 && q.End < 0 && s.versions != nil && s.cfg.Source.StoreErr() == nil {
 		return s.appendLatest(ctx, b, q, prec)
 	}
@@ -290,7 +290,7 @@ func appendArray(b []byte, ks []kline.Kline, prec kline.Precision) []byte {
 // the cluster published in its retention; so an answer whose every
 // interval slot is there is the one the store would give, and any other
 // is refused rather than given with a hole.
-func (s *Server) withoutStore(ctx context.Context, q KlinesQuery) ([]kline.Kline, bool) {
+func (s *Server) withoutStore(ctx context.Context, q binance.KlinesQuery) ([]kline.Kline, bool) {
 	var recent [2]kline.Kline
 	live := s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval)
 	if len(live) == 0 || q.End == 0 {
@@ -327,7 +327,7 @@ func (s *Server) withoutStore(ctx context.Context, q KlinesQuery) ([]kline.Kline
 
 // answer selects the answer to q from ks, klines by open time, the newest
 // of which opens at newest, and reports whether ks held all of it.
-func answer(ks []kline.Kline, q KlinesQuery, newest int64) ([]kline.Kline, bool) {
+func answer(ks []kline.Kline, q binance.KlinesQuery, newest int64) ([]kline.Kline, bool) {
 	iv := q.Interval
 	if q.End >= 0 { // klines opening after End are not asked for
 		ks = ks[:openingFrom(ks, q.End+1)]
@@ -371,7 +371,7 @@ func answer(ks []kline.Kline, q KlinesQuery, newest int64) ([]kline.Kline, bool)
 // read answers q from the store, with the klines in memory (the open one and
 // the one that closed last, which the store may not have yet) in place of
 // the store's older copies, or after the stored ones when newer.
-func (s *Server) read(ctx context.Context, q KlinesQuery) ([]kline.Kline, error) {
+func (s *Server) read(ctx context.Context, q binance.KlinesQuery) ([]kline.Kline, error) {
 	if q.End == 0 {
 		return nil, nil // the klines opening at or before the epoch: none
 	}
@@ -466,23 +466,7 @@ type symbolInfo struct {
 func (s *Server) exchangeInfo(w http.ResponseWriter, r *http.Request) {
 	syms := s.cfg.Source.Symbols()
 	lists := s.cfg.Source.ExchangeLists(r.Context())
-	list := func(name string) json.RawMessage {
-		if v := lists[name]; len(v) > 0 {
-			return v
-		}
-		return json.RawMessage("[]")
-	}
-	out := struct {
-		Timezone        string            `json:"timezone"`
-		ServerTime      int64             `json:"serverTime"`
-		FuturesType     string            `json:"futuresType"`
-		RateLimits      json.RawMessage   `json:"rateLimits"`
-		ExchangeFilters json.RawMessage   `json:"exchangeFilters"`
-		Assets          []any             `json:"assets"`
-		Symbols         []json.RawMessage `json:"symbols"`
-	}{Timezone: "UTC", ServerTime: s.cfg.Source.ExchangeNow().UnixMilli(), FuturesType: "U_MARGINED",
-		RateLimits: list(store.RateLimits), ExchangeFilters: list(store.ExchangeFilters), Assets: []any{},
-		Symbols: make([]json.RawMessage, 0, len(syms))}
+	out := binance.NewExchangeInfoAnswer(s.cfg.Source.ExchangeNow().UnixMilli(), lists[store.RateLimits], lists[store.ExchangeFilters])
 	for _, y := range syms {
 		if len(y.Info) > 0 && json.Valid(y.Info) {
 			out.Symbols = append(out.Symbols, y.Info)
@@ -534,10 +518,10 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, e *Error) {
+func writeError(w http.ResponseWriter, e *binance.APIError) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.Status)
-	json.NewEncoder(w).Encode(e)
+	json.NewEncoder(w).Encode(binance.ErrorBody{Code: e.Code, Msg: e.Msg})
 }
 
 // recorder keeps the status code for the request counter, and still lets

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -267,7 +266,7 @@ func TestBinanceErrors(t *testing.T) {
 	for _, path := range []string{"/fapi/v1/nothing", "/fapi/v1/depth?symbol=BTCUSDT", "/fapi/v1/ticker/24hr",
 		"/fapi/v1/markPriceKlines?symbol=BTCUSDT&interval=1m", "/fapi/v1/indexPriceKlines?pair=BTCUSDT&interval=1m"} {
 		code, body := get(t, srv.URL+path)
-		var e Error
+		var e binance.ErrorBody
 		if code != 404 || json.Unmarshal([]byte(body), &e) != nil || e.Code != -1000 || !strings.Contains(e.Msg, "klagg does not serve") {
 			t.Errorf("%s → %d %s, want 404 and Binance's error shape", path, code, body)
 		}
@@ -363,31 +362,6 @@ func TestReadyz(t *testing.T) {
 	if code, _ := get(t, srv.URL+"/readyz"); code != 503 {
 		t.Fatalf("readyz while catching up: %d", code)
 	}
-}
-
-// FuzzKlinesQuery: any query string gets either a valid query or a Binance
-// error, never a panic, and a valid query satisfies Binance's rules.
-func FuzzKlinesQuery(f *testing.F) {
-	for _, s := range []string{"symbol=BTCUSDT&interval=1m", "symbol=X&interval=1M&limit=1500&startTime=0&endTime=99",
-		"interval=7d&limit=-1", "symbol=%zz", "limit=1e3", "startTime=99999999999999999999"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, raw string) {
-		vals, err := url.ParseQuery(raw)
-		if err != nil {
-			return
-		}
-		q, aerr := ParseKlinesQuery(vals)
-		if aerr != nil {
-			if aerr.Code >= 0 || aerr.Status != 400 || aerr.Msg == "" {
-				t.Fatalf("bad error %+v for %q", aerr, raw)
-			}
-			return
-		}
-		if q.Symbol == "" || q.Limit < 1 || q.Limit > MaxLimit || (q.Start >= 0 && q.End >= 0 && q.Start > q.End) {
-			t.Fatalf("accepted %q as %+v", raw, q)
-		}
-	})
 }
 
 // BenchmarkKlines1500 is the handler alone on a real SQLite file: what

@@ -73,7 +73,7 @@ func TestWeightBudget(t *testing.T) {
 		if code != want {
 			t.Fatalf("request %d: %d %s, want %d", i, code, body, want)
 		}
-		var e Error
+		var e binance.ErrorBody
 		if code != 200 && (json.Unmarshal([]byte(body), &e) != nil || e.Code != -1003) {
 			t.Fatalf("request %d: %s, want code -1003", i, body)
 		}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -15,24 +16,24 @@ func (s *Server) continuousKlines(w http.ResponseWriter, r *http.Request) {
 	in := r.URL.Query()
 	for _, name := range []string{"pair", "contractType"} {
 		if len(in[name]) > 1 {
-			writeError(w, badParam(-1101, fmt.Sprintf("Duplicate values for parameter '%s'.", name)))
+			writeError(w, binance.BadRequest(-1101, fmt.Sprintf("Duplicate values for parameter '%s'.", name)))
 			return
 		}
 	}
 	pair, ct := in.Get("pair"), in.Get("contractType")
 	switch {
 	case pair == "":
-		writeError(w, mandatory("pair"))
+		writeError(w, binance.Mandatory("pair"))
 		return
 	case ct == "":
-		writeError(w, mandatory("contractType"))
+		writeError(w, binance.Mandatory("contractType"))
 		return
 	case ct != "PERPETUAL":
-		writeError(w, badParam(-1130, fmt.Sprintf("Data sent for parameter 'contractType' is not valid: klagg keeps perpetual contracts only, not %s.", ct)))
+		writeError(w, binance.BadRequest(-1130, fmt.Sprintf("Data sent for parameter 'contractType' is not valid: klagg keeps perpetual contracts only, not %s.", ct)))
 		return
 	}
 	if sym, ok := s.cfg.Source.Symbol(pair); !ok || sym.ContractType != "PERPETUAL" || (sym.Pair != "" && sym.Pair != pair) {
-		writeError(w, badParam(-1121, "Invalid pair."))
+		writeError(w, binance.BadRequest(-1121, "Invalid pair."))
 		return
 	}
 	q := url.Values{}
@@ -42,7 +43,7 @@ func (s *Server) continuousKlines(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	q["symbol"] = []string{pair}
-	kq, aerr := ParseKlinesQuery(q)
+	kq, aerr := binance.ParseKlinesQuery(q)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -75,12 +76,12 @@ func (s *Server) tickerPrice(w http.ResponseWriter, r *http.Request) {
 	if name := r.URL.Query().Get("symbol"); name != "" {
 		y, ok := s.cfg.Source.Symbol(name)
 		if !ok {
-			writeError(w, badParam(-1121, "Invalid symbol."))
+			writeError(w, binance.BadRequest(-1121, "Invalid symbol."))
 			return
 		}
 		p, ok := of(name, kline.Precision{Price: y.PricePrecision, Qty: y.QuantityPrecision})
 		if !ok {
-			writeError(w, &Error{http.StatusServiceUnavailable, -1001, "Internal error; klagg has no price of " + name + " yet. Please try again."})
+			writeError(w, &binance.APIError{Status: http.StatusServiceUnavailable, Code: -1001, Msg: "Internal error; klagg has no price of " + name + " yet. Please try again."})
 			return
 		}
 		writeJSON(w, p)
@@ -99,7 +100,7 @@ func (s *Server) tickerPrice(w http.ResponseWriter, r *http.Request) {
 // klagg has no order book, mark price or 24 h statistics to answer them
 // exactly, and does not make them up.
 func (s *Server) unserved(w http.ResponseWriter, r *http.Request) {
-	writeError(w, &Error{http.StatusNotFound, -1000, fmt.Sprintf(
+	writeError(w, &binance.APIError{Status: http.StatusNotFound, Code: -1000, Msg: fmt.Sprintf(
 		"klagg does not serve %s %s: it keeps klines only (klines, continuousKlines, ticker/price, exchangeInfo, time, ping); ask Binance for the rest.",
 		r.Method, r.URL.Path)})
 }

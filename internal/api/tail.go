@@ -107,7 +107,7 @@ func (c *tails) drop(symbol string, iv kline.Interval) {
 // appendLatest appends the latest limit klines of q's series as a JSON
 // array: the cached closed rows, then the rows after them in the store with
 // the klines in memory laid over them.
-func (s *Server) appendLatest(ctx context.Context, b []byte, q KlinesQuery, prec kline.Precision) ([]byte, error) {
+func (s *Server) appendLatest(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, error) {
 	t, err := s.tails.get(ctx, s.cfg.Store, s.versions, q.Symbol, q.Interval, prec)
 	if err != nil {
 		return nil, err

@@ -51,11 +51,11 @@ func (s *Server) weigh(w http.ResponseWriter, r *http.Request) bool {
 	switch status {
 	case http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-		writeError(w, &Error{status, binance.CodeTooManyRequests, binance.TooManyRequestsMsg(ip, s.weights.limit)})
+		writeError(w, &binance.APIError{Status: status, Code: binance.CodeTooManyRequests, Msg: binance.TooManyRequestsMsg(ip, s.weights.limit)})
 		return false
 	case http.StatusTeapot:
 		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-		writeError(w, &Error{status, binance.CodeTooManyRequests, binance.BannedMsg(ip, now.Add(retry))})
+		writeError(w, &binance.APIError{Status: status, Code: binance.CodeTooManyRequests, Msg: binance.BannedMsg(ip, now.Add(retry))})
 		return false
 	}
 	return true

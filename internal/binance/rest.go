@@ -50,7 +50,7 @@ func (c *Client) Weight() *Weight { return c.weight }
 
 // APIError is an error answer from Binance.
 type APIError struct {
-	Status int
+	Status int    `json:"-"`
 	Code   int    `json:"code"`
 	Msg    string `json:"msg"`
 }

@@ -29,11 +29,51 @@ func AggTradeStream(symbol string) string { return strings.ToLower(symbol) + "@a
 // KlineStream is the name of symbol's kline stream of interval iv ("1m").
 func KlineStream(symbol, iv string) string { return strings.ToLower(symbol) + "@kline_" + iv }
 
-// StreamSymbol splits a stream name into its symbol, upper-cased as
-// exchangeInfo lists it, and its kind ("aggTrade", "kline_1m").
-func StreamSymbol(stream string) (symbol, kind string, ok bool) {
-	sym, kind, ok := strings.Cut(stream, "@")
-	return strings.ToUpper(sym), kind, ok && sym != "" && kind != ""
+// StreamURL is a market-stream connection's URL taken apart.
+type StreamURL struct {
+	// Root is "market", "public" or "private", or "" for the legacy
+	// roots /ws and /stream.
+	Root string
+	// Combined: events come wrapped with their stream's name (/stream).
+	Combined bool
+	// Names are the streams the URL names, in order and each once. Path
+	// parts that are not stream names (/market/ws/0, as some clients open
+	// before they SUBSCRIBE) are not among them.
+	Names []string
+}
+
+// ParseStreamURL reads a stream URL as Binance does: /<root>/ws,
+// /<root>/ws/<stream>/<stream>…, /<root>/stream and
+// /<root>/stream?streams=<stream>/…, under the roots /market, /public and
+// /private or none. ok is false for a path that is not a stream URL.
+func ParseStreamURL(u *url.URL) (su StreamURL, ok bool) {
+	path := u.Path
+	for _, root := range []string{"market", "public", "private"} {
+		if rest, found := strings.CutPrefix(path, "/"+root); found && (rest == "" || rest[0] == '/') {
+			path, su.Root = rest, root
+			break
+		}
+	}
+	var parts []string
+	switch {
+	case path == "/stream" || path == "/stream/":
+		su.Combined = true
+		if q := u.Query().Get("streams"); q != "" {
+			parts = strings.Split(q, "/")
+		}
+	case path == "/ws" || strings.HasPrefix(path, "/ws/"):
+		parts = strings.Split(strings.TrimPrefix(path, "/ws"), "/")
+	default:
+		return StreamURL{}, false
+	}
+	seen := map[string]bool{}
+	for _, p := range parts {
+		if _, isStream := ParseStreamName(p); isStream && !seen[p] {
+			seen[p] = true
+			su.Names = append(su.Names, p)
+		}
+	}
+	return su, true
 }
 
 // CombinedURL is the URL of a combined-stream connection at root

@@ -69,7 +69,11 @@ func (b *Blaster) handler() http.Handler {
 	mux.HandleFunc("/fapi/v1/time", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, `{"serverTime":%d}`, time.Now().UnixMilli())
 	})
-	mux.HandleFunc("/fapi/v1/exchangeInfo", func(w http.ResponseWriter, _ *http.Request) { writeExchangeInfo(w, b.symbols) })
+	mux.HandleFunc("/fapi/v1/exchangeInfo", func(w http.ResponseWriter, _ *http.Request) {
+		if err := writeExchangeInfo(w, b.symbols); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
 	// No history: klagg starts every symbol at aggregate id 0.
 	mux.HandleFunc("/fapi/v1/klines", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "[]") })
 	mux.HandleFunc("/fapi/v1/aggTrades", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "[]") })
@@ -310,11 +314,15 @@ func readClientFrame(r *bufio.Reader) (op byte, payload []byte, err error) {
 
 // writeExchangeInfo lists symbols as TRADING USDT perpetuals with 2 price
 // and 3 quantity decimals.
-func writeExchangeInfo(w io.Writer, symbols []string) {
+func writeExchangeInfo(w io.Writer, symbols []string) error {
 	infos := make([]binance.SymbolInfo, len(symbols))
 	for i, s := range symbols {
 		infos[i] = binance.SymbolInfo{Symbol: s, Pair: s, ContractType: "PERPETUAL", Status: "TRADING",
 			BaseAsset: strings.TrimSuffix(s, "USDT"), QuoteAsset: "USDT", MarginAsset: "USDT", PricePrecision: 2, QuantityPrecision: 3}
 	}
-	json.NewEncoder(w).Encode(exchangeInfo(time.Now().UnixMilli(), 2400, infos))
+	info, err := exchangeInfo(time.Now().UnixMilli(), 2400, infos)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(w).Encode(info)
 }

@@ -1,6 +1,7 @@
 package fakex
 
 import (
+	"encoding/json"
 	"strings"
 
 	"github.com/klagg/klagg/internal/binance"
@@ -69,14 +70,18 @@ func rateLimits(limit int) []map[string]any {
 }
 
 // exchangeInfo is the whole answer.
-func exchangeInfo(now int64, weightLimit int, syms []binance.SymbolInfo) map[string]any {
-	out := make([]listedSymbol, len(syms))
-	for i, s := range syms {
-		out[i] = listed(s)
+func exchangeInfo(now int64, weightLimit int, syms []binance.SymbolInfo) (binance.ExchangeInfoAnswer, error) {
+	limits, err := json.Marshal(rateLimits(weightLimit))
+	if err != nil {
+		return binance.ExchangeInfoAnswer{}, err
 	}
-	return map[string]any{
-		"timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
-		"rateLimits": rateLimits(weightLimit), "exchangeFilters": []any{}, "assets": []any{},
-		"symbols": out,
+	out := binance.NewExchangeInfoAnswer(now, limits, nil)
+	for _, s := range syms {
+		b, err := json.Marshal(listed(s))
+		if err != nil {
+			return binance.ExchangeInfoAnswer{}, err
+		}
+		out.Symbols = append(out.Symbols, b)
 	}
+	return out, nil
 }

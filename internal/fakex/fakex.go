@@ -428,7 +428,7 @@ func (x *Exchange) refusedStream(streams []string) string {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, st := range streams {
-		if sym, _, ok := binance.StreamSymbol(st); ok && x.refused[sym] {
+		if n, ok := binance.ParseStreamName(st); ok && x.refused[n.Symbol] {
 			return st
 		}
 	}

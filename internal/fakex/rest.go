@@ -21,18 +21,10 @@ type weightWindow struct {
 	bannedTill time.Time
 }
 
-type apiError struct {
-	status int
-	code   int
-	msg    string
-}
-
-func badRequest(code int, msg string) *apiError { return &apiError{http.StatusBadRequest, code, msg} }
-
 // rest wraps a handler with Binance's weight accounting and failure modes.
 // A weight of -1 means the handler's weight depends on its parameters
 // (klines: by limit).
-func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *apiError)) http.HandlerFunc {
+func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *binance.APIError)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		weight := weight
 		if weight < 0 {
@@ -94,8 +86,8 @@ func (x *Exchange) rest(weight int, h func(r *http.Request, now int64) (any, *ap
 		}
 		v, aerr := h(r, now)
 		if aerr != nil {
-			w.WriteHeader(aerr.status)
-			json.NewEncoder(w).Encode(binance.ErrorBody{Code: aerr.code, Msg: aerr.msg})
+			w.WriteHeader(aerr.Status)
+			json.NewEncoder(w).Encode(binance.ErrorBody{Code: aerr.Code, Msg: aerr.Msg})
 			return
 		}
 		if raw, ok := v.(json.RawMessage); ok {
@@ -145,13 +137,13 @@ func klinesWeight(r *http.Request) int {
 	return binance.KlinesWeight(limit)
 }
 
-func (x *Exchange) handlePing(*http.Request, int64) (any, *apiError) { return struct{}{}, nil }
+func (x *Exchange) handlePing(*http.Request, int64) (any, *binance.APIError) { return struct{}{}, nil }
 
-func (x *Exchange) handleTime(_ *http.Request, now int64) (any, *apiError) {
+func (x *Exchange) handleTime(_ *http.Request, now int64) (any, *binance.APIError) {
 	return map[string]int64{"serverTime": now}, nil
 }
 
-func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiError) {
+func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *binance.APIError) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	syms := []binance.SymbolInfo{}
@@ -167,58 +159,53 @@ func (x *Exchange) handleExchangeInfo(_ *http.Request, now int64) (any, *apiErro
 	syms = append(syms,
 		binance.SymbolInfo{Symbol: "BTCUSDT_261225", Pair: "BTCUSDT", ContractType: "CURRENT_QUARTER", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", PricePrecision: 1, QuantityPrecision: 3},
 		binance.SymbolInfo{Symbol: "ETHBTC", Pair: "ETHBTC", ContractType: "PERPETUAL", Status: "TRADING", BaseAsset: "ETH", QuoteAsset: "BTC", PricePrecision: 6, QuantityPrecision: 3})
-	return exchangeInfo(now, x.cfg.WeightPerMinute, syms), nil
+	info, err := exchangeInfo(now, x.cfg.WeightPerMinute, syms)
+	if err != nil {
+		return nil, &binance.APIError{Status: http.StatusInternalServerError, Code: binance.CodeDisconnected, Msg: err.Error()}
+	}
+	return info, nil
 }
 
-func (x *Exchange) lookup(r *http.Request) (*symbol, *apiError) {
+func (x *Exchange) lookup(r *http.Request) (*symbol, *binance.APIError) {
 	name := r.URL.Query().Get("symbol")
 	if name == "" {
-		return nil, badRequest(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+		return nil, binance.Mandatory("symbol")
 	}
 	x.mu.Lock()
 	s := x.bySym[name]
 	x.mu.Unlock()
 	if s == nil {
-		return nil, badRequest(-1121, "Invalid symbol.")
+		return nil, binance.BadRequest(-1121, "Invalid symbol.")
 	}
 	return s, nil
 }
 
-func intParam(r *http.Request, name string, def int64) (int64, *apiError) {
+func intParam(r *http.Request, name string, def int64) (int64, *binance.APIError) {
 	s := r.URL.Query().Get(name)
 	if s == "" {
 		return def, nil
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
-		return 0, badRequest(-1100, fmt.Sprintf("Illegal characters found in parameter '%s'; legal range is '^[0-9]{1,20}$'.", name))
+		return 0, binance.BadRequest(-1100, fmt.Sprintf("Illegal characters found in parameter '%s'; legal range is '^[0-9]{1,20}$'.", name))
 	}
 	return v, nil
 }
 
-func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *apiError) {
-	s, aerr := x.lookup(r)
+func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *binance.APIError) {
+	q, aerr := binance.ParseKlinesQuery(r.URL.Query())
 	if aerr != nil {
 		return nil, aerr
 	}
-	iv, err := kline.ParseInterval(r.URL.Query().Get("interval"))
-	if err != nil {
-		return nil, badRequest(-1120, "Invalid interval.")
+	x.mu.Lock()
+	s := x.bySym[q.Symbol]
+	x.mu.Unlock()
+	if s == nil {
+		return nil, binance.BadRequest(binance.CodeInvalidSymbol, "Invalid symbol.")
 	}
-	limit, aerr := intParam(r, "limit", 500)
-	if aerr != nil {
-		return nil, aerr
-	}
-	if limit <= 0 || limit > 1500 {
-		return nil, badRequest(-1130, "Data sent for parameter 'limit' is not valid.")
-	}
-	start, aerr := intParam(r, "startTime", -1)
-	if aerr != nil {
-		return nil, aerr
-	}
-	end, aerr := intParam(r, "endTime", now)
-	if aerr != nil {
-		return nil, aerr
+	iv, limit, start, end := q.Interval, int64(q.Limit), q.Start, q.End
+	if end < 0 {
+		end = now
 	}
 	end = min(end, now)
 	x.mu.Lock()
@@ -228,7 +215,7 @@ func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *apiError) {
 	var ks []kline.Kline
 	if start >= 0 {
 		if start > end {
-			return nil, badRequest(-1023, "Start time is greater than end time.")
+			return nil, binance.BadRequest(-1023, "Start time is greater than end time.")
 		}
 		// Only the first limit klines from start are needed.
 		to := end
@@ -252,7 +239,7 @@ func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *apiError) {
 	return json.RawMessage(append(buf, ']')), nil
 }
 
-func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) {
+func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *binance.APIError) {
 	s, aerr := x.lookup(r)
 	if aerr != nil {
 		return nil, aerr
@@ -262,7 +249,7 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) 
 		return nil, aerr
 	}
 	if limit <= 0 || limit > 1000 {
-		return nil, badRequest(-1130, "Data sent for parameter 'limit' is not valid.")
+		return nil, binance.BadRequest(-1130, "Data sent for parameter 'limit' is not valid.")
 	}
 	fromID, aerr := intParam(r, "fromId", -1)
 	if aerr != nil {
@@ -287,7 +274,7 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) 
 	switch {
 	case fromID >= 0:
 		if kept > 0 && fromID <= trades[kept-1].ID {
-			return nil, badRequest(binance.CodeInvalidParameter, "Data sent for parameter 'fromId' is not valid.")
+			return nil, binance.BadRequest(binance.CodeInvalidParameter, "Data sent for parameter 'fromId' is not valid.")
 		}
 		i := sort.Search(len(trades), func(i int) bool { return trades[i].ID >= fromID })
 		sel = trades[i:min(len(trades), i+int(limit))]
@@ -299,10 +286,10 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *apiError) 
 			end = start + time.Hour.Milliseconds()
 		}
 		if end-start > time.Hour.Milliseconds() {
-			return nil, badRequest(-1127, "More than 1 hours between startTime and endTime.")
+			return nil, binance.BadRequest(-1127, "More than 1 hours between startTime and endTime.")
 		}
 		if start < oldest {
-			return nil, badRequest(binance.CodeInvalidParameter, "Data sent for parameter 'startTime' is not valid.")
+			return nil, binance.BadRequest(binance.CodeInvalidParameter, "Data sent for parameter 'startTime' is not valid.")
 		}
 		i := sort.Search(len(trades), func(i int) bool { return trades[i].Time >= start })
 		j := i

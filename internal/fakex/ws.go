@@ -34,15 +34,13 @@ type wsConn struct {
 }
 
 func (x *Exchange) handleWS(w http.ResponseWriter, r *http.Request) {
-	var streams []string
-	combined := strings.HasPrefix(r.URL.Path, "/market/stream")
-	if combined {
-		if s := r.URL.Query().Get("streams"); s != "" {
-			streams = strings.Split(s, "/")
-		}
-	} else if rest := strings.TrimPrefix(r.URL.Path, "/market/ws/"); rest != "" {
-		streams = strings.Split(rest, "/")
+	su, ok := binance.ParseStreamURL(r.URL)
+	if !ok || su.Root != "market" {
+		// Since 2026-04-23 only /market carries trades and klines.
+		http.NotFound(w, r)
+		return
 	}
+	streams, combined := su.Names, su.Combined
 	if len(streams) > x.cfg.MaxStreamsPerConn {
 		http.Error(w, fmt.Sprintf("too many streams: %d > %d", len(streams), x.cfg.MaxStreamsPerConn), http.StatusBadRequest)
 		return
@@ -149,8 +147,8 @@ func (wc *wsConn) deliver(fresh map[string][]kline.Trade, now int64) {
 	var want []string
 	for s := range wc.subs {
 		// Subscriptions are kept lower-cased, as Binance matches them.
-		if sym, kind, ok := binance.StreamSymbol(s); ok && kind == "aggtrade" && len(fresh[sym]) > 0 {
-			want = append(want, sym)
+		if n, ok := binance.ParseStreamName(s); ok && strings.EqualFold(n.Kind, binance.KindAggTrade) && len(fresh[n.Symbol]) > 0 {
+			want = append(want, n.Symbol)
 		}
 	}
 	wc.mu.Unlock()
@@ -181,16 +179,16 @@ func aggTradeFrame(sym string, t *kline.Trade, p kline.Precision, now int64, com
 // as Binance does every 250 ms for a kline that has trades.
 func (wc *wsConn) deliverKlines(now int64) {
 	wc.mu.Lock()
-	var want []string
+	var want []binance.StreamName
 	for s := range wc.subs {
-		if _, kind, ok := binance.StreamSymbol(s); ok && strings.HasPrefix(kind, "kline_") {
-			want = append(want, s)
+		if n, ok := binance.ParseStreamName(s); ok && n.Kind == binance.KindKline {
+			want = append(want, n)
 		}
 	}
 	wc.mu.Unlock()
-	for _, stream := range want {
-		sym, kind, _ := binance.StreamSymbol(stream)
-		iv, err := kline.ParseInterval(strings.TrimPrefix(kind, "kline_"))
+	for _, n := range want {
+		sym := n.Symbol
+		iv, err := kline.ParseInterval(n.Interval)
 		if err != nil {
 			continue
 		}

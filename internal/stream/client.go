@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,7 +57,8 @@ type frame struct {
 // Path segments that are not stream names (/market/ws/0, as some clients
 // open before they SUBSCRIBE) are ignored.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	names, combined, ok := streamsOf(r)
+	su, ok := binance.ParseStreamURL(r.URL)
+	names, combined := su.Names, su.Combined
 	if !ok {
 		http.NotFound(w, r)
 		return
@@ -114,39 +114,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.subscribe(c, names)
 	}
 	c.reader()
-}
-
-// streamsOf reads a stream URL: the streams it names, in order and each
-// once, and whether its events are combined. ok is false for a path that
-// is not a stream URL.
-func streamsOf(r *http.Request) (names []string, combined, ok bool) {
-	path := r.URL.Path
-	for _, p := range []string{"/market", "/public", "/private"} {
-		if rest, found := strings.CutPrefix(path, p); found && (rest == "" || rest[0] == '/') {
-			path = rest
-			break
-		}
-	}
-	var parts []string
-	switch {
-	case path == "/stream" || path == "/stream/":
-		combined = true
-		if q := r.URL.Query().Get("streams"); q != "" {
-			parts = strings.Split(q, "/")
-		}
-	case path == "/ws" || strings.HasPrefix(path, "/ws/"):
-		parts = strings.Split(strings.TrimPrefix(path, "/ws"), "/")
-	default:
-		return nil, false, false
-	}
-	seen := map[string]bool{}
-	for _, p := range parts {
-		if _, isStream := binance.ParseStreamName(p); isStream && !seen[p] {
-			seen[p] = true
-			names = append(names, p)
-		}
-	}
-	return names, combined, true
 }
 
 // queue adds frames to the client's queue without blocking: a client
