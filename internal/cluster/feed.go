@@ -28,18 +28,18 @@ type Owner interface {
 // be lost), the closed ones from the kline stream as they are published.
 // It hands them to the node's consumers (the WebSocket server, which REST reads the newest
 // klines from) as the engine hands its own, for every symbol the node does
-// not own; Closed, if set, is told of every closed kline first, its own
+// not own; closed, if given, is told of every closed kline first, its own
 // included, so that readers' copies of what the store holds are known to be
 // stale.
 type Feed struct {
-	js     jetstream.JetStream
-	b      Buckets
-	owner  Owner
-	sinks  []engine.Sink
-	ivs    []kline.Interval
-	log    *slog.Logger
-	Closed func(updates []kline.Update)
-	self   string // this node's name
+	js       jetstream.JetStream
+	b        Buckets
+	owner    Owner
+	sinks    []engine.Sink
+	ivs      []kline.Interval
+	log      *slog.Logger
+	onClosed func(updates []kline.Update)
+	self     string // this node's name
 
 	// Owned by Run: per series, the open time of the newest closed kline
 	// handed on, so that an older checkpoint's open copy of it is not;
@@ -56,8 +56,8 @@ type Feed struct {
 }
 
 // NewFeed returns a feed for node self to sinks; start it with Run.
-func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, ivs []kline.Interval, log *slog.Logger) *Feed {
-	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{},
+func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, closed func([]kline.Update), ivs []kline.Interval, log *slog.Logger) *Feed {
+	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, onClosed: closed, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{},
 		replays: make(chan struct{}, maxReplays)}
 }
 
@@ -106,8 +106,8 @@ func (f *Feed) Run(ctx context.Context) error {
 			return nil
 		case m := <-msgs:
 			closed = gather(closed[:0], m, msgs, f.closedKline)
-			if f.Closed != nil && len(closed) > 0 {
-				f.Closed(closed)
+			if f.onClosed != nil && len(closed) > 0 {
+				f.onClosed(closed)
 			}
 			for _, u := range closed {
 				if !f.owner.Owns(u.Symbol) { // this node's engine handed on its own

@@ -92,7 +92,7 @@ func TestFeed(t *testing.T) {
 	_, serveJS := bustest.Connect(t, url)
 	ivs := []kline.Interval{kline.OneMinute()}
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, ivs, slog.New(slog.DiscardHandler))
+	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, nil, ivs, slog.New(slog.DiscardHandler))
 	var wg sync.WaitGroup
 	wg.Go(func() { opens.Run(ctx) })
 	wg.Go(func() {
@@ -161,7 +161,7 @@ func TestFeedUnwritten(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, []kline.Interval{iv}, log)
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, []kline.Interval{iv}, log)
 	pub := bus.NewPublisher(js, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -243,7 +243,7 @@ func TestFeedBacklog(t *testing.T) {
 	}
 
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -280,7 +280,7 @@ func TestReplay(t *testing.T) {
 	defer cancel()
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
-	feed := NewFeed(js, b, "serve", ownsSet{}, nil, []kline.Interval{iv}, log)
+	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, []kline.Interval{iv}, log)
 	pub := bus.NewPublisher(js, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()

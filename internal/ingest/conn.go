@@ -61,8 +61,8 @@ type Ingest struct {
 	log    *slog.Logger
 	stats  Stats
 
+	fresh  chan struct{} // a connection was made: Run starts it
 	mu     sync.Mutex
-	ctx    context.Context
 	conns  []*conn
 	bySym  map[string]*conn
 	nextID int
@@ -85,21 +85,29 @@ func New(cfg Config, router *Router) *Ingest {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Ingest{cfg: cfg, router: router, log: cfg.Log, bySym: map[string]*conn{}}
+	return &Ingest{cfg: cfg, router: router, log: cfg.Log, bySym: map[string]*conn{}, fresh: make(chan struct{}, 1)}
 }
 
 // Stats returns the counters.
 func (in *Ingest) Stats() *Stats { return &in.stats }
 
-// Run keeps connections until ctx ends, then closes them.
+// Run keeps connections until ctx ends, then closes them and waits for
+// them: it starts every connection Subscribe and split make, so that each
+// one's goroutine is Run's.
 func (in *Ingest) Run(ctx context.Context) error {
-	in.mu.Lock()
-	in.ctx = ctx
-	for _, c := range in.conns {
-		c.start(ctx)
+	for {
+		in.mu.Lock()
+		for _, c := range in.conns {
+			c.start(ctx) // a no-op for one started before
+		}
+		in.mu.Unlock()
+		select {
+		case <-in.fresh:
+			continue
+		case <-ctx.Done():
+		}
+		break
 	}
-	in.mu.Unlock()
-	<-ctx.Done()
 	in.mu.Lock()
 	conns := append([]*conn(nil), in.conns...)
 	in.mu.Unlock()
@@ -107,6 +115,14 @@ func (in *Ingest) Run(ctx context.Context) error {
 		c.wait()
 	}
 	return nil
+}
+
+// startFresh asks Run to start the connections made since it last looked.
+func (in *Ingest) startFresh() {
+	select {
+	case in.fresh <- struct{}{}:
+	default: // Run will look anyway
+	}
 }
 
 // Subscribe adds symbols' aggTrade streams, on connections with room or on
@@ -129,9 +145,7 @@ func (in *Ingest) Subscribe(symbols ...string) {
 			in.nextID++
 			c = newConn(in, in.nextID)
 			in.conns = append(in.conns, c)
-			if in.ctx != nil {
-				defer c.start(in.ctx)
-			}
+			defer in.startFresh()
 		}
 		c.add(s)
 		in.bySym[s] = c
@@ -159,9 +173,7 @@ func (in *Ingest) split(c *conn) bool {
 	}
 	nc.publishNames()
 	in.conns = append(in.conns, nc)
-	if in.ctx != nil {
-		nc.start(in.ctx)
-	}
+	in.startFresh()
 	in.log.Warn("the exchange refused a connection; splitting it to find the stream at fault", "conn", c.id, "new_conn", nc.id, "moved", len(moved))
 	return true
 }

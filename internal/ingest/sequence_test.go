@@ -275,3 +275,21 @@ func trades(from, to int64) []timed {
 	}
 	return ts
 }
+
+// BenchmarkSequenceTrade is the hot path: a live symbol's next trade,
+// stepped and forwarded.
+func BenchmarkSequenceTrade(b *testing.B) {
+	s := newSequence()
+	var fx effects
+	s.step(&msg{kind: msgStart, id: 0}, t0, &testRules, &fx)
+	m := msg{kind: msgTrade}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		fx.reset()
+		m.trade = kline.Trade{ID: int64(i), FirstID: int64(i), LastID: int64(i), Time: int64(i)}
+		s.step(&m, t0, &testRules, &fx)
+	}
+	if len(fx.forward) != 1 {
+		b.Fatalf("forwarded %d", len(fx.forward))
+	}
+}

@@ -193,10 +193,11 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 			for _, c := range consumers {
 				out = append(out, c)
 			}
-			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, cfg.Intervals, log.With("part", "feed"))
+			var written func([]kline.Update)
 			if w, ok := st.(interface{ Written([]kline.Update) }); ok {
-				s.Feed.Closed = w.Written
+				written = w.Written
 			}
+			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, written, cfg.Intervals, log.With("part", "feed"))
 		}
 	}
 	s.Registry = symbols.New(symbols.Config{
