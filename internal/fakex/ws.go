@@ -262,7 +262,10 @@ func (wc *wsConn) reader() {
 }
 
 func (wc *wsConn) reply(v any) {
-	b, _ := json.Marshal(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = binance.AppendWSReply(nil, nil, &binance.WSError{Code: 3, Msg: err.Error()}, nil)
+	}
 	wc.send(b)
 }
 

@@ -9,6 +9,11 @@
 // duplicate (overlapping connections, replays); anything later waits while
 // the gap is filled from REST aggTrades. This one rule makes reconnects,
 // rotations, stalls and dropped frames lose nothing and count nothing twice.
+//
+// Each symbol's place in its sequence is a state machine (sequence.go): a
+// phase moved by a pure step function, which the router goroutine (Router)
+// feeds with what arrives and whose effects it carries out; the
+// connections are conn.go's.
 package ingest
 
 import (
