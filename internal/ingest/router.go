@@ -411,13 +411,13 @@ func (r *Router) Run(ctx context.Context) error {
 			return nil
 		case it := <-r.in:
 			now := r.clock()
-			r.take(it, now)
+			r.take(ctx, it, now)
 			// Drain what is already queued, so bursts reach the sink as
 			// batches while a lone trade goes out at once.
 			for n := 0; n < 4096; n++ {
 				select {
 				case it := <-r.in:
-					r.take(it, now)
+					r.take(ctx, it, now)
 					continue
 				default:
 				}
@@ -435,7 +435,7 @@ func (r *Router) Run(ctx context.Context) error {
 			// those are among what the queue holds now.
 			now := r.clock()
 			for n := len(r.in); n > 0; n-- {
-				r.take(<-r.in, now)
+				r.take(ctx, <-r.in, now)
 			}
 			err := r.apply(ctx, c, now)
 			// What the control changed is published before its answer: a
@@ -571,7 +571,7 @@ func (r *Router) apply(ctx context.Context, c control, now time.Time) error {
 }
 
 // take handles one delivered item.
-func (r *Router) take(it item, now time.Time) {
+func (r *Router) take(ctx context.Context, it item, now time.Time) {
 	if len(r.down) == 0 || !r.down[it.conn] { // a lost connection's last items do not count
 		r.alive[it.conn] = max(r.alive[it.conn], it.at)
 	}
@@ -582,7 +582,7 @@ func (r *Router) take(it item, now time.Time) {
 	if it.snap != nil {
 		m = msg{kind: msgSnapshot, snap: it.snap}
 	}
-	r.step(context.Background(), it.symbol, r.sequence(it.symbol), &m, now)
+	r.step(ctx, it.symbol, r.sequence(it.symbol), &m, now)
 }
 
 // latest is the newest exchange time any connection has delivered up to.
