@@ -409,6 +409,8 @@ func (r *Registry) apply(ctx context.Context, info *binance.ExchangeInfo, startu
 			r.log.Warn("saving symbols to the store failed; they are kept all the same", "err", err)
 		}
 	}
+	// The view first: an owner told what is wanted may read it.
+	r.publish()
 	if r.owner != nil {
 		var want []string
 		for name, e := range r.entries {
@@ -419,7 +421,6 @@ func (r *Registry) apply(ctx context.Context, info *binance.ExchangeInfo, startu
 		sort.Strings(want)
 		r.owner.Want(want)
 	}
-	r.publish()
 }
 
 func (r *Registry) move(ctx context.Context, name string, e *entry, ev event) {
