@@ -92,13 +92,9 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	}
 	capped := api.NewListener(ln, maxConns)
 	ln = capped
-	acfg := api.Config{Source: svc, Store: svc.Store, Streams: streams, Page: web.Handler(),
+	handler := api.New(api.Config{Source: svc, Klines: svc.Klines, Prices: svc.Head, Streams: streams, Page: web.Handler(),
 		Token: cfg.Server.Token, CORS: cfg.Server.CORSOrigins, WeightPerMinute: cfg.Server.WeightPerMinute,
-		Conns: capped, Log: e.log.With("part", "api")}
-	if svc.Feed != nil {
-		acfg.Replay = svc.Feed
-	}
-	handler := api.New(acfg)
+		Conns: capped, Log: e.log.With("part", "api")})
 	// Timeouts, so that a client that stops reading or sending cannot hold
 	// a connection: the WebSocket handler clears them on the connections
 	// it takes over.

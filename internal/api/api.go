@@ -45,38 +45,32 @@ type Source interface {
 	ExchangeLists(ctx context.Context) map[string][]byte
 	// StoreErr is the store's write error while writes fail, else nil.
 	StoreErr() error
-	// Unwritten appends the klines of a series the store has not taken
-	// while its writes fail, oldest first.
-	Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline
 }
 
-// Store reads stored klines.
-type Store interface {
-	Klines(ctx context.Context, q store.Query) ([]kline.Kline, error)
+// Klines answers Binance's klines query whole, as a JSON array, or fails:
+// the one read model (query.Querier).
+type Klines interface {
+	AppendKlines(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, error)
 }
 
-// Streams is the WebSocket API, which also knows the newest live klines.
+// Prices knows each symbol's last price (head.Head).
+type Prices interface {
+	Price(symbol string, now int64) (price, time int64, ok bool)
+}
+
+// Streams is the WebSocket API.
 type Streams interface {
 	http.Handler
-	Recent(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline
-	LastTrade(symbol string) (price, time int64, ok bool)
 	Stats() *stream.Stats
 	WritePrometheus(w io.Writer) // the streams' own metrics
-}
-
-// Replayer reads a series' closed klines back from where a cluster keeps
-// them for a while (its kline stream), from a time on: REST's last resort
-// while the store cannot be read.
-type Replayer interface {
-	Replay(ctx context.Context, dst []kline.Kline, symbol string, iv kline.Interval, from time.Time) ([]kline.Kline, error)
 }
 
 // Config sets up a Server.
 type Config struct {
 	Source  Source
-	Store   Store
+	Klines  Klines
+	Prices  Prices
 	Streams Streams
-	Replay  Replayer     // a cluster's kline stream; nil on a single node
 	Page    http.Handler // the chart page and its files, at /
 	Token   string       // required on every request but health and page files when set
 	CORS    []string     // allowed origins; "*" for any
@@ -94,11 +88,7 @@ type Server struct {
 	mux     *http.ServeMux
 	metrics *metrics.Set
 	bufs    sync.Pool
-	tails   tails
-	// versions is the store's ClosedVersion when it has one; without it
-	// every request reads the store.
-	versions versioned
-	weights  *weights
+	weights *weights
 }
 
 // New returns the API handler.
@@ -111,7 +101,6 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), metrics: metrics.NewSet(), weights: newWeights(cfg.WeightPerMinute, cfg.Now)}
 	s.bufs.New = func() any { b := make([]byte, 0, 64<<10); return &b }
-	s.versions, _ = cfg.Store.(versioned)
 	m := s.mux
 	m.HandleFunc("GET /fapi/v1/klines", s.klines)
 	m.HandleFunc("GET /fapi/v1/continuousKlines", s.continuousKlines)
@@ -230,16 +219,11 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q binance.K
 	defer cancel()
 	prec := kline.Precision{Price: sym.PricePrecision, Qty: sym.QuantityPrecision}
 	bp := s.bufs.Get().(*[]byte)
-	b, err := s.appendKlines(ctx, (*bp)[:0], q, prec)
+	b, err := s.cfg.Klines.AppendKlines(ctx, (*bp)[:0], q, prec)
 	if err != nil {
-		ks, ok := s.withoutStore(r.Context(), q)
-		if !ok {
-			s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
-			writeError(w, &binance.APIError{Status: http.StatusServiceUnavailable, Code: -1001, Msg: "Internal error; unable to read klines from the database. Please try again."})
-			return
-		}
-		s.cfg.Log.Debug("answered from memory: reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
-		b = appendArray((*bp)[:0], ks, prec)
+		s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
+		writeError(w, &binance.APIError{Status: http.StatusServiceUnavailable, Code: -1001, Msg: "Internal error; unable to read klines from the database. Please try again."})
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(b)
@@ -247,196 +231,6 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q binance.K
 		*bp = b
 		s.bufs.Put(bp)
 	}
-}
-
-// appendKlines appends the answer to q as a JSON array: from the tail cache
-// for the latest klines, else from the store.
-func (s *Server) appendKlines(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, error) {
-	if q.Start < 0 && q.End < 0 && s.versions != nil && s.cfg.Source.StoreErr() == nil {
-		return s.appendLatest(ctx, b, q, prec)
-	}
-	ks, err := s.read(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	return appendArray(b, ks, prec), nil
-}
-
-// openingFrom returns the index of the first of ks (by open time) opening
-// at or after t.
-func openingFrom(ks []kline.Kline, t int64) int {
-	i, _ := slices.BinarySearchFunc(ks, t, func(k kline.Kline, t int64) int { return cmp.Compare(k.OpenTime, t) })
-	return i
-}
-
-// appendArray appends ks as Binance's JSON array of kline arrays.
-func appendArray(b []byte, ks []kline.Kline, prec kline.Precision) []byte {
-	b = append(b, '[')
-	for i := range ks {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = binance.AppendKlineArray(b, &ks[i], prec)
-	}
-	return append(b, ']')
-}
-
-// withoutStore answers q from the klines in memory alone, or with those
-// of a cluster's kline stream under them, where they hold every kline of
-// the answer, and reports whether they do. While the store cannot be read
-// (a cluster's PostgreSQL down), every closed kline it may lack is in
-// memory (the writer's backlog, or the stream's klines the sinks have not
-// stored), each in its newest version, and the stream holds every version
-// the cluster published in its retention; so an answer whose every
-// interval slot is there is the one the store would give, and any other
-// is refused rather than given with a hole.
-func (s *Server) withoutStore(ctx context.Context, q binance.KlinesQuery) ([]kline.Kline, bool) {
-	var recent [2]kline.Kline
-	live := s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval)
-	if len(live) == 0 || q.End == 0 {
-		return nil, false
-	}
-	newest := live[len(live)-1].OpenTime
-	ks := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval)
-	ks = merge(ks, live)
-	if sel, ok := answer(ks, q, newest); ok || s.cfg.Replay == nil {
-		return sel, ok
-	}
-	// The first slot the answer may hold: a kline is published when it
-	// closes, after its open time.
-	iv := q.Interval
-	from := iv.Open(max(q.Start, 0))
-	if q.Start < 0 {
-		from = newest
-		if q.End >= 0 {
-			from = min(from, iv.Open(q.End))
-		}
-		for range q.Limit - 1 {
-			from = iv.Prev(from)
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	old, err := s.cfg.Replay.Replay(ctx, nil, q.Symbol, iv, time.UnixMilli(from))
-	if err != nil {
-		s.cfg.Log.Debug("reading klines back from the cluster's stream failed", "symbol", q.Symbol, "interval", iv, "err", err)
-		return nil, false
-	}
-	return answer(merge(old, ks), q, newest)
-}
-
-// answer selects the answer to q from ks, klines by open time, the newest
-// of which opens at newest, and reports whether ks held all of it.
-func answer(ks []kline.Kline, q binance.KlinesQuery, newest int64) ([]kline.Kline, bool) {
-	iv := q.Interval
-	if q.End >= 0 { // klines opening after End are not asked for
-		ks = ks[:openingFrom(ks, q.End+1)]
-	}
-	if len(ks) == 0 {
-		return nil, false
-	}
-	// The answer holds the first Limit klines from Start, or the last Limit
-	// up to End (or the newest); the store may have the rest.
-	var sel []kline.Kline
-	if q.Start >= 0 {
-		first := iv.Open(q.Start)
-		if first < q.Start {
-			first = iv.Next(first)
-		}
-		i := openingFrom(ks, first)
-		if i == len(ks) || ks[i].OpenTime != first {
-			return nil, false
-		}
-		sel = ks[i:min(len(ks), i+q.Limit)]
-	} else {
-		if len(ks) < q.Limit {
-			return nil, false
-		}
-		sel = ks[len(ks)-q.Limit:]
-	}
-	for i := 1; i < len(sel); i++ {
-		if sel[i].OpenTime != iv.Next(sel[i-1].OpenTime) {
-			return nil, false
-		}
-	}
-	// Nothing is missing after the last: the limit reached from Start, the
-	// last slot before End, or the live kline.
-	last := sel[len(sel)-1].OpenTime
-	if !((q.Start >= 0 && len(sel) == q.Limit) || (q.End >= 0 && iv.Next(last) > q.End) || last == newest) {
-		return nil, false
-	}
-	return sel, true
-}
-
-// read answers q from the store, with the klines in memory (the open one and
-// the one that closed last, which the store may not have yet) in place of
-// the store's older copies, or after the stored ones when newer.
-func (s *Server) read(ctx context.Context, q binance.KlinesQuery) ([]kline.Kline, error) {
-	if q.End == 0 {
-		return nil, nil // the klines opening at or before the epoch: none
-	}
-	sq := store.Query{Symbol: q.Symbol, Interval: q.Interval, Limit: q.Limit}
-	switch {
-	case q.Start >= 0:
-		sq.Start = max(q.Start, 1)
-		if q.End >= 0 {
-			sq.End = q.End
-		}
-	case q.End >= 0:
-		sq.End, sq.FromEnd = q.End, true
-	default:
-		sq.FromEnd = true
-	}
-	ks, err := s.cfg.Store.Klines(ctx, sq)
-	if err != nil {
-		return nil, err
-	}
-	// While the store's writes fail, it lacks what it has not taken:
-	// those klines come from memory, so the answer stays exact.
-	mem := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval)
-	if len(mem) > 0 {
-		ks = merge(ks, mem)
-	}
-	var recent [2]kline.Kline
-	for _, m := range s.cfg.Streams.Recent(recent[:0], q.Symbol, q.Interval) {
-		if (q.Start >= 0 && m.OpenTime < q.Start) || (q.End >= 0 && m.OpenTime > q.End) {
-			continue
-		}
-		ks = overlay(ks, m)
-	}
-	if len(mem) > 0 {
-		ks = slices.DeleteFunc(ks, func(k kline.Kline) bool {
-			return (q.Start >= 0 && k.OpenTime < q.Start) || (q.End >= 0 && k.OpenTime > q.End)
-		})
-	}
-	if len(ks) > q.Limit {
-		if sq.FromEnd {
-			ks = ks[len(ks)-q.Limit:]
-		} else {
-			ks = ks[:q.Limit]
-		}
-	}
-	return ks, nil
-}
-
-// merge lays mem, klines by open time, over ks, stored klines by open time.
-func merge(ks, mem []kline.Kline) []kline.Kline {
-	out := make([]kline.Kline, 0, len(ks)+len(mem))
-	i, j := 0, 0
-	for i < len(ks) || j < len(mem) {
-		switch {
-		case j == len(mem) || (i < len(ks) && ks[i].OpenTime < mem[j].OpenTime):
-			out = append(out, ks[i])
-			i++
-		case i == len(ks) || mem[j].OpenTime < ks[i].OpenTime:
-			out = append(out, mem[j])
-			j++
-		default: // the same kline: memory's is newer
-			out = append(out, mem[j])
-			i, j = i+1, j+1
-		}
-	}
-	return out
 }
 
 func intervalNames(ivs []kline.Interval) []string {

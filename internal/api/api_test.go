@@ -14,7 +14,9 @@ import (
 
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/query"
 	"github.com/klagg/klagg/internal/service"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/sqlite"
@@ -22,10 +24,13 @@ import (
 )
 
 type source struct {
-	ready     bool
-	storeErr  error
-	unwritten []kline.Kline  // of BTCUSDT 1m
-	syms      []store.Symbol // [btc]
+	ready    bool
+	storeErr error
+	syms     []store.Symbol // [btc]
+	// The test's wiring: closed klines of BTCUSDT 1m the store lacks, in
+	// the head; a cluster's stream to read back from.
+	pending []kline.Kline
+	replay  query.Replayer
 }
 
 var btc = store.Symbol{Name: "BTCUSDT", Status: "TRADING", BaseAsset: "BTC", QuoteAsset: "USDT", ContractType: "PERPETUAL", PricePrecision: 1, QuantityPrecision: 3}
@@ -49,12 +54,6 @@ func (source) Status() service.Status {
 }
 func (s source) Ready() bool     { return s.ready }
 func (s source) StoreErr() error { return s.storeErr }
-func (s source) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
-	if symbol == "BTCUSDT" && iv == kline.OneMinute() {
-		return append(dst, s.unwritten...)
-	}
-	return dst
-}
 func (source) ExchangeLists(context.Context) map[string][]byte {
 	return map[string][]byte{store.RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":2400}]`)}
 }
@@ -69,20 +68,20 @@ func mk(open int64, price int64, closed bool) kline.Kline {
 }
 
 // newAPI serves 100 stored 1m klines (the last open) from a real SQLite
-// file, with a newer live kline in the stream server.
-func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server) {
+// file, through a head the test publishes the newest klines to.
+func newAPI(t *testing.T, token string, cors []string) (*httptest.Server, *head.Head) {
 	t.Helper()
-	srv, ss, _ := newAPIStore(t, token, cors)
-	return srv, ss
+	srv, h, _ := newAPIStore(t, token, cors)
+	return srv, h
 }
 
-func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *stream.Server, *sqlite.Store) {
+func newAPIStore(t *testing.T, token string, cors []string) (*httptest.Server, *head.Head, *sqlite.Store) {
 	t.Helper()
 	return newAPIWith(t, source{ready: true}, Config{Token: token, CORS: cors})
 }
 
 // newAPIWith is newAPIStore with src and the rest of cfg.
-func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *stream.Server, *sqlite.Store) {
+func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *head.Head, *sqlite.Store) {
 	t.Helper()
 	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
 	if err != nil {
@@ -99,21 +98,25 @@ func newAPIWith(t *testing.T, src source, cfg Config) (*httptest.Server, *stream
 	ss := stream.New(stream.Config{Intervals: src.Intervals(), Symbol: func(s string) (stream.Market, bool) {
 		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}, Pair: s, ContractType: "PERPETUAL"}, s == "BTCUSDT"
 	}})
-	cfg.Source, cfg.Store, cfg.Streams = src, st, ss
+	h := head.New(head.Config{Confirmed: true})
+	for _, k := range src.pending {
+		h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: k}})
+	}
+	cfg.Source, cfg.Streams, cfg.Prices = src, ss, h
+	cfg.Klines = query.New(query.Config{Store: st, Head: h, Replay: src.replay})
 	if cfg.Page == nil {
 		cfg.Page = http.NotFoundHandler() // its pattern must not clash with the API's
 	}
-	h := New(cfg)
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(New(cfg))
 	t.Cleanup(srv.Close)
-	return srv, ss, st
+	return srv, h, st
 }
 
 // TestLatestFromTailCache checks the cached answer to "the latest klines"
 // against the store's own (an endTime far ahead takes the uncached path)
 // while closed klines are added and corrected underneath it.
 func TestLatestFromTailCache(t *testing.T) {
-	srv, ss, st := newAPIStore(t, "", nil)
+	srv, h, st := newAPIStore(t, "", nil)
 	same := func(when string) {
 		t.Helper()
 		for _, limit := range []string{"1", "2", "3", "4", "50", "100", "101", "1500"} {
@@ -138,7 +141,7 @@ func TestLatestFromTailCache(t *testing.T) {
 	// The open kline closes and the next opens, first in memory only, then
 	// in the store too.
 	closed, next := mk(t0+99*60_000, 300, true), mk(t0+100*60_000, 301, false)
-	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: one, Kline: closed}, {Symbol: "BTCUSDT", Interval: one, Kline: next}})
+	h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: one, Kline: closed}, {Symbol: "BTCUSDT", Interval: one, Kline: next}})
 	same("closed in memory")
 	if err := st.Upsert([]kline.Update{{Symbol: "BTCUSDT", Interval: one, Kline: closed}, {Symbol: "BTCUSDT", Interval: one, Kline: next}}); err != nil {
 		t.Fatal(err)
@@ -192,19 +195,19 @@ func klines(t *testing.T, base, query string) []kline.Kline {
 }
 
 func TestKlinesRanges(t *testing.T) {
-	srv, ss := newAPI(t, "", nil)
+	srv, h := newAPI(t, "", nil)
 	u := srv.URL
 	// The store's last kline is open; the live one replaces it.
 	live := mk(t0+99*60_000, 500, false)
 	live.Trades = 7
-	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: live}})
+	h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: live}})
 	ks := klines(t, u, "symbol=BTCUSDT&interval=1m")
 	if len(ks) != 100 || ks[99].Trades != 7 || ks[99].Open != 500*decimal.Unit {
 		t.Fatalf("latest: %d klines, last %+v", len(ks), ks[len(ks)-1])
 	}
 	// A newer live kline goes after the stored ones; limit still holds.
 	next := mk(t0+100*60_000, 600, false)
-	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: next}})
+	h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: next}})
 	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&limit=5")
 	if len(ks) != 5 || ks[4].OpenTime != next.OpenTime || ks[0].OpenTime != t0+96*60_000 {
 		t.Fatalf("limit 5: %d klines, %d..%d", len(ks), ks[0].OpenTime, ks[len(ks)-1].OpenTime)
@@ -213,7 +216,7 @@ func TestKlinesRanges(t *testing.T) {
 	// second) the closed one comes from memory, before the open one.
 	next.Closed = true
 	after := mk(t0+101*60_000, 700, false)
-	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: next}, {Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: after}})
+	h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: next}, {Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: after}})
 	ks = klines(t, u, "symbol=BTCUSDT&interval=1m&limit=3")
 	if len(ks) != 3 || ks[0].OpenTime != t0+99*60_000 || ks[1].Open != next.Open || ks[2].Open != after.Open {
 		t.Fatalf("just closed: %+v", ks)
@@ -384,7 +387,8 @@ func BenchmarkKlines1500(b *testing.B) {
 	ss := stream.New(stream.Config{Symbol: func(string) (stream.Market, bool) {
 		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}}, true
 	}})
-	h := New(Config{Source: source{ready: true}, Store: st, Streams: ss})
+	hd := head.New(head.Config{Confirmed: true})
+	h := New(Config{Source: source{ready: true}, Klines: query.New(query.Config{Store: st, Head: hd}), Prices: hd, Streams: ss})
 	req := httptest.NewRequest("GET", "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500", nil)
 	b.ReportAllocs()
 	for b.Loop() {

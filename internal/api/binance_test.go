@@ -123,8 +123,8 @@ func TestContinuousKlines(t *testing.T) {
 
 // TestTickerPrice: ticker/price (v1 and v2) is the newest trade.
 func TestTickerPrice(t *testing.T) {
-	srv, ss := newAPI(t, "", nil)
-	ss.Trades("BTCUSDT", []kline.Trade{{ID: 1, Price: 100_10000000, Qty: 1, Time: t0 + 5}, {ID: 2, Price: 100_20000000, Qty: 1, Time: t0 + 9}})
+	srv, h := newAPI(t, "", nil)
+	h.Trades("BTCUSDT", []kline.Trade{{ID: 1, Price: 100_10000000, Qty: 1, Time: t0 + 5}, {ID: 2, Price: 100_20000000, Qty: 1, Time: t0 + 9}})
 	for _, v := range []string{"v1", "v2"} {
 		code, body := get(t, srv.URL+"/fapi/"+v+"/ticker/price?symbol=BTCUSDT")
 		if want := `{"symbol":"BTCUSDT","price":"100.2","time":` + itoa(t0+9) + "}\n"; code != 200 || body != want {
@@ -176,11 +176,12 @@ func TestExchangeInfoAsGiven(t *testing.T) {
 }
 
 // TestStoreFailing: while the store cannot write, REST answers stay exact
-// from what the writer holds back, and /readyz says the store is failing.
+// from what the head keeps until the writer confirms it, and /readyz says
+// the store is failing.
 func TestStoreFailing(t *testing.T) {
 	held := []kline.Kline{mk(t0+99*60_000, 500, true), mk(t0+100*60_000, 501, true), mk(t0+101*60_000, 502, true)}
-	srv, ss, _ := newAPIWith(t, source{ready: true, storeErr: errors.New("disk full"), unwritten: held}, Config{})
-	ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(t0+102*60_000, 503, false)}})
+	srv, h, _ := newAPIWith(t, source{ready: true, storeErr: errors.New("disk full"), pending: held}, Config{})
+	h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(t0+102*60_000, 503, false)}})
 	ks := klines(t, srv.URL, "symbol=BTCUSDT&interval=1m&limit=5")
 	if len(ks) != 5 {
 		t.Fatalf("%d klines", len(ks))
@@ -230,8 +231,8 @@ func TestStoreUnreadable(t *testing.T) {
 		for _, i := range c.held {
 			held = append(held, mk(m(i), 500+i, true))
 		}
-		srv, ss, st := newAPIWith(t, source{ready: true, storeErr: errors.New("connection refused"), unwritten: held}, Config{})
-		ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(m(102), 602, false)}})
+		srv, h, st := newAPIWith(t, source{ready: true, storeErr: errors.New("connection refused"), pending: held}, Config{})
+		h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(m(102), 602, false)}})
 		st.Close()
 		query := "symbol=BTCUSDT&interval=1m&" + c.query
 		if c.want == nil {
@@ -299,8 +300,8 @@ func TestStoreUnreadableReplay(t *testing.T) {
 		for _, i := range c.streamed {
 			rep.ks = append(rep.ks, mk(m(i), 400+i, true))
 		}
-		srv, ss, st := newAPIWith(t, source{ready: true, storeErr: errors.New("connection refused"), unwritten: held}, Config{Replay: rep})
-		ss.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(m(102), 602, false)}})
+		srv, h, st := newAPIWith(t, source{ready: true, storeErr: errors.New("connection refused"), pending: held, replay: rep}, Config{})
+		h.Publish([]kline.Update{{Symbol: "BTCUSDT", Interval: kline.OneMinute(), Kline: mk(m(102), 602, false)}})
 		st.Close()
 		query := "symbol=BTCUSDT&interval=1m&" + c.query
 		code, body := get(t, srv.URL+"/fapi/v1/klines?"+query)

@@ -60,18 +60,8 @@ func (s *Server) tickerPrice(w http.ResponseWriter, r *http.Request) {
 		Time   int64  `json:"time"`
 	}
 	of := func(name string, prec kline.Precision) (price, bool) {
-		p, t, ok := s.cfg.Streams.LastTrade(name)
-		if !ok {
-			// No trade since klagg started: the newest 1m kline's close.
-			var mem [2]kline.Kline
-			recent := s.cfg.Streams.Recent(mem[:0], name, kline.OneMinute())
-			if len(recent) == 0 {
-				return price{}, false
-			}
-			k := recent[len(recent)-1]
-			p, t = k.Close, min(k.CloseTime, s.cfg.Source.ExchangeNow().UnixMilli())
-		}
-		return price{name, string(prec.AppendPrice(nil, p)), t}, true
+		p, t, ok := s.cfg.Prices.Price(name, s.cfg.Source.ExchangeNow().UnixMilli())
+		return price{name, string(prec.AppendPrice(nil, p)), t}, ok
 	}
 	if name := r.URL.Query().Get("symbol"); name != "" {
 		y, ok := s.cfg.Source.Symbol(name)

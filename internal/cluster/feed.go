@@ -14,6 +14,7 @@ import (
 
 	"github.com/klagg/klagg/internal/bus"
 	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/kline"
 )
 
@@ -22,13 +23,25 @@ type Owner interface {
 	Owns(symbol string) bool
 }
 
+// Pending keeps the closed klines the feed reads from the stream until the
+// sinks have stored them, so that the node's readers have them while
+// PostgreSQL lacks them (a sink behind, or the database down): the node's
+// head.
+type Pending interface {
+	// Streamed takes closed klines read at the given stream sequences.
+	Streamed(updates []kline.Update, seqs []uint64)
+	// StoredThrough says the sinks have stored every sequence up to floor.
+	StoredThrough(floor uint64)
+}
+
 // Feed shows a serve node the klines other nodes build: the open ones as
 // their owners send them (bus.Opens, every quarter second) and from their
 // checkpoints in the lease bucket (about once a second, should a message
 // be lost), the closed ones from the kline stream as they are published.
-// It hands them to the node's consumers (the WebSocket server, which REST reads the newest
-// klines from) as the engine hands its own, for every symbol the node does
-// not own; closed, if given, is told of every closed kline first, its own
+// It hands them to the node's consumers (the WebSocket server and the
+// head, which REST reads the newest klines from) as the engine hands its
+// own, for every symbol the node does not own, and every closed kline to
+// pending until the sinks have stored it; closed, if given, is told of every closed kline first, its own
 // included, so that readers' copies of what the store holds are known to be
 // stale.
 type Feed struct {
@@ -39,6 +52,7 @@ type Feed struct {
 	ivs      []kline.Interval
 	log      *slog.Logger
 	onClosed func(updates []kline.Update)
+	pending  Pending
 	self     string // this node's name
 
 	// Owned by Run: per series, the open time of the newest closed kline
@@ -48,21 +62,50 @@ type Feed struct {
 	closed  map[[2]string]int64
 	open    map[[2]string]version
 	backlog uint64 // the stream's last sequence when the feed started reading it
+	read    uint64 // the last sequence read, to follow on from after a failure
+	// streamed and seqs are the closed klines of one gathering and their
+	// sequences, for pending.
+	streamed []kline.Update
+	seqs     []uint64
 
-	unsunk  unsunk        // closed klines not yet in the store, for REST
 	replays chan struct{} // one token a Replay running
 
 	Klines atomic.Int64 // klines handed on
 }
 
-// NewFeed returns a feed for node self to sinks; start it with Run.
-func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, closed func([]kline.Update), ivs []kline.Interval, log *slog.Logger) *Feed {
-	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, onClosed: closed, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{},
+// NewFeed returns a feed for node self to sinks, keeping what the store
+// lacks in pending; start it with Run.
+func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, closed func([]kline.Update), pending Pending, ivs []kline.Interval, log *slog.Logger) *Feed {
+	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, onClosed: closed, pending: pending, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{},
 		replays: make(chan struct{}, maxReplays)}
 }
 
-// Run feeds until ctx ends.
+// Run feeds until ctx ends. A JetStream that does not answer (its servers
+// electing a leader, a server restarting) stops the feed only for a while:
+// it follows again where it stopped, and nothing else on the node stops.
 func (f *Feed) Run(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		began := time.Now()
+		err := f.follow(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(began) > time.Minute {
+			backoff = time.Second
+		}
+		f.log.Warn("following the cluster's klines failed; following again", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// follow feeds until ctx ends or JetStream fails.
+func (f *Feed) follow(ctx context.Context) error {
 	live, err := f.b.Live.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("cluster: watch %s: %w", LiveBucket, err)
@@ -76,24 +119,28 @@ func (f *Feed) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: follow the kline stream: %w", err)
 	}
+	// fctx ends when follow returns, before the consumer stops, so that
+	// no delivery waits on msgs for a reader that is gone.
+	fctx, stop := context.WithCancel(ctx)
 	msgs := make(chan jetstream.Msg, 4096)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
-		case <-ctx.Done():
+		case <-fctx.Done():
 		}
 	})
 	if err != nil {
+		stop()
 		return fmt.Errorf("cluster: follow the kline stream: %w", err)
 	}
 	defer cc.Stop()
+	defer stop()
 	opens := make(chan *nats.Msg, 4096)
 	sub, err := f.js.Conn().ChanSubscribe(bus.OpenSubjects, opens)
 	if err != nil {
 		return fmt.Errorf("cluster: follow the open klines: %w", err)
 	}
 	defer sub.Unsubscribe()
-	fctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { f.followSinks(fctx) })
 	defer wg.Wait()
@@ -106,6 +153,11 @@ func (f *Feed) Run(ctx context.Context) error {
 			return nil
 		case m := <-msgs:
 			closed = gather(closed[:0], m, msgs, f.closedKline)
+			if len(f.streamed) > 0 {
+				f.pending.Streamed(f.streamed, f.seqs)
+				clear(f.streamed)
+				f.streamed, f.seqs = f.streamed[:0], f.seqs[:0]
+			}
 			if f.onClosed != nil && len(closed) > 0 {
 				f.onClosed(closed)
 			}
@@ -140,6 +192,10 @@ func (f *Feed) Run(ctx context.Context) error {
 // overlay only, up to f.backlog, the stream's last message now; the
 // consumers get what comes after it. Without sinks, only what comes after.
 func (f *Feed) start(ctx context.Context) (jetstream.OrderedConsumerConfig, error) {
+	if f.read > 0 { // following again: pending has what came before
+		f.backlog = f.read
+		return jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: f.read + 1}, nil
+	}
 	st, err := f.js.Stream(ctx, bus.Stream)
 	if err != nil {
 		return jetstream.OrderedConsumerConfig{}, fmt.Errorf("cluster: follow the kline stream: %w", err)
@@ -155,8 +211,8 @@ func (f *Feed) start(ctx context.Context) (jetstream.OrderedConsumerConfig, erro
 		return jetstream.OrderedConsumerConfig{}, fmt.Errorf("cluster: read the sinks' progress on the kline stream: %w", err)
 	default:
 		from = min(from, sinks.CachedInfo().AckFloor.Stream+1)
-		if last >= maxUnsunk { // the overlay keeps no more than the newest maxUnsunk
-			from = max(from, last-maxUnsunk+1)
+		if last >= head.MaxPending { // the head keeps no more than the newest MaxPending
+			from = max(from, last-head.MaxPending+1)
 		}
 	}
 	f.backlog = last
@@ -187,7 +243,8 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 	key := [2]string{u.Symbol, u.Interval.String()}
 	f.closed[key] = max(f.closed[key], u.OpenTime)
 	if md, err := m.Metadata(); err == nil {
-		f.unsunk.add(&u, md.Sequence.Stream)
+		f.streamed, f.seqs = append(f.streamed, u), append(f.seqs, md.Sequence.Stream)
+		f.read = max(f.read, md.Sequence.Stream)
 		if md.Sequence.Stream <= f.backlog {
 			return batch // published before the feed started: for REST only
 		}
@@ -195,9 +252,9 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 	return append(batch, u)
 }
 
-// followSinks drops from unsunk, every second, what the sinks have
+// followSinks tells pending, every second, what the sinks have
 // acknowledged, until ctx ends. While there is no sink, or no answer,
-// unsunk keeps what it has.
+// pending keeps what it has.
 func (f *Feed) followSinks(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -214,15 +271,8 @@ func (f *Feed) followSinks(ctx context.Context) {
 			f.log.Debug("reading the sinks' progress", "err", err)
 			continue
 		}
-		f.unsunk.stored(c.CachedInfo().AckFloor.Stream)
+		f.pending.StoredThrough(c.CachedInfo().AckFloor.Stream)
 	}
-}
-
-// Unwritten appends to dst the closed klines of symbol and iv that this
-// node has read from the stream and the sinks have not yet stored, by
-// open time: REST lays them over what the store answers.
-func (f *Feed) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
-	return f.unsunk.Unwritten(dst, symbol, iv)
 }
 
 func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {

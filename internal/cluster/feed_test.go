@@ -14,7 +14,9 @@ import (
 	"github.com/klagg/klagg/internal/bus"
 	"github.com/klagg/klagg/internal/bus/bustest"
 	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/storetest"
 )
 
@@ -92,7 +94,7 @@ func TestFeed(t *testing.T) {
 	_, serveJS := bustest.Connect(t, url)
 	ivs := []kline.Interval{kline.OneMinute()}
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, nil, ivs, slog.New(slog.DiscardHandler))
+	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, nil, head.New(head.Config{}), ivs, slog.New(slog.DiscardHandler))
 	var wg sync.WaitGroup
 	wg.Go(func() { opens.Run(ctx) })
 	wg.Go(func() {
@@ -161,7 +163,8 @@ func TestFeedUnwritten(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, []kline.Interval{iv}, log)
+	pending := head.New(head.Config{Confirmed: true})
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, []kline.Interval{iv}, log)
 	pub := bus.NewPublisher(js, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -177,7 +180,10 @@ func TestFeedUnwritten(t *testing.T) {
 		k.Trades = trades
 		return kline.Update{Symbol: "BTCUSDT", Interval: iv, Kline: k}
 	}
-	unwritten := func() []kline.Kline { return feed.Unwritten(nil, "BTCUSDT", iv) }
+	unwritten := func() []kline.Kline {
+		ks, _ := pending.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: iv})
+		return ks
+	}
 
 	// The feed reads only what is published after it started: one more
 	// kline each round until it has one.
@@ -195,11 +201,12 @@ func TestFeedUnwritten(t *testing.T) {
 	if len(ks) != len(before)+1 || ks[0].OpenTime != first*60_000 || ks[0].Trades != 13 || ks[len(ks)-1].Trades != 11 {
 		t.Fatalf("unwritten %+v after %+v; want the oldest with 13 trades and one more with 11", ks, before)
 	}
-	// Once the sinks have acknowledged them, they are the store's.
+	// Once the sinks have acknowledged them, they are the store's: the
+	// head keeps only the newest.
 	sink := bus.NewSink(js, okStore{}, bus.SinkDurable, log)
 	wg.Go(func() { sink.Run(ctx) })
 	deadline := time.Now().Add(20 * time.Second)
-	for len(unwritten()) > 0 {
+	for pending.Pending() > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("still unwritten after the sink stored %d: %+v", sink.Stored.Load(), unwritten())
 		}
@@ -243,7 +250,8 @@ func TestFeedBacklog(t *testing.T) {
 	}
 
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
+	pending := head.New(head.Config{Confirmed: true})
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -252,7 +260,10 @@ func TestFeedBacklog(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	unwritten := func() []kline.Kline { return feed.Unwritten(nil, "BTCUSDT", iv) }
+	unwritten := func() []kline.Kline {
+		ks, _ := pending.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: iv})
+		return ks
+	}
 	for deadline := time.Now().Add(20 * time.Second); len(unwritten()) < 2; time.Sleep(10 * time.Millisecond) { // polling what the feed reads on its own
 		if time.Now().After(deadline) {
 			t.Fatalf("the feed keeps %+v for REST; want the two klines the sinks have not stored", unwritten())
@@ -280,7 +291,7 @@ func TestReplay(t *testing.T) {
 	defer cancel()
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
-	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, []kline.Interval{iv}, log)
+	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, head.New(head.Config{}), []kline.Interval{iv}, log)
 	pub := bus.NewPublisher(js, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -26,9 +26,11 @@ import (
 	"github.com/klagg/klagg/internal/cluster"
 	"github.com/klagg/klagg/internal/config"
 	"github.com/klagg/klagg/internal/engine"
+	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/history"
 	"github.com/klagg/klagg/internal/ingest"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/query"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/postgres"
 	"github.com/klagg/klagg/internal/store/sqlite"
@@ -49,6 +51,11 @@ type Service struct {
 	History    *history.History
 	Reconciler *history.Reconciler
 	Registry   *symbols.Registry
+	// Head holds the newest klines, those the store does not hold yet, and
+	// the last prices; Klines answers every klines query from the store
+	// and the head.
+	Head   *head.Head
+	Klines *query.Querier
 	// In a cluster (config [cluster]): the node's NATS link, its leases
 	// (ingest), the publisher of its closed klines (ingest) and the sink
 	// into PostgreSQL (sink); nil otherwise.
@@ -129,7 +136,12 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 	latency := s.metrics.NewSummaryExt("klagg_trade_to_consumer_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
-	sinks := []engine.Sink{s.coalescer}
+	// Something confirms what the store holds: this node's writer, or on
+	// a cluster's serve node the sinks, through the feed.
+	s.Head = head.New(head.Config{Confirmed: !cfg.Clustered() || cfg.Has(config.RoleServe)})
+	// The head takes each update before the writer can: what the writer
+	// confirms it has stored is then always in the head to let go.
+	sinks := []engine.Sink{s.Head, s.coalescer}
 	var js jetstream.JetStream
 	var buckets cluster.Buckets
 	if cfg.Clustered() {
@@ -140,7 +152,7 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		// The node's klines go to the stream, and from there through the
 		// cluster's sinks into PostgreSQL; this node's writer only stores
 		// what it backfills.
-		sinks = nil
+		sinks = sinks[:1]
 		if cfg.Has(config.RoleIngest) {
 			s.Publisher = bus.NewPublisher(js, log.With("part", "publisher"))
 			s.Opens = bus.NewOpens(js.Conn())
@@ -163,8 +175,8 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		st.Close()
 		return nil, err
 	}
-	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, log.With("part", "writer"))
-	s.Router = ingest.NewRouter(tee{s.Engine, consumers}, s.Client.Urgent(), ingest.RouterConfig{
+	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, s.Head.Stored, log.With("part", "writer"))
+	s.Router = ingest.NewRouter(tee{s.Engine, append([]Consumer{s.Head}, consumers...)}, s.Client.Urgent(), ingest.RouterConfig{
 		HoldMax: cfg.Exchange.HoldMax.Duration, Now: s.ExchangeNow, Log: log.With("part", "router")})
 	s.Ingest = ingest.New(ingest.Config{
 		URL: cfg.Exchange.WSURL, StreamsPerConn: cfg.Exchange.StreamsPerConnection,
@@ -189,7 +201,7 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		}, s.Engine, s.Publisher)
 		hist, owner = cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals), s.Leases
 		if cfg.Has(config.RoleServe) {
-			var out []engine.Sink
+			out := []engine.Sink{s.Head}
 			for _, c := range consumers {
 				out = append(out, c)
 			}
@@ -197,9 +209,14 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 			if w, ok := st.(interface{ Written([]kline.Update) }); ok {
 				written = w.Written
 			}
-			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, written, cfg.Intervals, log.With("part", "feed"))
+			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, written, s.Head, cfg.Intervals, log.With("part", "feed"))
 		}
 	}
+	qcfg := query.Config{Store: st, Head: s.Head, Log: log.With("part", "query")}
+	if s.Feed != nil {
+		qcfg.Replay = s.Feed
+	}
+	s.Klines = query.New(qcfg)
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
 		Poll: cfg.Exchange.SymbolsPoll.Duration, Log: log.With("part", "symbols"),
@@ -209,6 +226,7 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 			}
 		},
 	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner})
+	s.metrics.NewGauge("klagg_head_pending_klines", func() float64 { return float64(s.Head.Pending()) })
 	s.metrics.NewGauge("klagg_backfill_requests_done", func() float64 { d, _ := s.Registry.Backfill(); return float64(d) })
 	s.metrics.NewGauge("klagg_backfill_requests_total", func() float64 { _, t := s.Registry.Backfill(); return float64(t) })
 	for _, st := range symbols.States() {
@@ -292,22 +310,6 @@ func (s *Service) ExchangeLists(ctx context.Context) map[string][]byte {
 
 // StoreErr returns the store's write error while writes fail, else nil.
 func (s *Service) StoreErr() error { return s.writer.Failing() }
-
-// Unwritten appends the klines of symbol and iv the store has not taken
-// while its writes fail, oldest first.
-func (s *Service) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
-	at := len(dst)
-	dst = s.writer.Unwritten(dst, symbol, iv)
-	if s.Feed == nil {
-		return dst
-	}
-	// A cluster's closed klines reach the store through the sinks.
-	n := len(dst)
-	if dst = s.Feed.Unwritten(dst, symbol, iv); n > at && len(dst) > n {
-		dst = append(dst[:at], kline.ByOpenTime(dst[at:])...)
-	}
-	return dst
-}
 
 // Intervals returns the configured intervals, shortest first.
 func (s *Service) Intervals() []kline.Interval { return s.cfg.Intervals }

@@ -1,10 +1,8 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -43,25 +41,25 @@ type Writer struct {
 	failures atomic.Int64
 	backlog  atomic.Int64
 
-	// While writes fail, the klines the store has not taken, for readers
-	// to lay over what it has, and the error; nil once a write succeeds.
-	unwritten atomic.Pointer[unwritten]
-}
-
-// unwritten is what a failing writer holds back, by symbol and interval,
-// oldest first.
-type unwritten struct {
-	err    error
-	series map[[2]string][]kline.Kline
+	// stored is told of every update once the store holds it, so that
+	// readers of what it does not hold yet (the head) can let it go.
+	stored func(updates []kline.Update)
+	// failing is the last write's error while writes fail; nil once one
+	// succeeds.
+	failing atomic.Pointer[error]
 }
 
 // NewWriter returns a writer from src into s that writes at most once per
 // every. Under load every open kline changes all the time; writing them
 // once a second instead of as fast as SQLite goes keeps the writer from
 // taking a core from ingest, and what a crash loses in between is read back
-// from the exchange on the next start.
-func NewWriter(s Upserter, src Source, every time.Duration, log *slog.Logger) *Writer {
-	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, bulk: make(chan []kline.Update, 16)}
+// from the exchange on the next start. stored, if not nil, is told of each
+// batch of updates the store has taken.
+func NewWriter(s Upserter, src Source, every time.Duration, stored func(updates []kline.Update), log *slog.Logger) *Writer {
+	if stored == nil {
+		stored = func([]kline.Update) {}
+	}
+	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, stored: stored, bulk: make(chan []kline.Update, 16)}
 }
 
 // writeBySymbol writes ups one symbol per transaction and returns those of
@@ -78,6 +76,7 @@ func (w *Writer) writeBySymbol(ups []kline.Update) []kline.Update {
 			left = append(left, us...)
 			continue
 		}
+		w.stored(us)
 		w.written.Add(int64(len(us)))
 		w.backlog.Add(-int64(len(us)))
 	}
@@ -105,32 +104,10 @@ func (w *Writer) Failures() int64 { return w.failures.Load() }
 // Failing returns the error of the last write while writes fail, and nil
 // once one succeeds.
 func (w *Writer) Failing() error {
-	if u := w.unwritten.Load(); u != nil {
-		return u.err
+	if err := w.failing.Load(); err != nil {
+		return *err
 	}
 	return nil
-}
-
-// Unwritten appends to dst the klines of symbol and iv the store has not
-// taken because writes fail, oldest first.
-func (w *Writer) Unwritten(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
-	if u := w.unwritten.Load(); u != nil {
-		return append(dst, u.series[[2]string{symbol, iv.String()}]...)
-	}
-	return dst
-}
-
-// holdBack publishes the updates left after a failed write for readers.
-func (w *Writer) holdBack(left map[kline.Key]kline.Update, err error) {
-	u := &unwritten{err: err, series: map[[2]string][]kline.Kline{}}
-	for k, up := range left {
-		key := [2]string{k.Symbol, k.Interval}
-		u.series[key] = append(u.series[key], up.Kline)
-	}
-	for _, ks := range u.series {
-		slices.SortFunc(ks, func(a, b kline.Kline) int { return cmp.Compare(a.OpenTime, b.OpenTime) })
-	}
-	w.unwritten.Store(u)
 }
 
 // Backlog is the number of updates drained but not yet written.
@@ -191,6 +168,7 @@ func (w *Writer) Run(ctx context.Context) error {
 				}
 				return err
 			}
+			w.stored(chunk)
 			w.written.Add(int64(len(chunk)))
 			w.backlog.Add(-int64(len(chunk)))
 		}
@@ -244,7 +222,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		last = time.Now()
 		if err := flush(); err != nil {
-			w.holdBack(retry, err)
+			w.failing.Store(&err)
 			w.log.Error("writing klines failed; keeping them and retrying", "err", err, "pending", len(retry), "retry_in", backoff)
 			wait = arm(backoff)
 			backoff = min(2*backoff, 10*time.Second)
@@ -252,7 +230,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		backoff = 100 * time.Millisecond
 		if len(retry) == 0 {
-			w.unwritten.Store(nil)
+			w.failing.Store(nil)
 		}
 	}
 }

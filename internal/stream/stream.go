@@ -115,9 +115,6 @@ type Server struct {
 	trades    map[string]*tradeStream // by symbol
 	tradeSubs atomic.Int64            // subscriptions to trade streams, for a lock-free "none"
 	tradeQ    chan tradeBatch         // to the fan-out
-
-	lmu  sync.RWMutex
-	last map[string]*lastTrade // by symbol
 }
 
 type streamKey struct{ symbol, interval string }
@@ -140,13 +137,9 @@ type stream struct {
 	interval kline.Interval
 	// twin is a kline stream's continuous stream, once a client asked for
 	// it; Publish keeps both.
-	twin   *stream
-	latest kline.Kline // newest kline by open time; OpenTime 0 = none yet
-	has    bool
-	// closed is the newest closed kline, kept until the store surely has
-	// it: the writer writes once a second, and a REST answer must not lack
-	// a kline that closed a moment ago.
-	closed  kline.Kline
+	twin    *stream
+	latest  kline.Kline // newest kline by open time; OpenTime 0 = none yet
+	has     bool
 	version uint64 // counts the changes of latest
 	subs    []*sub
 	// job is the index of this stream's event in the push numbered
@@ -205,7 +198,7 @@ func New(cfg Config) *Server {
 	phases := max(1, min(maxPhases, int(cfg.PushInterval/minPhase)))
 	s := &Server{cfg: cfg, wake: make(chan struct{}, 1), phases: phases, spacing: max(1, (cfg.PushInterval - cfg.PushInterval/time.Duration(phases)).Milliseconds()), streams: map[streamKey]*stream{},
 		groups: make([]map[*client]struct{}, phases), set: metrics.NewSet(),
-		trades: map[string]*tradeStream{}, tradeQ: make(chan tradeBatch, tradeQueue), last: map[string]*lastTrade{}}
+		trades: map[string]*tradeStream{}, tradeQ: make(chan tradeBatch, tradeQueue)}
 	for i := range s.groups {
 		s.groups[i] = map[*client]struct{}{}
 	}
@@ -248,9 +241,6 @@ func (st *stream) update(k *kline.Kline) {
 	if !st.has || k.OpenTime >= st.latest.OpenTime {
 		st.latest, st.has = *k, true
 		st.version++
-	}
-	if k.Closed && k.OpenTime >= st.closed.OpenTime {
-		st.closed = *k
 	}
 }
 
@@ -298,22 +288,6 @@ func (s *Server) klineStream(symbol string, iv kline.Interval) *stream {
 		s.streams[key] = st
 	}
 	return st
-}
-
-// Recent appends to dst the newest closed kline of symbol and iv and the
-// newest kline if that is another, oldest first: what the engine has
-// published that the store may not have yet.
-func (s *Server) Recent(dst []kline.Kline, symbol string, iv kline.Interval) []kline.Kline {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.streams[streamKey{symbol, iv.String()}]
-	if st == nil || !st.has {
-		return dst
-	}
-	if st.closed.OpenTime != 0 && st.closed.OpenTime < st.latest.OpenTime {
-		dst = append(dst, st.closed)
-	}
-	return append(dst, st.latest)
 }
 
 // Run pushes changes and trades until ctx ends, then closes every client.
@@ -585,7 +559,7 @@ func (s *Server) subscribe(c *client, names []string) {
 			if t.continuous {
 				if st.twin == nil {
 					st.twin = &stream{name: n, kind: continuousKind, symbol: st.symbol, market: t.market, interval: st.interval,
-						latest: st.latest, closed: st.closed, has: st.has, version: st.version}
+						latest: st.latest, has: st.has, version: st.version}
 				}
 				st = st.twin
 			}

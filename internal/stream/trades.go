@@ -3,7 +3,6 @@ package stream
 import (
 	"context"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -26,15 +25,11 @@ const tradeQueue = 4096
 // Trades sends symbol's trades, in the order ingest accepted them (each
 // once, gaps repaired), to the clients of its <symbol>@aggTrade stream. It
 // is called on ingest's path, which every trade passes before the engine,
-// so it only records the newest trade and queues the batch: the fan-out
+// so it only queues the batch: the fan-out
 // runs on the server's own goroutine (Run), and its clients cannot delay
 // kline building. The trades are read, never changed.
 func (s *Server) Trades(symbol string, trades []kline.Trade) {
-	if len(trades) == 0 {
-		return
-	}
-	s.keepLast(symbol, &trades[len(trades)-1])
-	if s.tradeSubs.Load() == 0 {
+	if len(trades) == 0 || s.tradeSubs.Load() == 0 {
 		return
 	}
 	select {
@@ -137,45 +132,4 @@ func (s *Server) untrade(sb *sub) {
 	if len(ts.subs) == 0 {
 		delete(s.trades, ts.symbol)
 	}
-}
-
-// lastTrade is a symbol's newest trade, for ticker/price.
-type lastTrade struct {
-	mu          sync.Mutex
-	price, time int64
-}
-
-// keepLast records t as symbol's newest trade. It runs for every batch of
-// trades, so the common case takes only a read lock.
-func (s *Server) keepLast(symbol string, t *kline.Trade) {
-	s.lmu.RLock()
-	l := s.last[symbol]
-	s.lmu.RUnlock()
-	if l == nil {
-		s.lmu.Lock()
-		if l = s.last[symbol]; l == nil {
-			l = &lastTrade{}
-			s.last[symbol] = l
-		}
-		s.lmu.Unlock()
-	}
-	l.mu.Lock()
-	if t.Time >= l.time {
-		l.price, l.time = t.Price, t.Time
-	}
-	l.mu.Unlock()
-}
-
-// LastTrade returns the price and time of symbol's newest trade since
-// klagg started.
-func (s *Server) LastTrade(symbol string) (price, time int64, ok bool) {
-	s.lmu.RLock()
-	l := s.last[symbol]
-	s.lmu.RUnlock()
-	if l == nil {
-		return 0, 0, false
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.price, l.time, true
 }

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,7 +144,7 @@ func (f *fakeSource) Drain(dst []kline.Update) []kline.Update {
 func TestWriterFlushesOnStop(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10)}
-	w := store.NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, 0, nil, slog.New(slog.DiscardHandler))
 	for i := int64(0); i < 5; i++ {
 		src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(i*60_000, i)}}
 	}
@@ -164,7 +165,7 @@ func TestWriterFlushesOnStop(t *testing.T) {
 func TestWriterWritesAtMostOncePerInterval(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
-	w := store.NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, time.Hour, nil, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -258,7 +259,7 @@ func BenchmarkUpsertLive(b *testing.B) {
 func TestWriterTakesBackfillPages(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
-	w := store.NewWriter(s, src, time.Hour, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, time.Hour, nil, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -290,7 +291,7 @@ func TestWriterIsolatesAFailingSymbol(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := &fakeSource{ch: make(chan []kline.Update, 10)}
-	w := store.NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	w := store.NewWriter(s, src, 0, nil, slog.New(slog.DiscardHandler))
 	src.ch <- []kline.Update{
 		{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
 		{Symbol: "BAD", Interval: kline.OneMinute(), Kline: testKline(0, 1)},
@@ -309,16 +310,28 @@ func TestWriterIsolatesAFailingSymbol(t *testing.T) {
 	}
 }
 
-// TestWriterHoldsBackWhileFailing: while writes fail, the writer says so
-// and shows readers the klines the store has not taken; once a write
-// succeeds both clear.
-func TestWriterHoldsBackWhileFailing(t *testing.T) {
+// TestWriterConfirmsOnlyWhatIsStored: while writes fail, the writer says
+// so and confirms nothing, so readers keep the klines the store has not
+// taken; once a write succeeds it confirms them and the error clears.
+func TestWriterConfirmsOnlyWhatIsStored(t *testing.T) {
 	s := open(t)
 	if err := execScript(s, `CREATE TRIGGER full BEFORE INSERT ON klines BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;`); err != nil {
 		t.Fatal(err)
 	}
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{}, 1)}
-	w := store.NewWriter(s, src, 0, slog.New(slog.DiscardHandler))
+	var mu sync.Mutex
+	var confirmed []kline.Update
+	stored := func(us []kline.Update) {
+		mu.Lock()
+		confirmed = append(confirmed, us...)
+		mu.Unlock()
+	}
+	nConfirmed := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(confirmed)
+	}
+	w := store.NewWriter(s, src, 0, stored, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -332,16 +345,15 @@ func TestWriterHoldsBackWhileFailing(t *testing.T) {
 	if err := w.Failing(); !strings.Contains(err.Error(), "disk is full") {
 		t.Fatalf("Failing() = %v", err)
 	}
-	held := w.Unwritten(nil, "A", kline.OneMinute())
-	if len(held) != 2 || held[0].OpenTime != 0 || held[1].OpenTime != 60_000 {
-		t.Fatalf("Unwritten = %+v, want both klines oldest first", held)
+	if n := nConfirmed(); n != 0 {
+		t.Fatalf("%d klines confirmed while every write fails", n)
 	}
 	if err := execScript(s, `DROP TRIGGER full;`); err != nil {
 		t.Fatal(err)
 	}
 	until(t, "the retry succeeds", func() bool { return w.Failing() == nil })
-	if held := w.Unwritten(nil, "A", kline.OneMinute()); len(held) != 0 {
-		t.Fatalf("still held back after a good write: %+v", held)
+	if n := nConfirmed(); n != 2 {
+		t.Fatalf("%d klines confirmed after a good write, want 2", n)
 	}
 	if ks, _ := s.Klines(context.Background(), store.Query{Symbol: "A", Interval: kline.OneMinute()}); len(ks) != 2 {
 		t.Fatalf("stored %d klines after the retry", len(ks))

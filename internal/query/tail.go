@@ -1,7 +1,8 @@
-package api
+package query
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/klagg/klagg/internal/binance"
@@ -18,6 +19,10 @@ const afterRows = 3
 
 // maxTails bounds the series kept (about 180 KB each at 1,500 rows).
 const maxTails = 64
+
+// errStale says a tail cannot answer: the head holds klines older than the
+// tail's newest that the store may not have (its writes failing).
+var errStale = errors.New("the head holds klines under the tail")
 
 // tails keeps, per series, the newest closed klines as encoded rows. The
 // common request, the latest up to 1,500 klines, then costs a copy and a
@@ -51,7 +56,7 @@ type versioned interface {
 }
 
 // get returns the current tail of symbol and iv, reading it if needed.
-func (c *tails) get(ctx context.Context, st Store, v versioned, symbol string, iv kline.Interval, prec kline.Precision) (*tail, error) {
+func (c *tails) get(ctx context.Context, st Source, v versioned, symbol string, iv kline.Interval, prec kline.Precision) (*tail, error) {
 	key := [2]string{symbol, iv.String()}
 	version := v.ClosedVersion(symbol, iv) // before reading: a write after it makes the entry stale, never wrong
 	c.mu.Lock()
@@ -106,13 +111,15 @@ func (c *tails) drop(symbol string, iv kline.Interval) {
 
 // appendLatest appends the latest limit klines of q's series as a JSON
 // array: the cached closed rows, then the rows after them in the store with
-// the klines in memory laid over them.
-func (s *Server) appendLatest(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, error) {
-	t, err := s.tails.get(ctx, s.cfg.Store, s.versions, q.Symbol, q.Interval, prec)
+// head, read before the store, laid over them. It returns errStale when
+// the head holds klines the tail's rows may lack.
+func (r *Querier) appendLatest(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision, head []kline.Kline) ([]byte, error) {
+	st := r.cfg.Store
+	t, err := r.tails.get(ctx, st, r.versions, q.Symbol, q.Interval, prec)
 	if err != nil {
 		return nil, err
 	}
-	after, err := s.cfg.Store.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1})
+	after, err := st.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1})
 	if err != nil {
 		return nil, err
 	}
@@ -120,24 +127,22 @@ func (s *Server) appendLatest(ctx context.Context, b []byte, q binance.KlinesQue
 		// More rows after the tail than can be open: another process
 		// wrote them (a cluster's sink) without this one's version
 		// moving. The tail is read afresh.
-		s.tails.drop(q.Symbol, q.Interval)
-		if t, err = s.tails.get(ctx, s.cfg.Store, s.versions, q.Symbol, q.Interval, prec); err != nil {
+		r.tails.drop(q.Symbol, q.Interval)
+		if t, err = r.tails.get(ctx, st, r.versions, q.Symbol, q.Interval, prec); err != nil {
 			return nil, err
 		}
-		if after, err = s.cfg.Store.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1}); err != nil {
+		if after, err = st.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1}); err != nil {
 			return nil, err
 		}
 	}
-	// Klines the store has not taken yet (a cluster's sinks behind).
-	if mem := s.cfg.Source.Unwritten(nil, q.Symbol, q.Interval); len(mem) > 0 {
-		after = merge(after, mem[openingFrom(mem, t.last+1):])
+	// The head's klines the tail covers: its newest alone is the store's
+	// (a series no longer traded, closed and stored); more are klines the
+	// store has not taken, which the encoded rows may lack.
+	newer := openingFrom(head, t.last+1)
+	if newer > 1 || (newer == 1 && len(head) > 1) {
+		return nil, errStale
 	}
-	var mem [2]kline.Kline
-	for _, m := range s.cfg.Streams.Recent(mem[:0], q.Symbol, q.Interval) {
-		if m.OpenTime > t.last {
-			after = overlay(after, m)
-		}
-	}
+	after = merge(after, head[newer:])
 	if len(after) > q.Limit {
 		after = after[len(after)-q.Limit:]
 	}
@@ -150,20 +155,4 @@ func (s *Server) appendLatest(ctx context.Context, b []byte, q binance.KlinesQue
 		b = binance.AppendKlineArray(b, &after[i], prec)
 	}
 	return append(b, ']'), nil
-}
-
-// overlay lays m, a kline from memory, over ks (stored, by open time): in
-// place of the stored copy, or after the stored ones when newer. An m older
-// than the newest stored kline without a copy is dropped: the store is
-// ahead of memory (a symbol no longer traded).
-func overlay(ks []kline.Kline, m kline.Kline) []kline.Kline {
-	switch n := len(ks); {
-	case n > 0 && ks[n-1].OpenTime == m.OpenTime:
-		ks[n-1] = m
-	case n > 1 && ks[n-2].OpenTime == m.OpenTime:
-		ks[n-2] = m
-	case n == 0 || ks[n-1].OpenTime < m.OpenTime:
-		ks = append(ks, m)
-	}
-	return ks
 }

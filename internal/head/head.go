@@ -1,0 +1,286 @@
+// Package head owns klagg's newest klines: what the store does not hold
+// yet, in one place. Per series it keeps the newest kline (open, or the
+// one that closed last) and every closed kline the store has not been
+// confirmed to hold: on a single node the writer confirms what it
+// committed; on a cluster's serve node the feed hands on each closed kline
+// with its sequence on the kline stream, and the sinks' acknowledgement
+// floor confirms it. It also keeps each symbol's last trade, for prices.
+//
+// The Head is an engine sink and a consumer of the engine's trades, and
+// answers the store's query, so that one querier (package query) merges it
+// with the store as Prometheus's fanout querier merges its head block with
+// the blocks on disk.
+package head
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
+)
+
+// MaxPending bounds the closed klines kept unconfirmed while nothing
+// confirms any (the sinks of a cluster stopped, the disk full): an hour of
+// the whole market's closed klines (2,000 symbols, 13 intervals) is about
+// 160,000. Beyond it the oldest go, and readers lack them until the store
+// has them.
+const MaxPending = 500_000
+
+// Config sets up a Head.
+type Config struct {
+	// Confirmed says that something tells the head what the store holds
+	// (Stored or StoredThrough). Without it the head keeps each series'
+	// newest kline and newest closed kline only, as nothing would ever
+	// release the others.
+	Confirmed bool
+}
+
+// Head keeps the newest klines of every series and the last trade of every
+// symbol. It is safe for concurrent use.
+type Head struct {
+	confirmed bool
+
+	mu       sync.RWMutex
+	series   map[seriesKey]*series
+	bySeries []*series // by kline.Update.Series, a cache of series
+	pending  int       // closed entries kept before each series' newest
+
+	tmu  sync.RWMutex
+	last map[string]*lastTrade // by symbol
+}
+
+type seriesKey struct{ symbol, interval string }
+
+// series is one symbol and interval's klines by open time; the last is the
+// newest and is never dropped.
+type series struct {
+	es []entry
+}
+
+// entry is one kline version, and the sequence of the kline stream it was
+// read at (0 if it came from this node's engine).
+type entry struct {
+	k   kline.Kline
+	seq uint64
+}
+
+// New returns an empty head.
+func New(cfg Config) *Head {
+	return &Head{confirmed: cfg.Confirmed, series: map[seriesKey]*series{}, last: map[string]*lastTrade{}}
+}
+
+// Publish implements the engine's Sink: the node's own klines, or those a
+// cluster's feed hands on.
+func (h *Head) Publish(us []kline.Update) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range us {
+		h.put(h.seriesOf(&us[i]), &us[i].Kline, 0)
+	}
+	h.bound()
+}
+
+// Streamed takes closed klines read from a cluster's kline stream, at the
+// given sequences: kept until StoredThrough passes them.
+func (h *Head) Streamed(us []kline.Update, seqs []uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range us {
+		h.put(h.seriesOf(&us[i]), &us[i].Kline, seqs[i])
+	}
+	h.bound()
+}
+
+// Stored tells the head that the store now holds these versions (the
+// writer, after each commit): they are dropped unless newer ones came.
+func (h *Head) Stored(us []kline.Update) {
+	if !h.confirmed {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range us {
+		u := &us[i]
+		if !u.Closed {
+			continue
+		}
+		s := h.series[seriesKey{u.Symbol, u.Interval.String()}]
+		if s == nil {
+			continue
+		}
+		if j, ok := s.find(u.OpenTime); ok && j < len(s.es)-1 && s.es[j].k == u.Kline {
+			s.es = slices.Delete(s.es, j, j+1)
+			h.pending--
+		}
+	}
+}
+
+// StoredThrough tells the head that the store holds every kline of the
+// kline stream up to sequence floor (the cluster's sinks' acknowledgement
+// floor).
+func (h *Head) StoredThrough(floor uint64) {
+	if !h.confirmed {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.series {
+		n := len(s.es)
+		newest := s.es[n-1] // stays
+		kept := slices.DeleteFunc(s.es[:n-1], func(e entry) bool {
+			return e.k.Closed && e.seq != 0 && e.seq <= floor
+		})
+		h.pending -= n - 1 - len(kept)
+		s.es = append(kept, newest)
+	}
+}
+
+// Klines answers q from what the head holds: the newest kline and the
+// closed ones the store may lack, of one series, oldest first.
+func (h *Head) Klines(_ context.Context, q store.Query) ([]kline.Kline, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	s := h.series[seriesKey{q.Symbol, q.Interval.String()}]
+	if s == nil {
+		return nil, nil
+	}
+	lo, hi := 0, len(s.es)
+	if q.Start > 0 {
+		lo, _ = s.find(q.Start)
+	}
+	if q.End > 0 {
+		hi, _ = s.find(q.End + 1)
+	}
+	if hi <= lo {
+		return nil, nil
+	}
+	if q.Limit > 0 && hi-lo > q.Limit {
+		if q.FromEnd {
+			lo = hi - q.Limit
+		} else {
+			hi = lo + q.Limit
+		}
+	}
+	out := make([]kline.Kline, hi-lo)
+	for i := range out {
+		out[i] = s.es[lo+i].k
+	}
+	return out, nil
+}
+
+// Newest returns the newest kline of symbol and iv, open or closed.
+func (h *Head) Newest(symbol string, iv kline.Interval) (kline.Kline, bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	s := h.series[seriesKey{symbol, iv.String()}]
+	if s == nil {
+		return kline.Kline{}, false
+	}
+	return s.es[len(s.es)-1].k, true
+}
+
+// Pending is the number of closed klines kept for the store.
+func (h *Head) Pending() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.pending
+}
+
+// seriesOf returns u's series, made if new; called with mu held.
+func (h *Head) seriesOf(u *kline.Update) *series {
+	if int(u.Series) < len(h.bySeries) {
+		// The engine never gives a series id to another symbol or interval.
+		if s := h.bySeries[u.Series]; s != nil {
+			return s
+		}
+	}
+	key := seriesKey{u.Symbol, u.Interval.String()}
+	s := h.series[key]
+	if s == nil {
+		s = &series{}
+		h.series[key] = s
+	}
+	if u.Series != 0 && u.Series < 1<<24 {
+		if n := int(u.Series) + 1; n > len(h.bySeries) {
+			h.bySeries = append(h.bySeries, make([]*series, n-len(h.bySeries))...)
+		}
+		h.bySeries[u.Series] = s
+	}
+	return s
+}
+
+// find returns the index of the first entry opening at or after t, and
+// whether it opens at t.
+func (s *series) find(t int64) (int, bool) {
+	return slices.BinarySearchFunc(s.es, t, func(e entry, t int64) int { return cmp.Compare(e.k.OpenTime, t) })
+}
+
+// put takes k, read at seq, as its open time's version; called with mu
+// held. The same version keeps the higher sequence, so that a kline both
+// the engine and the stream handed on is released by the stream's floor.
+func (h *Head) put(s *series, k *kline.Kline, seq uint64) {
+	n := len(s.es)
+	switch {
+	case n > 0 && s.es[n-1].k.OpenTime == k.OpenTime: // the common case: the newest changed
+		s.es[n-1] = merged(s.es[n-1], k, seq)
+		h.trim(s)
+		return
+	case n == 0 || s.es[n-1].k.OpenTime < k.OpenTime:
+		s.es = append(s.es, entry{*k, seq})
+		if n > 0 {
+			h.pending++
+		}
+		h.trim(s)
+		return
+	}
+	i, ok := s.find(k.OpenTime)
+	switch {
+	case ok:
+		s.es[i] = merged(s.es[i], k, seq)
+	case h.confirmed && k.Closed:
+		// An older kline than the newest (a repair, or the stream's
+		// backlog): kept until the store has it.
+		s.es = slices.Insert(s.es, i, entry{*k, seq})
+		h.pending++
+	}
+}
+
+func merged(e entry, k *kline.Kline, seq uint64) entry {
+	if e.k == *k {
+		return entry{*k, max(e.seq, seq)}
+	}
+	return entry{*k, seq}
+}
+
+// trim drops, without a confirmer, every entry before the series' newest
+// but the newest closed one; called with mu held.
+func (h *Head) trim(s *series) {
+	if h.confirmed || len(s.es) < 2 {
+		return
+	}
+	n := len(s.es)
+	keep := s.es[n-1:]
+	if !s.es[n-1].k.Closed {
+		keep = s.es[n-2:] // the one before an open kline is closed
+	}
+	if len(keep) < n {
+		h.pending -= n - len(keep)
+		s.es = append(s.es[:0], keep...)
+	}
+}
+
+// bound drops the oldest half of every series' pending klines once more
+// than MaxPending are kept; called with mu held.
+func (h *Head) bound() {
+	if h.pending <= MaxPending {
+		return
+	}
+	for _, s := range h.series {
+		drop := len(s.es) / 2 // never the newest
+		s.es = slices.Delete(s.es, 0, drop)
+		h.pending -= drop
+	}
+}
