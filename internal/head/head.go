@@ -46,7 +46,7 @@ type Head struct {
 	mu       sync.RWMutex
 	series   map[seriesKey]*series
 	bySeries []*series // by kline.Update.Series, a cache of series
-	pending  int       // closed entries kept before each series' newest
+	pending  int       // entries pending over all series
 
 	tmu  sync.RWMutex
 	last map[string]*lastTrade // by symbol
@@ -54,10 +54,14 @@ type Head struct {
 
 type seriesKey struct{ symbol, interval string }
 
-// series is one symbol and interval's klines by open time; the last is the
-// newest and is never dropped.
+// series is one symbol and interval's newest kline and, before it, the
+// closed klines the store has not confirmed, by open time. The newest is
+// kept inline: changing it is the engine's hot path, one write where a
+// slice would be another pointer to chase.
 type series struct {
-	es []entry
+	newest  entry
+	has     bool
+	pending []entry
 }
 
 // entry is one kline version, and the sequence of the kline stream it was
@@ -111,8 +115,8 @@ func (h *Head) Stored(us []kline.Update) {
 		if s == nil {
 			continue
 		}
-		if j, ok := s.find(u.OpenTime); ok && j < len(s.es)-1 && s.es[j].k == u.Kline {
-			s.es = slices.Delete(s.es, j, j+1)
+		if j, ok := s.find(u.OpenTime); ok && s.pending[j].k == u.Kline {
+			s.pending = slices.Delete(s.pending, j, j+1)
 			h.pending--
 		}
 	}
@@ -128,13 +132,9 @@ func (h *Head) StoredThrough(floor uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, s := range h.series {
-		n := len(s.es)
-		newest := s.es[n-1] // stays
-		kept := slices.DeleteFunc(s.es[:n-1], func(e entry) bool {
-			return e.k.Closed && e.seq != 0 && e.seq <= floor
-		})
-		h.pending -= n - 1 - len(kept)
-		s.es = append(kept, newest)
+		n := len(s.pending)
+		s.pending = slices.DeleteFunc(s.pending, func(e entry) bool { return e.seq != 0 && e.seq <= floor })
+		h.pending -= n - len(s.pending)
 	}
 }
 
@@ -144,29 +144,30 @@ func (h *Head) Klines(_ context.Context, q store.Query) ([]kline.Kline, error) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	s := h.series[seriesKey{q.Symbol, q.Interval.String()}]
-	if s == nil {
+	if s == nil || !s.has {
 		return nil, nil
 	}
-	lo, hi := 0, len(s.es)
+	in := func(t int64) bool { return (q.Start <= 0 || t >= q.Start) && (q.End <= 0 || t <= q.End) }
+	lo, hi := 0, len(s.pending)
 	if q.Start > 0 {
 		lo, _ = s.find(q.Start)
 	}
 	if q.End > 0 {
 		hi, _ = s.find(q.End + 1)
 	}
-	if hi <= lo {
-		return nil, nil
+	out := make([]kline.Kline, 0, max(hi-lo, 0)+1)
+	for _, e := range s.pending[lo:max(lo, hi)] {
+		out = append(out, e.k)
 	}
-	if q.Limit > 0 && hi-lo > q.Limit {
+	if in(s.newest.k.OpenTime) {
+		out = append(out, s.newest.k)
+	}
+	if q.Limit > 0 && len(out) > q.Limit {
 		if q.FromEnd {
-			lo = hi - q.Limit
+			out = out[len(out)-q.Limit:]
 		} else {
-			hi = lo + q.Limit
+			out = out[:q.Limit]
 		}
-	}
-	out := make([]kline.Kline, hi-lo)
-	for i := range out {
-		out[i] = s.es[lo+i].k
 	}
 	return out, nil
 }
@@ -176,10 +177,10 @@ func (h *Head) Newest(symbol string, iv kline.Interval) (kline.Kline, bool) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	s := h.series[seriesKey{symbol, iv.String()}]
-	if s == nil {
+	if s == nil || !s.has {
 		return kline.Kline{}, false
 	}
-	return s.es[len(s.es)-1].k, true
+	return s.newest.k, true
 }
 
 // Pending is the number of closed klines kept for the store.
@@ -212,38 +213,47 @@ func (h *Head) seriesOf(u *kline.Update) *series {
 	return s
 }
 
-// find returns the index of the first entry opening at or after t, and
-// whether it opens at t.
+// find returns the index of the first pending entry opening at or after
+// t, and whether it opens at t.
 func (s *series) find(t int64) (int, bool) {
-	return slices.BinarySearchFunc(s.es, t, func(e entry, t int64) int { return cmp.Compare(e.k.OpenTime, t) })
+	return slices.BinarySearchFunc(s.pending, t, func(e entry, t int64) int { return cmp.Compare(e.k.OpenTime, t) })
 }
 
 // put takes k, read at seq, as its open time's version; called with mu
 // held. The same version keeps the higher sequence, so that a kline both
 // the engine and the stream handed on is released by the stream's floor.
 func (h *Head) put(s *series, k *kline.Kline, seq uint64) {
-	n := len(s.es)
 	switch {
-	case n > 0 && s.es[n-1].k.OpenTime == k.OpenTime: // the common case: the newest changed
-		s.es[n-1] = merged(s.es[n-1], k, seq)
-		h.trim(s)
+	case s.has && s.newest.k.OpenTime == k.OpenTime: // the common case: the newest changed
+		if seq == 0 && s.newest.seq == 0 {
+			s.newest.k = *k
+		} else {
+			s.newest = merged(s.newest, k, seq)
+		}
 		return
-	case n == 0 || s.es[n-1].k.OpenTime < k.OpenTime:
-		s.es = append(s.es, entry{*k, seq})
-		if n > 0 {
+	case !s.has || s.newest.k.OpenTime < k.OpenTime:
+		old, had := s.newest, s.has
+		s.newest, s.has = entry{*k, seq}, true
+		// An open kline that is no longer the newest is stale: its closed
+		// version comes, or is in the store.
+		if had && old.k.Closed {
+			if !h.confirmed { // only the newest closed one
+				h.pending -= len(s.pending)
+				s.pending = s.pending[:0]
+			}
+			s.pending = append(s.pending, old)
 			h.pending++
 		}
-		h.trim(s)
 		return
 	}
 	i, ok := s.find(k.OpenTime)
 	switch {
 	case ok:
-		s.es[i] = merged(s.es[i], k, seq)
+		s.pending[i] = merged(s.pending[i], k, seq)
 	case h.confirmed && k.Closed:
 		// An older kline than the newest (a repair, or the stream's
 		// backlog): kept until the store has it.
-		s.es = slices.Insert(s.es, i, entry{*k, seq})
+		s.pending = slices.Insert(s.pending, i, entry{*k, seq})
 		h.pending++
 	}
 }
@@ -255,23 +265,6 @@ func merged(e entry, k *kline.Kline, seq uint64) entry {
 	return entry{*k, seq}
 }
 
-// trim drops, without a confirmer, every entry before the series' newest
-// but the newest closed one; called with mu held.
-func (h *Head) trim(s *series) {
-	if h.confirmed || len(s.es) < 2 {
-		return
-	}
-	n := len(s.es)
-	keep := s.es[n-1:]
-	if !s.es[n-1].k.Closed {
-		keep = s.es[n-2:] // the one before an open kline is closed
-	}
-	if len(keep) < n {
-		h.pending -= n - len(keep)
-		s.es = append(s.es[:0], keep...)
-	}
-}
-
 // bound drops the oldest half of every series' pending klines once more
 // than MaxPending are kept; called with mu held.
 func (h *Head) bound() {
@@ -279,8 +272,8 @@ func (h *Head) bound() {
 		return
 	}
 	for _, s := range h.series {
-		drop := len(s.es) / 2 // never the newest
-		s.es = slices.Delete(s.es, 0, drop)
+		drop := (len(s.pending) + 1) / 2
+		s.pending = slices.Delete(s.pending, 0, drop)
 		h.pending -= drop
 	}
 }
