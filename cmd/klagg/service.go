@@ -64,21 +64,23 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("serve on %s (server.listen in the config): %w", cfg.Server.Listen, err)
 	}
-	var svc *service.Service
-	streams := stream.New(stream.Config{
-		PushInterval: cfg.Server.PushInterval.Duration, ClientBuffer: cfg.Server.ClientBuffer,
-		MaxStreamsPerConn: cfg.Server.MaxStreamsPerConn, MaxConns: cfg.Server.MaxConnections,
-		PingInterval: cfg.Server.PingInterval.Duration, Intervals: cfg.Intervals,
-		Symbol: func(name string) (stream.Market, bool) {
-			y, ok := svc.Symbol(name)
-			return stream.Market{Precision: kline.Precision{Price: y.PricePrecision, Qty: y.QuantityPrecision},
-				Pair: y.Pair, ContractType: y.ContractType}, ok
-		},
-		// Event times are on the exchange's clock, as t and T are.
-		Now:            func() time.Time { return svc.ExchangeNow() },
-		OriginPatterns: corsHosts(cfg.Server.CORSOrigins), Log: e.log.With("part", "stream"),
+	var streams *stream.Server
+	svc, err := service.New(cfg, e.log, func(svc *service.Service) service.Consumer {
+		streams = stream.New(stream.Config{
+			PushInterval: cfg.Server.PushInterval.Duration, ClientBuffer: cfg.Server.ClientBuffer,
+			MaxStreamsPerConn: cfg.Server.MaxStreamsPerConn, MaxConns: cfg.Server.MaxConnections,
+			PingInterval: cfg.Server.PingInterval.Duration, Intervals: cfg.Intervals,
+			Symbol: func(name string) (stream.Market, bool) {
+				y, ok := svc.Symbol(name)
+				return stream.Market{Precision: kline.Precision{Price: y.PricePrecision, Qty: y.QuantityPrecision},
+					Pair: y.Pair, ContractType: y.ContractType}, ok
+			},
+			// Event times are on the exchange's clock, as t and T are.
+			Now:            svc.ExchangeNow,
+			OriginPatterns: corsHosts(cfg.Server.CORSOrigins), Log: e.log.With("part", "stream"),
+		})
+		return streams
 	})
-	svc, err = service.New(cfg, e.log, streams)
 	if err != nil {
 		ln.Close()
 		return err

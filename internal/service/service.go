@@ -113,8 +113,10 @@ type Consumer interface {
 	Trades(symbol string, trades []kline.Trade)
 }
 
-// New builds the service; nothing runs until Run.
-func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service, error) {
+// New builds the service; nothing runs until Run. Each of makers makes a
+// consumer given the service, whose symbols and clock it may use once the
+// service runs (the WebSocket server formats and times its events by them).
+func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer) (*Service, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.Proxy = nil
 	if cfg.Exchange.Proxy != "" {
@@ -133,6 +135,10 @@ func New(cfg *config.Config, log *slog.Logger, consumers ...Consumer) (*Service,
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, Store: st, known: map[string]store.Symbol{}, metrics: metrics.NewSet()}
+	consumers := make([]Consumer, len(makers))
+	for i, mk := range makers {
+		consumers[i] = mk(s)
+	}
 	latency := s.metrics.NewSummaryExt("klagg_trade_to_consumer_seconds", time.Minute, []float64{0.5, 0.9, 0.99, 0.999, 1})
 	s.Client = binance.NewClient(cfg.Exchange.RESTURL, hc, cfg.Exchange.WeightPerMinute, log.With("part", "rest"))
 	s.coalescer = engine.NewCoalescer()
