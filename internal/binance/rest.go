@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/kline"
 )
@@ -437,4 +439,11 @@ func (r AggTradeJSON) Trade() (kline.Trade, error) {
 func AggTradeRow(t *kline.Trade, p kline.Precision) AggTradeJSON {
 	return AggTradeJSON{A: t.ID, P: string(p.AppendPrice(nil, t.Price)), Q: string(decimal.Append(nil, t.Qty, p.Qty)),
 		F: t.FirstID, L: t.LastID, T: t.Time, M: t.BuyerMaker}
+}
+
+// WritePrometheus writes the weight spent in Prometheus's text format.
+func (wt *Weight) WritePrometheus(w io.Writer) {
+	minute, total := wt.Used()
+	metrics.WriteGaugeUint64(w, "klagg_rest_weight_used_1m", uint64(minute))
+	metrics.WriteCounterUint64(w, "klagg_rest_weight_total", uint64(total))
 }

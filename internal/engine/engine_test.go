@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,6 +77,13 @@ func TestLateTradeCorrectsClosedKline(t *testing.T) {
 	h.sync()
 	if st := h.e.Stats(); st.TooLate != 1 {
 		t.Errorf("too-late trade not counted: %+v", st)
+	}
+	var m strings.Builder
+	h.e.WritePrometheus(&m)
+	for _, want := range []string{"klagg_late_trades_total 1\n", "klagg_trades_too_late_total 1\n", "klagg_trades_total 3\n"} {
+		if !strings.Contains(m.String(), want) {
+			t.Errorf("the engine's metrics lack %q:\n%s", want, m.String())
+		}
 	}
 	// The 5m kline is still open, so the same trade is simply applied there.
 	if ks := h.c.series("X", "5m"); len(ks) != 1 || ks[0].Trades != 6 || ks[0].High != 99*decimal.Unit {

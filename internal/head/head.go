@@ -15,8 +15,11 @@ package head
 import (
 	"cmp"
 	"context"
+	"io"
 	"slices"
 	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
@@ -276,4 +279,10 @@ func (h *Head) bound() {
 		s.pending = slices.Delete(s.pending, 0, drop)
 		h.pending -= drop
 	}
+}
+
+// WritePrometheus writes how many closed klines the head holds for want of
+// the store's confirmation.
+func (h *Head) WritePrometheus(w io.Writer) {
+	metrics.WriteGaugeUint64(w, "klagg_head_pending_klines", uint64(h.Pending()))
 }

@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,6 +84,11 @@ func TestReconcileReachesLongerIntervals(t *testing.T) {
 	}
 	if r.FieldDiffs()["trades"] != 1 {
 		t.Errorf("differences counted %v, want the 1m kline's only", r.FieldDiffs())
+	}
+	var out strings.Builder
+	r.WritePrometheus(&out)
+	if !strings.Contains(out.String(), `klagg_reconcile_differences_total{field="trades"} 1`+"\n") {
+		t.Errorf("the reconciler's metrics lack the difference:\n%s", out.String())
 	}
 }
 

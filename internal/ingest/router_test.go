@@ -2,8 +2,10 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -193,6 +195,13 @@ func TestRouterOrdersDedupesAndFills(t *testing.T) {
 	}
 	if g.Stats().Duplicates.Load() < 2 {
 		t.Errorf("duplicates = %d", g.Stats().Duplicates.Load())
+	}
+	var m strings.Builder
+	g.WritePrometheus(&m)
+	for _, want := range []string{"klagg_gap_fills_total 1\n", fmt.Sprintf("klagg_trades_filled_total %d\n", g.Stats().Filled.Load())} {
+		if !strings.Contains(m.String(), want) {
+			t.Errorf("the router's metrics lack %q:\n%s", want, m.String())
+		}
 	}
 }
 

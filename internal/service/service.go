@@ -74,6 +74,7 @@ type Service struct {
 	known   map[string]store.Symbol // symbols with history from earlier runs
 	rate    atomic.Uint64           // trades per second, float64 bits
 	metrics *metrics.Set            // figures only the service sees, for /metrics
+	figures []prometheusWriter      // the parts that write their own, in /metrics's order
 }
 
 // Store is where klines, symbols and the exchange's lists are kept:
@@ -232,11 +233,21 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 			}
 		},
 	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner})
-	s.metrics.NewGauge("klagg_head_pending_klines", func() float64 { return float64(s.Head.Pending()) })
-	s.metrics.NewGauge("klagg_backfill_requests_done", func() float64 { d, _ := s.Registry.Backfill(); return float64(d) })
-	s.metrics.NewGauge("klagg_backfill_requests_total", func() float64 { _, t := s.Registry.Backfill(); return float64(t) })
-	for _, st := range symbols.States() {
-		s.metrics.NewGauge(fmt.Sprintf(`klagg_symbols{state=%q}`, st), func() float64 { return float64(s.Registry.View().Counts[st]) })
+	s.figures = []prometheusWriter{s.Registry, s.Ingest, s.Router, s.Engine, s.coalescer, s.writer, s.Head, s.Client.Weight()}
+	if s.Reconciler != nil {
+		s.figures = append(s.figures, s.Reconciler)
+	}
+	if s.Leases != nil {
+		s.figures = append(s.figures, s.Leases)
+	}
+	if s.Publisher != nil {
+		s.figures = append(s.figures, s.Publisher, s.Opens)
+	}
+	if s.Sink != nil {
+		s.figures = append(s.figures, s.Sink)
+	}
+	if s.Feed != nil {
+		s.figures = append(s.figures, s.Feed)
 	}
 	return s, nil
 }
@@ -255,10 +266,18 @@ func (t tee) Trades(ctx context.Context, symbol string, trades []kline.Trade, re
 	return t.engine.Trades(ctx, symbol, trades, received)
 }
 
-// WritePrometheus writes the service's own metrics (the time from a trade's
-// arrival to the kline update reaching every consumer, over the last minute)
-// in Prometheus's text format.
-func (s *Service) WritePrometheus(w io.Writer) { s.metrics.WritePrometheus(w) }
+// prometheusWriter is a part of the service that writes its own figures.
+type prometheusWriter interface{ WritePrometheus(w io.Writer) }
+
+// WritePrometheus writes, in Prometheus's text format, each part's figures
+// and the service's own: the time from a trade's arrival to the kline
+// update reaching every consumer, over the last minute.
+func (s *Service) WritePrometheus(w io.Writer) {
+	for _, p := range s.figures {
+		p.WritePrometheus(w)
+	}
+	s.metrics.WritePrometheus(w)
+}
 
 // ExchangeNow is the local clock corrected by the measured offset to the
 // exchange's.

@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"sync/atomic"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/klagg/klagg/internal/kline"
 )
@@ -233,4 +236,10 @@ func (w *Writer) Run(ctx context.Context) error {
 			w.failing.Store(nil)
 		}
 	}
+}
+
+// WritePrometheus writes the writer's counters in Prometheus's text format.
+func (w *Writer) WritePrometheus(out io.Writer) {
+	metrics.WriteCounterUint64(out, "klagg_klines_written_total", uint64(w.written.Load()))
+	metrics.WriteCounterUint64(out, "klagg_store_write_failures_total", uint64(w.failures.Load()))
 }

@@ -206,10 +206,18 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// WritePrometheus writes the server's own metrics: the time from an
-// event's push (a closing kline's publication, or the push of a client's
-// phase) or a reply's queueing to its write to the client's socket.
-func (s *Server) WritePrometheus(w io.Writer) { s.set.WritePrometheus(w) }
+// WritePrometheus writes the server's own metrics: its clients and events,
+// and the time from an event's push (a closing kline's publication, or the
+// push of a client's phase) or a reply's queueing to its write to the
+// client's socket.
+func (s *Server) WritePrometheus(w io.Writer) {
+	metrics.WriteGaugeUint64(w, "klagg_stream_clients", uint64(max(s.stats.Clients.Load(), 0)))
+	metrics.WriteCounterUint64(w, "klagg_stream_clients_accepted_total", uint64(s.stats.Accepted.Load()))
+	metrics.WriteCounterUint64(w, "klagg_stream_clients_dropped_total", uint64(s.stats.Dropped.Load()))
+	metrics.WriteCounterUint64(w, "klagg_stream_clients_rejected_total", uint64(s.stats.Rejected.Load()))
+	metrics.WriteCounterUint64(w, "klagg_stream_events_total", uint64(s.stats.Events.Load()))
+	s.set.WritePrometheus(w)
+}
 
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
