@@ -43,3 +43,17 @@ const (
 	RateLimits      = "rateLimits"
 	ExchangeFilters = "exchangeFilters"
 )
+
+// Span is a run of one series' interval slots whose klines klagg holds
+// exactly: every kline the exchange has opening in [From, To] is stored,
+// and no other. A slot without a kline in a span is the exchange's own gap
+// (before the listing, a halt), not a hole. To is Forever for a series the
+// exchange will not add to (a delisted symbol).
+type Span struct {
+	Symbol   string
+	Interval kline.Interval
+	From, To int64 // open times, inclusive
+}
+
+// Forever is the To of a span that reaches past any time.
+const Forever int64 = 1<<63 - 1

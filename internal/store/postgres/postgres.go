@@ -60,6 +60,15 @@ var migrations = []string{
 	// The stamp of the kline's version (kline.Update.Stamp): the highest
 	// stamp written so far.
 	`ALTER TABLE klines ADD COLUMN stamp BIGINT NOT NULL DEFAULT 0;`,
+	// The spans of slots held exactly (store.Span), added to as klines
+	// are stored and merged when a node starts.
+	`CREATE TABLE spans (
+		symbol    TEXT   NOT NULL,
+		interval  TEXT   NOT NULL,
+		from_time BIGINT NOT NULL,
+		to_time   BIGINT NOT NULL,
+		PRIMARY KEY (symbol, interval, from_time)
+	);`,
 }
 
 // Store is a PostgreSQL kline database.
@@ -374,6 +383,60 @@ func (s *Store) Exchange(ctx context.Context) (map[string][]byte, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read exchange lists: %w", err)
+	}
+	return out, nil
+}
+
+// AddSpans records spans of klines held; the klines must be stored first.
+func (s *Store) AddSpans(spans []store.Span) error {
+	batch := &pgx.Batch{}
+	for _, p := range spans {
+		batch.Queue(`INSERT INTO spans (symbol, interval, from_time, to_time) VALUES ($1,$2,$3,$4)
+			ON CONFLICT (symbol, interval, from_time) DO UPDATE SET to_time = GREATEST(spans.to_time, excluded.to_time)`,
+			p.Symbol, p.Interval.String(), p.From, p.To)
+	}
+	if err := s.inTx(batch); err != nil {
+		return fmt.Errorf("postgres: save the spans held: %w", err)
+	}
+	return nil
+}
+
+// CompactSpans merges the spans recorded per series, keeps the merged
+// ones in place of the recorded, and returns them. The rows it merges are
+// the ones it deletes, so a span another node adds meanwhile is kept.
+func (s *Store) CompactSpans(ctx context.Context) ([]store.Span, error) {
+	var out []store.Span
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `DELETE FROM spans RETURNING symbol, interval, from_time, to_time`)
+		if err != nil {
+			return err
+		}
+		var recorded []store.Span
+		var p store.Span
+		var name string
+		_, err = pgx.ForEachRow(rows, []any{&p.Symbol, &name, &p.From, &p.To}, func() error {
+			iv, err := kline.ParseInterval(name)
+			if err != nil {
+				return fmt.Errorf("a span of %s: %w", p.Symbol, err)
+			}
+			p.Interval = iv
+			recorded = append(recorded, p)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		out = store.MergeSpans(recorded)
+		batch := &pgx.Batch{}
+		for _, p := range out {
+			batch.Queue(`INSERT INTO spans (symbol, interval, from_time, to_time) VALUES ($1,$2,$3,$4)
+				ON CONFLICT (symbol, interval, from_time) DO UPDATE SET to_time = GREATEST(spans.to_time, excluded.to_time)`,
+				p.Symbol, p.Interval.String(), p.From, p.To)
+		}
+		return tx.SendBatch(ctx, batch).Close()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read the spans held: %w", err)
 	}
 	return out, nil
 }

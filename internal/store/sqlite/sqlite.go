@@ -75,6 +75,15 @@ var migrations = []string{
 	// The stamp of the kline's version (kline.Update.Stamp): the highest
 	// stamp written so far.
 	`ALTER TABLE klines ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0;`,
+	// The spans of slots held exactly (store.Span), added to as klines
+	// are stored and merged when the store is opened.
+	`CREATE TABLE spans (
+		symbol    TEXT    NOT NULL,
+		interval  TEXT    NOT NULL,
+		from_time INTEGER NOT NULL,
+		to_time   INTEGER NOT NULL,
+		PRIMARY KEY (symbol, interval, from_time)
+	) WITHOUT ROWID;`,
 }
 
 // Store is a SQLite kline database. Reads run concurrently on a pool; writes
@@ -471,4 +480,56 @@ func (s *Store) WriteKlines(symbol string, iv kline.Interval, p kline.Precision,
 		}
 	}
 	return nil
+}
+
+// AddSpans records spans of klines held; the klines must be stored first.
+func (s *Store) AddSpans(spans []store.Span) error {
+	return s.writeTx(func() error {
+		for _, p := range spans {
+			err := sqlitex.Execute(s.w, `INSERT INTO spans (symbol, interval, from_time, to_time) VALUES (?,?,?,?)
+				ON CONFLICT (symbol, interval, from_time) DO UPDATE SET to_time = max(to_time, excluded.to_time)`,
+				&sqlitex.ExecOptions{Args: []any{p.Symbol, p.Interval.String(), p.From, p.To}})
+			if err != nil {
+				return fmt.Errorf("store: save the spans held of %s %s: %w", p.Symbol, p.Interval, err)
+			}
+		}
+		return nil
+	})
+}
+
+// CompactSpans merges the spans recorded per series, keeps the merged
+// ones in place of the recorded, and returns them.
+func (s *Store) CompactSpans(ctx context.Context) ([]store.Span, error) {
+	var out []store.Span
+	err := s.writeTx(func() error {
+		var recorded []store.Span
+		err := sqlitex.Execute(s.w, `SELECT symbol, interval, from_time, to_time FROM spans`, &sqlitex.ExecOptions{
+			ResultFunc: func(st *zs.Stmt) error {
+				iv, err := kline.ParseInterval(st.ColumnText(1))
+				if err != nil {
+					return fmt.Errorf("a span of %s: %w", st.ColumnText(0), err)
+				}
+				recorded = append(recorded, store.Span{Symbol: st.ColumnText(0), Interval: iv, From: st.ColumnInt64(2), To: st.ColumnInt64(3)})
+				return nil
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("store: read the spans held: %w", err)
+		}
+		out = store.MergeSpans(recorded)
+		if len(out) == len(recorded) {
+			return nil
+		}
+		if err := sqlitex.ExecuteTransient(s.w, `DELETE FROM spans`, nil); err != nil {
+			return fmt.Errorf("store: compact the spans held: %w", err)
+		}
+		for _, p := range out {
+			if err := sqlitex.Execute(s.w, `INSERT INTO spans (symbol, interval, from_time, to_time) VALUES (?,?,?,?)`,
+				&sqlitex.ExecOptions{Args: []any{p.Symbol, p.Interval.String(), p.From, p.To}}); err != nil {
+				return fmt.Errorf("store: compact the spans held: %w", err)
+			}
+		}
+		return nil
+	})
+	return out, err
 }

@@ -24,6 +24,8 @@ type Store interface {
 	Symbols(ctx context.Context) ([]store.Symbol, error)
 	PutExchange(lists map[string][]byte) error
 	Exchange(ctx context.Context) (map[string][]byte, error)
+	AddSpans(spans []store.Span) error
+	CompactSpans(ctx context.Context) ([]store.Span, error)
 	Close() error
 }
 
@@ -36,6 +38,45 @@ func Run(t *testing.T, open func(t *testing.T) Store, reopen func(t *testing.T, 
 	t.Run("ExactNumbers", func(t *testing.T) { exactNumbers(t, open(t)) })
 	t.Run("SymbolsAndLists", func(t *testing.T) { symbolsAndLists(t, open(t), reopen) })
 	t.Run("ClosedVersion", func(t *testing.T) { closedVersion(t, open(t)) })
+	t.Run("Spans", func(t *testing.T) { spans(t, open(t), reopen) })
+}
+
+// spans: the spans held are kept, merged where they meet or overlap, and
+// grow, never shrink, when one is recorded again.
+func spans(t *testing.T, s Store, reopen func(*testing.T, Store) Store) {
+	ctx := context.Background()
+	m := int64(60_000)
+	add := []store.Span{
+		{Symbol: "BTCUSDT", Interval: oneMin, From: 10 * m, To: 19 * m},
+		{Symbol: "BTCUSDT", Interval: oneMin, From: 20 * m, To: 29 * m}, // meets the first
+		{Symbol: "BTCUSDT", Interval: oneMin, From: 40 * m, To: 41 * m}, // a hole before it
+		{Symbol: "BTCUSDT", Interval: fiveMin, From: 0, To: 50 * m},
+		{Symbol: "ETHUSDT", Interval: oneMin, From: 5 * m, To: store.Forever},
+		{Symbol: "ETHUSDT", Interval: oneMin, From: 5 * m, To: 6 * m}, // inside: changes nothing
+		{Symbol: "BTCUSDT", Interval: oneMin, From: 40 * m, To: 45 * m}, // the same start, further
+	}
+	if err := s.AddSpans(add[:3]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSpans(add[3:]); err != nil {
+		t.Fatal(err)
+	}
+	want := []store.Span{
+		{Symbol: "BTCUSDT", Interval: oneMin, From: 10 * m, To: 29 * m},
+		{Symbol: "BTCUSDT", Interval: oneMin, From: 40 * m, To: 45 * m},
+		{Symbol: "BTCUSDT", Interval: fiveMin, From: 0, To: 50 * m},
+		{Symbol: "ETHUSDT", Interval: oneMin, From: 5 * m, To: store.Forever},
+	}
+	got, err := s.CompactSpans(ctx)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("CompactSpans = %+v %v\nwant %+v", got, err, want)
+	}
+	if reopen != nil {
+		s = reopen(t, s)
+	}
+	if got, err := s.CompactSpans(ctx); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("CompactSpans again = %+v %v\nwant %+v", got, err, want)
+	}
 }
 
 var (
