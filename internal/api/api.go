@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/query"
 	"github.com/klagg/klagg/internal/service"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/stream"
@@ -221,8 +223,13 @@ func (s *Server) serveKlines(w http.ResponseWriter, r *http.Request, q binance.K
 	bp := s.bufs.Get().(*[]byte)
 	b, err := s.cfg.Klines.AppendKlines(ctx, (*bp)[:0], q, prec)
 	if err != nil {
-		s.cfg.Log.Warn("reading klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
-		writeError(w, &binance.APIError{Status: http.StatusServiceUnavailable, Code: -1001, Msg: "Internal error; unable to read klines from the database. Please try again."})
+		s.cfg.Log.Warn("answering klines failed", "symbol", q.Symbol, "interval", q.Interval, "err", err)
+		msg := "Internal error; unable to read klines from the database. Please try again."
+		if errors.Is(err, query.ErrIncomplete) {
+			// Never a short answer: the client is told why there is none.
+			msg = "Internal error; unable to process your request: " + strings.TrimPrefix(err.Error(), query.ErrIncomplete.Error()+": ") + ". Please try again."
+		}
+		writeError(w, &binance.APIError{Status: http.StatusServiceUnavailable, Code: -1001, Msg: msg})
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -13,10 +13,13 @@ package coverage
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
@@ -35,7 +38,9 @@ const FlushEvery = 10 * time.Second
 // Set is the spans held of every series; it is safe for concurrent use.
 type Set struct {
 	st    Store
-	depth int // klines per interval history should reach back
+	ivs   []kline.Interval // built live
+	depth int              // klines per interval history should reach back
+	now   func() time.Time // exchange time, for the figures
 	log   *slog.Logger
 
 	mu     sync.RWMutex
@@ -59,13 +64,17 @@ type series struct {
 	want int64
 }
 
-// New returns an empty Set over st; history is whole when each series
-// built live holds depth klines before its live span.
-func New(st Store, depth int, log *slog.Logger) *Set {
+// New returns an empty Set over st of symbols built live in intervals
+// ivs; history is whole when each series built live holds depth klines
+// before its live span. now tells exchange time [time.Now].
+func New(st Store, ivs []kline.Interval, depth int, now func() time.Time, log *slog.Logger) *Set {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Set{st: st, depth: depth, log: log, series: map[key]*series{}}
+	if now == nil {
+		now = time.Now
+	}
+	return &Set{st: st, ivs: ivs, depth: depth, now: now, log: log, series: map[key]*series{}}
 }
 
 func (c *Set) get(k key) *series {
@@ -96,10 +105,10 @@ func (c *Set) Load(ctx context.Context) error {
 // its first trade, which it has not had): each interval's kline opening at
 // iv.Open(m0) is exact, and every later one. A span built live before ends
 // where the store's confirmed holdings of it end.
-func (c *Set) Live(symbol string, ivs []kline.Interval, m0 int64) {
+func (c *Set) Live(symbol string, m0 int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, iv := range ivs {
+	for _, iv := range c.ivs {
 		s := c.get(key{symbol, iv})
 		c.endLive(symbol, iv, s)
 		s.live = 0
@@ -269,23 +278,24 @@ func (c *Set) Holds(symbol string, iv kline.Interval, lo, hi int64) bool {
 	return lo > hi || len(c.Missing(symbol, iv, lo, hi)) == 0
 }
 
-// Wanted returns the runs of slots history should fetch for symbol and
-// iv, newest first: from the oldest slot it should reach (or the end of
-// what is held before it, after a long stop) to the live span.
-func (c *Set) Wanted(symbol string, iv kline.Interval) []store.Span {
-	c.mu.RLock()
-	s := c.series[key{symbol, iv}]
-	if s == nil || s.live <= 0 {
-		c.mu.RUnlock()
-		return nil
+// Wanted returns the runs of slots of symbol and iv before end that
+// history should fetch, newest first: from depth slots before end (or
+// from the end of what is held, after a longer stop) on.
+func (c *Set) Wanted(symbol string, iv kline.Interval, end int64) []store.Span {
+	hi := iv.Prev(iv.Open(end))
+	lo := iv.Open(end)
+	for range c.depth {
+		lo = iv.Prev(lo)
 	}
-	lo, hi := s.want, iv.Prev(s.live)
-	// After a stop longer than the depth, the whole stop: no hole is left
-	// between what was held and what is built now.
-	for _, p := range slices.Backward(s.spans) {
-		if p.To < s.live {
-			lo = min(lo, store.After(p))
-			break
+	c.mu.RLock()
+	if s := c.series[key{symbol, iv}]; s != nil {
+		// After a stop longer than the depth, the whole stop: no hole
+		// is left between what was held and what is built now.
+		for _, p := range slices.Backward(s.spans) {
+			if p.From <= hi {
+				lo = min(lo, store.After(p))
+				break
+			}
 		}
 	}
 	c.mu.RUnlock()
@@ -303,9 +313,18 @@ type Figures struct {
 	Whole   bool  `json:"whole"`          // nothing wanted is missing
 }
 
+// MissingOrZero returns f's missing klines, 0 for no figures.
+func (f *Figures) MissingOrZero() int64 {
+	if f == nil {
+		return 0
+	}
+	return f.Missing
+}
+
 // Figures returns what is held and missing of the series built live, in
 // the depth history should reach.
-func (c *Set) Figures(now time.Time) Figures {
+func (c *Set) Figures() Figures {
+	now := c.now()
 	c.mu.RLock()
 	type want struct {
 		k  key
@@ -351,4 +370,19 @@ func slots(iv kline.Interval, lo, hi int64) int64 {
 // merge adds p to spans, merged and oldest first.
 func merge(spans []store.Span, p store.Span) []store.Span {
 	return store.MergeSpans(append(spans, p))
+}
+
+// WritePrometheus writes what is held and missing in Prometheus's text
+// format.
+func (c *Set) WritePrometheus(w io.Writer) {
+	f := c.Figures()
+	metrics.WriteGaugeUint64(w, "klagg_history_series", uint64(f.Series))
+	metrics.WriteGaugeUint64(w, "klagg_history_klines_held", uint64(f.Held))
+	metrics.WriteGaugeUint64(w, "klagg_history_klines_missing", uint64(f.Missing))
+	metrics.WriteGaugeUint64(w, "klagg_history_gaps", uint64(f.Gaps))
+	whole := uint64(0)
+	if f.Whole {
+		whole = 1
+	}
+	metrics.WriteGaugeUint64(w, "klagg_history_whole", whole)
 }

@@ -35,13 +35,13 @@ func closed(open int64) kline.Update {
 }
 
 func TestMissing(t *testing.T) {
-	c := New(openStore(t, filepath.Join(t.TempDir(), "k.db")), 10, nil)
+	c := New(openStore(t, filepath.Join(t.TempDir(), "k.db")), []kline.Interval{oneMin}, 10, func() time.Time { return time.UnixMilli(55 * m) }, nil)
 	for _, p := range []store.Span{span(10, 19), span(30, 39)} {
 		if err := c.Add(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.Live("X", []kline.Interval{oneMin}, 50*m)
+	c.Live("X", 50*m)
 	for _, tc := range []struct {
 		name   string
 		lo, hi int64
@@ -62,10 +62,10 @@ func TestMissing(t *testing.T) {
 		t.Errorf("a series never seen: %v", got)
 	}
 	// Backfill wants the last 10 before the live span, newest first.
-	if got, want := c.Wanted("X", oneMin), []store.Span{span(40, 49)}; !reflect.DeepEqual(got, want) {
+	if got, want := c.Wanted("X", oneMin, 50*m), []store.Span{span(40, 49)}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Wanted = %v, want %v", got, want)
 	}
-	f := c.Figures(time.UnixMilli(55 * m))
+	f := c.Figures()
 	if f.Series != 1 || f.Missing != 10 || f.Gaps != 1 || f.Held != 6 || f.Whole {
 		t.Errorf("Figures = %+v, want 1 series, 6 held, 10 missing in 1 gap", f)
 	}
@@ -77,8 +77,8 @@ func TestMissing(t *testing.T) {
 func TestLiveSpans(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.db")
 	st := openStore(t, path)
-	c := New(st, 5, nil)
-	c.Live("X", []kline.Interval{oneMin}, 100*m)
+	c := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+	c.Live("X", 100*m)
 	if !c.Holds("X", oneMin, 100*m, 200*m) {
 		t.Fatal("the live span does not hold what comes after its start")
 	}
@@ -87,7 +87,7 @@ func TestLiveSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A restart knows what the store confirmed, and no more.
-	again := New(st, 5, nil)
+	again := New(st, []kline.Interval{oneMin}, 5, nil, nil)
 	if err := again.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +96,8 @@ func TestLiveSpans(t *testing.T) {
 	}
 	// Built live again from 110: the stop between is wanted whole,
 	// newest first, and so is the depth before the first span.
-	again.Live("X", []kline.Interval{oneMin}, 110*m)
-	if got, want := again.Wanted("X", oneMin), []store.Span{span(102, 109)}; !reflect.DeepEqual(got, want) {
+	again.Live("X", 110*m)
+	if got, want := again.Wanted("X", oneMin, 110*m), []store.Span{span(102, 109)}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Wanted after a stop = %v, want %v", got, want)
 	}
 	// Stopped here: the live span ends where the store's holdings do.
@@ -107,7 +107,7 @@ func TestLiveSpans(t *testing.T) {
 		t.Errorf("after a stop: missing %v, want %v", got, want)
 	}
 	// Delisted: nothing comes after the live span, ever.
-	again.Live("X", []kline.Interval{oneMin}, 120*m)
+	again.Live("X", 120*m)
 	again.End("X")
 	if !again.Holds("X", oneMin, 120*m, 1_000_000*m) || again.Holds("X", oneMin, 119*m, 120*m) {
 		t.Errorf("after the end: %v", again.Missing("X", oneMin, 100*m, 1_000_000*m))

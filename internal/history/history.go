@@ -11,8 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
 )
 
 // Exchange is the REST API history reads from.
@@ -46,9 +49,15 @@ type Streams interface {
 	Streaming(ctx context.Context, symbol string) error
 }
 
-// Store tells where a symbol's stored klines end.
-type Store interface {
-	Last(ctx context.Context, symbol string, iv kline.Interval) (kline.Kline, bool, error)
+// Held is what klagg knows it holds: coverage.
+type Held interface {
+	// Wanted returns the runs of slots before end that history should
+	// fetch, newest first.
+	Wanted(symbol string, iv kline.Interval, end int64) []store.Span
+	// Add records that the klines of a span are stored.
+	Add(p store.Span) error
+	// Missing returns the runs of slots in [lo, hi] not held.
+	Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span
 }
 
 // Writer takes backfilled klines: the store's one writer, which retries
@@ -65,12 +74,13 @@ type History struct {
 	engine    Engine
 	router    Router
 	streams   Streams
-	store     Store
+	held      Held
 	writer    Writer
 	ivs       []kline.Interval
 	limit     int
 	now       func() time.Time // exchange time
 	log       *slog.Logger
+	fills     singleflight.Group
 	Backfills atomic.Int64 // klines written by backfill
 	Requests  atomic.Int64
 	Weight    atomic.Int64 // REST weight spent
@@ -93,8 +103,8 @@ const StreamWait = 10 * time.Second
 // per interval for a symbol the store does not have yet; now tells
 // exchange time. Seeds and repairs ask ex, backfill bulk: with Binance's
 // client, ex may spend the weight reserve that bulk leaves.
-func New(ex, bulk Exchange, engine Engine, router Router, streams Streams, store Store, writer Writer, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
-	return &History{ex: ex, bulk: bulk, engine: engine, router: router, streams: streams, store: store, writer: writer, ivs: ivs, limit: limit, now: now, log: log}
+func New(ex, bulk Exchange, engine Engine, router Router, streams Streams, held Held, writer Writer, ivs []kline.Interval, limit int, now func() time.Time, log *slog.Logger) *History {
+	return &History{ex: ex, bulk: bulk, engine: engine, router: router, streams: streams, held: held, writer: writer, ivs: ivs, limit: limit, now: now, log: log}
 }
 
 // klines asks for the klines of iv opening in [start, end) with the
@@ -358,8 +368,9 @@ func (h *History) Resync(ctx context.Context, symbol string, since int64) error 
 }
 
 // Backfill stores symbol's closed klines of every interval that open before
-// iv.Open(m0): from the last stored one on, or the last limit klines.
-// progress, if set, is called after each request.
+// iv.Open(m0) and are not held: the last limit klines, or everything since
+// what is held ends after a longer stop; newest first. progress, if set,
+// is called after each request.
 func (h *History) Backfill(ctx context.Context, symbol string, m0 int64, progress func()) error {
 	if m0 == 0 {
 		return nil
@@ -386,48 +397,49 @@ func (h *History) Backfill(ctx context.Context, symbol string, m0 int64, progres
 }
 
 func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval, end int64, progress func()) error {
-	last, ok, err := h.store.Last(ctx, symbol, iv)
+	for _, gap := range h.held.Wanted(symbol, iv, end) {
+		// Newest first, so that what clients ask for most is held soonest.
+		for hi := gap.To; hi >= gap.From; {
+			lo, n := hi, 1
+			for ; n < 1000 && iv.Prev(lo) >= gap.From; n++ {
+				lo = iv.Prev(lo)
+			}
+			if err := h.fetch(ctx, h.bulk, symbol, iv, lo, hi, n); err != nil {
+				return fmt.Errorf("backfill %s %s: %w", symbol, iv, err)
+			}
+			if progress != nil {
+				progress()
+			}
+			hi = iv.Prev(lo)
+		}
+	}
+	return nil
+}
+
+// fetch stores the exchange's closed klines of iv opening in [lo, hi], at
+// most n slots, and records them held.
+func (h *History) fetch(ctx context.Context, ex Exchange, symbol string, iv kline.Interval, lo, hi int64, n int) error {
+	ks, err := ex.Klines(ctx, symbol, iv, lo, iv.CloseTime(hi), n)
+	h.Requests.Add(1)
+	h.Weight.Add(int64(binance.KlinesWeight(n)))
 	if err != nil {
 		return err
 	}
-	start := end
-	if ok && last.Closed && last.OpenTime < end {
-		start = iv.Next(last.OpenTime)
-	} else if ok && last.OpenTime < end {
-		start = last.OpenTime // stored while open: fetch it again
-	} else {
-		for range h.limit {
-			start = iv.Prev(start)
+	ups := make([]kline.Update, 0, len(ks))
+	for _, k := range ks {
+		if k.OpenTime < lo || k.OpenTime > hi {
+			continue
 		}
+		k.Closed = true
+		ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
 	}
-	for start < end {
-		ks, err := h.klinesFrom(ctx, h.bulk, symbol, iv, start, end)
-		if err != nil {
-			return fmt.Errorf("backfill %s %s: %w", symbol, iv, err)
+	if len(ups) > 0 {
+		if err := h.writer.Write(ctx, ups); err != nil {
+			return err
 		}
-		if progress != nil {
-			progress()
-		}
-		ups := make([]kline.Update, 0, len(ks))
-		for _, k := range ks {
-			if k.OpenTime >= end {
-				break
-			}
-			k.Closed = true
-			ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
-		}
-		if len(ups) > 0 {
-			if err := h.writer.Write(ctx, ups); err != nil {
-				return err
-			}
-			h.Backfills.Add(int64(len(ups)))
-		}
-		if len(ks) < 1000 {
-			return nil
-		}
-		start = iv.Next(ks[len(ks)-1].OpenTime)
+		h.Backfills.Add(int64(len(ups)))
 	}
-	return nil
+	return h.held.Add(store.Span{Symbol: symbol, Interval: iv, From: lo, To: hi})
 }
 
 // BackfillRequests estimates the requests Backfill makes for one symbol that

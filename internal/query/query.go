@@ -32,12 +32,29 @@ type Replayer interface {
 	Replay(ctx context.Context, dst []kline.Kline, symbol string, iv kline.Interval, from time.Time) ([]kline.Kline, error)
 }
 
+// Held knows which klines klagg holds: coverage.
+type Held interface {
+	Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span
+}
+
+// Filler reads klines klagg does not hold from the exchange, stores them
+// and records them held: history.
+type Filler interface {
+	Fill(ctx context.Context, symbol string, iv kline.Interval, lo, hi int64, want int) error
+}
+
 // Config sets up a Querier.
 type Config struct {
 	Store  Source
 	Head   Source
 	Replay Replayer // a cluster's kline stream; nil on a single node
-	Log    *slog.Logger
+	// Held, when set, says which answers are whole; what it lacks is read
+	// through Fill, and an answer that stays short is refused. Without it
+	// every answer is taken as whole.
+	Held Held
+	Fill Filler
+	Now  func() time.Time // exchange time [time.Now]
+	Log  *slog.Logger
 }
 
 // ErrIncomplete is returned for a query the Querier cannot answer whole.
@@ -57,26 +74,108 @@ func New(cfg Config) *Querier {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	q := &Querier{cfg: cfg}
 	q.versions, _ = cfg.Store.(versioned)
 	return q
 }
 
+// extent is what an answer holds: n klines, the first and last opening at
+// first and last.
+type extent struct {
+	n           int
+	first, last int64
+}
+
+func extentOf(ks []kline.Kline) extent {
+	if len(ks) == 0 {
+		return extent{}
+	}
+	return extent{len(ks), ks[0].OpenTime, ks[len(ks)-1].OpenTime}
+}
+
+// claimed returns the slots [lo, hi] an answer to q with extent e says
+// are all there is, as of the slot now opens: from the first asked (or the
+// first there is, when fewer than the limit came) to the last asked (or
+// the last given, when the limit was reached).
+func claimed(q binance.KlinesQuery, e extent, now int64) (lo, hi int64) {
+	iv := q.Interval
+	cur := iv.Open(now)
+	end := cur
+	if q.End >= 0 {
+		end = min(iv.Open(q.End), cur)
+	}
+	if q.Start >= 0 {
+		lo = iv.Open(q.Start)
+		if lo < q.Start {
+			lo = iv.Next(lo)
+		}
+		if e.n >= q.Limit {
+			return lo, e.last
+		}
+		return lo, end
+	}
+	if e.n >= q.Limit {
+		return e.first, end
+	}
+	return 0, end
+}
+
 // AppendKlines appends the answer to q as Binance's JSON array of kline
-// arrays, with prec's decimals. When the store cannot be read and the head
-// (or a cluster's stream) does not hold the whole answer, it returns an
-// error wrapping ErrIncomplete and the store's.
+// arrays, with prec's decimals. What it does not hold of the answer it
+// reads through to the exchange first. An answer it cannot give whole (the
+// exchange unreachable or its weight spent, the store unreadable and the
+// head short) is an error wrapping ErrIncomplete, with the reason.
 func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, error) {
+	b0 := len(b)
+	for attempt := 0; ; attempt++ {
+		out, e, err := r.appendOnce(ctx, b[:b0], q, prec)
+		if err != nil || r.cfg.Held == nil || q.End == 0 {
+			return out, err
+		}
+		lo, hi := claimed(q, e, r.cfg.Now().UnixMilli())
+		if lo > hi {
+			return out, nil
+		}
+		gaps := r.cfg.Held.Missing(q.Symbol, q.Interval, lo, hi)
+		if len(gaps) == 0 {
+			return out, nil
+		}
+		if attempt == 2 || r.cfg.Fill == nil {
+			return nil, fmt.Errorf("%w: klagg does not hold the klines of %s %s from %s to %s yet", ErrIncomplete,
+				q.Symbol, q.Interval, timeText(gaps[0].From), timeText(gaps[len(gaps)-1].To))
+		}
+		for _, g := range gaps {
+			if err := r.cfg.Fill.Fill(ctx, q.Symbol, q.Interval, g.From, g.To, q.Limit); err != nil {
+				return nil, fmt.Errorf("%w: klagg does not hold the klines of %s %s from %s to %s, and reading them from the exchange failed: %w",
+					ErrIncomplete, q.Symbol, q.Interval, timeText(g.From), timeText(g.To), err)
+			}
+		}
+	}
+}
+
+func timeText(ms int64) string {
+	if ms == 0 {
+		return "the listing"
+	}
+	return time.UnixMilli(ms).UTC().Format("2006-01-02 15:04")
+}
+
+// appendOnce appends the answer to q from what klagg holds, and says what
+// it holds.
+func (r *Querier) appendOnce(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision) ([]byte, extent, error) {
 	// The head is read first: a kline it drops once the store has it is
 	// then in the store when the store is read.
 	head, err := r.cfg.Head.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval})
 	if err != nil {
-		return nil, fmt.Errorf("read the newest klines: %w", err)
+		return nil, extent{}, fmt.Errorf("read the newest klines: %w", err)
 	}
 	if q.Start < 0 && q.End < 0 && r.versions != nil {
-		out, err := r.appendLatest(ctx, b, q, prec, head)
+		out, e, err := r.appendLatest(ctx, b, q, prec, head)
 		if err == nil {
-			return out, nil
+			return out, e, nil
 		}
 		if !errors.Is(err, errStale) {
 			return r.withoutStore(ctx, b, q, prec, head, err)
@@ -86,7 +185,7 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 	if err != nil {
 		return r.withoutStore(ctx, b, q, prec, head, err)
 	}
-	return appendArray(b, ks, prec), nil
+	return appendArray(b, ks, prec), extentOf(ks), nil
 }
 
 // withoutStore answers q from head alone, or with a cluster's kline
@@ -97,17 +196,17 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 // published in its retention; so an answer whose every interval slot is
 // there is the one the store would give, and any other is refused rather
 // than given with a hole.
-func (r *Querier) withoutStore(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision, head []kline.Kline, cause error) ([]byte, error) {
+func (r *Querier) withoutStore(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision, head []kline.Kline, cause error) ([]byte, extent, error) {
 	refuse := fmt.Errorf("%w: reading the store failed: %w", ErrIncomplete, cause)
 	if len(head) == 0 || q.End == 0 {
-		return nil, refuse
+		return nil, extent{}, refuse
 	}
 	newest := head[len(head)-1].OpenTime
 	if sel, ok := answer(head, q, newest); ok {
-		return appendArray(b, sel, prec), nil
+		return appendArray(b, sel, prec), extentOf(sel), nil
 	}
 	if r.cfg.Replay == nil {
-		return nil, refuse
+		return nil, extent{}, refuse
 	}
 	// The first slot the answer may hold: a kline is published when it
 	// closes, after its open time.
@@ -126,14 +225,14 @@ func (r *Querier) withoutStore(ctx context.Context, b []byte, q binance.KlinesQu
 	defer cancel()
 	old, err := r.cfg.Replay.Replay(ctx, nil, q.Symbol, iv, time.UnixMilli(from))
 	if err != nil {
-		return nil, fmt.Errorf("%w; reading them back from the cluster's stream too: %w", refuse, err)
+		return nil, extent{}, fmt.Errorf("%w; reading them back from the cluster's stream too: %w", refuse, err)
 	}
 	sel, ok := answer(merge(old, head), q, newest)
 	if !ok {
-		return nil, refuse
+		return nil, extent{}, refuse
 	}
 	r.cfg.Log.Debug("answered without the store", "symbol", q.Symbol, "interval", iv, "err", cause)
-	return appendArray(b, sel, prec), nil
+	return appendArray(b, sel, prec), extentOf(sel), nil
 }
 
 // answer selects the answer to q from ks, klines by open time, the newest

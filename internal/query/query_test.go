@@ -9,10 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/coverage"
 	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/sqlite"
 )
 
@@ -115,4 +118,126 @@ func closedAt(stored, head []kline.Update, kl kline.Kline) bool {
 		}
 	}
 	return false
+}
+
+// exchange is the klines the exchange has of A (minute → trades), read
+// through to by Fill, which stores them and records them held.
+type exchange struct {
+	st    *sqlite.Store
+	held  *coverage.Set
+	has   map[int64]int64
+	fails bool
+	calls int
+}
+
+func (x *exchange) Fill(_ context.Context, symbol string, iv kline.Interval, lo, hi int64, want int) error {
+	x.calls++
+	if x.fails {
+		return errors.New("the exchange does not answer")
+	}
+	var ups []kline.Update
+	for i := hi / 60_000; i >= lo/60_000 && (lo > 0 || len(ups) < want); i-- {
+		if n, ok := x.has[i]; ok {
+			ups = append(ups, k(i, n, true))
+		}
+	}
+	if err := x.st.Upsert(ups); err != nil {
+		return err
+	}
+	from := lo
+	if lo == 0 && len(ups) == want {
+		from = ups[len(ups)-1].OpenTime
+	}
+	return x.held.Add(store.Span{Symbol: symbol, Interval: iv, From: from, To: hi})
+}
+
+// TestReadThrough: what klagg does not hold of an answer is read through
+// to the exchange first; an answer it cannot make whole is refused, never
+// given short.
+func TestReadThrough(t *testing.T) {
+	minutes := func(from, to int64) map[int64]int64 {
+		m := map[int64]int64{}
+		for i := from; i <= to; i++ {
+			m[i] = 3
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name   string
+		stored int64 // minutes 1…stored are stored and held
+		live   int64 // built live from this minute, open in the head
+		has    map[int64]int64
+		fails  bool
+		query  string
+		want   []string // nil: refused
+		calls  int
+	}{
+		{"held whole: nothing read", 9, 10, minutes(1, 9), false, "limit=5", []string{"6:1", "7:1", "8:1", "9:1", "10:1"}, 0},
+		{"only the live kline held: the rest read", 0, 10, minutes(1, 9), false, "limit=5", []string{"6:3", "7:3", "8:3", "9:3", "10:1"}, 1},
+		{"a restart's hole read", 5, 9, minutes(1, 8), false, "limit=5", []string{"5:1", "6:3", "7:3", "8:3", "9:1"}, 1},
+		{"a range with a hole read", 5, 9, minutes(1, 8), false, "startTime=240000&endTime=420000", []string{"4:1", "5:1", "6:3", "7:3"}, 1},
+		{"before the listing: as the exchange answers", 0, 10, minutes(5, 9), false, "startTime=0&endTime=180000", []string{}, 1},
+		{"fewer than asked since the listing", 0, 10, minutes(5, 9), false, "limit=500", []string{"5:3", "6:3", "7:3", "8:3", "9:3", "10:1"}, 1},
+		{"the future: nothing to read", 9, 10, minutes(1, 9), false, "startTime=1200000", []string{}, 0},
+		{"the exchange unreachable: refused", 0, 10, minutes(1, 9), true, "limit=5", nil, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			held := coverage.New(st, []kline.Interval{one}, 1000, nil, nil)
+			var stored []kline.Update
+			for i := int64(1); i <= c.stored; i++ {
+				stored = append(stored, k(i, 1, true))
+			}
+			if err := st.Upsert(stored); err != nil {
+				t.Fatal(err)
+			}
+			if c.stored > 0 {
+				if err := held.Add(store.Span{Symbol: "A", Interval: one, From: 60_000, To: c.stored * 60_000}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			held.Live("A", c.live*60_000)
+			h := head.New(head.Config{Confirmed: true})
+			h.Publish([]kline.Update{k(c.live, 1, false)})
+			x := &exchange{st: st, held: held, has: c.has, fails: c.fails}
+			now := func() time.Time { return time.UnixMilli(c.live*60_000 + 30_000) }
+			values, _ := url.ParseQuery("symbol=A&interval=1m&" + c.query)
+			q, aerr := binance.ParseKlinesQuery(values)
+			if aerr != nil {
+				t.Fatal(aerr)
+			}
+			b, err := New(Config{Store: st, Head: h, Held: held, Fill: x, Now: now}).AppendKlines(context.Background(), nil, q, kline.Precision{Price: 2, Qty: 3})
+			if x.calls != c.calls {
+				t.Errorf("read through %d times, want %d", x.calls, c.calls)
+			}
+			if c.want == nil {
+				if !errors.Is(err, ErrIncomplete) {
+					t.Fatalf("answered %s (%v); want ErrIncomplete", b, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rows [][]json.RawMessage
+			if err := json.Unmarshal(b, &rows); err != nil {
+				t.Fatal(err)
+			}
+			got := []string{}
+			for _, r := range rows {
+				kl, _, err := binance.ParseKlineArray(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, strconv.FormatInt(kl.OpenTime/60_000, 10)+":"+strconv.FormatInt(kl.Trades, 10))
+			}
+			if !slices.Equal(got, c.want) {
+				t.Fatalf("answered %v, want %v", got, c.want)
+			}
+		})
+	}
 }

@@ -40,6 +40,7 @@ type tail struct {
 	last    int64   // open time of the newest; 0 if none
 	buf     []byte  // rows, comma-separated
 	starts  []int32 // offset of each row in buf, oldest first
+	opens   []int64 // open time of each row
 }
 
 // rows returns the newest n rows as comma-separated text.
@@ -84,6 +85,7 @@ func (c *tails) get(ctx context.Context, st Source, v versioned, symbol string, 
 			t.buf = append(t.buf, ',')
 		}
 		t.starts = append(t.starts, int32(len(t.buf)))
+		t.opens = append(t.opens, ks[i].OpenTime)
 		t.buf = binance.AppendKlineArray(t.buf, &ks[i], prec)
 		t.last = ks[i].OpenTime
 	}
@@ -113,15 +115,15 @@ func (c *tails) drop(symbol string, iv kline.Interval) {
 // array: the cached closed rows, then the rows after them in the store with
 // head, read before the store, laid over them. It returns errStale when
 // the head holds klines the tail's rows may lack.
-func (r *Querier) appendLatest(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision, head []kline.Kline) ([]byte, error) {
+func (r *Querier) appendLatest(ctx context.Context, b []byte, q binance.KlinesQuery, prec kline.Precision, head []kline.Kline) ([]byte, extent, error) {
 	st := r.cfg.Store
 	t, err := r.tails.get(ctx, st, r.versions, q.Symbol, q.Interval, prec)
 	if err != nil {
-		return nil, err
+		return nil, extent{}, err
 	}
 	after, err := st.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1})
 	if err != nil {
-		return nil, err
+		return nil, extent{}, err
 	}
 	if len(after) > afterRows {
 		// More rows after the tail than can be open: another process
@@ -129,10 +131,10 @@ func (r *Querier) appendLatest(ctx context.Context, b []byte, q binance.KlinesQu
 		// moving. The tail is read afresh.
 		r.tails.drop(q.Symbol, q.Interval)
 		if t, err = r.tails.get(ctx, st, r.versions, q.Symbol, q.Interval, prec); err != nil {
-			return nil, err
+			return nil, extent{}, err
 		}
 		if after, err = st.Klines(ctx, store.Query{Symbol: q.Symbol, Interval: q.Interval, Start: t.last + 1, Limit: afterRows + 1}); err != nil {
-			return nil, err
+			return nil, extent{}, err
 		}
 	}
 	// The head's klines the tail covers: its newest alone is the store's
@@ -140,19 +142,29 @@ func (r *Querier) appendLatest(ctx context.Context, b []byte, q binance.KlinesQu
 	// store has not taken, which the encoded rows may lack.
 	newer := openingFrom(head, t.last+1)
 	if newer > 1 || (newer == 1 && len(head) > 1) {
-		return nil, errStale
+		return nil, extent{}, errStale
 	}
 	after = merge(after, head[newer:])
 	if len(after) > q.Limit {
 		after = after[len(after)-q.Limit:]
 	}
+	rows := min(q.Limit-len(after), len(t.starts))
+	e := extentOf(after)
+	if rows > 0 {
+		e.first = t.opens[len(t.opens)-rows]
+		if len(after) == 0 {
+			e.last = t.last
+		}
+	}
+	e.n += rows
+	b0 := len(b)
 	b = append(b, '[')
-	b = append(b, t.rows(min(q.Limit-len(after), len(t.starts)))...)
+	b = append(b, t.rows(rows)...)
 	for i := range after {
-		if len(b) > 1 {
+		if len(b) > b0+1 {
 			b = append(b, ',')
 		}
 		b = binance.AppendKlineArray(b, &after[i], prec)
 	}
-	return append(b, ']'), nil
+	return append(b, ']'), e, nil
 }

@@ -44,9 +44,9 @@ func (s *Service) parallel(ctx context.Context, names []string, f func(int, stri
 	return first
 }
 
-// Backfill stores closed klines of every interval for every symbol, from
-// the last stored one or the last klines.backfill_limit, and returns: the
-// `klagg backfill` command.
+// Backfill stores the closed klines of every interval for every symbol
+// that klagg does not hold, of the last klines.backfill_limit (or since
+// what is held ends), and returns: the `klagg backfill` command.
 func (s *Service) Backfill(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, s.Store.Close()) }()
 	// Every write goes through the one writer, stopped (and flushed) last.
@@ -61,6 +61,11 @@ func (s *Service) Backfill(ctx context.Context) (err error) {
 			err = errors.Join(err, fmt.Errorf("writing the backfilled klines failed: %w", writeErr))
 		}
 	}()
+	if s.Coverage != nil {
+		if err := s.Coverage.Load(ctx); err != nil {
+			return err
+		}
+	}
 	if err := s.syncTime(ctx); err != nil {
 		return err
 	}

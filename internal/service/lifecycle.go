@@ -15,6 +15,7 @@ import (
 // Tiers adds the service's parts to g, in the order they start; g stops
 // them in reverse:
 //
+//  0. coverage: which klines are held, recorded after the last write;
 //  1. store: the one writer (and, in a cluster, the publisher of closed
 //     klines), stopped last, so that it flushes what the engine closed last;
 //  2. engine: the engine (and the open klines sent to the serve nodes);
@@ -29,6 +30,10 @@ import (
 // after these, so that it stops first.
 func (s *Service) Tiers(g *run.Group) {
 	s.started = time.Now()
+	if s.Coverage != nil {
+		// Stopped after the writer: its last commit is recorded held.
+		g.Tier("coverage").Add("coverage", s.Coverage.Run)
+	}
 	w := g.Tier("store").Add("store writer", func(ctx context.Context) error {
 		if err := s.writer.Run(ctx); err != nil {
 			return fmt.Errorf("final write to the store failed; the newest klines are lost: %w", err)
@@ -116,7 +121,8 @@ func (s *Service) Run(ctx context.Context) error {
 	return errors.Join(g.Run(ctx), s.Close())
 }
 
-// discover loads what earlier runs stored of the symbols, then reads the
+// discover loads what earlier runs stored of the symbols and which klines
+// they held, then reads the
 // exchange's clock and exchangeInfo, retrying until the exchange answers.
 func (s *Service) discover(ctx context.Context) (*binance.ExchangeInfo, error) {
 	stored, err := s.Store.Symbols(ctx)
@@ -128,6 +134,11 @@ func (s *Service) discover(ctx context.Context) (*binance.ExchangeInfo, error) {
 		s.known[y.Name] = y
 	}
 	s.mu.Unlock()
+	if s.Coverage != nil {
+		if err := s.Coverage.Load(ctx); err != nil {
+			return nil, err
+		}
+	}
 	// The exchange may be down or refusing for a while: keep trying, and
 	// say so each time.
 	if err := s.untilReached(ctx, "reach the exchange's clock", s.syncTime); err != nil {

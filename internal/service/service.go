@@ -25,6 +25,7 @@ import (
 	"github.com/klagg/klagg/internal/bus"
 	"github.com/klagg/klagg/internal/cluster"
 	"github.com/klagg/klagg/internal/config"
+	"github.com/klagg/klagg/internal/coverage"
 	"github.com/klagg/klagg/internal/engine"
 	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/history"
@@ -49,6 +50,7 @@ type Service struct {
 	Router     *ingest.Router
 	Ingest     *ingest.Ingest
 	History    *history.History
+	Coverage   *coverage.Set // which klines are held; nil in a cluster
 	Reconciler *history.Reconciler
 	Registry   *symbols.Registry
 	// Head holds the newest klines, those the store does not hold yet, and
@@ -88,6 +90,8 @@ type Store interface {
 	Symbols(ctx context.Context) ([]store.Symbol, error)
 	PutExchange(lists map[string][]byte) error
 	Exchange(ctx context.Context) (map[string][]byte, error)
+	AddSpans(spans []store.Span) error
+	CompactSpans(ctx context.Context) ([]store.Span, error)
 	Close() error
 }
 
@@ -182,7 +186,20 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		st.Close()
 		return nil, err
 	}
-	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, s.Head.Stored, log.With("part", "writer"))
+	// What the store holds of each series: a single node's own writer
+	// confirms its live klines; in a cluster the sinks store them, and
+	// backfill goes on from the newest stored kline as before.
+	var held history.Held = lastStored{st, cfg.Klines.BackfillLimit, log.With("part", "history")}
+	stored := s.Head.Stored
+	if !cfg.Clustered() {
+		s.Coverage = coverage.New(st, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "coverage"))
+		held = s.Coverage
+		stored = func(us []kline.Update) {
+			s.Head.Stored(us)
+			s.Coverage.Stored(us)
+		}
+	}
+	s.writer = store.NewWriter(st, s.coalescer, cfg.Database.WriteEvery.Duration, stored, log.With("part", "writer"))
 	s.Router = ingest.NewRouter(tee{s.Engine, append([]Consumer{s.Head}, consumers...)}, s.Client.Urgent(), ingest.RouterConfig{
 		HoldMax: cfg.Exchange.HoldMax.Duration, Now: s.ExchangeNow, Log: log.With("part", "router")})
 	s.Ingest = ingest.New(ingest.Config{
@@ -190,7 +207,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
-	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, st, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
+	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, held, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
 	var hist symbols.History = s.History
 	var owner symbols.Owner
 	if cfg.Clustered() {
@@ -219,11 +236,18 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, written, s.Head, cfg.Intervals, log.With("part", "feed"))
 		}
 	}
-	qcfg := query.Config{Store: st, Head: s.Head, Log: log.With("part", "query")}
+	qcfg := query.Config{Store: st, Head: s.Head, Now: s.ExchangeNow, Log: log.With("part", "query")}
+	if s.Coverage != nil {
+		qcfg.Held, qcfg.Fill = s.Coverage, s.History
+	}
 	if s.Feed != nil {
 		qcfg.Replay = s.Feed
 	}
 	s.Klines = query.New(qcfg)
+	var live symbols.Held // told which symbols are built live here
+	if s.Coverage != nil {
+		live = s.Coverage
+	}
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
 		Poll: cfg.Exchange.SymbolsPoll.Duration, Log: log.With("part", "symbols"),
@@ -232,8 +256,11 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 				s.Progress(done, total)
 			}
 		},
-	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner})
+	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner, Held: live})
 	s.figures = []prometheusWriter{s.Registry, s.Ingest, s.Router, s.Engine, s.coalescer, s.writer, s.Head, s.Client.Weight()}
+	if s.Coverage != nil {
+		s.figures = append(s.figures, s.Coverage)
+	}
 	if s.Reconciler != nil {
 		s.figures = append(s.figures, s.Reconciler)
 	}

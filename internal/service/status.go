@@ -6,6 +6,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/klagg/klagg/internal/coverage"
 	"github.com/klagg/klagg/internal/ingest"
 	"github.com/klagg/klagg/internal/symbols"
 )
@@ -44,6 +45,9 @@ type Status struct {
 	Late           int64              `json:"late_trades"`
 	Exactness      Exactness          `json:"exactness"`
 	ConnStates     []ingest.ConnState `json:"connection_states"`
+	// History is what is held and missing of the klines history should
+	// reach (klines.backfill_limit of each series); nil in a cluster.
+	History *coverage.Figures `json:"history,omitempty"`
 }
 
 // Exactness are the counters that show what klagg could not take as it
@@ -102,6 +106,10 @@ func (s *Service) Status() Status {
 	st.Exactness = Exactness{Duplicates: rs.Duplicates.Load(), Filled: rs.Filled.Load(), Unfillable: rs.Unfillable.Load(),
 		Overflowed: rs.Overflowing.Load(), TooLate: est.TooLate, Rotations: ist.Rotations.Load()}
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
+	if s.Coverage != nil {
+		f := s.Coverage.Figures()
+		st.History = &f
+	}
 	if s.Leases != nil {
 		c := &ClusterStatus{Node: s.cfg.Cluster.Node, Roles: s.cfg.Cluster.Roles, Owned: s.Leases.Held(),
 			Takeovers: s.Leases.Takeovers.Load(), Rebalanced: s.Leases.Rebalanced.Load(), Lost: s.Leases.Lost.Load()}
@@ -132,6 +140,7 @@ func (s *Service) Status() Status {
 func (s *Service) status(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Log.StatusInterval.Duration)
 	defer t.Stop()
+	whole := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -140,7 +149,14 @@ func (s *Service) status(ctx context.Context) {
 		}
 		st := s.Status()
 		s.log.Info("status", "symbols", st.Symbols, "states", st.SymbolStates, "backfill", fmt.Sprintf("%d/%d", st.BackfillDone, st.BackfillTotal), "connections", fmt.Sprintf("%d/%d", st.Connected, st.Connections),
+			"history_missing", st.History.MissingOrZero(),
 			"trades_per_s", int(st.TradesPerSec), "klines_written", st.KlinesWritten, "reconnects", st.Reconnects,
 			"lag_ms", st.LagMs, "gap_fills", st.GapFills, "rest_weight_1m", st.RESTWeight1M)
+		if h := st.History; h != nil && h.Whole != whole {
+			whole = h.Whole
+			if whole {
+				s.log.Info("history whole: every series holds klines.backfill_limit klines", "series", h.Series, "klines", h.Held)
+			}
+		}
 	}
 }

@@ -101,6 +101,8 @@ type Registry struct {
 	// readyCh is closed once ready: backfills wait for it.
 	readyCh chan struct{}
 
+	held Held
+
 	// Backfill progress, in requests.
 	bfTotal, bfDone atomic.Int64
 	bfQueue         chan backfillJob
@@ -149,7 +151,23 @@ type Deps struct {
 	// Owner, in a cluster, decides which symbols this node keeps; nil:
 	// every one.
 	Owner Owner
+	// Held is told which symbols are built live here, from when; nil:
+	// nobody is.
+	Held Held
 }
+
+// Held keeps which klines klagg holds: coverage.
+type Held interface {
+	Live(symbol string, m0 int64) // built live from the minute opening at m0
+	Stop(symbol string)           // no longer built here
+	End(symbol string)            // stopped trading: no kline comes after
+}
+
+type noHeld struct{}
+
+func (noHeld) Live(string, int64) {}
+func (noHeld) Stop(string)        {}
+func (noHeld) End(string)         {}
 
 // New returns a registry; nothing happens until Run.
 func New(cfg Config, d Deps) *Registry {
@@ -174,7 +192,10 @@ func New(cfg Config, d Deps) *Registry {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	r := &Registry{cfg: cfg, ex: d.Exchange, subs: d.Subscriber, rt: d.Router, eng: d.Engine, st: d.Store, hist: d.History,
+	if d.Held == nil {
+		d.Held = noHeld{}
+	}
+	r := &Registry{cfg: cfg, held: d.Held, ex: d.Exchange, subs: d.Subscriber, rt: d.Router, eng: d.Engine, st: d.Store, hist: d.History,
 		owner: d.Owner, settled: d.Owner == nil, owns: make(chan ownership, 1024),
 		log: cfg.Log, seeded: make(chan seedResult), seeds: make(chan struct{}, cfg.Seeders),
 		bfQueue: make(chan backfillJob, 1<<16), readyCh: make(chan struct{}), entries: map[string]*entry{}, startup: map[string]bool{}}
@@ -457,6 +478,7 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		if err := r.eng.RemoveSymbol(ctx, name); err != nil {
 			return
 		}
+		r.held.End(name)
 	case actDrop:
 		r.drop(ctx, name)
 	case actWatch:
@@ -465,6 +487,7 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		}
 		r.subs.Subscribe(name)
 	case actUnwatch:
+		r.held.Stop(name)
 		r.subs.Unsubscribe(name)
 		if err := r.rt.Remove(ctx, name); err != nil {
 			return // the router's answer fails only when ctx ends
@@ -477,6 +500,7 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 
 // drop stops keeping name without closing anything: another node goes on.
 func (r *Registry) drop(ctx context.Context, name string) {
+	r.held.Stop(name)
 	r.subs.Unsubscribe(name)
 	if err := r.rt.Remove(ctx, name); err != nil {
 		return
@@ -541,6 +565,7 @@ func (r *Registry) onSeeded(ctx context.Context, res seedResult) {
 	}
 	e.fails = 0
 	delete(r.startup, res.name)
+	r.held.Live(res.name, res.m0)
 	r.move(ctx, res.name, e, evSeeded)
 	if res.m0 != 0 {
 		r.bfTotal.Add(int64(r.hist.BackfillRequests()))

@@ -52,7 +52,7 @@ func spans(t *testing.T, s Store, reopen func(*testing.T, Store) Store) {
 		{Symbol: "BTCUSDT", Interval: oneMin, From: 40 * m, To: 41 * m}, // a hole before it
 		{Symbol: "BTCUSDT", Interval: fiveMin, From: 0, To: 50 * m},
 		{Symbol: "ETHUSDT", Interval: oneMin, From: 5 * m, To: store.Forever},
-		{Symbol: "ETHUSDT", Interval: oneMin, From: 5 * m, To: 6 * m}, // inside: changes nothing
+		{Symbol: "ETHUSDT", Interval: oneMin, From: 5 * m, To: 6 * m},   // inside: changes nothing
 		{Symbol: "BTCUSDT", Interval: oneMin, From: 40 * m, To: 45 * m}, // the same start, further
 	}
 	if err := s.AddSpans(add[:3]); err != nil {
