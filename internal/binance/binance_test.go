@@ -156,6 +156,23 @@ func TestWeightReserveForUrgentRequests(t *testing.T) {
 	}
 }
 
+// TestWeightSpentBeforeDeadline: a request that could only go after its
+// caller's deadline fails at once, saying why, rather than at the deadline.
+func TestWeightSpentBeforeDeadline(t *testing.T) {
+	wt := NewWeight(100)
+	// An hour ahead: the minute's end is far past any deadline below.
+	at := time.Now().Add(time.Hour).Truncate(time.Minute).Add(30 * time.Second)
+	wt.now = func() time.Time { return at }
+	if err := wt.Acquire(context.Background(), 100, true); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := wt.Acquire(ctx, 1, true); !errors.Is(err, ErrWeightSpent) || ctx.Err() != nil {
+		t.Fatalf("Acquire with the minute spent = %v (context %v), want ErrWeightSpent at once", err, ctx.Err())
+	}
+}
+
 // FuzzParseStreamName: a name that parses has a kind and a symbol; the
 // name Binance would write for it parses back to the same parts, and is
 // its own canonical form.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -108,6 +109,10 @@ func (wt *Weight) Acquire(ctx context.Context, w int, urgent bool) error {
 			return nil
 		}
 		wt.mu.Unlock()
+		if d, ok := ctx.Deadline(); ok && now.Add(wait).After(d) {
+			// No use waiting: the caller gives up before then.
+			return fmt.Errorf("%w until %s", ErrWeightSpent, now.Add(wait).UTC().Format("15:04:05"))
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -117,6 +122,11 @@ func (wt *Weight) Acquire(ctx context.Context, w int, urgent bool) error {
 		}
 	}
 }
+
+// ErrWeightSpent says a request cannot be made before its caller's
+// deadline: the minute's REST weight is spent, or the exchange asked for
+// a pause.
+var ErrWeightSpent = errors.New("the exchange's REST request weight budget is spent")
 
 // SetBudget changes the budget to n weight per minute: a cluster's nodes
 // behind one IP address split Binance's limit between them. The count

@@ -45,6 +45,7 @@ type Set struct {
 
 	mu     sync.RWMutex
 	series map[key]*series
+	ended  map[string]bool // symbols that stopped trading for good
 }
 
 type key struct {
@@ -74,7 +75,7 @@ func New(st Store, ivs []kline.Interval, depth int, now func() time.Time, log *s
 	if now == nil {
 		now = time.Now
 	}
-	return &Set{st: st, ivs: ivs, depth: depth, now: now, log: log, series: map[key]*series{}}
+	return &Set{st: st, ivs: ivs, depth: depth, now: now, log: log, series: map[key]*series{}, ended: map[string]bool{}}
 }
 
 func (c *Set) get(k key) *series {
@@ -108,6 +109,7 @@ func (c *Set) Load(ctx context.Context) error {
 func (c *Set) Live(symbol string, m0 int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.ended, symbol)
 	for _, iv := range c.ivs {
 		s := c.get(key{symbol, iv})
 		c.endLive(symbol, iv, s)
@@ -137,16 +139,25 @@ func (c *Set) Stop(symbol string) {
 }
 
 // End says symbol stopped trading for good: its live spans reach forever,
-// as the exchange adds no kline after them.
+// as the exchange adds no kline after them, and so does what is read
+// from the exchange up to now.
 func (c *Set) End(symbol string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.ended[symbol] = true
 	for k, s := range c.series {
 		if k.symbol == symbol && s.live >= 0 {
 			s.spans = merge(s.spans, store.Span{Symbol: symbol, Interval: k.iv, From: s.live, To: store.Forever})
 			s.live, s.want = -1, -1
 		}
 	}
+}
+
+// Ended reports whether symbol stopped trading for good.
+func (c *Set) Ended(symbol string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.ended[symbol]
 }
 
 // endLive turns s's live span into the span the store holds of it.

@@ -209,8 +209,9 @@ func TestCCXT(t *testing.T) {
 	dir := clientsDir(t)
 	r := newRun(t, fakex.Config{MeanGap: 300 * time.Millisecond}, "")
 	r.startKlagg()
-	r.until(3 * time.Minute)
 	const sym = "S001USDT"
+	r.ccxtRightAfterReady(dir, sym)
+	r.until(3 * time.Minute)
 	since := r.x.Now().Add(-90 * time.Minute).UnixMilli()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -272,6 +273,68 @@ func TestCCXT(t *testing.T) {
 	}
 	t.Logf("ccxt: %d markets, %d candles paged, closed candle %v", res.Markets, len(res.OHLCV), res.Closed)
 	r.stop()
+}
+
+// ccxtRightAfterReady asks ccxt for the latest candles the moment klagg
+// is ready, as a user's first call does: they must be whole and the
+// exchange's, not the few klagg had built by then.
+func (r *run) ccxtRightAfterReady(dir, sym string) {
+	t := r.t
+	since := r.x.Now().Add(-90 * time.Minute).Truncate(time.Minute).UnixMilli()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "ccxt.mjs", r.base, sym, strconv.FormatInt(since, 10), "latest", "5")
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ccxt right after ready: %v", err)
+	}
+	var res struct {
+		Latest1m [][]float64 `json:"latest1m"`
+		Latest1h [][]float64 `json:"latest1h"`
+		Since    [][]float64 `json:"since"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("ccxt's output %s: %v", out, err)
+	}
+	prec := r.x.Precision(sym)
+	for _, c := range []struct {
+		what    string
+		iv      kline.Interval
+		candles [][]float64
+		from    int64 // -1: the latest
+		n       int
+	}{
+		{"fetchOHLCV(1m, limit 5)", kline.OneMinute(), res.Latest1m, -1, 5},
+		{"fetchOHLCV(1h, limit 5)", kline.MustInterval("1h"), res.Latest1h, -1, 5},
+		{"fetchOHLCV(1m, since, limit 10)", kline.OneMinute(), res.Since, since, 10},
+	} {
+		if len(c.candles) == 0 {
+			t.Errorf("ccxt right after ready: %s gave nothing", c.what)
+			continue
+		}
+		last := int64(c.candles[len(c.candles)-1][0])
+		var want []kline.Kline
+		if c.from >= 0 {
+			want = r.x.ReferenceKlines(sym, c.iv, c.from, last)
+			want = want[:min(len(want), c.n)]
+		} else {
+			want = r.x.ReferenceKlines(sym, c.iv, 0, last)
+			want = want[max(0, len(want)-c.n):]
+		}
+		if len(c.candles) != len(want) {
+			t.Errorf("ccxt right after ready: %s gave %d candles, the exchange has %d", c.what, len(c.candles), len(want))
+			continue
+		}
+		for i, k := range want[:len(want)-1] { // the last may be open
+			w := []float64{float64(k.OpenTime), num(prec.AppendPrice(nil, k.Open)), num(prec.AppendPrice(nil, k.High)),
+				num(prec.AppendPrice(nil, k.Low)), num(prec.AppendPrice(nil, k.Close)), num(prec.AppendQty(nil, k.Volume))}
+			if fmt.Sprint(c.candles[i]) != fmt.Sprint(w) {
+				t.Errorf("ccxt right after ready: %s candle %d: %v, the exchange's %v", c.what, i, c.candles[i], w)
+			}
+		}
+	}
 }
 
 func num(b []byte) float64 {

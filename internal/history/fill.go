@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 )
@@ -18,10 +17,14 @@ const FillWait = 10 * time.Second
 // [lo, hi] and records them held, at once and ahead of backfill: a client
 // waits for them. With lo 0 it asks for the want newest up to hi, and
 // fewer mean the exchange has none before them. The kline open now is
-// never stored: the engine builds it, or nobody does. Fills of the same
-// run wait for one request.
+// never stored: the engine builds it, or nobody does; but for a symbol
+// that stopped trading for good what the exchange has up to now is all it
+// will ever have. Fills of the same run wait for one request.
 func (h *History) Fill(ctx context.Context, symbol string, iv kline.Interval, lo, hi int64, want int) error {
-	hi = min(hi, iv.Prev(iv.Open(h.now().UnixMilli())))
+	cur := iv.Open(h.now().UnixMilli())
+	if !h.held.Ended(symbol) {
+		hi = min(hi, iv.Prev(cur))
+	}
 	if lo > hi {
 		return nil
 	}
@@ -31,7 +34,7 @@ func (h *History) Fill(ctx context.Context, symbol string, iv kline.Interval, lo
 		// request, which FillWait bounds.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FillWait)
 		defer cancel()
-		return nil, h.fill(ctx, symbol, iv, lo, hi, want)
+		return nil, h.fill(ctx, symbol, iv, lo, hi, want, cur)
 	})
 	select {
 	case <-ctx.Done():
@@ -41,11 +44,18 @@ func (h *History) Fill(ctx context.Context, symbol string, iv kline.Interval, lo
 	}
 }
 
-func (h *History) fill(ctx context.Context, symbol string, iv kline.Interval, lo, hi int64, want int) error {
+func (h *History) fill(ctx context.Context, symbol string, iv kline.Interval, lo, hi int64, want int, cur int64) error {
 	// A fill that ended just before this one may have fetched it all.
 	missing := h.held.Missing(symbol, iv, lo, hi)
 	if len(missing) == 0 {
 		return nil
+	}
+	// Up to now, of a symbol that stopped trading: up to forever.
+	last := func(to int64) int64 {
+		if to >= cur {
+			return store.Forever
+		}
+		return to
 	}
 	if lo > 0 {
 		lo, hi = missing[0].From, missing[len(missing)-1].To
@@ -54,7 +64,7 @@ func (h *History) fill(ctx context.Context, symbol string, iv kline.Interval, lo
 			for ; n < 1000 && iv.Next(end) <= hi; n++ {
 				end = iv.Next(end)
 			}
-			if err := h.fetch(ctx, h.ex, symbol, iv, lo, end, n); err != nil {
+			if err := h.fetchNow(ctx, h.ex, symbol, iv, lo, end, n, last(end)); err != nil {
 				return err
 			}
 			lo = iv.Next(end)
@@ -62,27 +72,33 @@ func (h *History) fill(ctx context.Context, symbol string, iv kline.Interval, lo
 		return nil
 	}
 	n := min(max(want, 1), 1500)
-	ks, err := h.ex.Klines(ctx, symbol, iv, 0, iv.CloseTime(hi), n)
-	h.Requests.Add(1)
-	h.Weight.Add(int64(binance.KlinesWeight(n)))
+	ups, err := h.closedIn(ctx, h.ex, symbol, iv, 0, hi, n)
 	if err != nil {
 		return err
 	}
-	ups := make([]kline.Update, 0, len(ks))
-	for _, k := range ks {
-		if k.OpenTime <= hi {
-			k.Closed = true
-			ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
-		}
-	}
 	if len(ups) > 0 {
-		if err := h.writer.Write(ctx, ups); err != nil {
+		if err := h.writer.WriteNow(ctx, ups); err != nil {
 			return err
 		}
 	}
 	from := int64(0) // fewer than asked: the exchange has none before them
-	if len(ks) >= n {
-		from = ks[0].OpenTime
+	if len(ups) >= n {
+		from = ups[0].Kline.OpenTime
 	}
-	return h.held.Add(store.Span{Symbol: symbol, Interval: iv, From: from, To: hi})
+	return h.held.Add(store.Span{Symbol: symbol, Interval: iv, From: from, To: last(hi)})
+}
+
+// fetchNow stores the exchange's closed klines of iv opening in [lo, hi],
+// at most n slots, at once, and records [lo, to] held.
+func (h *History) fetchNow(ctx context.Context, ex Exchange, symbol string, iv kline.Interval, lo, hi int64, n int, to int64) error {
+	ups, err := h.closedIn(ctx, ex, symbol, iv, lo, hi, n)
+	if err != nil {
+		return err
+	}
+	if len(ups) > 0 {
+		if err := h.writer.WriteNow(ctx, ups); err != nil {
+			return err
+		}
+	}
+	return h.held.Add(store.Span{Symbol: symbol, Interval: iv, From: lo, To: to})
 }

@@ -59,7 +59,15 @@ type written struct {
 	opens []int64
 }
 
-func (w *written) Write(_ context.Context, us []kline.Update) error {
+func (w *written) Write(ctx context.Context, us []kline.Update, stored func()) error {
+	w.WriteNow(ctx, us)
+	if stored != nil {
+		stored()
+	}
+	return nil
+}
+
+func (w *written) WriteNow(_ context.Context, us []kline.Update) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, u := range us {

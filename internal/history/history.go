@@ -58,12 +58,17 @@ type Held interface {
 	Add(p store.Span) error
 	// Missing returns the runs of slots in [lo, hi] not held.
 	Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span
+	// Ended reports whether symbol stopped trading for good.
+	Ended(symbol string) bool
 }
 
 // Writer takes backfilled klines: the store's one writer, which retries
 // and reports failed writes.
 type Writer interface {
-	Write(ctx context.Context, updates []kline.Update) error
+	// Write queues updates; stored is called once the store holds them.
+	Write(ctx context.Context, updates []kline.Update, stored func()) error
+	// WriteNow writes updates at once and returns once they are stored.
+	WriteNow(ctx context.Context, updates []kline.Update) error
 }
 
 // History catches symbols up. Its methods may be called from several
@@ -419,27 +424,41 @@ func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval
 // fetch stores the exchange's closed klines of iv opening in [lo, hi], at
 // most n slots, and records them held.
 func (h *History) fetch(ctx context.Context, ex Exchange, symbol string, iv kline.Interval, lo, hi int64, n int) error {
+	ups, err := h.closedIn(ctx, ex, symbol, iv, lo, hi, n)
+	if err != nil {
+		return err
+	}
+	span := store.Span{Symbol: symbol, Interval: iv, From: lo, To: hi}
+	if len(ups) == 0 {
+		return h.held.Add(span) // the exchange has none there
+	}
+	h.Backfills.Add(int64(len(ups)))
+	// Held once stored, and not before: a crash between the two must not
+	// leave a span claiming klines the store lacks.
+	return h.writer.Write(ctx, ups, func() {
+		if err := h.held.Add(span); err != nil {
+			h.log.Warn("recording backfilled klines held failed; they are read again when asked for", "symbol", symbol, "interval", iv, "err", err)
+		}
+	})
+}
+
+// closedIn asks ex for the klines of iv opening in [lo, hi], at most n
+// slots, and returns them as closed updates.
+func (h *History) closedIn(ctx context.Context, ex Exchange, symbol string, iv kline.Interval, lo, hi int64, n int) ([]kline.Update, error) {
 	ks, err := ex.Klines(ctx, symbol, iv, lo, iv.CloseTime(hi), n)
 	h.Requests.Add(1)
 	h.Weight.Add(int64(binance.KlinesWeight(n)))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ups := make([]kline.Update, 0, len(ks))
 	for _, k := range ks {
-		if k.OpenTime < lo || k.OpenTime > hi {
-			continue
+		if k.OpenTime >= lo && k.OpenTime <= hi {
+			k.Closed = true
+			ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
 		}
-		k.Closed = true
-		ups = append(ups, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
 	}
-	if len(ups) > 0 {
-		if err := h.writer.Write(ctx, ups); err != nil {
-			return err
-		}
-		h.Backfills.Add(int64(len(ups)))
-	}
-	return h.held.Add(store.Span{Symbol: symbol, Interval: iv, From: lo, To: hi})
+	return ups, nil
 }
 
 // BackfillRequests estimates the requests Backfill makes for one symbol that

@@ -147,6 +147,8 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 			return nil, fmt.Errorf("%w: klagg does not hold the klines of %s %s from %s to %s yet", ErrIncomplete,
 				q.Symbol, q.Interval, timeText(gaps[0].From), timeText(gaps[len(gaps)-1].To))
 		}
+		r.cfg.Log.Debug("reading klines not held through to the exchange", "symbol", q.Symbol, "interval", q.Interval,
+			"from", timeText(gaps[0].From), "to", timeText(gaps[len(gaps)-1].To), "runs", len(gaps), "attempt", attempt+1)
 		for _, g := range gaps {
 			if err := r.cfg.Fill.Fill(ctx, q.Symbol, q.Interval, g.From, g.To, q.Limit); err != nil {
 				return nil, fmt.Errorf("%w: klagg does not hold the klines of %s %s from %s to %s, and reading them from the exchange failed: %w",

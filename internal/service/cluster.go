@@ -99,6 +99,9 @@ func (l lastStored) Wanted(symbol string, iv kline.Interval, end int64) []store.
 
 func (l lastStored) Add(p store.Span) error { return l.st.AddSpans([]store.Span{p}) }
 
+// Ended is not known to a cluster node's history.
+func (lastStored) Ended(string) bool { return false }
+
 // Missing knows nothing held: a read through fetches all it is asked.
 func (l lastStored) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span {
 	return []store.Span{{Symbol: symbol, Interval: iv, From: lo, To: hi}}

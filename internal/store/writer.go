@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -36,9 +37,9 @@ type Writer struct {
 	batchSize int
 	every     time.Duration
 
-	// bulk carries batches of closed klines from elsewhere (backfill),
-	// written by the same goroutine with the same retries.
-	bulk chan []kline.Update
+	// bulk carries batches of closed klines from elsewhere (backfill,
+	// reads through), written by the same goroutine with the same retries.
+	bulk chan bulkBatch
 
 	written  atomic.Int64
 	failures atomic.Int64
@@ -62,7 +63,7 @@ func NewWriter(s Upserter, src Source, every time.Duration, stored func(updates 
 	if stored == nil {
 		stored = func([]kline.Update) {}
 	}
-	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, stored: stored, bulk: make(chan []kline.Update, 16)}
+	return &Writer{store: s, src: src, log: log, batchSize: 5000, every: every, stored: stored, bulk: make(chan bulkBatch, 16)}
 }
 
 // writeBySymbol writes ups one symbol per transaction and returns those of
@@ -86,14 +87,43 @@ func (w *Writer) writeBySymbol(ups []kline.Update) []kline.Update {
 	return left
 }
 
+// bulkBatch is a batch given to Write or WriteNow.
+type bulkBatch struct {
+	updates []kline.Update
+	stored  func() // called once the store holds them; may be nil
+	now     bool   // written at once, not at the writer's next turn
+}
+
 // Write queues closed klines (a backfill page) for the writer and returns
 // once it has taken them; it waits while the writer is behind or failing,
 // so a slow or full disk slows the backfill instead of filling memory.
-func (w *Writer) Write(ctx context.Context, updates []kline.Update) error {
+// stored, if not nil, is called on the writer's goroutine once the store
+// holds them.
+func (w *Writer) Write(ctx context.Context, updates []kline.Update, stored func()) error {
 	select {
-	case w.bulk <- updates:
+	case w.bulk <- bulkBatch{updates: updates, stored: stored}:
 		return nil
 	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// WriteNow writes closed klines at once and returns once the store holds
+// them: a client waits for them.
+func (w *Writer) WriteNow(ctx context.Context, updates []kline.Update) error {
+	done := make(chan struct{})
+	select {
+	case w.bulk <- bulkBatch{updates: updates, stored: func() { close(done) }, now: true}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		if err := w.Failing(); err != nil {
+			return fmt.Errorf("the store does not take klines: %w", err)
+		}
 		return ctx.Err()
 	}
 }
@@ -123,6 +153,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	var (
 		batch   []kline.Update
 		bulk    []kline.Update // taken from Write, not yet written
+		told    []func()       // to call once what was taken from Write is stored
 		retry   map[kline.Key]kline.Update
 		backoff = 100 * time.Millisecond
 		timer   *time.Timer
@@ -184,19 +215,28 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		select {
 		case b := <-bulkIn:
-			bulk = append(bulk, b...)
-			if wait != nil {
-				continue
+			bulk = append(bulk, b.updates...)
+			if b.stored != nil {
+				told = append(told, b.stored)
 			}
-			if d := w.every - time.Since(last); d > 0 {
-				wait = arm(d)
+			switch {
+			case b.now && len(retry) == 0:
+			case wait != nil:
 				continue
+			default:
+				if d := w.every - time.Since(last); d > 0 {
+					wait = arm(d)
+					continue
+				}
 			}
 		case <-ctx.Done():
 			for drained := false; !drained; {
 				select {
 				case b := <-w.bulk:
-					bulk = append(bulk, b...)
+					bulk = append(bulk, b.updates...)
+					if b.stored != nil {
+						told = append(told, b.stored)
+					}
 				default:
 					drained = true
 				}
@@ -206,6 +246,7 @@ func (w *Writer) Run(ctx context.Context) error {
 			// momentary lock, but shutdown must not hang on a dead disk.
 			for attempt := 0; attempt < 5; attempt++ {
 				if err = flush(); err == nil {
+					tell(told)
 					return nil
 				}
 				w.log.Error("final kline flush failed, retrying", "err", err, "pending", len(retry))
@@ -234,8 +275,18 @@ func (w *Writer) Run(ctx context.Context) error {
 		backoff = 100 * time.Millisecond
 		if len(retry) == 0 {
 			w.failing.Store(nil)
+			told = tell(told)
 		}
 	}
+}
+
+// tell calls each of fs and returns fs emptied.
+func tell(fs []func()) []func() {
+	for i, f := range fs {
+		f()
+		fs[i] = nil
+	}
+	return fs[:0]
 }
 
 // WritePrometheus writes the writer's counters in Prometheus's text format.

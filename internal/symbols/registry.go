@@ -459,6 +459,9 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 	if to != from || !known {
 		e.state, e.since = to, time.Now()
 		r.log.Debug("symbol state", "symbol", name, "from", from, "to", to)
+		if to == Delisted {
+			r.held.End(name) // the exchange adds no kline of it any more
+		}
 	}
 	switch act {
 	case actSubscribe:
@@ -478,7 +481,6 @@ func (r *Registry) moveKnown(ctx context.Context, name string, e *entry, ev even
 		if err := r.eng.RemoveSymbol(ctx, name); err != nil {
 			return
 		}
-		r.held.End(name)
 	case actDrop:
 		r.drop(ctx, name)
 	case actWatch:

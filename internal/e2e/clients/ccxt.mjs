@@ -4,6 +4,8 @@
 // with the fake exchange's reference klines.
 //
 // node ccxt.mjs <http base> <symbol id> <since ms> <pages> <page size>
+// node ccxt.mjs <http base> <symbol id> <since ms> latest <n>: only the
+// latest n candles of 1m and 1h, and 10 of 1m from since
 import ccxt from 'ccxt';
 
 const [base, id, since, pages, pageSize] = process.argv.slice(2);
@@ -25,6 +27,17 @@ const markets = await ex.loadMarkets();
 const market = ex.markets_by_id[id][0];
 out.markets = Object.keys(markets).length;
 out.market = { symbol: market.symbol, precision: market.precision, limits: market.limits };
+
+// "latest": what a user asks first, the moment klagg is ready.
+if (pages === 'latest') {
+  const n = Number(pageSize);
+  out.latest1m = await ex.fetchOHLCV(market.symbol, '1m', undefined, n);
+  out.latest1h = await ex.fetchOHLCV(market.symbol, '1h', undefined, n);
+  out.since = await ex.fetchOHLCV(market.symbol, '1m', Number(since), 10);
+  await ex.close();
+  console.log(JSON.stringify(out));
+  process.exit(0);
+}
 
 // Paging as a user does: each page starts after the last.
 let from = Number(since);

@@ -255,7 +255,8 @@ func BenchmarkUpsertLive(b *testing.B) {
 }
 
 // TestWriterTakesBackfillPages: pages written through Write go through the
-// one writer, with the engine's updates, and are flushed on stop.
+// one writer, with the engine's updates, and are flushed on stop; each
+// page's writer is told once it is stored.
 func TestWriterTakesBackfillPages(t *testing.T) {
 	s := open(t)
 	src := &fakeSource{ch: make(chan []kline.Update, 10), ready: make(chan struct{})}
@@ -263,11 +264,21 @@ func TestWriterTakesBackfillPages(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
+	var told atomic.Int64
 	for i := int64(0); i < 3; i++ {
 		page := []kline.Update{{Symbol: "B", Interval: kline.OneMinute(), Kline: testKline(i*60_000, i)}}
-		if err := w.Write(context.Background(), page); err != nil {
+		if err := w.Write(context.Background(), page, func() { told.Add(1) }); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A page a client waits for is written at once, not in an hour, and
+	// the pages queued before it with it.
+	now := []kline.Update{{Symbol: "C", Interval: kline.OneMinute(), Kline: testKline(0, 1)}}
+	if err := w.WriteNow(context.Background(), now); err != nil {
+		t.Fatal(err)
+	}
+	if ks, _ := s.Klines(context.Background(), store.Query{Symbol: "C", Interval: kline.OneMinute()}); len(ks) != 1 || told.Load() != 3 {
+		t.Fatalf("after WriteNow: %d klines of C stored, %d pages told stored; want 1 and 3", len(ks), told.Load())
 	}
 	src.ch <- []kline.Update{{Symbol: "A", Interval: kline.OneMinute(), Kline: testKline(0, 1)}}
 	cancel()

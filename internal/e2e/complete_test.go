@@ -1,0 +1,192 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/fakex"
+	"github.com/klagg/klagg/internal/kline"
+)
+
+// TestNeverShort: klines asked for every symbol the moment klagg says it
+// is ready, and again at once after a restart that followed 3 minutes
+// down, are whole and equal to the exchange's: the klines klagg does not
+// hold yet are read through to the exchange first.
+func TestNeverShort(t *testing.T) {
+	r := newRun(t, fakex.Config{Symbols: 20}, "")
+	r.startKlagg()
+	if whole, refused := r.askAll("right after ready"); refused > 0 {
+		t.Errorf("%d of %d answers refused with the weight to spare", refused, whole+refused)
+	}
+	r.until(2 * time.Minute)
+	r.kill()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := r.x.WaitUntil(ctx, r.x.Now().Add(3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	r.startKlagg()
+	if whole, refused := r.askAll("right after a restart that followed 3 minutes down"); refused > 0 {
+		t.Errorf("%d of %d answers refused with the weight to spare", refused, whole+refused)
+	}
+	r.stop()
+	if !r.logged("history whole") {
+		t.Error("klagg never said its history was whole")
+	}
+}
+
+// TestNeverShortWithoutWeight: with the exchange's weight spent, what
+// klagg does not hold is refused with Binance's -1001, never answered
+// short. Ranges deep in history, more than the budget of 100 a minute
+// can fetch, are asked at once.
+func TestNeverShortWithoutWeight(t *testing.T) {
+	r := newRun(t, fakex.Config{Symbols: 8, WeightPerMinute: 100}, "")
+	r.appendExchange(`weight_per_minute = 100`)
+	r.startKlagg()
+	var asks []ask
+	for i := range 15 {
+		at := r.liveAt.Add(-170*time.Minute + time.Duration(i)*10*time.Minute).Truncate(time.Minute)
+		asks = append(asks, ask{interval: "1m", limit: 10, start: at.UnixMilli()})
+	}
+	whole, refused := r.askAll("right after ready, the weight spent", asks...)
+	if refused == 0 {
+		t.Errorf("all %d answers whole: the weight was not spent, the test proves nothing", whole)
+	}
+	r.stop()
+}
+
+// ask is a klines request of every symbol: the latest limit klines, or
+// with start ≥ 0 the first limit from start.
+type ask struct {
+	interval string
+	limit    int
+	start    int64
+}
+
+// latest are the requests a chart or a strategy makes first.
+var latest = []ask{{"1m", 5, -1}, {"1m", 150, -1}, {"5m", 30, -1}, {"1h", 5, -1}}
+
+// askAll makes every request of asks (by default latest) for every symbol
+// at once, and requires each answer to be whole and equal to the
+// exchange's, or refused with -1001. It returns how many were whole and
+// how many refused.
+func (r *run) askAll(when string, asks ...ask) (whole, refused int) {
+	r.t.Helper()
+	if len(asks) == 0 {
+		asks = latest
+	}
+	syms := make([]string, 0)
+	for s := range r.x.Symbols() {
+		syms = append(syms, s)
+	}
+	sort.Strings(syms)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var problems []string
+	for _, sym := range syms {
+		for _, a := range asks {
+			wg.Go(func() {
+				problem, ok := r.checkAnswer(sym, a)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case problem != "":
+					problems = append(problems, problem)
+				case ok:
+					whole++
+				default:
+					refused++
+				}
+			})
+		}
+	}
+	wg.Wait()
+	sort.Strings(problems)
+	for _, p := range problems[:min(len(problems), 20)] {
+		r.t.Errorf("%s: %s", when, p)
+	}
+	if len(problems) > 0 {
+		sym := problems[0][strings.Index(problems[0], "symbol=")+7:]
+		sym = sym[:strings.Index(sym, "&")]
+		for _, l := range append(r.earlier, r.k.Lines()...) {
+			if strings.Contains(l, sym) {
+				r.t.Log(l)
+			}
+		}
+	}
+	r.t.Logf("%s: %d answers whole, %d refused, %d wrong", when, whole, refused, len(problems))
+	return whole, refused
+}
+
+// checkAnswer makes request a of sym and compares the answer with the
+// exchange's: it returns what is wrong, or whether the answer was whole
+// (false: refused with -1001).
+func (r *run) checkAnswer(sym string, a ask) (string, bool) {
+	iv := kline.MustInterval(a.interval)
+	url := fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=%s&limit=%d", r.base, sym, iv, a.limit)
+	if a.start >= 0 {
+		url += fmt.Sprintf("&startTime=%d", a.start)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		return fmt.Sprintf("%s: %v", url, err), false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Sprintf("%s: %v", url, err), false
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		var e binance.ErrorBody
+		if json.Unmarshal(body, &e) != nil || e.Code != -1001 || e.Msg == "" {
+			return fmt.Sprintf("%s: 503 without Binance's -1001 and a reason: %s", url, body), false
+		}
+		return "", false
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Sprintf("%s: %d %s", url, resp.StatusCode, body), false
+	}
+	var rows [][]json.RawMessage
+	if err := json.Unmarshal(body, &rows); err != nil || len(rows) == 0 {
+		return fmt.Sprintf("%s: %v %s", url, err, body), false
+	}
+	got := make([]kline.Kline, len(rows))
+	for i, row := range rows {
+		if got[i], _, err = binance.ParseKlineArray(row); err != nil {
+			return fmt.Sprintf("%s: row %d: %v", url, i, err), false
+		}
+	}
+	// The exchange's klines up to the last given, which is the open one,
+	// or the first from start.
+	last := got[len(got)-1].OpenTime
+	want := r.x.ReferenceKlines(sym, iv, 0, last)
+	if a.start >= 0 {
+		want = r.x.ReferenceKlines(sym, iv, a.start, last)
+		want = want[:min(len(want), a.limit)]
+	} else {
+		want = want[max(0, len(want)-a.limit):]
+	}
+	if len(want) == 0 {
+		return fmt.Sprintf("%s: %d klines from %s, the exchange has none", url, len(got), ms(got[0].OpenTime)), false
+	}
+	if len(got) != len(want) || got[0].OpenTime != want[0].OpenTime {
+		return fmt.Sprintf("%s: short: %d klines from %s, the exchange has %d from %s", url, len(got), ms(got[0].OpenTime), len(want), ms(want[0].OpenTime)), false
+	}
+	for i := range got[:len(got)-1] {
+		g, w := got[i], want[i]
+		if g.OpenTime != w.OpenTime || g.Open != w.Open || g.High != w.High || g.Low != w.Low || g.Close != w.Close ||
+			g.Volume != w.Volume || g.QuoteVolume != w.QuoteVolume || g.Trades != w.Trades || g.TakerVolume != w.TakerVolume {
+			return fmt.Sprintf("%s: the kline at %s is %+v, the exchange's %+v", url, ms(g.OpenTime), g, w), false
+		}
+	}
+	return "", true
+}
