@@ -231,3 +231,38 @@ func dump(t *testing.T, path string) string {
 	}
 	return b.String()
 }
+
+// TestConfigPathMissing: a CONFIG_PATH naming no file gets the defaults
+// written there, and a warning that says so and that klagg runs on them.
+func TestConfigPathMissing(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "typo.toml")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// backfill reads the config first; it is stopped once it has said what
+	// it made of it (there is no exchange here to go on with).
+	cmd := exec.CommandContext(ctx, klaggBin, "backfill")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var warned string
+	for sc := bufio.NewScanner(stderr); sc.Scan() && warned == ""; {
+		if strings.Contains(sc.Text(), "CONFIG_PATH") {
+			warned = sc.Text()
+		}
+	}
+	cancel()
+	_ = cmd.Wait() // killed
+	if _, err := os.Stat(conf); err != nil {
+		t.Fatalf("the defaults were not written to CONFIG_PATH: %v", err)
+	}
+	if !strings.Contains(warned, "level=WARN") || !strings.Contains(warned, "klagg runs on its defaults") || !strings.Contains(warned, conf) {
+		t.Errorf("no warning naming the file written: %q", warned)
+	}
+}

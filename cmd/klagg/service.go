@@ -38,7 +38,11 @@ func loadConfig(e *env) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	if created {
+	switch {
+	case created && os.Getenv("CONFIG_PATH") != "":
+		// The user named a file: a typo must not pass for their config.
+		e.log.Warn("CONFIG_PATH names a file that did not exist: wrote the defaults there, and klagg runs on its defaults", "path", path)
+	case created:
 		e.log.Info("no config found; wrote the defaults", "path", path)
 	}
 	return cfg, nil
@@ -102,7 +106,7 @@ func serve(ctx context.Context, e *env, cfg *config.Config) error {
 	// it takes over.
 	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10, IdleTimeout: 2 * time.Minute,
-		ConnState: capped.ConnState, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
+		ConnState: capped.ConnState, ConnContext: capped.ConnContext, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
 	if !web.Built() {
 		e.log.Warn("the chart page's library is not built in; run ./scripts/run, or ./scripts/web before building")
 	}

@@ -39,14 +39,14 @@ type Source interface {
 	Symbol(name string) (store.Symbol, bool) // any symbol with history
 	Intervals() []kline.Interval
 	Status() service.Status
-	Ready() bool
+	// Readiness is nil while klagg serves all it should, else why not:
+	// the one answer of /readyz and the status.
+	Readiness() error
 	ExchangeNow() time.Time
 	WritePrometheus(w io.Writer) // the source's own metrics
 	// ExchangeLists are exchangeInfo's exchange-wide lists by name
 	// (store.RateLimits, store.ExchangeFilters), as the exchange gave them.
 	ExchangeLists(ctx context.Context) map[string][]byte
-	// StoreErr is the store's write error while writes fail, else nil.
-	StoreErr() error
 }
 
 // Klines answers Binance's klines query whole, as a JSON array, or fails:
@@ -132,6 +132,7 @@ func New(cfg Config) *Server {
 // ServeHTTP applies CORS and the token, then routes, counting every
 // request by route and status code.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	requested(r.Context())
 	rec := &recorder{ResponseWriter: w, code: http.StatusOK}
 	defer func() {
 		route := r.Pattern
@@ -303,12 +304,8 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if err := s.cfg.Source.StoreErr(); err != nil {
-		http.Error(w, fmt.Sprintf("store failing: %v", err), http.StatusServiceUnavailable)
-		return
-	}
-	if !s.cfg.Source.Ready() {
-		http.Error(w, "catching up", http.StatusServiceUnavailable)
+	if err := s.cfg.Source.Readiness(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.Write([]byte("ready\n"))

@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -51,8 +53,15 @@ func (source) Intervals() []kline.Interval {
 func (source) Status() service.Status {
 	return service.Status{Symbols: 1, Trades: 42}
 }
-func (s source) Ready() bool     { return s.ready }
-func (s source) StoreErr() error { return s.storeErr }
+func (s source) Readiness() error {
+	switch {
+	case s.storeErr != nil:
+		return fmt.Errorf("store failing: %w", s.storeErr)
+	case !s.ready:
+		return errors.New("catching up")
+	}
+	return nil
+}
 func (source) ExchangeLists(context.Context) map[string][]byte {
 	return map[string][]byte{store.RateLimits: []byte(`[{"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":2400}]`)}
 }

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -381,5 +383,51 @@ func TestListenerCap(t *testing.T) {
 	second.Close()
 	if ln.Open() != 0 {
 		t.Fatalf("open %d after closing all", ln.Open())
+	}
+}
+
+// TestListenerEvictsUnfinishedRequests: connections that trickle their
+// request headers do not keep their places at the cap from a client
+// whose request comes whole.
+func TestListenerEvictsUnfinishedRequests(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := NewListener(inner, 2)
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	ln.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	hs := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			requested(r.Context())
+			w.Write([]byte("ok"))
+		}),
+		ConnState: ln.ConnState, ConnContext: ln.ConnContext,
+	}
+	go hs.Serve(ln)
+	defer hs.Close()
+	for range 2 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n")); err != nil { // and never the end
+			t.Fatal(err)
+		}
+	}
+	for ln.Open() < 2 {
+		runtime.Gosched()
+	}
+	clock.Add(int64(2 * time.Second))
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Get("http://" + inner.Addr().String() + "/")
+	if err != nil {
+		t.Fatalf("a whole request at the cap: %v", err)
+	}
+	resp.Body.Close()
+	if ln.Evicted() != 1 || ln.Refused() != 0 {
+		t.Errorf("evicted %d, refused %d; want one unfinished request evicted", ln.Evicted(), ln.Refused())
 	}
 }

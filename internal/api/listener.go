@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"sync"
@@ -17,14 +18,18 @@ const stalledAfter = time.Second
 // last file descriptors, which the store and the exchange connections
 // need. At the cap a new connection takes the place of one whose client
 // stopped reading (a write blocked for a second or more), else of the one
-// idle longest between requests; when there is neither it is closed at
-// once. So clients that pipeline requests and never read the answers lose
-// their places to clients that do.
+// that has not completed a request for the longest (a second or more:
+// still sending its headers, or nothing at all), else of the one idle
+// longest between requests; when there is none it is closed at once. So
+// clients that pipeline requests and never read the answers, and clients
+// that trickle their headers, lose their places to clients that do not.
 type Listener struct {
 	net.Listener
 	max     int
 	refused atomic.Int64
 	evicted atomic.Int64
+
+	now func() time.Time
 
 	mu    sync.Mutex
 	conns map[*countedConn]struct{}
@@ -33,7 +38,7 @@ type Listener struct {
 // NewListener caps ln at max open connections. Pass ConnState to the
 // http.Server using it, so that it knows idle connections.
 func NewListener(ln net.Listener, max int) *Listener {
-	return &Listener{Listener: ln, max: max, conns: map[*countedConn]struct{}{}}
+	return &Listener{Listener: ln, max: max, now: time.Now, conns: map[*countedConn]struct{}{}}
 }
 
 // Accept returns the next connection within the cap.
@@ -44,10 +49,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		cc := &countedConn{Conn: c, l: l}
+		cc.waiting.Store(l.now().UnixNano())
 		l.mu.Lock()
 		var victim *countedConn
 		if len(l.conns) >= l.max {
-			victim = l.victimLocked(time.Now())
+			victim = l.victimLocked(l.now())
 			if victim == nil {
 				l.mu.Unlock()
 				l.refused.Add(1)
@@ -69,18 +75,24 @@ func (l *Listener) Accept() (net.Conn, error) {
 // victimLocked picks the connection to close for a new one: the longest
 // stalled writer, else the longest idle; nil if none.
 func (l *Listener) victimLocked(now time.Time) *countedConn {
-	var stalled, idle *countedConn
-	var stalledSince, idleSince int64
+	var stalled, waiting, idle *countedConn
+	var stalledSince, waitingSince, idleSince int64
 	for c := range l.conns {
 		if w := c.writing.Load(); w != 0 && now.UnixNano()-w >= int64(stalledAfter) && (stalled == nil || w < stalledSince) {
 			stalled, stalledSince = c, w
+		}
+		if w := c.waiting.Load(); w != 0 && now.UnixNano()-w >= int64(stalledAfter) && (waiting == nil || w < waitingSince) {
+			waiting, waitingSince = c, w
 		}
 		if i := c.idle.Load(); i != 0 && (idle == nil || i < idleSince) {
 			idle, idleSince = c, i
 		}
 	}
-	if stalled != nil {
+	switch {
+	case stalled != nil:
 		return stalled
+	case waiting != nil:
+		return waiting
 	}
 	return idle
 }
@@ -92,10 +104,37 @@ func (l *Listener) ConnState(c net.Conn, state http.ConnState) {
 	if !ok {
 		return
 	}
-	if state == http.StateIdle {
-		cc.idle.Store(time.Now().UnixNano())
-	} else {
+	switch state {
+	case http.StateNew: // waiting since Accept
+	case http.StateIdle:
+		cc.idle.Store(l.now().UnixNano())
+		cc.waiting.Store(0)
+	case http.StateActive:
+		// A request's first bytes: it waits until its handler starts.
 		cc.idle.Store(0)
+		cc.waiting.Store(l.now().UnixNano())
+	default:
+		cc.idle.Store(0)
+		cc.waiting.Store(0)
+	}
+}
+
+type connKey struct{}
+
+// ConnContext is the http.Server's ConnContext hook: it lets a request's
+// handler tell the listener that the request has come whole.
+func (l *Listener) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if cc, ok := c.(*countedConn); ok {
+		return context.WithValue(ctx, connKey{}, cc)
+	}
+	return ctx
+}
+
+// requested marks the connection of the request with ctx as one whose
+// request came whole.
+func requested(ctx context.Context) {
+	if cc, ok := ctx.Value(connKey{}).(*countedConn); ok {
+		cc.waiting.Store(0)
 	}
 }
 
@@ -121,10 +160,11 @@ type countedConn struct {
 	once    sync.Once
 	writing atomic.Int64 // when the write under way began, Unix ns; 0: none
 	idle    atomic.Int64 // since when it waits between requests, Unix ns; 0: busy
+	waiting atomic.Int64 // since when a request is awaited whole, Unix ns; 0: none
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
-	c.writing.Store(time.Now().UnixNano())
+	c.writing.Store(c.l.now().UnixNano())
 	n, err := c.Conn.Write(p)
 	c.writing.Store(0)
 	return n, err

@@ -196,11 +196,49 @@ func decode(data []byte, cfg *Config) error {
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			row, col := de.Position()
-			return fmt.Errorf("line %d, column %d: %s (key %s)", row, col, de.Error(), strings.Join(de.Key(), "."))
+			key := strings.Join(de.Key(), ".")
+			if got, want, ok := typeMismatch(de.Error()); ok {
+				return fmt.Errorf("line %d: %s is a TOML %s; it takes %s", row, key, got, want)
+			}
+			return fmt.Errorf("line %d, column %d: %s (key %s)", row, col, de.Error(), key)
 		}
 		return err
 	}
 	return nil
+}
+
+// typeMismatch reads go-toml's "cannot decode TOML integer into struct
+// field … of type string" and says what the key takes in the config's
+// words, not Go's.
+func typeMismatch(msg string) (got, want string, ok bool) {
+	_, rest, found := strings.Cut(msg, "cannot decode TOML ")
+	if !found {
+		return "", "", false
+	}
+	got, _, _ = strings.Cut(rest, " ")
+	i := strings.LastIndex(rest, " of type ")
+	if i < 0 {
+		return "", "", false
+	}
+	switch t := rest[i+len(" of type "):]; {
+	case t == "string":
+		want = `text in quotes, such as "value"`
+	case t == "int" || strings.HasPrefix(t, "int") || strings.HasPrefix(t, "uint"):
+		want = "a whole number, such as 100"
+	case strings.HasPrefix(t, "float"):
+		want = "a number, such as 1.5"
+	case t == "bool":
+		want = "true or false"
+	case t == "[]string":
+		want = `a list of texts in quotes, such as ["a", "b"]`
+	case strings.HasPrefix(t, "struct"):
+		want = "a table of keys, written [name] on a line of its own"
+	case strings.HasSuffix(t, "Duration"):
+		want = `a duration in quotes, such as "3s"`
+	default:
+		return "", "", false
+	}
+	return got, want, true
 }
 
 func (c *Config) validate() error {

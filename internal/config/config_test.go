@@ -55,6 +55,11 @@ func TestOverlayAndValidation(t *testing.T) {
 		// A number where a duration goes: the key and line, not just the value.
 		"[server]\n\npush_interval = 100\n": `line 3: server.push_interval: "100" is not a duration`,
 		// A push loop every 100µs would spin a core.
+		// A value of the wrong type: the key and what it takes, not Go's type.
+		"[server]\nlisten = 5\n":                   `line 2: server.listen is a TOML integer; it takes text in quotes`,
+		"klines = 5\n":                             `line 1: klines is a TOML integer; it takes a table of keys`,
+		"[klines]\nbackfill_limit = \"x\"\n":       `klines.backfill_limit is a TOML string; it takes a whole number`,
+		"[klines]\nintervals = \"1m\"\n":           `klines.intervals is a TOML string; it takes a list of texts in quotes`,
 		"[server]\npush_interval = \"100us\"\n":    "server.push_interval: 100µs is outside 10ms..1m",
 		"[server]\nweight_per_minute = -1\n":       "server.weight_per_minute: -1 is negative",
 		"[database]\nurl = \"mysql://db/klagg\"\n": `database.url: scheme "mysql" is not one of postgres, postgresql`,

@@ -7,6 +7,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -312,8 +313,23 @@ func (s *Service) ExchangeNow() time.Time {
 	return time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
 }
 
-// Ready reports whether every symbol tradable at startup is live.
-func (s *Service) Ready() bool { return s.Registry.Ready() }
+// Readiness returns nil while klagg serves all it should: every symbol
+// tradable at startup is live and the store takes writes to the file it
+// opened; else what is wrong, worded for /readyz and the status.
+func (s *Service) Readiness() error {
+	if err := s.writer.Failing(); err != nil {
+		return fmt.Errorf("store failing: %w", err)
+	}
+	if f, ok := s.Store.(interface{ Check() error }); ok {
+		if err := f.Check(); err != nil {
+			return err
+		}
+	}
+	if !s.Registry.Ready() {
+		return errors.New("catching up")
+	}
+	return nil
+}
 
 // Symbols returns the symbols klagg keeps (seeding, live or paused), by
 // name.
@@ -359,9 +375,6 @@ func (s *Service) ExchangeLists(ctx context.Context) map[string][]byte {
 	}
 	return l
 }
-
-// StoreErr returns the store's write error while writes fail, else nil.
-func (s *Service) StoreErr() error { return s.writer.Failing() }
 
 // Intervals returns the configured intervals, shortest first.
 func (s *Service) Intervals() []kline.Interval { return s.cfg.Intervals }

@@ -14,6 +14,7 @@ import (
 // Status are the figures of the status line.
 type Status struct {
 	Ready          bool               `json:"ready"`
+	NotReady       string             `json:"not_ready,omitempty"` // why not, as /readyz says
 	Uptime         string             `json:"uptime"`
 	Symbols        int                `json:"symbols"`
 	Intervals      int                `json:"intervals"`
@@ -94,13 +95,18 @@ func (s *Service) Status() Status {
 	est := s.Engine.Stats()
 	w1m, wTotal := s.Client.Weight().Used()
 	st := Status{
-		Ready: s.Ready(), Uptime: time.Since(s.started).Round(time.Second).String(),
+		Uptime:  time.Since(s.started).Round(time.Second).String(),
 		Symbols: nsym, Intervals: len(s.cfg.Intervals), Connections: len(conns), Connected: connected,
 		Reconnects: ist.Reconnects.Load(), Frames: ist.Frames.Load(), Malformed: ist.Malformed.Load(),
 		Trades: est.Trades, TradesPerSec: rate, GapFills: s.Router.Stats().Fills.Load(),
 		KlinesWritten: s.writer.Written(), WriterBacklog: s.coalescer.Len(), WriteFailures: s.writer.Failures(),
 		RESTWeight1M: w1m, RESTWeight: wTotal, Late: est.Late, Unamended: est.Unamended, ConnStates: conns,
 		SymbolStates: v.CountsByName(), HoldsReleased: s.Router.Stats().Released.Load(), Buffered: s.Router.Stats().Buffered.Load(), Resyncs: s.Router.Stats().Resyncs.Load(),
+	}
+	if err := s.Readiness(); err != nil {
+		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
 	}
 	rs := s.Router.Stats()
 	st.Exactness = Exactness{Duplicates: rs.Duplicates.Load(), Filled: rs.Filled.Load(), Unfillable: rs.Unfillable.Load(),
@@ -140,11 +146,29 @@ func (s *Service) Status() Status {
 func (s *Service) status(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Log.StatusInterval.Duration)
 	defer t.Stop()
-	whole := false
+	// Readiness is watched more often than the status is written: a
+	// store gone bad is said at once, in the log as in /readyz.
+	watch := time.NewTicker(5 * time.Second)
+	defer watch.Stop()
+	whole, notReady := false, ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-watch.C:
+			why := ""
+			if err := s.Readiness(); err != nil {
+				why = err.Error()
+			}
+			if why != notReady && why != "catching up" {
+				if why != "" {
+					s.log.Error("not ready", "why", why)
+				} else if notReady != "" && notReady != "catching up" {
+					s.log.Info("ready again")
+				}
+			}
+			notReady = why
+			continue
 		case <-t.C:
 		}
 		st := s.Status()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,7 @@ type client struct {
 	s        *Server
 	conn     *websocket.Conn
 	wire     *wire
+	remote   string      // the client's address, for the log
 	combined atomic.Bool // events wrapped with their stream name; SET_PROPERTY changes it
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -86,7 +88,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.stats.Accepted.Add(1)
 	conn.SetReadLimit(maxRequest)
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &client{s: s, conn: conn, wire: hj.wire, ctx: ctx, cancel: cancel,
+	c := &client{s: s, conn: conn, wire: hj.wire, ctx: ctx, cancel: cancel, remote: r.RemoteAddr,
 		subs: map[string]*sub{}, ready: make(chan struct{}, 1), closed: make(chan struct{})}
 	c.combined.Store(combined)
 	if !s.join(c) {
@@ -168,7 +170,9 @@ func (c *client) close(code websocket.StatusCode, reason string) {
 	if c.closing.Swap(true) {
 		return
 	}
-	c.s.cfg.Log.Debug("closing stream client", "reason", reason)
+	// At INFO: a client the server drops should be able to find out why
+	// from the operator.
+	c.s.cfg.Log.Info("closing a stream client", "remote", c.remote, "code", int(code), "reason", reason)
 	go func() {
 		defer close(c.closed)
 		c.conn.Close(code, reason)
@@ -238,6 +242,11 @@ func (c *client) reader() {
 	for {
 		_, msg, err := c.conn.Read(c.ctx)
 		if err != nil {
+			if strings.Contains(err.Error(), "read limited at") {
+				// The library has closed it with 1009 and the limit.
+				c.s.cfg.Log.Info("closing a stream client", "remote", c.remote, "code", int(websocket.StatusMessageTooBig),
+					"reason", fmt.Sprintf("a frame over %d bytes", maxRequest))
+			}
 			return
 		}
 		if time.Since(window) >= time.Second {
@@ -247,7 +256,9 @@ func (c *client) reader() {
 			// Closed here, not by the writer: the deferred CloseNow in
 			// ServeHTTP must not cut the close frame that gives the reason.
 			if !c.closing.Swap(true) {
-				c.conn.Close(websocket.StatusPolicyViolation, fmt.Sprintf("too many requests: more than %d a second", c.s.cfg.MaxMsgsPerSecond))
+				reason := fmt.Sprintf("too many requests: more than %d a second", c.s.cfg.MaxMsgsPerSecond)
+				c.s.cfg.Log.Info("closing a stream client", "remote", c.remote, "code", int(websocket.StatusPolicyViolation), "reason", reason)
+				c.conn.Close(websocket.StatusPolicyViolation, reason)
 				close(c.closed)
 			}
 			return

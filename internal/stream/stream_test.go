@@ -2,6 +2,7 @@ package stream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -609,6 +610,26 @@ func TestRunWaitsForClients(t *testing.T) {
 	for range n {
 		if err := <-closes; websocket.CloseStatus(err) != websocket.StatusGoingAway || !strings.Contains(err.Error(), "server shutting down") {
 			t.Fatalf("client closed with %v, want going away and the reason", err)
+		}
+	}
+}
+
+// TestOversizedFrame: a frame over the request limit closes the client
+// with 1009 and the reason, not a bare cut.
+func TestOversizedFrame(t *testing.T) {
+	_, url := newServer(t, Config{})
+	c := dial(t, url+"/ws")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageText, bytes.Repeat([]byte("x"), maxRequest+1)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, _, err := c.Read(ctx); err != nil {
+			if websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+				t.Fatalf("closed with %v, want 1009", err)
+			}
+			return
 		}
 	}
 }

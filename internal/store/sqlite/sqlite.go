@@ -97,6 +97,7 @@ type Store struct {
 	done bool   // closed; guarded by wmu
 
 	versions store.Versions // of the closed rows written per symbol and interval
+	file     os.FileInfo    // the file opened: Check tells when it is deleted or replaced
 }
 
 // Open opens or creates the database at path and brings its schema up to date.
@@ -136,7 +137,13 @@ func Open(path string) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("store: open readers on %s: %w", path, err)
 	}
-	return &Store{path: path, w: w, read: read}, nil
+	file, err := os.Stat(path)
+	if err != nil {
+		read.Close()
+		w.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return &Store{path: path, w: w, read: read, file: file}, nil
 }
 
 func migrate(c *zs.Conn) (err error) {
@@ -160,6 +167,21 @@ func migrate(c *zs.Conn) (err error) {
 		if err != nil {
 			return fmt.Errorf("migration %d: %w", v+1, err)
 		}
+	}
+	return nil
+}
+
+// Check reports the database file deleted or replaced since it was
+// opened: klagg would go on writing to a file nobody can open.
+func (s *Store) Check() error {
+	fi, err := os.Stat(s.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("the database file %s was deleted while klagg ran: it writes to a file nobody can open; restart klagg to start a new one", s.path)
+	case err != nil:
+		return fmt.Errorf("cannot check the database file %s: %w", s.path, err)
+	case !os.SameFile(fi, s.file):
+		return fmt.Errorf("the database file %s was replaced while klagg ran: it still writes to the old one; restart klagg to open the new one", s.path)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -379,5 +380,31 @@ func until(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
+	}
+}
+
+// TestCheckNoticesTheFileGone: the database file deleted or replaced
+// under a running klagg is noticed, with what to do.
+func TestCheckNoticesTheFileGone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Check(); err != nil {
+		t.Fatalf("a fresh store: %v", err)
+	}
+	if err := os.Rename(path, path+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Check(); err == nil || !strings.Contains(err.Error(), "deleted") || !strings.Contains(err.Error(), "restart klagg") {
+		t.Errorf("file moved away: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("another"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Check(); err == nil || !strings.Contains(err.Error(), "replaced") {
+		t.Errorf("file replaced: %v", err)
 	}
 }
