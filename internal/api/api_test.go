@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/klagg/klagg/internal/binance"
+	"github.com/klagg/klagg/internal/coverage"
 	"github.com/klagg/klagg/internal/decimal"
 	"github.com/klagg/klagg/internal/head"
 	"github.com/klagg/klagg/internal/kline"
@@ -373,9 +374,10 @@ func TestReadyz(t *testing.T) {
 	}
 }
 
-// BenchmarkKlines1500 is the handler alone on a real SQLite file: what
-// one request for 1500 klines costs before the network.
-func BenchmarkKlines1500(b *testing.B) {
+// BenchmarkKlines is the handler alone on a real SQLite file: what one
+// request for the latest klines costs before the network, with and
+// without the check that the answer is whole (coverage).
+func BenchmarkKlines(b *testing.B) {
 	st, err := sqlite.Open(filepath.Join(b.TempDir(), "k.db"))
 	if err != nil {
 		b.Fatal(err)
@@ -390,18 +392,33 @@ func BenchmarkKlines1500(b *testing.B) {
 	if err := st.Upsert(us); err != nil {
 		b.Fatal(err)
 	}
+	held := coverage.New(st, []kline.Interval{kline.OneMinute()}, 1000, nil, nil)
+	if err := held.Add(store.Span{Symbol: "BTCUSDT", Interval: kline.OneMinute(), From: t0, To: t0 + 1999*60_000}); err != nil {
+		b.Fatal(err)
+	}
+	now := func() time.Time { return time.UnixMilli(t0 + 1999*60_000 + 30_000) }
 	ss := stream.New(stream.Config{Symbol: func(string) (stream.Market, bool) {
 		return stream.Market{Precision: kline.Precision{Price: 1, Qty: 3}}, true
 	}})
 	hd := head.New(head.Config{Confirmed: true})
-	h := New(Config{Source: source{ready: true}, Klines: query.New(query.Config{Store: st, Head: hd}), Prices: hd, Streams: ss})
-	req := httptest.NewRequest("GET", "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1500", nil)
-	b.ReportAllocs()
-	for b.Loop() {
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		if w.Code != 200 {
-			b.Fatal(w.Code)
+	for _, limit := range []int{500, 1500} {
+		for _, checked := range []bool{false, true} {
+			qc := query.Config{Store: st, Head: hd, Now: now}
+			if checked {
+				qc.Held = held
+			}
+			h := New(Config{Source: source{ready: true}, Klines: query.New(qc), Prices: hd, Streams: ss})
+			req := httptest.NewRequest("GET", fmt.Sprintf("/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=%d", limit), nil)
+			b.Run(fmt.Sprintf("limit=%d/checked=%v", limit, checked), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					w := httptest.NewRecorder()
+					h.ServeHTTP(w, req)
+					if w.Code != 200 {
+						b.Fatal(w.Code, w.Body.String())
+					}
+				}
+			})
 		}
 	}
 }
