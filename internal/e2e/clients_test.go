@@ -213,15 +213,7 @@ func TestCCXT(t *testing.T) {
 	r.ccxtRightAfterReady(dir, sym)
 	r.until(3 * time.Minute)
 	since := r.x.Now().Add(-90 * time.Minute).UnixMilli()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "ccxt.mjs", r.base, sym, strconv.FormatInt(since, 10), "3", "25")
-	cmd.Dir = dir
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ccxt: %v", err)
-	}
+	out := r.ccxt(dir, 3*time.Minute, sym, since, "3", "25")
 	var res struct {
 		Markets int `json:"markets"`
 		Market  struct {
@@ -275,21 +267,29 @@ func TestCCXT(t *testing.T) {
 	r.stop()
 }
 
+// ccxt runs ccxt.mjs against klagg for sym from since with the mode
+// arguments, and returns what it printed.
+func (r *run) ccxt(dir string, within time.Duration, sym string, since int64, mode ...string) []byte {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{"ccxt.mjs", r.base, sym, strconv.FormatInt(since, 10)}, mode...)...)
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		r.t.Fatalf("ccxt %v: %v", mode, err)
+	}
+	return out
+}
+
 // ccxtRightAfterReady asks ccxt for the latest candles the moment klagg
 // is ready, as a user's first call does: they must be whole and the
 // exchange's, not the few klagg had built by then.
 func (r *run) ccxtRightAfterReady(dir, sym string) {
 	t := r.t
 	since := r.x.Now().Add(-90 * time.Minute).Truncate(time.Minute).UnixMilli()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "ccxt.mjs", r.base, sym, strconv.FormatInt(since, 10), "latest", "5")
-	cmd.Dir = dir
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("ccxt right after ready: %v", err)
-	}
+	out := r.ccxt(dir, time.Minute, sym, since, "latest", "5")
 	var res struct {
 		Latest1m [][]float64 `json:"latest1m"`
 		Latest1h [][]float64 `json:"latest1h"`

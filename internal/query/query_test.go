@@ -77,18 +77,9 @@ func TestMerge(t *testing.T) {
 				t.Fatal(aerr)
 			}
 			b, err := New(Config{Store: st, Head: h}).AppendKlines(context.Background(), nil, q, kline.Precision{Price: 2, Qty: 3})
+			rows := answered(t, b, err, c.want == nil)
 			if c.want == nil {
-				if !errors.Is(err, ErrIncomplete) {
-					t.Fatalf("answered %s (%v); want ErrIncomplete", b, err)
-				}
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var rows [][]json.RawMessage
-			if err := json.Unmarshal(b, &rows); err != nil {
-				t.Fatal(err)
 			}
 			var got []string
 			for _, r := range rows {
@@ -107,6 +98,26 @@ func TestMerge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// answered returns the rows of an answer, or with refused checks that it
+// was refused as incomplete.
+func answered(t *testing.T, b []byte, err error, refused bool) [][]json.RawMessage {
+	t.Helper()
+	if refused {
+		if !errors.Is(err, ErrIncomplete) {
+			t.Fatalf("answered %s (%v); want ErrIncomplete", b, err)
+		}
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows [][]json.RawMessage
+	if err := json.Unmarshal(b, &rows); err != nil {
+		t.Fatal(err)
+	}
+	return rows
 }
 
 // closedAt tells whether the version of kl given (by open time and trade
@@ -214,18 +225,9 @@ func TestReadThrough(t *testing.T) {
 			if x.calls != c.calls {
 				t.Errorf("read through %d times, want %d", x.calls, c.calls)
 			}
+			rows := answered(t, b, err, c.want == nil)
 			if c.want == nil {
-				if !errors.Is(err, ErrIncomplete) {
-					t.Fatalf("answered %s (%v); want ErrIncomplete", b, err)
-				}
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var rows [][]json.RawMessage
-			if err := json.Unmarshal(b, &rows); err != nil {
-				t.Fatal(err)
 			}
 			got := []string{}
 			for _, r := range rows {
