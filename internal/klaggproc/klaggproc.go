@@ -48,7 +48,8 @@ type Proc struct {
 
 	mu        sync.Mutex
 	lines     []string
-	base      string // http://host:port, from the log
+	grew      chan struct{} // closed, and replaced, when a line is read
+	base      string        // http://host:port, from the log
 	liveAfter time.Duration
 }
 
@@ -65,7 +66,7 @@ func Start(bin, config string, env ...string) (*Proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &Proc{cmd: cmd, started: time.Now(), live: make(chan struct{}), exited: make(chan struct{})}
+	p := &Proc{cmd: cmd, started: time.Now(), live: make(chan struct{}), exited: make(chan struct{}), grew: make(chan struct{})}
 	go p.follow(pipe)
 	return p, nil
 }
@@ -79,6 +80,8 @@ func (p *Proc) follow(log io.Reader) {
 		line := sc.Text()
 		p.mu.Lock()
 		p.lines = append(p.lines, line)
+		close(p.grew)
+		p.grew = make(chan struct{})
 		if _, addr, ok := strings.Cut(line, " listen="); ok && p.base == "" && strings.Contains(line, `msg="klagg starting"`) {
 			addr, _, _ = strings.Cut(addr, " ")
 			p.base = "http://" + strings.TrimPrefix(addr, "http://")
@@ -108,6 +111,29 @@ func (p *Proc) WaitLive(ctx context.Context) error {
 		return fmt.Errorf("klagg exited before going live: %v", p.err)
 	case <-ctx.Done():
 		return fmt.Errorf("klagg did not go live: %w", ctx.Err())
+	}
+}
+
+// WaitLogged waits until a line of klagg's log holds s; it fails if klagg
+// exits first or ctx ends.
+func (p *Proc) WaitLogged(ctx context.Context, s string) error {
+	for seen := 0; ; {
+		p.mu.Lock()
+		lines, grew := p.lines[seen:], p.grew
+		seen = len(p.lines)
+		p.mu.Unlock()
+		for _, l := range lines {
+			if strings.Contains(l, s) {
+				return nil
+			}
+		}
+		select {
+		case <-grew:
+		case <-p.exited:
+			return fmt.Errorf("klagg exited without logging %q: %v", s, p.err)
+		case <-ctx.Done():
+			return fmt.Errorf("klagg did not log %q: %w", s, ctx.Err())
+		}
 	}
 }
 
