@@ -61,8 +61,25 @@ type series struct {
 	// closed kline of it the store holds, recorded is the newest recorded
 	// in the store's spans (-1: none).
 	live, stored, recorded int64
+	// partial holds the open times of the closed klines of the live span
+	// stored while they lacked trades (kline.Update.Partial) and not yet
+	// corrected: the span is confirmed only up to the first of them.
+	partial map[int64]bool
 	// want is the oldest slot history should reach (-1: none asked).
 	want int64
+}
+
+// confirmed returns the newest slot of the live span the store holds
+// whole, -1 if none.
+func (s *series) confirmed(iv kline.Interval) int64 {
+	to := s.stored
+	for open := range s.partial {
+		to = min(to, iv.Prev(open))
+	}
+	if to < s.live {
+		return -1
+	}
+	return to
 }
 
 // New returns an empty Set over st of symbols built live in intervals
@@ -162,10 +179,10 @@ func (c *Set) Ended(symbol string) bool {
 
 // endLive turns s's live span into the span the store holds of it.
 func (c *Set) endLive(symbol string, iv kline.Interval, s *series) {
-	if s.live >= 0 && s.stored >= s.live {
-		s.spans = merge(s.spans, store.Span{Symbol: symbol, Interval: iv, From: s.live, To: s.stored})
+	if to := s.confirmed(iv); s.live >= 0 && to >= 0 {
+		s.spans = merge(s.spans, store.Span{Symbol: symbol, Interval: iv, From: s.live, To: to})
 	}
-	s.live, s.want = -1, -1
+	s.live, s.want, s.partial = -1, -1, nil
 }
 
 // Stored takes the klines a commit stored (the store's writer calls it):
@@ -184,8 +201,18 @@ func (c *Set) Stored(us []kline.Update) {
 			lastKey = key{u.Symbol, u.Interval}
 			last = c.series[lastKey]
 		}
-		if last != nil && last.live >= 0 && u.Kline.OpenTime >= last.live {
-			last.stored = max(last.stored, u.Kline.OpenTime)
+		if last == nil || last.live < 0 || u.Kline.OpenTime < last.live {
+			continue
+		}
+		last.stored = max(last.stored, u.Kline.OpenTime)
+		switch {
+		case u.Partial:
+			if last.partial == nil {
+				last.partial = map[int64]bool{}
+			}
+			last.partial[u.Kline.OpenTime] = true
+		case last.partial != nil:
+			delete(last.partial, u.Kline.OpenTime) // corrected
 		}
 	}
 }
@@ -208,8 +235,8 @@ func (c *Set) Flush() error {
 	var add []store.Span
 	var marks []*series
 	for k, s := range c.series {
-		if s.live >= 0 && s.stored >= s.live && s.stored > s.recorded {
-			add = append(add, store.Span{Symbol: k.symbol, Interval: k.iv, From: s.live, To: s.stored})
+		if to := s.confirmed(k.iv); s.live >= 0 && to > s.recorded {
+			add = append(add, store.Span{Symbol: k.symbol, Interval: k.iv, From: s.live, To: to})
 			marks = append(marks, s)
 		}
 	}

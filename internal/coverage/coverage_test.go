@@ -113,3 +113,36 @@ func TestLiveSpans(t *testing.T) {
 		t.Errorf("after the end: %v", again.Missing("X", oneMin, 100*m, 1_000_000*m))
 	}
 }
+
+// TestPartialKlinesAreNotConfirmed: a closed kline stored while it lacked
+// trades holds the live span's record back until its correction is
+// stored: a crash in between leaves it to be read again.
+func TestPartialKlinesAreNotConfirmed(t *testing.T) {
+	st := openStore(t, filepath.Join(t.TempDir(), "k.db"))
+	c := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+	c.Live("X", 100*m)
+	partial := closed(102)
+	partial.Partial = true
+	c.Stored([]kline.Update{closed(100), closed(101), partial, closed(103)})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	recorded := func() []store.Span {
+		t.Helper()
+		again := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+		if err := again.Load(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return again.Missing("X", oneMin, 100*m, 105*m)
+	}
+	if got, want := recorded(), []store.Span{span(102, 105)}; !reflect.DeepEqual(got, want) {
+		t.Errorf("with minute 102 partial: missing %v after a restart, want %v", got, want)
+	}
+	c.Stored([]kline.Update{closed(102)}) // the repair's correction
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := recorded(), []store.Span{span(104, 105)}; !reflect.DeepEqual(got, want) {
+		t.Errorf("corrected: missing %v after a restart, want %v", got, want)
+	}
+}

@@ -79,6 +79,7 @@ type Engine struct {
 	now        int64
 	limit      []int64 // per symbol, the time the clock may close up to
 	wasHeld    bool    // the last tick held some symbol back
+	partials   int     // symbols marked partial (markPartial)
 	stats      Stats
 	shared     sharedStats
 	free       []int
@@ -92,6 +93,13 @@ type symbol struct {
 	lastID int64  // highest aggregate id applied
 	series uint32 // Update.Series of its first interval; the others follow
 	active bool
+	// partial is the trade time before which the symbol's klines are
+	// complete while it is missing trades past its hold (0: whole): a
+	// kline closing at or after it goes out Partial. repaired is the
+	// partial time a seed has since made whole (the repair reseeds, then
+	// corrects what closed before), which the router still reports until
+	// the repair is done.
+	partial, repaired int64
 }
 
 type eventKind uint8
@@ -116,6 +124,7 @@ type event struct {
 	kline    kline.Kline
 	now      int64            // tick
 	holds    map[string]int64 // tick: symbols closed only up to their time
+	released map[string]int64 // tick: symbols closed by the clock though missing trades
 	through  int64            // seed
 	received time.Time
 	reply    chan<- []kline.Update
@@ -202,8 +211,8 @@ func (e *Engine) Correct(ctx context.Context, symbol string, iv kline.Interval, 
 // time plus grace has passed are closed, except that a symbol in holds is
 // closed only up to its time there: it may still be missing trades. The
 // engine reads holds during the call's event only; it must not change.
-func (e *Engine) Tick(ctx context.Context, now time.Time, holds map[string]int64) error {
-	return e.send(ctx, event{kind: evTick, now: now.UnixMilli(), holds: holds})
+func (e *Engine) Tick(ctx context.Context, now time.Time, holds, released map[string]int64) error {
+	return e.send(ctx, event{kind: evTick, now: now.UnixMilli(), holds: holds, released: released})
 }
 
 // Snapshot returns the open kline of every interval of symbol, and the last
@@ -302,6 +311,7 @@ func (e *Engine) handle(ev event) {
 	case evCorrect:
 		e.correct(ev.symbol, ev.interval, ev.kline)
 	case evTick:
+		e.markPartial(ev.released)
 		e.tick(ev.now, ev.holds)
 	case evSnapshot:
 		ev.reply <- e.snapshot(ev.symbol)
@@ -518,6 +528,9 @@ func (e *Engine) seed(name string, iv kline.Interval, k kline.Kline, through int
 	if !ok {
 		return
 	}
+	if sym := &e.symbols[s/len(e.ivs)]; sym.partial != 0 {
+		sym.repaired, sym.partial = sym.partial, 0
+	}
 	c := &e.cur[s]
 	switch {
 	case c.OpenTime == k.OpenTime || c.OpenTime == 0:
@@ -700,7 +713,32 @@ func (e *Engine) slot(name string, iv kline.Interval) (int, bool) {
 }
 
 func (e *Engine) emit(si, s int, k *kline.Kline) {
-	e.out = append(e.out, kline.Update{Symbol: e.symbols[si].name, Interval: e.ivs[s%len(e.ivs)], Series: e.slotSeries(s), Kline: *k})
+	sym := &e.symbols[si]
+	e.out = append(e.out, kline.Update{Symbol: sym.name, Interval: e.ivs[s%len(e.ivs)], Series: e.slotSeries(s), Kline: *k,
+		Partial: sym.partial != 0 && k.CloseTime >= sym.partial})
+}
+
+// markPartial takes the symbols missing trades past their holds (the
+// router's Released): their klines from then on go out Partial.
+func (e *Engine) markPartial(released map[string]int64) {
+	if len(released) == 0 && e.partials == 0 {
+		return
+	}
+	e.partials = 0
+	for si := range e.symbols {
+		sym := &e.symbols[si]
+		from := released[sym.name]
+		if from == 0 {
+			sym.repaired = 0
+		}
+		if from == sym.repaired {
+			from = 0
+		}
+		sym.partial = from
+		if from != 0 || sym.repaired != 0 {
+			e.partials++
+		}
+	}
 }
 
 // slotSeries is the Update.Series of slot s.

@@ -398,7 +398,7 @@ func TestHoldsAreTheirSymbolsOnly(t *testing.T) {
 	h.add("B")
 	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
 	h.trades("B", []kline.Trade{trade(1, t0+1000, "20", "1", false)})
-	if err := h.e.Tick(context.Background(), time.UnixMilli(t0+60_000+2001), map[string]int64{"B": t0 + 30_000}); err != nil {
+	if err := h.e.Tick(context.Background(), time.UnixMilli(t0+60_000+2001), map[string]int64{"B": t0 + 30_000}, nil); err != nil {
 		t.Fatal(err)
 	}
 	h.sync()
@@ -508,5 +508,61 @@ func TestHandover(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestReleasedKlinesGoOutPartial: while its symbol misses trades past its
+// hold, a kline closing after the time its trades are complete goes out
+// Partial; the repair's seed makes the symbol whole again though the
+// router says released until the repair is done, and its corrections are
+// never Partial.
+func TestReleasedKlinesGoOutPartial(t *testing.T) {
+	h := newHarness(t, []kline.Interval{kline.OneMinute()}, 2*time.Second)
+	h.add("A")
+	h.add("B")
+	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
+	h.trades("B", []kline.Trade{trade(1, t0+1000, "20", "1", false)})
+	released := map[string]int64{"A": t0 + 30_000}
+	tick := func(ms int64, released map[string]int64) {
+		t.Helper()
+		if err := h.e.Tick(context.Background(), time.UnixMilli(ms), nil, released); err != nil {
+			t.Fatal(err)
+		}
+		h.sync()
+	}
+	at := func(sym string, open int64) kline.Update {
+		return h.c.get(kline.Key{Symbol: sym, Interval: "1m", OpenTime: open})
+	}
+	tick(t0+60_000+2001, released)
+	if u := at("A", t0); !u.Closed || !u.Partial {
+		t.Errorf("A's minute closed by the clock while released: closed %v, partial %v; want both", u.Closed, u.Partial)
+	}
+	if u := at("B", t0); !u.Closed || u.Partial {
+		t.Errorf("B's minute: closed %v, partial %v; want closed and whole", u.Closed, u.Partial)
+	}
+	// The repair: a seed of the current minute, then the exchange's
+	// klines for what closed without trades; the router still says
+	// released until it has seen the repair through.
+	seed := kline.Empty(kline.OneMinute(), t0+60_000, 10*decimal.Unit)
+	if err := h.e.Seed(context.Background(), "A", kline.OneMinute(), seed, t0+60_000); err != nil {
+		t.Fatal(err)
+	}
+	fixed := kline.Empty(kline.OneMinute(), t0, 10*decimal.Unit)
+	fixed.Closed = true
+	if err := h.e.Correct(context.Background(), "A", kline.OneMinute(), fixed); err != nil {
+		t.Fatal(err)
+	}
+	tick(t0+2*60_000+2001, released)
+	if u := at("A", t0); u.Partial {
+		t.Error("the correction went out Partial")
+	}
+	if u := at("A", t0+60_000); !u.Closed || u.Partial {
+		t.Errorf("A's minute after the repair's seed: closed %v, partial %v; want closed and whole", u.Closed, u.Partial)
+	}
+	// Repaired, then missing trades again: Partial again.
+	tick(t0+2*60_000+2002, nil)
+	tick(t0+3*60_000+2001, map[string]int64{"A": t0 + 2*60_000 + 10_000})
+	if u := at("A", t0+2*60_000); !u.Closed || !u.Partial {
+		t.Errorf("released again: closed %v, partial %v; want both", u.Closed, u.Partial)
 	}
 }

@@ -102,7 +102,7 @@ func (h *harness) trades(sym string, ts []kline.Trade) {
 
 func (h *harness) tick(ms int64) {
 	h.t.Helper()
-	if err := h.e.Tick(context.Background(), time.UnixMilli(ms), nil); err != nil {
+	if err := h.e.Tick(context.Background(), time.UnixMilli(ms), nil, nil); err != nil {
 		h.t.Fatal(err)
 	}
 }

@@ -154,11 +154,16 @@ type Router struct {
 	// holds back only its own symbols, and only for a while.
 	watermark atomic.Int64
 	holds     atomic.Pointer[map[string]int64]
+	// released maps each symbol that held past holdMax, and whose klines
+	// close by the clock without trades it lacks, to the trade time
+	// before which they are complete; until its repair.
+	released atomic.Pointer[map[string]int64]
 
 	// Owned by Run.
 	syms    map[string]*sequence
 	anchors map[string][]chan kline.Kline
 	held    map[string]int64 // what holds publishes, when changed
+	rel     map[string]int64 // what released publishes, when changed
 	heldNew bool
 	fx      effects
 	owed    []Repair // repairs not yet taken by RunRepairs
@@ -203,7 +208,7 @@ func NewRouter(sink Sink, filler Filler, cfg RouterConfig) *Router {
 		sink: sink, filler: filler, log: cfg.Log, now: cfg.Now, clock: cfg.Clock, ticks: cfg.Ticks,
 		rules: rules{gapWait: cfg.GapWait, holdMax: cfg.HoldMax, maxBuf: 200_000},
 		in:    make(chan item, 1<<16), results: make(chan result, 64), repairs: make(chan Repair), ctl: make(chan control),
-		syms: map[string]*sequence{}, anchors: map[string][]chan kline.Kline{}, held: map[string]int64{},
+		syms: map[string]*sequence{}, anchors: map[string][]chan kline.Kline{}, held: map[string]int64{}, rel: map[string]int64{},
 		out: map[string]*batch{}, alive: map[int]int64{}, down: map[int]bool{},
 	}
 }
@@ -216,6 +221,17 @@ func (r *Router) Watermark() int64 { return r.watermark.Load() }
 // time before which its klines are complete. The map is not to be changed.
 func (r *Router) Holds() map[string]int64 {
 	if h := r.holds.Load(); h != nil {
+		return *h
+	}
+	return nil
+}
+
+// Released returns, for each symbol that held its klines back past
+// holdMax and is not repaired yet, the trade time before which its klines
+// are complete: those closing later lack trades until the repair corrects
+// them. The map is not to be changed.
+func (r *Router) Released() map[string]int64 {
+	if h := r.released.Load(); h != nil {
 		return *h
 	}
 	return nil
@@ -464,7 +480,7 @@ func (r *Router) Run(ctx context.Context) error {
 func (r *Router) step(ctx context.Context, symbol string, s *sequence, m *msg, now time.Time) {
 	fx := &r.fx
 	fx.reset()
-	held, hold := s.held, s.hold
+	held, hold, released := s.held, s.hold, s.released
 	s.step(m, now, &r.rules, fx)
 	if len(fx.forward) > 0 {
 		r.forward(symbol, fx.forward, fx.received)
@@ -474,6 +490,14 @@ func (r *Router) step(ctx context.Context, symbol string, s *sequence, m *msg, n
 			r.held[symbol] = s.hold
 		} else {
 			delete(r.held, symbol)
+		}
+		r.heldNew = true
+	}
+	if s.released != released {
+		if s.released {
+			r.rel[symbol] = max(s.hold, 1) // the last hold: complete before it
+		} else {
+			delete(r.rel, symbol)
 		}
 		r.heldNew = true
 	}
@@ -548,6 +572,10 @@ func (r *Router) apply(ctx context.Context, c control, now time.Time) error {
 			delete(r.held, c.symbol)
 			r.heldNew = true
 		}
+		if _, ok := r.rel[c.symbol]; ok {
+			delete(r.rel, c.symbol)
+			r.heldNew = true
+		}
 		if b := r.out[c.symbol]; b != nil {
 			*b = batch{} // flush skips it
 		}
@@ -616,6 +644,9 @@ func (r *Router) publishHolds() {
 	}
 	h := make(map[string]int64, len(r.held))
 	maps.Copy(h, r.held)
+	rel := make(map[string]int64, len(r.rel))
+	maps.Copy(rel, r.rel)
+	r.released.Store(&rel)
 	r.holds.Store(&h)
 	r.heldNew = false
 }

@@ -89,12 +89,16 @@ type rig struct {
 
 const testGapWait = 300 * time.Millisecond
 
-func startRouter(t *testing.T, h *history) *rig {
+func startRouter(t *testing.T, h *history) *rig { return startRouterHolding(t, h, time.Hour) }
+
+// startRouterHolding starts a router whose holds are released after
+// holdMax.
+func startRouterHolding(t *testing.T, h *history, holdMax time.Duration) *rig {
 	sink := chanSink{make(chan []kline.Trade, 100)}
 	c := &clock{}
 	c.ns.Store(int64(5 * time.Minute)) // the test trades are at 1 s…300 s
 	ticks := make(chan time.Time)
-	r := NewRouter(sink, h, RouterConfig{GapWait: testGapWait, HoldMax: time.Hour, Clock: c.Now, Now: c.Now, Ticks: ticks,
+	r := NewRouter(sink, h, RouterConfig{GapWait: testGapWait, HoldMax: holdMax, Clock: c.Now, Now: c.Now, Ticks: ticks,
 		Log: slog.New(slog.DiscardHandler)})
 	rp := &repairs{r: r, ch: make(chan Repair, 10), start: map[string]int64{}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -239,6 +243,38 @@ func TestRouterRepairsALostConnection(t *testing.T) {
 	}
 	if n := g.Stats().Resyncs.Load(); n != 1 {
 		t.Fatalf("%d repairs counted", n)
+	}
+}
+
+// TestRouterReleasesAHold: a symbol held past HoldMax is released, and
+// said so with the time before which its klines are complete, until its
+// repair.
+func TestRouterReleasesAHold(t *testing.T) {
+	g := startRouterHolding(t, &history{}, 5*time.Second)
+	g.Start(g.ctx, "X", 0, []kline.Trade{tr(1), tr(2)})
+	collect(t, g.out, 2)
+	g.Lost(g.ctx, 1, []string{"X"})
+	if _, released := g.Released()["X"]; released {
+		t.Fatal("released at once")
+	}
+	g.tick(t, 6*time.Second)
+	if _, held := g.Holds()["X"]; held {
+		t.Fatal("still held past HoldMax")
+	}
+	if since, ok := g.Released()["X"]; !ok || since != 2000 {
+		t.Fatalf("released = %d, %v; want complete before the last trade's time", since, ok)
+	}
+	g.repairs.start["X"] = 11
+	g.Reconnected(g.ctx, 1, []string{"X"})
+	g.tick(t, 0)
+	if rp := g.repaired(t); rp != (Repair{"X", 2000}) {
+		t.Fatalf("repair %+v", rp)
+	}
+	g.deliver("X", tr(11))
+	collect(t, g.out, 1)
+	g.sync(t)
+	if _, released := g.Released()["X"]; released {
+		t.Fatal("still released after the repair")
 	}
 }
 

@@ -191,6 +191,11 @@ type Update struct {
 	// one of a lower stamp. Zero, the engine's own writes, orders nothing:
 	// it always applies.
 	Stamp int64
+	// Partial says the kline may lack trades: it closed (or changed) while
+	// its symbol was missing trades past the hold's bound, and a repair
+	// from the exchange's klines corrects it. Streams send no closing
+	// event for it; the correction's is the one.
+	Partial bool
 	Kline
 }
 

@@ -43,6 +43,12 @@ type Filler interface {
 	Fill(ctx context.Context, symbol string, iv kline.Interval, lo, hi int64, want int) error
 }
 
+// Repairs tells which symbols' klines lack trades until a repair: for
+// each, the trade time before which they are complete (the router).
+type Repairs interface {
+	Released() map[string]int64
+}
+
 // Config sets up a Querier.
 type Config struct {
 	Store  Source
@@ -53,8 +59,11 @@ type Config struct {
 	// every answer is taken as whole.
 	Held Held
 	Fill Filler
-	Now  func() time.Time // exchange time [time.Now]
-	Log  *slog.Logger
+	// Repairs, when set, refuses the klines that lack trades until their
+	// symbol's repair: what klagg holds of them is not the exchange's.
+	Repairs Repairs
+	Now     func() time.Time // exchange time [time.Now]
+	Log     *slog.Logger
 }
 
 // ErrIncomplete is returned for a query the Querier cannot answer whole.
@@ -138,6 +147,13 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 		lo, hi := claimed(q, e, r.cfg.Now().UnixMilli())
 		if lo > hi {
 			return out, nil
+		}
+		if r.cfg.Repairs != nil {
+			// A kline closing at or after since may lack trades.
+			if since, ok := r.cfg.Repairs.Released()[q.Symbol]; ok && hi >= q.Interval.Open(since) {
+				return nil, fmt.Errorf("%w: the klines of %s since %s lack trades the exchange has not delivered yet; klagg is repairing them from the exchange",
+					ErrIncomplete, q.Symbol, timeText(q.Interval.Open(since)))
+			}
 		}
 		gaps := r.cfg.Held.Missing(q.Symbol, q.Interval, lo, hi)
 		if len(gaps) == 0 {

@@ -162,6 +162,11 @@ func (x *exchange) Fill(_ context.Context, symbol string, iv kline.Interval, lo,
 	return x.held.Add(store.Span{Symbol: symbol, Interval: iv, From: from, To: hi})
 }
 
+// released is the router's word on the symbols lacking trades.
+type released map[string]int64
+
+func (r released) Released() map[string]int64 { return r }
+
 // TestReadThrough: what klagg does not hold of an answer is read through
 // to the exchange first; an answer it cannot make whole is refused, never
 // given short.
@@ -191,6 +196,8 @@ func TestReadThrough(t *testing.T) {
 		{"fewer than asked since the listing", 0, 10, minutes(5, 9), false, "limit=500", []string{"5:3", "6:3", "7:3", "8:3", "9:3", "10:1"}, 1},
 		{"the future: nothing to read", 9, 10, minutes(1, 9), false, "startTime=1200000", []string{}, 0},
 		{"the exchange unreachable: refused", 0, 10, minutes(1, 9), true, "limit=5", nil, 1},
+		{"lacking trades until a repair: refused", 9, 10, minutes(1, 9), false, "limit=5&released=1", nil, 0},
+		{"lacking trades after the range asked: answered", 9, 10, minutes(1, 9), false, "endTime=300000&limit=3&released=1", []string{"3:1", "4:1", "5:1"}, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
@@ -217,11 +224,16 @@ func TestReadThrough(t *testing.T) {
 			x := &exchange{st: st, held: held, has: c.has, fails: c.fails}
 			now := func() time.Time { return time.UnixMilli(c.live*60_000 + 30_000) }
 			values, _ := url.ParseQuery("symbol=A&interval=1m&" + c.query)
+			var repairs released
+			if values.Get("released") != "" {
+				repairs = released{"A": 9*60_000 + 30_000} // minute 9 lacks trades
+				values.Del("released")
+			}
 			q, aerr := binance.ParseKlinesQuery(values)
 			if aerr != nil {
 				t.Fatal(aerr)
 			}
-			b, err := New(Config{Store: st, Head: h, Held: held, Fill: x, Now: now}).AppendKlines(context.Background(), nil, q, kline.Precision{Price: 2, Qty: 3})
+			b, err := New(Config{Store: st, Head: h, Held: held, Fill: x, Now: now, Repairs: repairs}).AppendKlines(context.Background(), nil, q, kline.Precision{Price: 2, Qty: 3})
 			if x.calls != c.calls {
 				t.Errorf("read through %d times, want %d", x.calls, c.calls)
 			}

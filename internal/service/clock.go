@@ -50,7 +50,7 @@ func (s *Service) tick(ctx context.Context) {
 		case <-closer.C:
 			now, ok := s.clock()
 			if ok {
-				s.Engine.Tick(ctx, now, s.Router.Holds())
+				s.Engine.Tick(ctx, now, s.Router.Holds(), s.Router.Released())
 			}
 			// The clock is held at the streams' watermark: while it lags
 			// the target, look again shortly.
@@ -63,7 +63,7 @@ func (s *Service) tick(ctx context.Context) {
 			}
 		case <-t.C:
 			if now, ok := s.clock(); ok {
-				s.Engine.Tick(ctx, now, s.Router.Holds())
+				s.Engine.Tick(ctx, now, s.Router.Holds(), s.Router.Released())
 			}
 			if d := time.Since(lastAt); d >= time.Second {
 				n := s.Router.Stats().Forwarded.Load()

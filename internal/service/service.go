@@ -239,7 +239,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 	}
 	qcfg := query.Config{Store: st, Head: s.Head, Now: s.ExchangeNow, Log: log.With("part", "query")}
 	if s.Coverage != nil {
-		qcfg.Held, qcfg.Fill = s.Coverage, s.History
+		qcfg.Held, qcfg.Fill, qcfg.Repairs = s.Coverage, s.History, s.Router
 	}
 	if s.Feed != nil {
 		qcfg.Replay = s.Feed

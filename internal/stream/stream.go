@@ -228,6 +228,9 @@ func (s *Server) Publish(us []kline.Update) {
 	s.mu.Lock()
 	for i := range us {
 		u := &us[i]
+		if u.Closed && u.Partial {
+			continue // it lacks trades: the repair's correction is its closing event
+		}
 		for st := s.stream(u); st != nil; st = st.twin {
 			st.update(&u.Kline)
 			if u.Closed && len(st.subs) > 0 {

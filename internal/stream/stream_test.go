@@ -633,3 +633,25 @@ func TestOversizedFrame(t *testing.T) {
 		}
 	}
 }
+
+// TestNoClosingEventForAPartialKline: a kline closed while its symbol
+// lacked trades gets no closing event; the repair's correction is its
+// closing event, whole.
+func TestNoClosingEventForAPartialKline(t *testing.T) {
+	s, url := newServer(t, Config{PushInterval: 5 * time.Millisecond})
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, 60_000, 3, false)})
+	c := dial(t, url+"/ws/btcusdt@kline_1m")
+	if ev := parseEvent(t, read(t, c)); ev.K.Closed || ev.K.Trades != 3 {
+		t.Fatalf("current kline: %+v", ev.K)
+	}
+	partial := update("BTCUSDT", oneMin, 60_000, 4, true)
+	partial.Partial = true
+	s.Publish([]kline.Update{partial, update("BTCUSDT", oneMin, 120_000, 1, false)})
+	if ev := parseEvent(t, read(t, c)); ev.K.Closed || ev.K.OpenTime != 120_000 {
+		t.Fatalf("after a partial close, want the next kline and no closing event: %+v", ev.K)
+	}
+	s.Publish([]kline.Update{update("BTCUSDT", oneMin, 60_000, 9, true)}) // the correction
+	if ev := parseEvent(t, read(t, c)); !ev.K.Closed || ev.K.OpenTime != 60_000 || ev.K.Trades != 9 {
+		t.Fatalf("the correction's closing event: %+v", ev.K)
+	}
+}
