@@ -194,3 +194,52 @@ func (r *run) checkAnswer(sym string, a ask) (string, bool) {
 	}
 	return "", true
 }
+
+// closings follows sym's 1m kline stream on klagg and collects each
+// closing event until klagg closes the connection; the returned func
+// waits for that and returns them in the order they came.
+func (r *run) closings(t *testing.T, sym string) func() []kline.Kline {
+	t.Helper()
+	c := dialStream(t, r, "/ws/"+strings.ToLower(sym)+"@kline_1m")
+	var got []kline.Kline
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			_, b, err := c.Read(context.Background())
+			if err != nil {
+				return // klagg stopped
+			}
+			ev, err := binance.ParseKlineEvent(b)
+			if err != nil {
+				t.Errorf("a frame on %s's kline stream: %v", sym, err)
+				return
+			}
+			if k, err := ev.K.Kline(); err != nil {
+				t.Errorf("a kline event of %s: %v", sym, err)
+			} else if k.Closed {
+				got = append(got, k)
+			}
+		}
+	}()
+	return func() []kline.Kline {
+		<-done
+		return got
+	}
+}
+
+// checkClosings requires every closing event to be the exchange's kline:
+// klagg sends none for a kline it does not hold whole.
+func (r *run) checkClosings(sym string, got []kline.Kline) {
+	r.t.Helper()
+	if len(got) == 0 {
+		r.t.Errorf("no closing event on %s's stream", sym)
+	}
+	for _, k := range got {
+		ref := r.x.ReferenceKlines(sym, kline.OneMinute(), k.OpenTime, k.OpenTime)
+		if len(ref) != 1 || !sameAsRow(k, ref[0]) {
+			r.t.Errorf("closing event of %s at %s: %+v, the exchange's %+v", sym, ms(k.OpenTime), k, ref)
+		}
+	}
+	r.t.Logf("%d closing events of %s, each the exchange's", len(got), sym)
+}

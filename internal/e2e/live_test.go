@@ -25,6 +25,7 @@ func TestSteadyState(t *testing.T) {
 func TestDroppedConnection(t *testing.T) {
 	r := newRun(t, fakex.Config{}, "")
 	r.startKlagg()
+	closings := r.closings(t, "S001USDT")
 	r.until(4 * time.Minute)
 	r.x.DropConnections()
 	r.until(10 * time.Minute)
@@ -33,6 +34,9 @@ func TestDroppedConnection(t *testing.T) {
 		t.Error("klagg did not notice the dropped connection")
 	}
 	r.check(10 * time.Minute)
+	// A stream client saw each kline close once it was whole, across the
+	// drop too.
+	r.checkClosings("S001USDT", closings())
 }
 
 func TestStalledConnection(t *testing.T) {
