@@ -1,15 +1,21 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/klagg/klagg/internal/fakex"
 	"github.com/klagg/klagg/internal/klaggproc"
+	"github.com/klagg/klagg/internal/kline"
 )
 
 // runStart measures how long the real klagg takes to have the whole market
@@ -29,6 +35,7 @@ func runStart(args []string, stdout, stderr io.Writer) error {
 	speed := fs.Float64("speed", 1, "exchange time per wall-clock time")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
 	backfill := fs.Bool("backfill", true, "wait for the backfill to finish (and report its time)")
+	ask := fs.Int("ask", 0, "if set, a client asks for the latest this many 1m klines of every symbol, one after another, the moment klagg is live (retrying a 503 after a second), and the time it took is reported")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,6 +81,12 @@ listen = "127.0.0.1:0"
 		st := x.Stats()
 		fmt.Fprintf(stdout, "%s: %d symbols live after %s (exchange: at most %d weight in a minute so far, %d requests, %d refused)\n",
 			what, *symbols, k.LiveAfter().Round(time.Millisecond), st.MaxWeight1M, st.RESTRequests, st.Rejected429+st.Banned418)
+		if *ask > 0 {
+			if err := askEvery(stdout, k.Base(), x, *ask, what); err != nil {
+				k.Stop(time.Minute)
+				return err
+			}
+		}
 		if *backfill {
 			total, err := waitBackfill(k, deadline)
 			if err != nil {
@@ -101,4 +114,46 @@ func waitBackfill(k *klaggproc.Proc, deadline time.Time) (int64, error) {
 		time.Sleep(time.Second)
 	}
 	return 0, fmt.Errorf("backfill not done before the timeout")
+}
+
+// askEvery asks klagg at base for the latest n 1m klines of each of x's
+// symbols in turn, as a client catching up with the whole market does,
+// and reports how long it took and how often klagg said to come back. An
+// answer must be whole: n klines, or as many as the exchange has.
+func askEvery(stdout io.Writer, base string, x *fakex.Exchange, n int, what string) error {
+	syms := slices.Sorted(maps.Keys(x.Symbols()))
+	started := time.Now()
+	refused := 0
+	var slowest time.Duration
+	for _, sym := range syms {
+		asked := time.Now()
+		for {
+			resp, err := http.Get(fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=1m&limit=%d", base, url.QueryEscape(sym), n))
+			if err != nil {
+				return fmt.Errorf("ask %s: %w", sym, err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return fmt.Errorf("ask %s: %w", sym, err)
+			}
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				refused++
+				time.Sleep(time.Second) // what a client does with a 503
+				continue
+			}
+			var rows []json.RawMessage
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &rows) != nil {
+				return fmt.Errorf("ask %s: %d %s", sym, resp.StatusCode, body)
+			}
+			if has := len(x.ReferenceKlines(sym, kline.OneMinute(), 0, x.Now().UnixMilli())); len(rows) < min(n, has) {
+				return fmt.Errorf("ask %s: a short answer, %d klines of %d", sym, len(rows), min(n, has))
+			}
+			break
+		}
+		slowest = max(slowest, time.Since(asked))
+	}
+	fmt.Fprintf(stdout, "%s: the latest %d 1m klines of all %d symbols, asked one after another, answered whole in %s (slowest %s, %d refusals retried)\n",
+		what, n, len(syms), time.Since(started).Round(time.Millisecond), slowest.Round(time.Millisecond), refused)
+	return nil
 }

@@ -35,6 +35,7 @@ type Replayer interface {
 // Held knows which klines klagg holds: coverage.
 type Held interface {
 	Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span
+	Ended(symbol string) bool // stopped trading: the exchange has all there will be
 }
 
 // Filler reads klines klagg does not hold from the exchange, stores them
@@ -158,6 +159,14 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 		gaps := r.cfg.Held.Missing(q.Symbol, q.Interval, lo, hi)
 		if len(gaps) == 0 {
 			return out, nil
+		}
+		// The kline open now is held only while it is built: a symbol
+		// starting (or not followed) waits for its seed, and the
+		// exchange's weight is not spent on the rest of an answer that
+		// ends now and must wait for it anyway.
+		if cur := q.Interval.Open(r.cfg.Now().UnixMilli()); gaps[len(gaps)-1].To >= cur && !r.cfg.Held.Ended(q.Symbol) &&
+			(q.Start < 0 || (len(gaps) == 1 && gaps[0].From >= cur)) {
+			return nil, fmt.Errorf("%w: klagg is not building the klines of %s %s yet (starting, or a symbol it does not follow live)", ErrIncomplete, q.Symbol, q.Interval)
 		}
 		if attempt == 2 || r.cfg.Fill == nil {
 			return nil, fmt.Errorf("%w: klagg does not hold the klines of %s %s from %s to %s yet", ErrIncomplete,

@@ -181,7 +181,7 @@ func TestReadThrough(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		stored int64 // minutes 1…stored are stored and held
-		live   int64 // built live from this minute, open in the head
+		live   int64 // built live from this minute, open in the head; -1: not built (now is minute 10)
 		has    map[int64]int64
 		fails  bool
 		query  string
@@ -197,6 +197,8 @@ func TestReadThrough(t *testing.T) {
 		{"the future: nothing to read", 9, 10, minutes(1, 9), false, "startTime=1200000", []string{}, 0},
 		{"the exchange unreachable: refused", 0, 10, minutes(1, 9), true, "limit=5", nil, 1},
 		{"lacking trades until a repair: refused", 9, 10, minutes(1, 9), false, "limit=5&released=1", nil, 0},
+		{"not built live yet: refused, no weight spent", 0, -1, minutes(1, 9), false, "limit=5", nil, 0},
+		{"not built live, a range in the past: read", 0, -1, minutes(1, 9), false, "startTime=60000&limit=3", []string{"1:3", "2:3", "3:3"}, 1},
 		{"lacking trades after the range asked: answered", 9, 10, minutes(1, 9), false, "endTime=300000&limit=3&released=1", []string{"3:1", "4:1", "5:1"}, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -218,11 +220,13 @@ func TestReadThrough(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			held.Live("A", c.live*60_000)
 			h := head.New(head.Config{Confirmed: true})
-			h.Publish([]kline.Update{k(c.live, 1, false)})
+			if c.live >= 0 {
+				held.Live("A", c.live*60_000)
+				h.Publish([]kline.Update{k(c.live, 1, false)})
+			}
 			x := &exchange{st: st, held: held, has: c.has, fails: c.fails}
-			now := func() time.Time { return time.UnixMilli(c.live*60_000 + 30_000) }
+			now := func() time.Time { return time.UnixMilli(max(c.live, 10)*60_000 + 30_000) }
 			values, _ := url.ParseQuery("symbol=A&interval=1m&" + c.query)
 			var repairs released
 			if values.Get("released") != "" {
