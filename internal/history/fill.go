@@ -13,6 +13,28 @@ import (
 // client waits for it.
 const FillWait = 10 * time.Second
 
+// FillYield is how long backfill stands aside after a read through: the
+// weight goes to the clients asking first, as long as they ask.
+const FillYield = 2 * time.Second
+
+// yield waits while clients are reading through, so that backfill does not
+// take the weight they wait for.
+func (h *History) yield(ctx context.Context) error {
+	for {
+		wait := time.Until(time.Unix(0, h.lastFill.Load()).Add(FillYield))
+		if wait <= 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
 // Fill stores the exchange's closed klines of symbol and iv opening in
 // [lo, hi] and records them held, at once and ahead of backfill: a client
 // waits for them. With lo 0 it asks for the want newest up to hi, and
@@ -28,6 +50,8 @@ func (h *History) Fill(ctx context.Context, symbol string, iv kline.Interval, lo
 	if lo > hi {
 		return nil
 	}
+	h.lastFill.Store(time.Now().UnixNano())
+	defer func() { h.lastFill.Store(time.Now().UnixNano()) }()
 	key := fmt.Sprintf("%s %s %d %d %d", symbol, iv, lo, hi, want)
 	ch := h.fills.DoChan(key, func() (any, error) {
 		// Not the first caller's context: the others wait on the same

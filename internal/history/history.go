@@ -86,6 +86,7 @@ type History struct {
 	now       func() time.Time // exchange time
 	log       *slog.Logger
 	fills     singleflight.Group
+	lastFill  atomic.Int64 // when a read through last began or ended, Unix ns
 	Backfills atomic.Int64 // klines written by backfill
 	Requests  atomic.Int64
 	Weight    atomic.Int64 // REST weight spent
@@ -405,6 +406,9 @@ func (h *History) backfill(ctx context.Context, symbol string, iv kline.Interval
 	for _, gap := range h.held.Wanted(symbol, iv, end) {
 		// Newest first, so that what clients ask for most is held soonest.
 		for hi := gap.To; hi >= gap.From; {
+			if err := h.yield(ctx); err != nil {
+				return err
+			}
 			lo, n := hi, 1
 			for ; n < 1000 && iv.Prev(lo) >= gap.From; n++ {
 				lo = iv.Prev(lo)
