@@ -45,6 +45,15 @@ func TestNeverShort(t *testing.T) {
 	if err := r.k.WaitLogged(wctx, "history whole"); err != nil {
 		t.Error(err)
 	}
+	// /metrics says what the log said.
+	m, err := r.k.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Value("klagg_history_series") == 0 || m.Value("klagg_history_klines_held") == 0 || m.Value("klagg_history_whole") != 1 {
+		t.Errorf("/metrics: history series %v, held %v, whole %v; want it whole", m.Value("klagg_history_series"),
+			m.Value("klagg_history_klines_held"), m.Value("klagg_history_whole"))
+	}
 	r.stop()
 }
 
