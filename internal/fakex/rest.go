@@ -217,6 +217,11 @@ func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *binance.APIEr
 		if start > end {
 			return nil, binance.BadRequest(-1023, "Start time is greater than end time.")
 		}
+		// Klines are identified by their open time: the first is the
+		// first opening at or after startTime, not the one holding it.
+		if first := iv.Open(start); first < start {
+			start = iv.Next(first)
+		}
 		// Only the first limit klines from start are needed.
 		to := end
 		if d := iv.Duration(); d > 0 && start+d.Milliseconds()*limit < to {
