@@ -287,8 +287,8 @@ func (c *Set) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Sp
 	at := lo // the first slot not yet known held
 	if s != nil {
 		for _, p := range s.spans {
-			if at > hi {
-				break
+			if at > hi || (s.live >= 0 && p.From >= s.live) {
+				break // the live span holds everything from its start
 			}
 			if store.After(p) <= at {
 				continue

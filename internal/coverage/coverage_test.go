@@ -36,7 +36,7 @@ func closed(open int64) kline.Update {
 
 func TestMissing(t *testing.T) {
 	c := New(openStore(t, filepath.Join(t.TempDir(), "k.db")), []kline.Interval{oneMin}, 10, func() time.Time { return time.UnixMilli(55 * m) }, nil)
-	for _, p := range []store.Span{span(10, 19), span(30, 39)} {
+	for _, p := range []store.Span{span(10, 19), span(30, 39), span(60, 70)} {
 		if err := c.Add(p); err != nil {
 			t.Fatal(err)
 		}
@@ -53,6 +53,7 @@ func TestMissing(t *testing.T) {
 		{"up to the live span", 35, 60, []store.Span{span(40, 49)}},
 		{"inside the live span, up to any time", 50, 10_000, nil},
 		{"everything", 0, 100, []store.Span{span(0, 9), span(20, 29), span(40, 49)}},
+		{"a span read inside the live span changes nothing", 52, 80, nil},
 	} {
 		if got := c.Missing("X", oneMin, tc.lo*m, tc.hi*m); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: Missing(%d, %d) = %v, want %v", tc.name, tc.lo, tc.hi, got, tc.want)
