@@ -555,7 +555,6 @@ func (w *closings) check(t *testing.T, r *run, node string, syms []string) {
 // exchange's.
 func checkDeep(t *testing.T, r *run, node, base string, syms []string, limit int) {
 	t.Helper()
-	now := r.x.Now().UnixMilli()
 	for _, sym := range syms {
 		url := fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=1m&limit=%d", base, neturl.QueryEscape(sym), limit)
 		// A replay JetStream does not answer within its 5 s is refused
@@ -565,7 +564,9 @@ func checkDeep(t *testing.T, r *run, node, base string, syms []string, limit int
 		for try := 0; try < 2 && refused(t, url); try++ {
 			t.Logf("%s: %s refused while JetStream is slow; asking again", node, url)
 		}
-		got, n := settledREST(t, url, now)
+		// Settled as of the answer, not of before the retries or a slow
+		// replay: at 60× the exchange moves a minute a second meanwhile.
+		got, n := settledREST(t, url, func() int64 { return r.x.Now().UnixMilli() })
 		if n != limit {
 			t.Fatalf("%s: the last %d 1m klines of %s with PostgreSQL unreachable: %d", node, limit, sym, n)
 		}
@@ -597,11 +598,12 @@ func refused(t *testing.T, url string) bool {
 }
 
 // settledREST GETs the klines request url and returns the klines of its
-// answer closed and settled at now (exchange time, ms): two simulated
-// minutes after their close, past grace (10 s) and the corrections of late
-// trades behind it; and how many klines the answer held. An answer that is
+// answer closed and settled as of asOf() once it has come (exchange time,
+// ms): two simulated minutes after their close, past grace (10 s) and the
+// corrections of late trades behind it; and how many klines the answer
+// held. An answer that is
 // not an array of klines fails the test.
-func settledREST(t *testing.T, url string, now int64) ([]kline.Kline, int) {
+func settledREST(t *testing.T, url string, asOf func() int64) ([]kline.Kline, int) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -609,6 +611,7 @@ func settledREST(t *testing.T, url string, now int64) ([]kline.Kline, int) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	now := asOf()
 	var rows [][]json.RawMessage
 	if err := json.Unmarshal(body, &rows); err != nil {
 		t.Fatalf("%s: %d %.300s", url, resp.StatusCode, body)
@@ -639,7 +642,7 @@ func checkREST(t *testing.T, r *run, node, base string, syms []string) {
 	compared := 0
 	for _, sym := range syms {
 		for _, iv := range ivs {
-			got, _ := settledREST(t, fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=%s&limit=1500", base, neturl.QueryEscape(sym), iv), now)
+			got, _ := settledREST(t, fmt.Sprintf("%s/fapi/v1/klines?symbol=%s&interval=%s&limit=1500", base, neturl.QueryEscape(sym), iv), func() int64 { return now })
 			if len(got) == 0 {
 				continue
 			}
