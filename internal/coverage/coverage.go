@@ -378,31 +378,16 @@ func (c *Set) Figures() Figures {
 	f := Figures{Series: len(ws)}
 	for _, w := range ws {
 		cur := w.k.iv.Open(now.UnixMilli())
-		all := slots(w.k.iv, w.lo, cur)
+		all := w.k.iv.Slots(w.lo, cur)
 		for _, g := range c.Missing(w.k.symbol, w.k.iv, w.lo, cur) {
 			f.Gaps++
-			f.Missing += slots(w.k.iv, g.From, g.To)
+			f.Missing += w.k.iv.Slots(g.From, g.To)
 		}
 		f.Held += all
 	}
 	f.Held -= f.Missing
 	f.Whole = f.Missing == 0
 	return f
-}
-
-// slots counts the slots of iv in [lo, hi].
-func slots(iv kline.Interval, lo, hi int64) int64 {
-	if lo > hi {
-		return 0
-	}
-	if d := iv.Duration().Milliseconds(); iv.String() != "1M" {
-		return (hi-lo)/d + 1
-	}
-	n := int64(0)
-	for t := lo; t <= hi; t = iv.Next(t) {
-		n++
-	}
-	return n
 }
 
 // merge adds p to spans, merged and oldest first.

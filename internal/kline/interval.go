@@ -170,6 +170,20 @@ func (iv Interval) Prev(open int64) int64 {
 	return open - iv.ms
 }
 
+// Slots counts the klines of iv opening in [lo, hi], both open times of
+// iv; 0 when lo > hi.
+func (iv Interval) Slots(lo, hi int64) int64 {
+	if lo > hi {
+		return 0
+	}
+	if iv.months > 0 {
+		a, b := time.UnixMilli(lo).UTC(), time.UnixMilli(hi).UTC()
+		months := (b.Year()-a.Year())*12 + int(b.Month()) - int(a.Month())
+		return int64(months/iv.months) + 1
+	}
+	return (hi-lo)/iv.ms + 1
+}
+
 // CloseTime returns Binance's close time of the kline opening at open: the
 // next open time minus one millisecond.
 func (iv Interval) CloseTime(open int64) int64 { return iv.Next(open) - 1 }

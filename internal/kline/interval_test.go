@@ -110,3 +110,25 @@ func TestParseInterval(t *testing.T) {
 		t.Error("Binance has 15 intervals")
 	}
 }
+
+// TestSlots: the klines between two open times, months included.
+func TestSlots(t *testing.T) {
+	day := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	month := MustInterval("1M")
+	for _, c := range []struct {
+		iv     Interval
+		lo, hi int64
+		want   int64
+	}{
+		{OneMinute(), day, day, 1},
+		{OneMinute(), day, day + 59*60_000, 60},
+		{OneMinute(), day + 60_000, day, 0},
+		{MustInterval("1w"), MustInterval("1w").Open(day), MustInterval("1w").Open(day) + 3*7*86_400_000, 4},
+		{month, day, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), 12},
+		{month, time.Date(2025, 11, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), 4},
+	} {
+		if got := c.iv.Slots(c.lo, c.hi); got != c.want {
+			t.Errorf("%s.Slots(%d, %d) = %d, want %d", c.iv, c.lo, c.hi, got, c.want)
+		}
+	}
+}

@@ -107,12 +107,11 @@ func extentOf(ks []kline.Kline) extent {
 }
 
 // claimed returns the slots [lo, hi] an answer to q with extent e says
-// are all there is, as of the slot now opens: from the first asked (or the
-// first there is, when fewer than the limit came) to the last asked (or
-// the last given, when the limit was reached).
-func claimed(q binance.KlinesQuery, e extent, now int64) (lo, hi int64) {
+// are all there is, as of the current slot cur: from the first asked (or
+// the first there is, when fewer than the limit came) to the last asked
+// (or the last given, when the limit was reached).
+func claimed(q binance.KlinesQuery, e extent, cur int64) (lo, hi int64) {
 	iv := q.Interval
-	cur := iv.Open(now)
 	end := cur
 	if q.End >= 0 {
 		end = min(iv.Open(q.End), cur)
@@ -145,7 +144,8 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 		if err != nil || r.cfg.Held == nil || q.End == 0 {
 			return out, err
 		}
-		lo, hi := claimed(q, e, r.cfg.Now().UnixMilli())
+		cur := q.Interval.Open(r.cfg.Now().UnixMilli())
+		lo, hi := claimed(q, e, cur)
 		if lo > hi {
 			return out, nil
 		}
@@ -164,8 +164,7 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 		// starting (or not followed) waits for its seed, and the
 		// exchange's weight is not spent on the rest of an answer that
 		// ends now and must wait for it anyway.
-		if cur := q.Interval.Open(r.cfg.Now().UnixMilli()); gaps[len(gaps)-1].To >= cur && !r.cfg.Held.Ended(q.Symbol) &&
-			(q.Start < 0 || (len(gaps) == 1 && gaps[0].From >= cur)) {
+		if gaps[len(gaps)-1].To >= cur && !r.cfg.Held.Ended(q.Symbol) && (q.Start < 0 || (len(gaps) == 1 && gaps[0].From >= cur)) {
 			return nil, fmt.Errorf("%w: klagg is not building the klines of %s %s yet (starting, or a symbol it does not follow live)", ErrIncomplete, q.Symbol, q.Interval)
 		}
 		if attempt == 2 || r.cfg.Fill == nil {
