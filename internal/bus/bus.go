@@ -91,6 +91,9 @@ type message struct {
 	FirstTradeID     int64  `json:"f"`
 	LastTradeID      int64  `json:"L"`
 	Closed           bool   `json:"x"`
+	// Partial marks a closed kline that may lack trades (kline.Update's
+	// Partial): a serve node sends no closing event for it.
+	Partial bool `json:"p,omitempty"`
 }
 
 // Encode writes u as a message body.
@@ -137,6 +140,9 @@ func AppendEncode(b []byte, u *kline.Update) []byte {
 	b = strconv.AppendInt(b, k.LastTradeID, 10)
 	b = append(b, `,"x":`...)
 	b = strconv.AppendBool(b, k.Closed)
+	if u.Partial {
+		b = append(b, `,"p":true`...)
+	}
 	return append(b, '}')
 }
 
@@ -159,7 +165,7 @@ func encodeJSON(u *kline.Update) []byte {
 		Symbol: u.Symbol, Interval: u.Interval.String(), OpenTime: k.OpenTime, CloseTime: k.CloseTime,
 		Open: t.Open, High: t.High, Low: t.Low, Close: t.Close, Volume: t.Volume, QuoteVolume: t.QuoteVolume,
 		Trades: k.Trades, TakerVolume: t.TakerVolume, TakerQuoteVolume: t.TakerQuoteVolume,
-		FirstTradeID: k.FirstTradeID, LastTradeID: k.LastTradeID, Closed: k.Closed,
+		FirstTradeID: k.FirstTradeID, LastTradeID: k.LastTradeID, Closed: k.Closed, Partial: u.Partial,
 	})
 	return b
 }
@@ -178,7 +184,7 @@ func Decode(b []byte) (kline.Update, error) {
 		return kline.Update{}, fmt.Errorf("bus: kline message without a symbol or interval: %.200s", b)
 	}
 	u := kline.Update{Symbol: m.Symbol, Interval: iv, Kline: kline.Kline{OpenTime: m.OpenTime, CloseTime: m.CloseTime,
-		Trades: m.Trades, FirstTradeID: m.FirstTradeID, LastTradeID: m.LastTradeID, Closed: m.Closed}}
+		Trades: m.Trades, FirstTradeID: m.FirstTradeID, LastTradeID: m.LastTradeID, Closed: m.Closed}, Partial: m.Partial}
 	t := store.Text{Open: m.Open, High: m.High, Low: m.Low, Close: m.Close, Volume: m.Volume, QuoteVolume: m.QuoteVolume,
 		TakerVolume: m.TakerVolume, TakerQuoteVolume: m.TakerQuoteVolume}
 	if err := t.Parse(&u.Kline); err != nil {
@@ -216,6 +222,8 @@ func decodeEncoded(b []byte) (u kline.Update, ok bool) {
 	switch {
 	case r.lit(`,"x":true}`):
 		k.Closed = true
+	case r.lit(`,"x":true,"p":true}`):
+		k.Closed, u.Partial = true, true
 	case r.lit(`,"x":false}`):
 	default:
 		return u, false

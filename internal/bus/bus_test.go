@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -58,10 +59,13 @@ func until(t *testing.T, what string, cond func() bool) {
 
 func TestEncodeDecode(t *testing.T) {
 	for i := range int64(5) {
-		u := kline.Update{Symbol: "币安人生USDT", Interval: kline.MustInterval("1M"), Kline: storetest.Kline(i*60_000, i)}
-		got, err := Decode(Encode(&u))
-		if err != nil || !reflect.DeepEqual(got, u) {
-			t.Fatalf("%+v → %s → %+v %v", u, Encode(&u), got, err)
+		for _, sym := range []string{"币安人生USDT", "BTCUSDT"} {
+			u := kline.Update{Symbol: sym, Interval: kline.MustInterval("1M"), Kline: storetest.Kline(i*60_000, i)}
+			u.Partial = u.Closed && i%2 == 0 // a closed kline that may lack trades says so
+			got, err := Decode(Encode(&u))
+			if err != nil || !reflect.DeepEqual(got, u) {
+				t.Fatalf("%+v → %s → %+v %v", u, Encode(&u), got, err)
+			}
 		}
 	}
 	if _, err := Decode([]byte(`{"s":"X","i":"7x"}`)); err == nil {
@@ -87,6 +91,36 @@ func TestEncodeDecode(t *testing.T) {
 	}
 }
 
+// TestAckedOnceAllBeforeAre: a kline acknowledged after one queued before
+// it failed is confirmed only with that one.
+func TestAckedOnceAllBeforeAre(t *testing.T) {
+	var got []int64
+	p := NewPublisher(nil, func(us []kline.Update) {
+		for _, u := range us {
+			got = append(got, u.OpenTime)
+		}
+	}, nil)
+	q := func(seqs ...uint64) []queued {
+		out := make([]queued, len(seqs))
+		for i, s := range seqs {
+			out[i] = queued{kline.Update{Kline: kline.Kline{OpenTime: int64(s)}}, s}
+		}
+		return out
+	}
+	p.confirm(q(1, 2, 3), q(2))
+	if len(got) != 0 {
+		t.Fatalf("confirmed %v while 2 is not acknowledged", got)
+	}
+	p.confirm(q(2, 4), q(4))
+	if len(got) != 0 {
+		t.Fatalf("confirmed %v while 4 is not acknowledged", got)
+	}
+	p.confirm(q(4, 5), nil)
+	if want := []int64{1, 3, 2, 4, 5}; !slices.Equal(got, want) {
+		t.Fatalf("confirmed %v, want %v", got, want)
+	}
+}
+
 // TestAppendEncode: the hand-written encoder writes encoding/json's bytes,
 // so that a kline's message id does not depend on which one wrote it.
 func TestAppendEncode(t *testing.T) {
@@ -99,7 +133,7 @@ func TestAppendEncode(t *testing.T) {
 		k.TakerVolume, k.TakerQuoteVolume = decimal.U128{}, decimal.FromInt64(rng.Int64())
 		k.Trades, k.FirstTradeID, k.LastTradeID, k.Closed = rng.Int64(), -1, rng.Int64(), i%2 == 0
 		sym := []string{"BTCUSDT", "1000PEPEUSDT", "A_B-C", "币安人生USDT", "X<&>", ""}[i%6]
-		u := kline.Update{Symbol: sym, Interval: kline.MustInterval([]string{"1m", "1M", "4h"}[i%3]), Kline: k}
+		u := kline.Update{Symbol: sym, Interval: kline.MustInterval([]string{"1m", "1M", "4h"}[i%3]), Kline: k, Partial: k.Closed && i%4 == 0}
 		if got, want := AppendEncode(nil, &u), encodeJSON(&u); string(got) != string(want) {
 			t.Fatalf("AppendEncode:\n%s\nencoding/json:\n%s", got, want)
 		}
@@ -114,6 +148,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add(Encode(&u))
 	}
 	f.Add([]byte(`{"s":"X","i":"1m","t":-0,"T":1,"o":"1","h":"1","l":"1","c":"1","v":"1","q":"1","n":1,"V":"1","Q":"1","f":1,"L":1,"x":true}`))
+	f.Add([]byte(`{"s":"X","i":"1m","t":0,"T":1,"o":"1","h":"1","l":"1","c":"1","v":"1","q":"1","n":1,"V":"1","Q":"1","f":1,"L":1,"x":true,"p":true}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fast, ok := decodeEncoded(b)
 		if !ok {
@@ -128,7 +163,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatal(err)
 		}
 		want := kline.Update{Symbol: m.Symbol, Interval: iv, Kline: kline.Kline{OpenTime: m.OpenTime, CloseTime: m.CloseTime,
-			Trades: m.Trades, FirstTradeID: m.FirstTradeID, LastTradeID: m.LastTradeID, Closed: m.Closed}}
+			Trades: m.Trades, FirstTradeID: m.FirstTradeID, LastTradeID: m.LastTradeID, Closed: m.Closed}, Partial: m.Partial}
 		text := store.Text{Open: m.Open, High: m.High, Low: m.Low, Close: m.Close, Volume: m.Volume, QuoteVolume: m.QuoteVolume,
 			TakerVolume: m.TakerVolume, TakerQuoteVolume: m.TakerQuoteVolume}
 		if err := text.Parse(&want.Kline); err != nil {
@@ -156,7 +191,7 @@ func TestPublishAndSink(t *testing.T) {
 	}
 	defer db.Close()
 	log := slog.New(slog.DiscardHandler)
-	pub := NewPublisher(js, log)
+	pub := NewPublisher(js, nil, log)
 	run(t, pub.Run)
 
 	var want []kline.Update
@@ -345,7 +380,7 @@ func BenchmarkPublishReplicated(b *testing.B) {
 // round waiting for every acknowledgement.
 func benchPublish(b *testing.B, js jetstream.JetStream) {
 	ctx := context.Background()
-	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
+	pub := NewPublisher(js, nil, slog.New(slog.DiscardHandler))
 	const batch = 10_000
 	us := make([]queued, batch)
 	b.ResetTimer()
@@ -370,7 +405,7 @@ func BenchmarkReplay(b *testing.B) {
 	if _, err := EnsureStream(ctx, js, 1); err != nil {
 		b.Fatal(err)
 	}
-	pub := NewPublisher(js, slog.New(slog.DiscardHandler))
+	pub := NewPublisher(js, nil, slog.New(slog.DiscardHandler))
 	const n = 200_000
 	us := make([]queued, 10_000)
 	for round := range n / len(us) {
@@ -418,7 +453,7 @@ func BenchmarkSink(b *testing.B) {
 		b.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	pub := NewPublisher(js, log)
+	pub := NewPublisher(js, nil, log)
 	const n = 200_000
 	us := make([]queued, 10_000)
 	for round := range n / len(us) {

@@ -23,8 +23,9 @@ const Drain = 10 * time.Second
 // for the next round, so a broker election or a lost link delays klines
 // and loses none.
 type Publisher struct {
-	js  jetstream.JetStream
-	log *slog.Logger
+	js      jetstream.JetStream
+	onAcked func([]kline.Update)
+	log     *slog.Logger
 
 	mu      sync.Mutex
 	pending []queued
@@ -32,14 +33,19 @@ type Publisher struct {
 	acked   uint64        // every kline queued up to this one is acknowledged
 	ackedCh chan struct{} // closed and replaced when acked grows
 	wake    chan struct{}
+	// unconfirmed are klines acknowledged after one queued before them
+	// failed: onAcked is told of them once that one is acknowledged too.
+	unconfirmed []kline.Update
 
 	Published atomic.Int64 // acknowledged by the broker
 	Failures  atomic.Int64 // publish attempts that failed, to be retried
 }
 
-// NewPublisher returns a publisher to js; start it with Run.
-func NewPublisher(js jetstream.JetStream, log *slog.Logger) *Publisher {
-	return &Publisher{js: js, log: log, wake: make(chan struct{}, 1), ackedCh: make(chan struct{})}
+// NewPublisher returns a publisher to js; start it with Run. acked, if
+// set, is told of the klines acknowledged, each only once every kline
+// queued before it is too: what the cluster holds for certain.
+func NewPublisher(js jetstream.JetStream, acked func([]kline.Update), log *slog.Logger) *Publisher {
+	return &Publisher{js: js, onAcked: acked, log: log, wake: make(chan struct{}, 1), ackedCh: make(chan struct{})}
 }
 
 // queued is a kline waiting for the broker, numbered in queueing order.
@@ -131,6 +137,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.pending = nil
 		p.mu.Unlock()
 		failed := p.publish(pctx, batch)
+		p.confirm(batch, failed)
 		p.mu.Lock()
 		p.pending = append(failed, p.pending...)
 		acked := p.queued
@@ -157,6 +164,32 @@ func (p *Publisher) Run(ctx context.Context) error {
 		// klines should reach the stream soon after it, not up to one
 		// more backoff later. A failed round costs the broker little.
 		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// confirm tells onAcked of the klines of batch acknowledged, or keeps them
+// until those of failed, queued before some of them, are.
+func (p *Publisher) confirm(batch, failed []queued) {
+	if p.onAcked == nil {
+		return
+	}
+	if len(failed) == 0 {
+		for _, q := range batch {
+			p.unconfirmed = append(p.unconfirmed, q.u)
+		}
+		p.onAcked(p.unconfirmed)
+		clear(p.unconfirmed)
+		p.unconfirmed = p.unconfirmed[:0]
+		return
+	}
+	lost := make(map[uint64]bool, len(failed))
+	for _, q := range failed {
+		lost[q.seq] = true
+	}
+	for _, q := range batch {
+		if !lost[q.seq] {
+			p.unconfirmed = append(p.unconfirmed, q.u)
+		}
 	}
 }
 

@@ -165,7 +165,7 @@ func TestFeedUnwritten(t *testing.T) {
 	out := &handed{ch: make(chan struct{}, 1)}
 	pending := head.New(head.Config{Confirmed: true})
 	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, []kline.Interval{iv}, log)
-	pub := bus.NewPublisher(js, log)
+	pub := bus.NewPublisher(js, nil, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -292,7 +292,7 @@ func TestReplay(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
 	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, head.New(head.Config{}), []kline.Interval{iv}, log)
-	pub := bus.NewPublisher(js, log)
+	pub := bus.NewPublisher(js, nil, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()

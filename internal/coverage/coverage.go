@@ -8,6 +8,13 @@
 // exact on, the newest in the head until the store has it; what the store
 // is known to hold of it is recorded every few seconds and when klagg
 // stops, so after a crash the spans claim no more than the store has.
+//
+// In a cluster the store is shared: each node records what it holds, and
+// reads what the others recorded again every few seconds. A symbol another
+// node builds is held, by the cluster's store and kline stream, from the
+// minute its owners have built it live since, as their checkpoints say
+// (Remote), up to now while its owner lives and has resumed it, else up to
+// the owner's last checkpoint.
 package coverage
 
 import (
@@ -29,23 +36,57 @@ import (
 type Store interface {
 	AddSpans(spans []store.Span) error
 	CompactSpans(ctx context.Context) ([]store.Span, error)
+	Spans(ctx context.Context) ([]store.Span, error)
 }
 
 // FlushEvery is how often what the store holds of the live spans is
-// recorded.
+// recorded (and, in a cluster, what the other nodes recorded is read).
 const FlushEvery = 10 * time.Second
+
+// checkpointAge is how old the newest checkpoint of a symbol another node
+// builds may be while that node is taken to build it now: an owner
+// rewrites a symbol's checkpoint at least when its minute turns.
+const checkpointAge = time.Minute + 5*time.Second
+
+// Config sets up a Set.
+type Config struct {
+	Store     Store
+	Intervals []kline.Interval // built live
+	// Depth is how many klines per interval history should reach back:
+	// history is whole when each series built live holds them.
+	Depth int
+	Now   func() time.Time // exchange time [time.Now]
+	// Shared says other nodes record spans in the store too (a cluster):
+	// they are read again every FlushEvery.
+	Shared bool
+	// Alive, in a cluster, tells whether the node named lives; nil: none
+	// does but this one.
+	Alive func(node string) bool
+	Log   *slog.Logger
+}
 
 // Set is the spans held of every series; it is safe for concurrent use.
 type Set struct {
-	st    Store
-	ivs   []kline.Interval // built live
-	depth int              // klines per interval history should reach back
-	now   func() time.Time // exchange time, for the figures
-	log   *slog.Logger
+	cfg Config
 
 	mu     sync.RWMutex
 	series map[key]*series
-	ended  map[string]bool // symbols that stopped trading for good
+	ended  map[string]bool   // symbols that stopped trading for good
+	since  map[string]int64  // symbols built live here: the minute they are built from
+	remote map[string]remote // symbols other nodes build, by their checkpoints
+	// ended live spans, to record at the next flush
+	unrecorded []store.Span
+}
+
+// remote is a symbol another node builds live, as its newest checkpoint
+// says.
+type remote struct {
+	owner string // "": released, until another node takes it
+	m0    int64  // the minute its owners have built it live since
+	at    int64  // when the checkpoint was written, unix ms
+	// resumed is false while a new owner has taken the symbol and not yet
+	// written a checkpoint of its own: until then it may lack klines.
+	resumed bool
 }
 
 type key struct {
@@ -82,17 +123,15 @@ func (s *series) confirmed(iv kline.Interval) int64 {
 	return to
 }
 
-// New returns an empty Set over st of symbols built live in intervals
-// ivs; history is whole when each series built live holds depth klines
-// before its live span. now tells exchange time [time.Now].
-func New(st Store, ivs []kline.Interval, depth int, now func() time.Time, log *slog.Logger) *Set {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// New returns an empty Set.
+func New(cfg Config) *Set {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if now == nil {
-		now = time.Now
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
-	return &Set{st: st, ivs: ivs, depth: depth, now: now, log: log, series: map[key]*series{}, ended: map[string]bool{}}
+	return &Set{cfg: cfg, series: map[key]*series{}, ended: map[string]bool{}, since: map[string]int64{}, remote: map[string]remote{}}
 }
 
 func (c *Set) get(k key) *series {
@@ -106,17 +145,38 @@ func (c *Set) get(k key) *series {
 
 // Load reads the spans the store keeps, merging them there.
 func (c *Set) Load(ctx context.Context) error {
-	spans, err := c.st.CompactSpans(ctx)
+	spans, err := c.cfg.Store.CompactSpans(ctx)
 	if err != nil {
 		return fmt.Errorf("read which klines the store holds: %w", err)
 	}
+	c.add(spans)
+	return nil
+}
+
+// Refresh reads the spans the store keeps again, for what other nodes
+// sharing it recorded since.
+func (c *Set) Refresh(ctx context.Context) error {
+	spans, err := c.cfg.Store.Spans(ctx)
+	if err != nil {
+		return fmt.Errorf("read which klines the store holds: %w", err)
+	}
+	c.add(spans)
+	return nil
+}
+
+// add merges spans, sorted by series or not, into what is held.
+func (c *Set) add(spans []store.Span) {
+	by := map[key][]store.Span{}
+	for _, p := range spans {
+		k := key{p.Symbol, p.Interval}
+		by[k] = append(by[k], p)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range spans {
-		s := c.get(key{p.Symbol, p.Interval})
-		s.spans = append(s.spans, p)
+	for k, ps := range by {
+		s := c.get(k)
+		s.spans = store.MergeSpans(append(ps, s.spans...))
 	}
-	return nil
 }
 
 // Live says symbol is built live from the minute opening at m0 on (0: from
@@ -127,7 +187,8 @@ func (c *Set) Live(symbol string, m0 int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.ended, symbol)
-	for _, iv := range c.ivs {
+	c.since[symbol] = m0
+	for _, iv := range c.cfg.Intervals {
 		s := c.get(key{symbol, iv})
 		c.endLive(symbol, iv, s)
 		s.live = 0
@@ -135,7 +196,7 @@ func (c *Set) Live(symbol string, m0 int64) {
 		if m0 > 0 {
 			s.live = iv.Open(m0)
 			s.want = s.live
-			for range c.depth {
+			for range c.cfg.Depth {
 				s.want = iv.Prev(s.want)
 			}
 		}
@@ -148,11 +209,38 @@ func (c *Set) Live(symbol string, m0 int64) {
 func (c *Set) Stop(symbol string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.since, symbol)
 	for k, s := range c.series {
 		if k.symbol == symbol {
 			c.endLive(symbol, k.iv, s)
 		}
 	}
+}
+
+// LiveSince returns the minute from which symbol is built live here, as
+// Live was told, and whether it is: a cluster's checkpoint carries it to
+// the node that takes the symbol over.
+func (c *Set) LiveSince(symbol string) (int64, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	m0, ok := c.since[symbol]
+	return m0, ok
+}
+
+// Remote says, from its newest checkpoint, that node owner builds symbol
+// live from the minute m0 on (0: from its first trade), as of at (unix
+// ms); owner "" says it was released. A symbol built here is held as Live
+// says, whatever its checkpoints say.
+func (c *Set) Remote(symbol, owner string, m0, at int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := remote{owner: owner, m0: m0, at: at, resumed: owner != ""}
+	if prev, ok := c.remote[symbol]; ok && owner != prev.owner && at <= prev.at {
+		// Taken over: the checkpoint is the last owner's until the new
+		// one writes its own.
+		r.resumed = false
+	}
+	c.remote[symbol] = r
 }
 
 // End says symbol stopped trading for good: its live spans reach forever,
@@ -162,10 +250,24 @@ func (c *Set) End(symbol string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.ended[symbol] = true
+	delete(c.since, symbol)
+	r, remoted := c.remote[symbol]
+	delete(c.remote, symbol)
 	for k, s := range c.series {
-		if k.symbol == symbol && s.live >= 0 {
-			s.spans = merge(s.spans, store.Span{Symbol: symbol, Interval: k.iv, From: s.live, To: store.Forever})
-			s.live, s.want = -1, -1
+		from := s.live
+		if from < 0 && remoted && c.cfg.Shared {
+			from = 0 // its owner records it; until then, the cluster has it
+			if r.m0 > 0 {
+				from = k.iv.Open(r.m0)
+			}
+		}
+		if k.symbol == symbol && from >= 0 {
+			p := store.Span{Symbol: symbol, Interval: k.iv, From: from, To: store.Forever}
+			s.spans = merge(s.spans, p)
+			if s.live >= 0 {
+				c.unrecorded = append(c.unrecorded, p)
+			}
+			s.live, s.want, s.partial = -1, -1, nil
 		}
 	}
 }
@@ -180,8 +282,13 @@ func (c *Set) Ended(symbol string) bool {
 // endLive turns s's live span into the span the store holds of it.
 func (c *Set) endLive(symbol string, iv kline.Interval, s *series) {
 	if to := s.confirmed(iv); s.live >= 0 && to >= 0 {
-		s.spans = merge(s.spans, store.Span{Symbol: symbol, Interval: iv, From: s.live, To: to})
+		p := store.Span{Symbol: symbol, Interval: iv, From: s.live, To: to}
+		s.spans = merge(s.spans, p)
+		if to > s.recorded {
+			c.unrecorded = append(c.unrecorded, p)
+		}
 	}
+	s.recorded, s.stored = -1, -1
 	s.live, s.want, s.partial = -1, -1, nil
 }
 
@@ -219,7 +326,7 @@ func (c *Set) Stored(us []kline.Update) {
 
 // Add records that every kline of the exchange in p is stored.
 func (c *Set) Add(p store.Span) error {
-	if err := c.st.AddSpans([]store.Span{p}); err != nil {
+	if err := c.cfg.Store.AddSpans([]store.Span{p}); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -232,8 +339,9 @@ func (c *Set) Add(p store.Span) error {
 // Flush records what the store holds of the live spans.
 func (c *Set) Flush() error {
 	c.mu.Lock()
-	var add []store.Span
-	var marks []*series
+	add := c.unrecorded
+	c.unrecorded = nil
+	marks := make([]*series, len(add)) // nil: an ended live span
 	for k, s := range c.series {
 		if to := s.confirmed(k.iv); s.live >= 0 && to > s.recorded {
 			add = append(add, store.Span{Symbol: k.symbol, Interval: k.iv, From: s.live, To: to})
@@ -244,12 +352,21 @@ func (c *Set) Flush() error {
 	if len(add) == 0 {
 		return nil
 	}
-	if err := c.st.AddSpans(add); err != nil {
+	if err := c.cfg.Store.AddSpans(add); err != nil {
+		c.mu.Lock()
+		for i, s := range marks {
+			if s == nil {
+				c.unrecorded = append(c.unrecorded, add[i])
+			}
+		}
+		c.mu.Unlock()
 		return fmt.Errorf("record which klines the store holds: %w", err)
 	}
 	c.mu.Lock()
 	for i, s := range marks {
-		s.recorded = max(s.recorded, add[i].To)
+		if s != nil {
+			s.recorded = max(s.recorded, add[i].To)
+		}
 	}
 	c.mu.Unlock()
 	return nil
@@ -266,12 +383,19 @@ func (c *Set) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			if err := c.Flush(); err != nil {
-				c.log.Warn("the spans held were not recorded; klagg reads them again from the exchange when asked", "err", err)
+				c.cfg.Log.Warn("the spans held were not recorded; klagg reads them again from the exchange when asked", "err", err)
 			}
 			return nil
 		case <-t.C:
 			if err := c.Flush(); err != nil {
-				c.log.Warn("recording the spans held failed; retrying", "err", err)
+				c.cfg.Log.Warn("recording the spans held failed; retrying", "err", err)
+			}
+			if c.cfg.Shared {
+				rctx, cancel := context.WithTimeout(ctx, FlushEvery)
+				if err := c.Refresh(rctx); err != nil && ctx.Err() == nil {
+					c.cfg.Log.Warn("reading what other nodes hold failed; klagg reads what it lacks from the exchange meanwhile", "err", err)
+				}
+				cancel()
 			}
 		}
 	}
@@ -280,35 +404,63 @@ func (c *Set) Run(ctx context.Context) error {
 // Missing returns the runs of slots in [lo, hi] of symbol and iv that are
 // not held, oldest first.
 func (c *Set) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span {
+	now := c.cfg.Now().UnixMilli()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var out []store.Span
-	s := c.series[key{symbol, iv}]
 	at := lo // the first slot not yet known held
+	take := func(p store.Span) {
+		if at > hi || store.After(p) <= at {
+			return
+		}
+		if p.From > at {
+			out = append(out, store.Span{Symbol: symbol, Interval: iv, From: at, To: min(iv.Prev(p.From), hi)})
+		}
+		at = store.After(p)
+	}
+	var spans []store.Span
+	s := c.series[key{symbol, iv}]
 	if s != nil {
-		for _, p := range s.spans {
-			if at > hi || (s.live >= 0 && p.From >= s.live) {
-				break // the live span holds everything from its start
-			}
-			if store.After(p) <= at {
-				continue
-			}
-			if p.From > at {
-				out = append(out, store.Span{Symbol: symbol, Interval: iv, From: at, To: min(iv.Prev(p.From), hi)})
-			}
-			at = store.After(p)
-		}
-		if s.live >= 0 && at <= hi && s.live <= hi {
-			if s.live > at {
-				out = append(out, store.Span{Symbol: symbol, Interval: iv, From: at, To: iv.Prev(s.live)})
-			}
-			at = store.Forever
-		}
+		spans = s.spans
+	}
+	live, ok := c.liveSpan(symbol, iv, s, now)
+	i := 0
+	for ; i < len(spans) && (!ok || spans[i].From < live.From); i++ {
+		take(spans[i])
+	}
+	if ok {
+		take(live)
+	}
+	for ; i < len(spans); i++ {
+		take(spans[i])
 	}
 	if at <= hi {
 		out = append(out, store.Span{Symbol: symbol, Interval: iv, From: at, To: hi})
 	}
 	return out
+}
+
+// liveSpan returns the span of symbol and iv built live, here or by
+// another node, as of now (unix ms), if there is one.
+func (c *Set) liveSpan(symbol string, iv kline.Interval, s *series, now int64) (store.Span, bool) {
+	if s != nil && s.live >= 0 {
+		return store.Span{Symbol: symbol, Interval: iv, From: s.live, To: store.Forever}, true
+	}
+	r, ok := c.remote[symbol]
+	if !ok {
+		return store.Span{}, false
+	}
+	p := store.Span{Symbol: symbol, Interval: iv, To: store.Forever}
+	if r.m0 > 0 {
+		p.From = iv.Open(r.m0)
+	}
+	if !r.resumed || c.cfg.Alive == nil || !c.cfg.Alive(r.owner) || now-r.at > checkpointAge.Milliseconds() {
+		// The owner is gone, or has not resumed it: the cluster holds
+		// what closed before its last checkpoint, and the symbol's next
+		// owner rebuilds the rest.
+		p.To = iv.Prev(iv.Open(r.at))
+	}
+	return p, p.From <= p.To
 }
 
 // Holds reports whether every slot in [lo, hi] of symbol and iv is held.
@@ -322,7 +474,7 @@ func (c *Set) Holds(symbol string, iv kline.Interval, lo, hi int64) bool {
 func (c *Set) Wanted(symbol string, iv kline.Interval, end int64) []store.Span {
 	hi := iv.Prev(iv.Open(end))
 	lo := iv.Open(end)
-	for range c.depth {
+	for range c.cfg.Depth {
 		lo = iv.Prev(lo)
 	}
 	c.mu.RLock()
@@ -362,7 +514,7 @@ func (f *Figures) MissingOrZero() int64 {
 // Figures returns what is held and missing of the series built live, in
 // the depth history should reach.
 func (c *Set) Figures() Figures {
-	now := c.now()
+	now := c.cfg.Now()
 	c.mu.RLock()
 	type want struct {
 		k  key

@@ -35,7 +35,7 @@ func closed(open int64) kline.Update {
 }
 
 func TestMissing(t *testing.T) {
-	c := New(openStore(t, filepath.Join(t.TempDir(), "k.db")), []kline.Interval{oneMin}, 10, func() time.Time { return time.UnixMilli(55 * m) }, nil)
+	c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 10, Now: func() time.Time { return time.UnixMilli(55 * m) }})
 	for _, p := range []store.Span{span(10, 19), span(30, 39), span(60, 70)} {
 		if err := c.Add(p); err != nil {
 			t.Fatal(err)
@@ -78,7 +78,7 @@ func TestMissing(t *testing.T) {
 func TestLiveSpans(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.db")
 	st := openStore(t, path)
-	c := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+	c := New(Config{Store: st, Intervals: []kline.Interval{oneMin}, Depth: 5})
 	c.Live("X", 100*m)
 	if !c.Holds("X", oneMin, 100*m, 200*m) {
 		t.Fatal("the live span does not hold what comes after its start")
@@ -88,7 +88,7 @@ func TestLiveSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A restart knows what the store confirmed, and no more.
-	again := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+	again := New(Config{Store: st, Intervals: []kline.Interval{oneMin}, Depth: 5})
 	if err := again.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestLiveSpans(t *testing.T) {
 // stored: a crash in between leaves it to be read again.
 func TestPartialKlinesAreNotConfirmed(t *testing.T) {
 	st := openStore(t, filepath.Join(t.TempDir(), "k.db"))
-	c := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+	c := New(Config{Store: st, Intervals: []kline.Interval{oneMin}, Depth: 5})
 	c.Live("X", 100*m)
 	partial := closed(102)
 	partial.Partial = true
@@ -130,7 +130,7 @@ func TestPartialKlinesAreNotConfirmed(t *testing.T) {
 	}
 	recorded := func() []store.Span {
 		t.Helper()
-		again := New(st, []kline.Interval{oneMin}, 5, nil, nil)
+		again := New(Config{Store: st, Intervals: []kline.Interval{oneMin}, Depth: 5})
 		if err := again.Load(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -145,5 +145,97 @@ func TestPartialKlinesAreNotConfirmed(t *testing.T) {
 	}
 	if got, want := recorded(), []store.Span{span(104, 105)}; !reflect.DeepEqual(got, want) {
 		t.Errorf("corrected: missing %v after a restart, want %v", got, want)
+	}
+}
+
+// TestStopRecordsTheEndedSpan: what a stop ends of a live span, and a
+// delisting's forever, are recorded at the next flush, so that a restart
+// (or another node of a cluster) knows them.
+func TestStopRecordsTheEndedSpan(t *testing.T) {
+	st := openStore(t, filepath.Join(t.TempDir(), "k.db"))
+	c := New(Config{Store: st, Intervals: []kline.Interval{oneMin}, Depth: 5})
+	c.Live("X", 100*m)
+	c.Stored([]kline.Update{closed(100), closed(101), closed(102)})
+	c.Stop("X") // before any flush
+	c.Live("Y", 10*m)
+	c.End("Y")
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	again := New(Config{Store: st, Intervals: []kline.Interval{oneMin}, Depth: 5})
+	if err := again.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := again.Missing("X", oneMin, 99*m, 103*m), []store.Span{span(99, 99), span(103, 103)}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after a stop and a restart: missing %v, want %v", got, want)
+	}
+	if !again.Holds("Y", oneMin, 10*m, 1_000_000*m) {
+		t.Errorf("a delisted symbol's forever was not recorded: missing %v", again.Missing("Y", oneMin, 10*m, 1_000_000*m))
+	}
+}
+
+// TestRemote: a symbol another node builds is held from the minute its
+// checkpoints say it is built live since: up to now while the owner lives
+// and has resumed it, else up to its last checkpoint.
+func TestRemote(t *testing.T) {
+	now := 200*m + 30_000
+	alive := map[string]bool{"a": true, "b": true}
+	type step struct {
+		owner  string
+		m0, at int64
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+		lo    int64
+		want  []store.Span // of [lo, 210]
+	}{
+		{"alive and recent: held from m0 on", []step{{"a", 150 * m, now - 2_000}}, 140, []store.Span{span(140, 149)}},
+		{"built from its first trade", []step{{"a", 0, now - 2_000}}, 0, nil},
+		{"owner dead: held up to its last checkpoint", []step{{"dead", 150 * m, 190*m + 5_000}}, 150, []store.Span{span(190, 210)}},
+		{"released: the same until taken", []step{{"", 150 * m, 199 * m}}, 150, []store.Span{span(199, 210)}},
+		{"checkpoint too old", []step{{"a", 150 * m, now - 70_000}}, 150, []store.Span{span(199, 210)}},
+		{"taken over, not resumed", []step{{"a", 150 * m, 195 * m}, {"b", 150 * m, 195 * m}}, 150, []store.Span{span(195, 210)}},
+		{"taken over and resumed", []step{{"a", 150 * m, 195 * m}, {"b", 150 * m, 195 * m}, {"b", 150 * m, now - 1_000}}, 150, nil},
+		{"seeded afresh by the new owner", []step{{"a", 150 * m, 195 * m}, {"b", 199 * m, now - 1_000}}, 150, []store.Span{span(150, 198)}},
+	} {
+		c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
+			Now: func() time.Time { return time.UnixMilli(now) }, Shared: true, Alive: func(n string) bool { return alive[n] }})
+		for _, s := range tc.steps {
+			c.Remote("X", s.owner, s.m0, s.at)
+		}
+		if got := c.Missing("X", oneMin, tc.lo*m, 210*m); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: missing %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// Built here too: the node's own live span wins over any checkpoint.
+	c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
+		Now: func() time.Time { return time.UnixMilli(now) }, Shared: true, Alive: func(string) bool { return false }})
+	c.Remote("X", "dead", 150*m, 160*m)
+	c.Live("X", 100*m)
+	if got := c.Missing("X", oneMin, 100*m, 210*m); got != nil {
+		t.Errorf("built here: missing %v", got)
+	}
+	if m0, ok := c.LiveSince("X"); !ok || m0 != 100*m {
+		t.Errorf("LiveSince = %d %v, want %d", m0, ok, 100*m)
+	}
+}
+
+// TestRefresh: a node sharing the store learns what another recorded.
+func TestRefresh(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	a := New(Config{Store: openStore(t, path), Intervals: []kline.Interval{oneMin}, Depth: 5, Shared: true})
+	b := New(Config{Store: openStore(t, path), Intervals: []kline.Interval{oneMin}, Depth: 5, Shared: true})
+	if err := b.Add(span(0, 9)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Add(span(20, 29)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := a.Missing("X", oneMin, 0, 30*m), []store.Span{span(10, 19), span(30, 30)}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after a refresh: missing %v, want %v", got, want)
 	}
 }

@@ -88,7 +88,7 @@ func newFilling(t *testing.T, x *minutes, depth int, now int64) (*History, *cove
 	t.Cleanup(func() { st.Close() })
 	ivs := []kline.Interval{kline.OneMinute()}
 	clock := func() time.Time { return time.UnixMilli(now) }
-	held := coverage.New(st, ivs, depth, clock, nil)
+	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: depth, Now: clock})
 	w := &written{}
 	h := New(x, x, nil, nil, nil, held, w, ivs, depth, clock, nil)
 	return h, held, w

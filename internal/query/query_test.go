@@ -207,7 +207,7 @@ func TestReadThrough(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			held := coverage.New(st, []kline.Interval{one}, 1000, nil, nil)
+			held := coverage.New(coverage.Config{Store: st, Intervals: []kline.Interval{one}, Depth: 1000})
 			var stored []kline.Update
 			for i := int64(1); i <= c.stored; i++ {
 				stored = append(stored, k(i, 1, true))

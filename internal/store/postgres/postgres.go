@@ -401,6 +401,31 @@ func (s *Store) AddSpans(spans []store.Span) error {
 	return nil
 }
 
+// Spans returns the spans recorded, as they are: what every node reads
+// again now and then to learn what the others hold.
+func (s *Store) Spans(ctx context.Context) ([]store.Span, error) {
+	rows, err := s.pool.Query(ctx, `SELECT symbol, interval, from_time, to_time FROM spans`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read the spans held: %w", err)
+	}
+	var out []store.Span
+	var p store.Span
+	var name string
+	_, err = pgx.ForEachRow(rows, []any{&p.Symbol, &name, &p.From, &p.To}, func() error {
+		iv, err := kline.ParseInterval(name)
+		if err != nil {
+			return fmt.Errorf("a span of %s: %w", p.Symbol, err)
+		}
+		p.Interval = iv
+		out = append(out, p)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read the spans held: %w", err)
+	}
+	return out, nil
+}
+
 // CompactSpans merges the spans recorded per series, keeps the merged
 // ones in place of the recorded, and returns them. The rows it merges are
 // the ones it deletes, so a span another node adds meanwhile is kept.

@@ -519,6 +519,30 @@ func (s *Store) AddSpans(spans []store.Span) error {
 	})
 }
 
+// Spans returns the spans recorded, as they are.
+func (s *Store) Spans(ctx context.Context) ([]store.Span, error) {
+	c, err := s.read.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer s.read.Put(c)
+	var out []store.Span
+	err = sqlitex.Execute(c, `SELECT symbol, interval, from_time, to_time FROM spans`, &sqlitex.ExecOptions{
+		ResultFunc: func(st *zs.Stmt) error {
+			iv, err := kline.ParseInterval(st.ColumnText(1))
+			if err != nil {
+				return fmt.Errorf("a span of %s: %w", st.ColumnText(0), err)
+			}
+			out = append(out, store.Span{Symbol: st.ColumnText(0), Interval: iv, From: st.ColumnInt64(2), To: st.ColumnInt64(3)})
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read the spans held: %w", err)
+	}
+	return out, nil
+}
+
 // CompactSpans merges the spans recorded per series, keeps the merged
 // ones in place of the recorded, and returns them.
 func (s *Store) CompactSpans(ctx context.Context) ([]store.Span, error) {

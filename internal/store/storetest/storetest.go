@@ -26,6 +26,7 @@ type Store interface {
 	Exchange(ctx context.Context) (map[string][]byte, error)
 	AddSpans(spans []store.Span) error
 	CompactSpans(ctx context.Context) ([]store.Span, error)
+	Spans(ctx context.Context) ([]store.Span, error)
 	Close() error
 }
 
@@ -61,6 +62,11 @@ func spans(t *testing.T, s Store, reopen func(*testing.T, Store) Store) {
 	if err := s.AddSpans(add[3:]); err != nil {
 		t.Fatal(err)
 	}
+	// Spans reads what is recorded as it is, merging nothing in the store.
+	raw, err := s.Spans(ctx)
+	if err != nil || len(raw) < 5 || !reflect.DeepEqual(store.MergeSpans(raw), store.MergeSpans(add)) {
+		t.Fatalf("Spans = %+v %v\nwant the spans added, %+v", raw, err, add)
+	}
 	want := []store.Span{
 		{Symbol: "BTCUSDT", Interval: oneMin, From: 10 * m, To: 29 * m},
 		{Symbol: "BTCUSDT", Interval: oneMin, From: 40 * m, To: 45 * m},
@@ -70,6 +76,9 @@ func spans(t *testing.T, s Store, reopen func(*testing.T, Store) Store) {
 	got, err := s.CompactSpans(ctx)
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("CompactSpans = %+v %v\nwant %+v", got, err, want)
+	}
+	if got, err := s.Spans(ctx); err != nil || !reflect.DeepEqual(store.MergeSpans(got), want) || len(got) != len(want) {
+		t.Fatalf("Spans after CompactSpans = %+v %v\nwant %+v", got, err, want)
 	}
 	if reopen != nil {
 		s = reopen(t, s)
