@@ -392,7 +392,7 @@ func BenchmarkKlines(b *testing.B) {
 	if err := st.Upsert(us); err != nil {
 		b.Fatal(err)
 	}
-	held := coverage.New(st, []kline.Interval{kline.OneMinute()}, 1000, nil, nil)
+	held := coverage.New(coverage.Config{Store: st, Intervals: []kline.Interval{kline.OneMinute()}, Depth: 1000})
 	if err := held.Add(store.Span{Symbol: "BTCUSDT", Interval: kline.OneMinute(), From: t0, To: t0 + 1999*60_000}); err != nil {
 		b.Fatal(err)
 	}

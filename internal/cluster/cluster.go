@@ -101,17 +101,39 @@ func Key(symbol string) string {
 
 // checkpoint is a lease's value.
 type checkpoint struct {
-	Owner  string            `json:"owner"` // "": released, anyone may take it
-	Symbol string            `json:"s"`
-	LastID int64             `json:"a"`    // last aggregate id applied; -1: none
-	At     int64             `json:"at"`   // when written, unix ms
-	Open   []json.RawMessage `json:"open"` // open klines as kline-stream messages
+	Owner  string `json:"owner"` // "": released, anyone may take it
+	Symbol string `json:"s"`
+	LastID int64  `json:"a"`  // last aggregate id applied; -1: none
+	At     int64  `json:"at"` // when written, unix ms
+	// M0 is the minute (unix ms) from which the symbol's owners have built
+	// it live without a break, each taking it over at the last one's
+	// checkpoint (0: from its first trade); absent: not known.
+	M0 *int64 `json:"m0,omitempty"`
+	// Rel, when set, is the trade time after which the owner's klines
+	// lack trades until its repair (ingest.Router.Released).
+	Rel  int64             `json:"rel,omitempty"`
+	Open []json.RawMessage `json:"open"` // open klines as kline-stream messages
+
+	open int64 // the open time of the open 1m kline, once decoded
+}
+
+// liveSince returns the minute the checkpoint's symbol is built live
+// since: as it says, or else from its open minute, which the owner holds
+// exactly; -1 for a checkpoint without open klines.
+func (c *checkpoint) liveSince(st engine.State) int64 {
+	switch {
+	case c.M0 != nil:
+		return *c.M0
+	case len(st.Open) > 0 && st.Open[0].OpenTime != 0:
+		return st.Open[0].OpenTime
+	}
+	return -1
 }
 
 // encodeCheckpoint writes the checkpoint's JSON by hand: a node writes a
 // thousand of them a second, and json.Marshal re-validated every open
-// kline's bytes.
-func encodeCheckpoint(owner string, st engine.State, ivs []kline.Interval, at time.Time) []byte {
+// kline's bytes. m0 < 0 leaves M0 out, rel 0 leaves Rel out.
+func encodeCheckpoint(owner string, st engine.State, ivs []kline.Interval, at time.Time, m0, rel int64) []byte {
 	b := make([]byte, 0, 128+300*len(st.Open))
 	b = append(b, `{"owner":`...)
 	b = appendString(b, owner)
@@ -121,6 +143,14 @@ func encodeCheckpoint(owner string, st engine.State, ivs []kline.Interval, at ti
 	b = strconv.AppendInt(b, st.LastID, 10)
 	b = append(b, `,"at":`...)
 	b = strconv.AppendInt(b, at.UnixMilli(), 10)
+	if m0 >= 0 {
+		b = append(b, `,"m0":`...)
+		b = strconv.AppendInt(b, m0, 10)
+	}
+	if rel > 0 {
+		b = append(b, `,"rel":`...)
+		b = strconv.AppendInt(b, rel, 10)
+	}
 	b = append(b, `,"open":`...)
 	n := 0
 	for i, k := range st.Open {

@@ -53,10 +53,15 @@ func TestKeyAndCheckpoint(t *testing.T) {
 		st.Open[i].Closed = false
 		st.Open[i].CloseTime = ivs[i].CloseTime(st.Open[i].OpenTime)
 	}
-	b := encodeCheckpoint("node-1", st, ivs, time.UnixMilli(5))
+	b := encodeCheckpoint("node-1", st, ivs, time.UnixMilli(5), 0, 7)
 	c, got, err := decodeCheckpoint(b, ivs)
-	if err != nil || c.Owner != "node-1" || got.Symbol != st.Symbol || got.LastID != 42 || len(got.Open) != 3 {
+	if err != nil || c.Owner != "node-1" || got.Symbol != st.Symbol || got.LastID != 42 || len(got.Open) != 3 || c.liveSince(got) != 0 || c.Rel != 7 {
 		t.Fatalf("decoded %+v %+v, %v", c, got, err)
+	}
+	// Without the minute it is built live since, its open minute is the
+	// earliest the checkpoint vouches for.
+	if c, got, err := decodeCheckpoint(encodeCheckpoint("node-1", st, ivs, time.UnixMilli(5), -1, 0), ivs); err != nil || c.liveSince(got) != 60_000 || c.Rel != 0 {
+		t.Fatalf("without m0: %+v %v, live since %d", c, err, c.liveSince(got))
 	}
 	for _, v := range [][]byte{b, []byte(`{"s":"币安人生USDT","a":1,"owner":"node-1"}`)} {
 		if h := checkpointHead(v); h.Owner != "node-1" || h.Symbol != st.Symbol {
@@ -75,7 +80,7 @@ func TestKeyAndCheckpoint(t *testing.T) {
 	if !ownedBy(b2, "") || ownedBy(b2, "node-1") {
 		t.Errorf("ownedBy reads the owner of %s wrongly", b2)
 	}
-	if c2, got2, err2 := decodeCheckpoint(b2, ivs); err != nil || err2 != nil || c2.Owner != "" || got2.Open[1] != st.Open[1] {
+	if c2, got2, err2 := decodeCheckpoint(b2, ivs); err != nil || err2 != nil || c2.Owner != "" || got2.Open[1] != st.Open[1] || c2.liveSince(got2) != 0 {
 		t.Fatalf("released checkpoint %s: %v %v", b2, err, err2)
 	}
 }
@@ -142,7 +147,11 @@ func TestLeases(t *testing.T) {
 		}
 		l := NewLeases(nc, b, Config{Node: node, Ingest: true, Roles: []string{"ingest"}, Staleness: 300 * time.Millisecond,
 			CheckpointEvery: 20 * time.Millisecond, Intervals: []kline.Interval{kline.OneMinute()}, Log: slog.New(slog.DiscardHandler),
-			IngestNodes: func(n int) { nodesMu.Lock(); ingestNodes[node] = n; nodesMu.Unlock() }, Standby: standby},
+			IngestNodes: func(n int) { nodesMu.Lock(); ingestNodes[node] = n; nodesMu.Unlock() }, Standby: standby,
+			// Built live since minute 42, the checkpoints say; the first
+			// symbol's klines lack trades since 7.
+			LiveSince: func(string) (int64, bool) { return 42 * 60_000, true },
+			Released:  func() map[string]int64 { return map[string]int64{syms[0]: 7} }},
 			&fakeEngine{last: map[string]int64{}}, acked{})
 		l.Want(syms)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -218,10 +227,10 @@ func TestLeases(t *testing.T) {
 		t.Errorf("%d takeovers counted, want %d", n, len(fromA))
 	}
 	// Each checkpoint a wrote is b's to resume from, once.
-	if st, asOf, ok := b.Taken(fromA[0]); !ok || st.LastID <= 0 || st.Open[0].OpenTime != 60_000 || time.Since(asOf) > time.Minute {
-		t.Errorf("checkpoint of %s taken from a: %+v %v %v", fromA[0], st, asOf, ok)
+	if r, ok := b.Taken(fromA[0]); !ok || r.State.LastID <= 0 || r.State.Open[0].OpenTime != 60_000 || time.Since(r.AsOf) > time.Minute || r.M0 != 42*60_000 {
+		t.Errorf("checkpoint of %s taken from a: %+v %v", fromA[0], r, ok)
 	}
-	if _, _, ok := b.Taken(fromA[0]); ok {
+	if _, ok := b.Taken(fromA[0]); ok {
 		t.Error("a checkpoint taken twice")
 	}
 

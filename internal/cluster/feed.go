@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,12 @@ type Pending interface {
 	StoredThrough(floor uint64)
 }
 
+// Remote learns which symbols other nodes build live, from when, from
+// their checkpoints: coverage.
+type Remote interface {
+	Remote(symbol, owner string, m0, open, at int64)
+}
+
 // Feed shows a serve node the klines other nodes build: the open ones as
 // their owners send them (bus.Opens, every quarter second) and from their
 // checkpoints in the lease bucket (about once a second, should a message
@@ -43,7 +50,9 @@ type Pending interface {
 // own, for every symbol the node does not own, and every closed kline to
 // pending until the sinks have stored it; closed, if given, is told of every closed kline first, its own
 // included, so that readers' copies of what the store holds are known to be
-// stale.
+// stale. Once the node has every closed kline the sinks have not stored,
+// remote is told of every other node's checkpoint, and Released says
+// whose klines lack trades until their owner repairs them.
 type Feed struct {
 	js       jetstream.JetStream
 	b        Buckets
@@ -53,7 +62,10 @@ type Feed struct {
 	log      *slog.Logger
 	onClosed func(updates []kline.Update)
 	pending  Pending
+	remote   Remote
 	self     string // this node's name
+
+	released atomic.Pointer[map[string]int64] // by the owners' checkpoints
 
 	// Owned by Run: per series, the open time of the newest closed kline
 	// handed on, so that an older checkpoint's open copy of it is not;
@@ -67,6 +79,13 @@ type Feed struct {
 	// sequences, for pending.
 	streamed []kline.Update
 	seqs     []uint64
+	// caughtUp is set once the feed has read the stream up to backlog and
+	// every checkpoint there was (listed); until then, what checkpoints
+	// say is kept in vouched.
+	caughtUp atomic.Bool
+	listed   bool
+	vouched  map[string]checkpoint
+	rel      map[string]int64 // the checkpoints' Rel, by symbol
 
 	replays chan struct{} // one token a Replay running
 
@@ -74,10 +93,25 @@ type Feed struct {
 }
 
 // NewFeed returns a feed for node self to sinks, keeping what the store
-// lacks in pending; start it with Run.
-func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, closed func([]kline.Update), pending Pending, ivs []kline.Interval, log *slog.Logger) *Feed {
-	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, onClosed: closed, pending: pending, ivs: ivs, log: log, closed: map[[2]string]int64{}, open: map[[2]string]version{},
+// lacks in pending and telling remote (if not nil) what other nodes build;
+// start it with Run.
+func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, closed func([]kline.Update), pending Pending, remote Remote, ivs []kline.Interval, log *slog.Logger) *Feed {
+	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, onClosed: closed, pending: pending, remote: remote, ivs: ivs, log: log,
+		closed: map[[2]string]int64{}, open: map[[2]string]version{}, vouched: map[string]checkpoint{}, rel: map[string]int64{},
 		replays: make(chan struct{}, maxReplays)}
+}
+
+// CaughtUp reports whether the node has every closed kline the cluster
+// holds, in the store or pending, and knows what the other nodes build.
+func (f *Feed) CaughtUp() bool { return f.caughtUp.Load() }
+
+// Released returns, for the symbols other nodes build whose klines lack
+// trades until their owner's repair, the trade time since when.
+func (f *Feed) Released() map[string]int64 {
+	if r := f.released.Load(); r != nil {
+		return *r
+	}
+	return nil
 }
 
 // Run feeds until ctx ends. A JetStream that does not answer (its servers
@@ -158,6 +192,7 @@ func (f *Feed) follow(ctx context.Context) error {
 				clear(f.streamed)
 				f.streamed, f.seqs = f.streamed[:0], f.seqs[:0]
 			}
+			f.catchUp() // pending has what was read
 			if f.onClosed != nil && len(closed) > 0 {
 				f.onClosed(closed)
 			}
@@ -172,7 +207,12 @@ func (f *Feed) follow(ctx context.Context) error {
 			if !ok {
 				return errors.New("cluster: the lease watch ended")
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
+			if e == nil {
+				f.listed = true // every checkpoint there was is in
+				f.catchUp()
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
 			batch = f.openKlines(batch, e.Value())
@@ -194,6 +234,7 @@ func (f *Feed) follow(ctx context.Context) error {
 func (f *Feed) start(ctx context.Context) (jetstream.OrderedConsumerConfig, error) {
 	if f.read > 0 { // following again: pending has what came before
 		f.backlog = f.read
+		f.catchUp()
 		return jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: f.read + 1}, nil
 	}
 	st, err := f.js.Stream(ctx, bus.Stream)
@@ -216,7 +257,25 @@ func (f *Feed) start(ctx context.Context) (jetstream.OrderedConsumerConfig, erro
 		}
 	}
 	f.backlog = last
+	if from > last {
+		f.read = last // nothing before it to read
+	}
+	f.catchUp()
 	return jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from}, nil
+}
+
+// catchUp tells remote what the checkpoints said once the feed has read
+// the stream up to its backlog: only then does the node have every closed
+// kline the checkpoints vouch for, in the store or pending.
+func (f *Feed) catchUp() {
+	if f.caughtUp.Load() || !f.listed || f.read < f.backlog {
+		return
+	}
+	f.caughtUp.Store(true)
+	for _, c := range f.vouched {
+		f.vouch(c)
+	}
+	clear(f.vouched)
 }
 
 // gather adds first to batch with add, then what else has come on ch, up
@@ -284,7 +343,18 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 		f.log.Warn("left out a malformed checkpoint", "err", err)
 		return batch
 	}
-	if c.Owner == "" || f.owner.Owns(c.Symbol) {
+	if f.owner.Owns(c.Symbol) {
+		return batch
+	}
+	if m0 := c.liveSince(st); m0 >= 0 && len(st.Open) > 0 && st.Open[0].OpenTime != 0 {
+		c.M0, c.open = &m0, st.Open[0].OpenTime
+		if f.caughtUp.Load() {
+			f.vouch(c)
+		} else {
+			f.vouched[c.Symbol] = c
+		}
+	}
+	if c.Owner == "" {
 		return batch
 	}
 	for i, k := range st.Open {
@@ -293,6 +363,24 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 		}
 	}
 	return batch
+}
+
+// vouch tells remote what checkpoint c, with M0 and open set, says, and notes its
+// Rel.
+func (f *Feed) vouch(c checkpoint) {
+	if f.remote != nil {
+		f.remote.Remote(c.Symbol, c.Owner, *c.M0, c.open, c.At)
+	}
+	if f.rel[c.Symbol] == c.Rel {
+		return
+	}
+	if c.Rel == 0 {
+		delete(f.rel, c.Symbol)
+	} else {
+		f.rel[c.Symbol] = c.Rel
+	}
+	r := maps.Clone(f.rel)
+	f.released.Store(&r)
 }
 
 // openKline appends the open klines in m that are of a symbol another

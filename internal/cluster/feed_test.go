@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -94,7 +95,7 @@ func TestFeed(t *testing.T) {
 	_, serveJS := bustest.Connect(t, url)
 	ivs := []kline.Interval{kline.OneMinute()}
 	out := &handed{ch: make(chan struct{}, 1)}
-	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, nil, head.New(head.Config{}), ivs, slog.New(slog.DiscardHandler))
+	feed := NewFeed(serveJS, b, "serve", ownsSet{"OWNUSDT": true}, []engine.Sink{out}, nil, head.New(head.Config{}), nil, ivs, slog.New(slog.DiscardHandler))
 	var wg sync.WaitGroup
 	wg.Go(func() { opens.Run(ctx) })
 	wg.Go(func() {
@@ -125,7 +126,7 @@ func TestFeed(t *testing.T) {
 	// was passed over.
 	check := func(trades int64) {
 		st := engine.State{Symbol: "BTCUSDT", LastID: trades, Open: []kline.Kline{at(trades).Kline}}
-		if _, err := b.Live.Put(ctx, Key("BTCUSDT"), encodeCheckpoint("owner", st, ivs, time.Now())); err != nil {
+		if _, err := b.Live.Put(ctx, Key("BTCUSDT"), encodeCheckpoint("owner", st, ivs, time.Now(), -1, 0)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -164,7 +165,7 @@ func TestFeedUnwritten(t *testing.T) {
 	iv := kline.OneMinute()
 	out := &handed{ch: make(chan struct{}, 1)}
 	pending := head.New(head.Config{Confirmed: true})
-	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, []kline.Interval{iv}, log)
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, nil, []kline.Interval{iv}, log)
 	pub := bus.NewPublisher(js, nil, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -251,7 +252,7 @@ func TestFeedBacklog(t *testing.T) {
 
 	out := &handed{ch: make(chan struct{}, 1)}
 	pending := head.New(head.Config{Confirmed: true})
-	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
+	feed := NewFeed(js, b, "serve", ownsSet{}, []engine.Sink{out}, nil, pending, nil, []kline.Interval{iv}, slog.New(slog.DiscardHandler))
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -291,7 +292,7 @@ func TestReplay(t *testing.T) {
 	defer cancel()
 	log := slog.New(slog.DiscardHandler)
 	iv := kline.OneMinute()
-	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, head.New(head.Config{}), []kline.Interval{iv}, log)
+	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, head.New(head.Config{}), nil, []kline.Interval{iv}, log)
 	pub := bus.NewPublisher(js, nil, log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -340,5 +341,80 @@ func TestReplay(t *testing.T) {
 	}
 	if got := replay(time.Now().Add(time.Second)); len(got) != 0 {
 		t.Errorf("replayed %v from after the last message", got)
+	}
+}
+
+// remotes records what a feed says other nodes build.
+type remotes struct {
+	mu    sync.Mutex
+	calls []string
+	ch    chan struct{}
+}
+
+func (r *remotes) Remote(symbol, owner string, m0, open, at int64) {
+	r.mu.Lock()
+	r.calls = append(r.calls, fmt.Sprintf("%s %s m0=%d open=%d", symbol, owner, m0, open))
+	r.mu.Unlock()
+	select {
+	case r.ch <- struct{}{}:
+	default:
+	}
+}
+
+// TestFeedTellsWhatOthersBuild: once the feed has read the stream's
+// backlog and every checkpoint there was, it tells coverage each other
+// node's checkpoint (the minute its owners have built it live since, or
+// else its open minute), not this node's own, and Released says whose
+// klines lack trades until a repair.
+func TestFeedTellsWhatOthersBuild(t *testing.T) {
+	_, _, js, _, b := streamAndBuckets(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ivs := []kline.Interval{kline.OneMinute()}
+	open := func(sym string, at int64) engine.State {
+		k := storetest.Kline(at, 1)
+		k.Closed = false
+		return engine.State{Symbol: sym, LastID: 9, Open: []kline.Kline{k}}
+	}
+	for _, c := range []struct {
+		key   string
+		value []byte
+	}{
+		{Key("AUSDT"), encodeCheckpoint("a", open("AUSDT", 600_000), ivs, time.Now(), 120_000, 0)},
+		{Key("BUSDT"), encodeCheckpoint("b", open("BUSDT", 600_000), ivs, time.Now(), -1, 590_000)}, // no m0: from its open minute
+		{Key("OWNUSDT"), encodeCheckpoint("serve", open("OWNUSDT", 600_000), ivs, time.Now(), 0, 0)},
+		{Key("CUSDT"), encodeCheckpoint("c", engine.State{Symbol: "CUSDT", LastID: -1}, ivs, time.Now(), -1, 0)}, // nothing to vouch for
+	} {
+		if _, err := b.Live.Put(ctx, c.key, c.value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs := &remotes{ch: make(chan struct{}, 1)}
+	feed := NewFeed(js, b, "serve", ownsSet{}, nil, nil, head.New(head.Config{}), rs, ivs, slog.New(slog.DiscardHandler))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := feed.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	defer wg.Wait()
+	defer cancel()
+	want := []string{"AUSDT a m0=120000 open=600000", "BUSDT b m0=600000 open=600000"}
+	for timeout := time.After(20 * time.Second); ; {
+		rs.mu.Lock()
+		got := slices.Clone(rs.calls)
+		rs.mu.Unlock()
+		slices.Sort(got)
+		if slices.Equal(got, want) && feed.CaughtUp() {
+			break
+		}
+		select {
+		case <-rs.ch:
+		case <-timeout:
+			t.Fatalf("told %v (caught up: %v), want %v", got, feed.CaughtUp(), want)
+		}
+	}
+	if rel := feed.Released(); len(rel) != 1 || rel["BUSDT"] != 590_000 {
+		t.Errorf("Released = %v, want BUSDT since 590000", rel)
 	}
 }

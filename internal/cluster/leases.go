@@ -55,6 +55,12 @@ type Config struct {
 	// Standby makes the node carry the trades of the symbols it would
 	// take over if their owner died, so that it resumes them without REST.
 	Standby bool
+	// LiveSince, if set, tells the minute from which the node builds an
+	// owned symbol live (coverage), and Released the symbols whose klines
+	// lack trades until a repair, since when (the router): checkpoints
+	// carry both to the other nodes.
+	LiveSince func(symbol string) (int64, bool)
+	Released  func() map[string]int64
 }
 
 // Leases is this node's side of the symbol leases: it keeps the node in the
@@ -71,12 +77,13 @@ type Leases struct {
 	pub     Published
 	reg     Registry
 	want    atomic.Pointer[[]string]
-	healthy atomic.Int64 // unix ns since which the node's own link has worked; 0: not now
-	through atomic.Int64 // see membership.Through
+	healthy atomic.Int64                         // unix ns since which the node's own link has worked; 0: not now
+	through atomic.Int64                         // see membership.Through
+	seen    atomic.Pointer[map[string]time.Time] // a copy of members' seen, for Alive
 
 	mu    sync.Mutex
 	held  map[string]*lease // symbols this node owns, by name
-	taken map[string]taken  // checkpoints of symbols taken, until seeded
+	taken map[string]Resume // checkpoints of symbols taken, until seeded
 
 	// Owned by Run's decide loop.
 	members map[string]member
@@ -88,9 +95,12 @@ type Leases struct {
 	Lost       atomic.Int64 // symbols dropped because another node took them
 }
 
-type taken struct {
-	st   engine.State
-	asOf time.Time // when the checkpoint was written
+// Resume is the checkpoint of a symbol taken over, to resume it from.
+type Resume struct {
+	State engine.State
+	AsOf  time.Time // when the checkpoint was written
+	// M0 is the minute the symbol's owners have built it live since.
+	M0 int64
 }
 
 type lease struct {
@@ -98,6 +108,7 @@ type lease struct {
 	rev     uint64
 	lastID  int64 // as last written
 	open    int64 // 1m open time as last written
+	rel     int64 // Rel as last written
 	written time.Time
 }
 
@@ -136,7 +147,7 @@ func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) 
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	l := &Leases{cfg: cfg, nc: nc, b: b, engine: eng, pub: pub,
-		held: map[string]*lease{}, taken: map[string]taken{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]time.Time{}}
+		held: map[string]*lease{}, taken: map[string]Resume{}, members: map[string]member{}, leases: map[string]view{}, standby: map[string]time.Time{}}
 	l.want.Store(&[]string{})
 	return l
 }
@@ -145,13 +156,27 @@ func NewLeases(nc *nats.Conn, b Buckets, cfg Config, eng Engine, pub Published) 
 func (l *Leases) Want(symbols []string) { l.want.Store(&symbols) }
 
 // Taken returns, once, the checkpoint of a symbol this node has just taken
-// over, for its seed, and when it was written.
-func (l *Leases) Taken(symbol string) (engine.State, time.Time, bool) {
+// over, for its seed.
+func (l *Leases) Taken(symbol string) (Resume, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t, ok := l.taken[symbol]
 	delete(l.taken, symbol)
-	return t.st, t.asOf, ok
+	return t, ok
+}
+
+// Alive reports whether node is a live member of the cluster: this node
+// while its link works, another heard from within the staleness.
+func (l *Leases) Alive(node string) bool {
+	if node == l.cfg.Node {
+		return l.nc.IsConnected()
+	}
+	seen := l.seen.Load()
+	if seen == nil {
+		return false
+	}
+	at, ok := (*seen)[node]
+	return ok && time.Since(at) < l.cfg.Staleness
 }
 
 // Owns reports whether this node holds symbol's lease.
@@ -270,6 +295,11 @@ func (l *Leases) decideLoop(ctx context.Context) error {
 			}
 		case <-t.C:
 			now := time.Now()
+			seen := make(map[string]time.Time, len(l.members))
+			for name, m := range l.members {
+				seen[name] = m.seen
+			}
+			l.seen.Store(&seen)
 			// A full staleness of working link first: every live node has
 			// been heard from by then.
 			if !l.healthyFor(now, l.cfg.Staleness) {
@@ -444,8 +474,9 @@ func (l *Leases) take(ctx context.Context, sym string, v view, exists, rebalance
 	key := Key(sym)
 	st := engine.State{Symbol: sym, LastID: -1}
 	var asOf time.Time
+	var m0 int64
 	resumable := false
-	value := encodeCheckpoint(l.cfg.Node, st, nil, time.Now())
+	value := encodeCheckpoint(l.cfg.Node, st, nil, time.Now(), -1, 0)
 	if exists {
 		if c, s, err := decodeCheckpoint(v.value, l.cfg.Intervals); err == nil && len(s.Open) > 0 && s.Open[0].OpenTime != 0 {
 			// The checkpoint holds every trade its owner applied until it
@@ -454,7 +485,7 @@ func (l *Leases) take(ctx context.Context, sym string, v view, exists, rebalance
 			if m, ok := l.members[v.owner]; ok && c.Owner == v.owner {
 				at = max(at, m.through)
 			}
-			st, asOf, resumable = s, time.UnixMilli(at), true
+			st, asOf, m0, resumable = s, time.UnixMilli(at), c.liveSince(s), true
 		}
 		if value2, err := withOwner(v.value, l.cfg.Node); err == nil {
 			value = value2
@@ -478,7 +509,7 @@ func (l *Leases) take(ctx context.Context, sym string, v view, exists, rebalance
 		l.held[sym].open = st.Open[0].OpenTime
 	}
 	if resumable {
-		l.taken[sym] = taken{st, asOf}
+		l.taken[sym] = Resume{st, asOf, m0}
 	}
 	l.mu.Unlock()
 	from := v.owner
@@ -528,6 +559,10 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		}
 		states = append(states, st...)
 	}
+	var released map[string]int64
+	if l.cfg.Released != nil {
+		released = l.cfg.Released()
+	}
 	// Marked after the states: every closed kline emitted before them is
 	// queued by now.
 	mark := l.pub.Mark()
@@ -551,9 +586,10 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		ls := l.held[st.Symbol]
 		var rev uint64
 		changed := false
+		rel := released[st.Symbol]
 		if ls != nil {
 			rev = ls.rev
-			changed = st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node
+			changed = st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node || rel != ls.rel
 		}
 		l.mu.Unlock()
 		// A symbol not yet seeded has nothing to write, and one not traded
@@ -563,7 +599,13 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		if ls == nil || !changed || len(st.Open) == 0 || st.Open[0].OpenTime == 0 || st.LastID < 0 && ls.lastID >= 0 {
 			continue
 		}
-		value := encodeCheckpoint(owner, st, l.cfg.Intervals, now)
+		m0 := int64(-1)
+		if l.cfg.LiveSince != nil {
+			if m, ok := l.cfg.LiveSince(st.Symbol); ok {
+				m0 = m
+			}
+		}
+		value := encodeCheckpoint(owner, st, l.cfg.Intervals, now, m0, rel)
 		g.Go(func() error {
 			tctx, cancel := context.WithTimeout(ctx, l.cfg.Staleness)
 			defer cancel()
@@ -580,7 +622,7 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 				written.Add(1)
 				l.mu.Lock()
 				if l.held[st.Symbol] == ls {
-					ls.rev, ls.lastID, ls.written = nrev, st.LastID, now
+					ls.rev, ls.lastID, ls.written, ls.rel = nrev, st.LastID, now, rel
 					if len(st.Open) > 0 {
 						ls.open = st.Open[0].OpenTime
 					}

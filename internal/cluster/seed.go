@@ -44,8 +44,10 @@ func NewSeeder(hist History, leases *Leases, engine Seeds, router Resumer, ivs [
 	return &Seeder{History: hist, leases: leases, engine: engine, router: router, ivs: ivs}
 }
 
-// Seed seeds symbol from its checkpoint where it has one. It returns 0:
-// the klines before the checkpoint are the earlier owners' and are stored.
+// Seed seeds symbol from its checkpoint where it has one. It returns the
+// minute the symbol's owners have built it live since, which the
+// checkpoint carries on: the klines before the checkpoint are the earlier
+// owners', and stored.
 //
 // A checkpoint without an aggregate id is of a symbol that had no trade
 // since its owner seeded it (a quiet market): its open klines are seeded
@@ -53,7 +55,8 @@ func NewSeeder(hist History, leases *Leases, engine Seeds, router Resumer, ivs [
 // the engine, so that the klines closed since reach the stream (and every
 // subscriber) corrected, as after any gap.
 func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
-	st, asOf, ok := s.leases.Taken(symbol)
+	r, ok := s.leases.Taken(symbol)
+	st := r.State
 	if !ok || len(st.Open) == 0 || st.Open[0].OpenTime == 0 {
 		return s.History.Seed(ctx, symbol)
 	}
@@ -67,10 +70,10 @@ func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
 	if st.LastID < 0 {
 		// A standby that saw no trade since before the checkpoint vouches
 		// for it; else the exchange's klines do.
-		if ok, err := s.router.ResumeQuiet(ctx, symbol, asOf); ok || err != nil {
-			return 0, err
+		if ok, err := s.router.ResumeQuiet(ctx, symbol, r.AsOf); ok || err != nil {
+			return r.M0, err
 		}
-		return 0, s.History.Resync(ctx, symbol, st.Open[0].OpenTime)
+		return r.M0, s.History.Resync(ctx, symbol, st.Open[0].OpenTime)
 	}
-	return 0, s.router.Resume(ctx, symbol, st.LastID+1, asOf)
+	return r.M0, s.router.Resume(ctx, symbol, st.LastID+1, r.AsOf)
 }

@@ -14,7 +14,7 @@
 // node builds is held, by the cluster's store and kline stream, from the
 // minute its owners have built it live since, as their checkpoints say
 // (Remote), up to now while its owner lives and has resumed it, else up to
-// the owner's last checkpoint.
+// the minute the owner's last checkpoint stood at.
 package coverage
 
 import (
@@ -42,11 +42,6 @@ type Store interface {
 // FlushEvery is how often what the store holds of the live spans is
 // recorded (and, in a cluster, what the other nodes recorded is read).
 const FlushEvery = 10 * time.Second
-
-// checkpointAge is how old the newest checkpoint of a symbol another node
-// builds may be while that node is taken to build it now: an owner
-// rewrites a symbol's checkpoint at least when its minute turns.
-const checkpointAge = time.Minute + 5*time.Second
 
 // Config sets up a Set.
 type Config struct {
@@ -83,7 +78,8 @@ type Set struct {
 type remote struct {
 	owner string // "": released, until another node takes it
 	m0    int64  // the minute its owners have built it live since
-	at    int64  // when the checkpoint was written, unix ms
+	open  int64  // the minute the owner stood at: every kline closed before it is held
+	at    int64  // when the checkpoint was written (the owner's clock), unix ms
 	// resumed is false while a new owner has taken the symbol and not yet
 	// written a checkpoint of its own: until then it may lack klines.
 	resumed bool
@@ -227,15 +223,27 @@ func (c *Set) LiveSince(symbol string) (int64, bool) {
 	return m0, ok
 }
 
-// Remote says, from its newest checkpoint, that node owner builds symbol
-// live from the minute m0 on (0: from its first trade), as of at (unix
-// ms); owner "" says it was released. A symbol built here is held as Live
-// says, whatever its checkpoints say.
-func (c *Set) Remote(symbol, owner string, m0, at int64) {
+// Building reports whether symbol is built live now: here, or by a live
+// node that has resumed it.
+func (c *Set) Building(symbol string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if _, ok := c.since[symbol]; ok {
+		return true
+	}
+	r, ok := c.remote[symbol]
+	return ok && r.resumed && c.cfg.Alive != nil && c.cfg.Alive(r.owner)
+}
+
+// Remote says, from its newest checkpoint, written at at (unix ms), that
+// node owner builds symbol live from the minute m0 on (0: from its first
+// trade) and stood at the minute open; owner "" says it was released. A
+// symbol built here is held as Live says, whatever its checkpoints say.
+func (c *Set) Remote(symbol, owner string, m0, open, at int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := remote{owner: owner, m0: m0, at: at, resumed: owner != ""}
-	if prev, ok := c.remote[symbol]; ok && owner != prev.owner && at <= prev.at {
+	r := remote{owner: owner, m0: m0, open: open, at: at, resumed: owner != ""}
+	if prev, ok := c.remote[symbol]; ok && owner != prev.owner && at == prev.at {
 		// Taken over: the checkpoint is the last owner's until the new
 		// one writes its own.
 		r.resumed = false
@@ -404,7 +412,6 @@ func (c *Set) Run(ctx context.Context) error {
 // Missing returns the runs of slots in [lo, hi] of symbol and iv that are
 // not held, oldest first.
 func (c *Set) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span {
-	now := c.cfg.Now().UnixMilli()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var out []store.Span
@@ -423,7 +430,7 @@ func (c *Set) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Sp
 	if s != nil {
 		spans = s.spans
 	}
-	live, ok := c.liveSpan(symbol, iv, s, now)
+	live, ok := c.liveSpan(symbol, iv, s)
 	i := 0
 	for ; i < len(spans) && (!ok || spans[i].From < live.From); i++ {
 		take(spans[i])
@@ -441,8 +448,8 @@ func (c *Set) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Sp
 }
 
 // liveSpan returns the span of symbol and iv built live, here or by
-// another node, as of now (unix ms), if there is one.
-func (c *Set) liveSpan(symbol string, iv kline.Interval, s *series, now int64) (store.Span, bool) {
+// another node, if there is one.
+func (c *Set) liveSpan(symbol string, iv kline.Interval, s *series) (store.Span, bool) {
 	if s != nil && s.live >= 0 {
 		return store.Span{Symbol: symbol, Interval: iv, From: s.live, To: store.Forever}, true
 	}
@@ -454,11 +461,15 @@ func (c *Set) liveSpan(symbol string, iv kline.Interval, s *series, now int64) (
 	if r.m0 > 0 {
 		p.From = iv.Open(r.m0)
 	}
-	if !r.resumed || c.cfg.Alive == nil || !c.cfg.Alive(r.owner) || now-r.at > checkpointAge.Milliseconds() {
+	if !r.resumed || c.cfg.Alive == nil || !c.cfg.Alive(r.owner) {
 		// The owner is gone, or has not resumed it: the cluster holds
-		// what closed before its last checkpoint, and the symbol's next
-		// owner rebuilds the rest.
-		p.To = iv.Prev(iv.Open(r.at))
+		// what closed before its last checkpoint (and the kline open
+		// then, while it is open), and the symbol's next owner rebuilds
+		// the rest.
+		p.To = iv.Prev(iv.Open(r.open))
+		if cur := iv.Open(c.cfg.Now().UnixMilli()); cur == iv.Open(r.open) {
+			p.To = cur
+		}
 	}
 	return p, p.From <= p.To
 }

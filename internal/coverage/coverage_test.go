@@ -176,13 +176,12 @@ func TestStopRecordsTheEndedSpan(t *testing.T) {
 
 // TestRemote: a symbol another node builds is held from the minute its
 // checkpoints say it is built live since: up to now while the owner lives
-// and has resumed it, else up to its last checkpoint.
+// and has resumed it, else up to the minute its last checkpoint stood at.
 func TestRemote(t *testing.T) {
-	now := 200*m + 30_000
 	alive := map[string]bool{"a": true, "b": true}
 	type step struct {
-		owner  string
-		m0, at int64
+		owner        string
+		m0, open, at int64
 	}
 	for _, tc := range []struct {
 		name  string
@@ -190,19 +189,19 @@ func TestRemote(t *testing.T) {
 		lo    int64
 		want  []store.Span // of [lo, 210]
 	}{
-		{"alive and recent: held from m0 on", []step{{"a", 150 * m, now - 2_000}}, 140, []store.Span{span(140, 149)}},
-		{"built from its first trade", []step{{"a", 0, now - 2_000}}, 0, nil},
-		{"owner dead: held up to its last checkpoint", []step{{"dead", 150 * m, 190*m + 5_000}}, 150, []store.Span{span(190, 210)}},
-		{"released: the same until taken", []step{{"", 150 * m, 199 * m}}, 150, []store.Span{span(199, 210)}},
-		{"checkpoint too old", []step{{"a", 150 * m, now - 70_000}}, 150, []store.Span{span(199, 210)}},
-		{"taken over, not resumed", []step{{"a", 150 * m, 195 * m}, {"b", 150 * m, 195 * m}}, 150, []store.Span{span(195, 210)}},
-		{"taken over and resumed", []step{{"a", 150 * m, 195 * m}, {"b", 150 * m, 195 * m}, {"b", 150 * m, now - 1_000}}, 150, nil},
-		{"seeded afresh by the new owner", []step{{"a", 150 * m, 195 * m}, {"b", 199 * m, now - 1_000}}, 150, []store.Span{span(150, 198)}},
+		{"alive: held from m0 on", []step{{"a", 150 * m, 199 * m, 1}}, 140, []store.Span{span(140, 149)}},
+		{"built from its first trade", []step{{"a", 0, 199 * m, 1}}, 0, nil},
+		{"owner dead: held up to its last checkpoint", []step{{"dead", 150 * m, 190 * m, 1}}, 150, []store.Span{span(190, 210)}},
+		{"released: the same until taken", []step{{"", 150 * m, 199 * m, 1}}, 150, []store.Span{span(199, 210)}},
+		{"taken over, not resumed", []step{{"a", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 1}}, 150, []store.Span{span(195, 210)}},
+		{"taken over and resumed", []step{{"a", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 2}}, 150, nil},
+		{"seeded afresh by the new owner", []step{{"a", 150 * m, 195 * m, 1}, {"b", 199 * m, 199 * m, 2}}, 150, []store.Span{span(150, 198)}},
+		{"owner dead this minute: the open kline is held while open", []step{{"dead", 150 * m, 200 * m, 1}}, 150, []store.Span{span(201, 210)}},
 	} {
 		c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
-			Now: func() time.Time { return time.UnixMilli(now) }, Shared: true, Alive: func(n string) bool { return alive[n] }})
+			Now: func() time.Time { return time.UnixMilli(200*m + 30_000) }, Shared: true, Alive: func(n string) bool { return alive[n] }})
 		for _, s := range tc.steps {
-			c.Remote("X", s.owner, s.m0, s.at)
+			c.Remote("X", s.owner, s.m0, s.open, s.at)
 		}
 		if got := c.Missing("X", oneMin, tc.lo*m, 210*m); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: missing %v, want %v", tc.name, got, tc.want)
@@ -210,8 +209,8 @@ func TestRemote(t *testing.T) {
 	}
 	// Built here too: the node's own live span wins over any checkpoint.
 	c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
-		Now: func() time.Time { return time.UnixMilli(now) }, Shared: true, Alive: func(string) bool { return false }})
-	c.Remote("X", "dead", 150*m, 160*m)
+		Shared: true, Alive: func(string) bool { return false }})
+	c.Remote("X", "dead", 150*m, 160*m, 1)
 	c.Live("X", 100*m)
 	if got := c.Missing("X", oneMin, 100*m, 210*m); got != nil {
 		t.Errorf("built here: missing %v", got)

@@ -103,7 +103,7 @@ func (r *run) startNode(n *node) {
 	n.k = k
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := k.WaitLive(ctx); err != nil {
+	if err := k.WaitReady(ctx); err != nil {
 		r.t.Fatalf("%s: %v", n.name, err)
 	}
 }

@@ -219,7 +219,7 @@ func (r *run) startKlagg() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := k.WaitLive(ctx); err != nil {
+	if err := k.WaitReady(ctx); err != nil {
 		r.t.Fatal(err)
 	}
 	r.base = k.Base()

@@ -114,6 +114,36 @@ func (p *Proc) WaitLive(ctx context.Context) error {
 	}
 }
 
+// WaitReady waits until klagg is live and its /readyz answers 200, as a
+// load balancer polling it every 20 ms would see; it fails if klagg exits
+// first or ctx ends.
+func (p *Proc) WaitReady(ctx context.Context) error {
+	if err := p.WaitLive(ctx); err != nil {
+		return err
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.Base()+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-t.C:
+		case <-p.exited:
+			return fmt.Errorf("klagg exited before it was ready: %v", p.err)
+		case <-ctx.Done():
+			return fmt.Errorf("klagg did not become ready: %w", ctx.Err())
+		}
+	}
+}
+
 // WaitLogged waits until a line of klagg's log holds s; it fails if klagg
 // exits first or ctx ends.
 func (p *Proc) WaitLogged(ctx context.Context, s string) error {

@@ -165,7 +165,7 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 		// exchange's weight is not spent on the rest of an answer that
 		// ends now and must wait for it anyway.
 		if gaps[len(gaps)-1].To >= cur && !r.cfg.Held.Ended(q.Symbol) && (q.Start < 0 || (len(gaps) == 1 && gaps[0].From >= cur)) {
-			return nil, fmt.Errorf("%w: klagg is not building the klines of %s %s yet (starting, or a symbol it does not follow live)", ErrIncomplete, q.Symbol, q.Interval)
+			return nil, fmt.Errorf("%w: klagg is not building the klines of %s %s yet (starting, taking it over from a cluster node that stopped, or a symbol it does not follow live)", ErrIncomplete, q.Symbol, q.Interval)
 		}
 		if attempt == 2 || r.cfg.Fill == nil {
 			return nil, fmt.Errorf("%w: klagg does not hold the klines of %s %s from %s to %s yet", ErrIncomplete,

@@ -61,10 +61,8 @@ func (s *Service) Backfill(ctx context.Context) (err error) {
 			err = errors.Join(err, fmt.Errorf("writing the backfilled klines failed: %w", writeErr))
 		}
 	}()
-	if s.Coverage != nil {
-		if err := s.Coverage.Load(ctx); err != nil {
-			return err
-		}
+	if err := s.Coverage.Load(ctx); err != nil {
+		return err
 	}
 	if err := s.syncTime(ctx); err != nil {
 		return err

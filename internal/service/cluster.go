@@ -4,15 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/klagg/klagg/internal/bus"
 	"github.com/klagg/klagg/internal/cluster"
-	"github.com/klagg/klagg/internal/kline"
-	"github.com/klagg/klagg/internal/store"
 )
 
 // joinCluster connects to NATS and makes sure the kline stream and the
@@ -62,47 +59,4 @@ func (s *Service) joinCluster() (jetstream.JetStream, cluster.Buckets, error) {
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// lastStored is what a cluster node knows it holds of a series: the sinks
-// store the cluster's live klines, and no node sees them all, so history
-// goes on from the newest stored kline of each series (or fetches the last
-// depth klines) as it did before klagg kept spans.
-type lastStored struct {
-	st    Store
-	depth int
-	log   *slog.Logger
-}
-
-func (l lastStored) Wanted(symbol string, iv kline.Interval, end int64) []store.Span {
-	end = iv.Open(end)
-	start := end
-	for range l.depth {
-		start = iv.Prev(start)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	last, ok, err := l.st.Last(ctx, symbol, iv)
-	switch {
-	case err != nil:
-		l.log.Warn("reading the newest stored kline failed; fetching the last klines.backfill_limit", "symbol", symbol, "interval", iv, "err", err)
-	case ok && last.Closed && last.OpenTime < end:
-		start = iv.Next(last.OpenTime)
-	case ok && last.OpenTime < end:
-		start = last.OpenTime // stored while open: fetched again
-	}
-	if start >= end {
-		return nil
-	}
-	return []store.Span{{Symbol: symbol, Interval: iv, From: start, To: iv.Prev(end)}}
-}
-
-func (l lastStored) Add(p store.Span) error { return l.st.AddSpans([]store.Span{p}) }
-
-// Ended is not known to a cluster node's history.
-func (lastStored) Ended(string) bool { return false }
-
-// Missing knows nothing held: a read through fetches all it is asked.
-func (l lastStored) Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span {
-	return []store.Span{{Symbol: symbol, Interval: iv, From: lo, To: hi}}
 }

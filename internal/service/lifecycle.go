@@ -30,10 +30,9 @@ import (
 // after these, so that it stops first.
 func (s *Service) Tiers(g *run.Group) {
 	s.started = time.Now()
-	if s.Coverage != nil {
-		// Stopped after the writer: its last commit is recorded held.
-		g.Tier("coverage").Add("coverage", s.Coverage.Run)
-	}
+	// Stopped after the writer and the publisher: their last commit and
+	// acknowledgement are recorded held.
+	g.Tier("coverage").Add("coverage", s.Coverage.Run)
 	w := g.Tier("store").Add("store writer", func(ctx context.Context) error {
 		if err := s.writer.Run(ctx); err != nil {
 			return fmt.Errorf("final write to the store failed; the newest klines are lost: %w", err)
@@ -134,10 +133,8 @@ func (s *Service) discover(ctx context.Context) (*binance.ExchangeInfo, error) {
 		s.known[y.Name] = y
 	}
 	s.mu.Unlock()
-	if s.Coverage != nil {
-		if err := s.Coverage.Load(ctx); err != nil {
-			return nil, err
-		}
+	if err := s.Coverage.Load(ctx); err != nil {
+		return nil, err
 	}
 	// The exchange may be down or refusing for a while: keep trying, and
 	// say so each time.

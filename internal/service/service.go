@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"sort"
@@ -51,7 +52,7 @@ type Service struct {
 	Router     *ingest.Router
 	Ingest     *ingest.Ingest
 	History    *history.History
-	Coverage   *coverage.Set // which klines are held; nil in a cluster
+	Coverage   *coverage.Set // which klines are held
 	Reconciler *history.Reconciler
 	Registry   *symbols.Registry
 	// Head holds the newest klines, those the store does not hold yet, and
@@ -76,6 +77,7 @@ type Service struct {
 	mu      sync.Mutex
 	known   map[string]store.Symbol // symbols with history from earlier runs
 	rate    atomic.Uint64           // trades per second, float64 bits
+	built   atomic.Bool             // a serve node: the cluster built every symbol once
 	metrics *metrics.Set            // figures only the service sees, for /metrics
 	figures []prometheusWriter      // the parts that write their own, in /metrics's order
 }
@@ -93,6 +95,7 @@ type Store interface {
 	Exchange(ctx context.Context) (map[string][]byte, error)
 	AddSpans(spans []store.Span) error
 	CompactSpans(ctx context.Context) ([]store.Span, error)
+	Spans(ctx context.Context) ([]store.Span, error)
 	Close() error
 }
 
@@ -151,6 +154,13 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 	// Something confirms what the store holds: this node's writer, or on
 	// a cluster's serve node the sinks, through the feed.
 	s.Head = head.New(head.Config{Confirmed: !cfg.Clustered() || cfg.Has(config.RoleServe)})
+	// What is held of each series: a single node's own writer confirms
+	// its live klines, a cluster's ingest node the kline stream's
+	// acknowledgements (the sinks store what it acknowledged); a cluster's
+	// nodes share what they record, and a serve node learns from the
+	// owners' checkpoints which symbols they build, from when.
+	s.Coverage = coverage.New(coverage.Config{Store: st, Intervals: cfg.Intervals, Depth: cfg.Klines.BackfillLimit, Now: s.ExchangeNow,
+		Shared: cfg.Clustered(), Alive: func(node string) bool { return s.Leases != nil && s.Leases.Alive(node) }, Log: log.With("part", "coverage")})
 	// The head takes each update before the writer can: what the writer
 	// confirms it has stored is then always in the head to let go.
 	sinks := []engine.Sink{s.Head, s.coalescer}
@@ -166,7 +176,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		// what it backfills.
 		sinks = sinks[:1]
 		if cfg.Has(config.RoleIngest) {
-			s.Publisher = bus.NewPublisher(js, log.With("part", "publisher"))
+			s.Publisher = bus.NewPublisher(js, s.Coverage.Stored, log.With("part", "publisher"))
 			s.Opens = bus.NewOpens(js.Conn())
 			sinks = append(sinks, s.Publisher, s.Opens)
 		}
@@ -187,14 +197,8 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		st.Close()
 		return nil, err
 	}
-	// What the store holds of each series: a single node's own writer
-	// confirms its live klines; in a cluster the sinks store them, and
-	// backfill goes on from the newest stored kline as before.
-	var held history.Held = lastStored{st, cfg.Klines.BackfillLimit, log.With("part", "history")}
 	stored := s.Head.Stored
 	if !cfg.Clustered() {
-		s.Coverage = coverage.New(st, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "coverage"))
-		held = s.Coverage
 		stored = func(us []kline.Update) {
 			s.Head.Stored(us)
 			s.Coverage.Stored(us)
@@ -208,14 +212,14 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		ReadTimeout: cfg.Exchange.ReadTimeout.Duration, RotateAfter: cfg.Exchange.RotateAfter.Duration,
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
-	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, held, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
+	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, s.Coverage, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
 	var hist symbols.History = s.History
 	var owner symbols.Owner
 	if cfg.Clustered() {
 		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
 			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
-			Standby: cfg.Cluster.Standby,
+			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.Router.Released,
 			IngestNodes: func(n int) {
 				// The nodes are taken to share one IP: each keeps to its
 				// share, and Binance's count in every answer bounds them all.
@@ -234,21 +238,15 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 			if w, ok := st.(interface{ Written([]kline.Update) }); ok {
 				written = w.Written
 			}
-			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, written, s.Head, cfg.Intervals, log.With("part", "feed"))
+			s.Feed = cluster.NewFeed(js, buckets, cfg.Cluster.Node, s.Leases, out, written, s.Head, s.Coverage, cfg.Intervals, log.With("part", "feed"))
 		}
 	}
-	qcfg := query.Config{Store: st, Head: s.Head, Now: s.ExchangeNow, Log: log.With("part", "query")}
-	if s.Coverage != nil {
-		qcfg.Held, qcfg.Fill, qcfg.Repairs = s.Coverage, s.History, s.Router
-	}
+	qcfg := query.Config{Store: st, Head: s.Head, Held: s.Coverage, Fill: s.History, Repairs: s.Router, Now: s.ExchangeNow, Log: log.With("part", "query")}
 	if s.Feed != nil {
 		qcfg.Replay = s.Feed
+		qcfg.Repairs = repairs{s.Router, s.Feed}
 	}
 	s.Klines = query.New(qcfg)
-	var live symbols.Held // told which symbols are built live here
-	if s.Coverage != nil {
-		live = s.Coverage
-	}
 	s.Registry = symbols.New(symbols.Config{
 		ContractTypes: cfg.Symbols.ContractTypes, Include: cfg.Symbols.Include, Exclude: cfg.Symbols.Exclude,
 		Poll: cfg.Exchange.SymbolsPoll.Duration, Log: log.With("part", "symbols"),
@@ -257,11 +255,8 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 				s.Progress(done, total)
 			}
 		},
-	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner, Held: live})
-	s.figures = []prometheusWriter{s.Registry, s.Ingest, s.Router, s.Engine, s.coalescer, s.writer, s.Head, s.Client.Weight()}
-	if s.Coverage != nil {
-		s.figures = append(s.figures, s.Coverage)
-	}
+	}, symbols.Deps{Exchange: s.Client, Subscriber: s.Ingest, Router: s.Router, Engine: s.Engine, Store: st, History: hist, Owner: owner, Held: s.Coverage})
+	s.figures = []prometheusWriter{s.Registry, s.Ingest, s.Router, s.Engine, s.coalescer, s.writer, s.Head, s.Client.Weight(), s.Coverage}
 	if s.Reconciler != nil {
 		s.figures = append(s.figures, s.Reconciler)
 	}
@@ -278,6 +273,26 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		s.figures = append(s.figures, s.Feed)
 	}
 	return s, nil
+}
+
+// repairs are the symbols whose klines lack trades until a repair: this
+// node's, and those of the symbols other nodes build.
+type repairs []query.Repairs
+
+func (r repairs) Released() map[string]int64 {
+	var out map[string]int64
+	for _, p := range r {
+		m := p.Released()
+		switch {
+		case len(m) == 0:
+		case out == nil:
+			out = m
+		default:
+			out = maps.Clone(out)
+			maps.Copy(out, m)
+		}
+	}
+	return out
 }
 
 // tee hands the router's trades to the consumers, then to the engine,
@@ -309,8 +324,18 @@ func (s *Service) WritePrometheus(w io.Writer) {
 
 // ExchangeNow is the local clock corrected by the measured offset to the
 // exchange's.
+//
+// It is never before the newest trade every connection has delivered
+// (the router's watermark): a clock measured behind the exchange would
+// take a kline the exchange has closed, and seeded from, for the open one.
 func (s *Service) ExchangeNow() time.Time {
-	return time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
+	now := time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
+	if s.Router != nil {
+		if w := s.Router.Watermark(); w > now.UnixMilli() {
+			return time.UnixMilli(w)
+		}
+	}
+	return now
 }
 
 // Readiness returns nil while klagg serves all it should: every symbol
@@ -327,6 +352,24 @@ func (s *Service) Readiness() error {
 	}
 	if !s.Registry.Ready() {
 		return errors.New("catching up")
+	}
+	if s.Feed != nil && !s.built.Load() {
+		// At startup, a serve node waits for the cluster as a single node
+		// waits for its seeds; later, one node's death makes none of the
+		// others unready: what they lack meanwhile is refused.
+		if !s.Feed.CaughtUp() {
+			return errors.New("catching up with the cluster's kline stream")
+		}
+		n := 0
+		for name, y := range s.Registry.View().Symbols {
+			if symbols.ClassOf(y.Info.Status) == symbols.ClassTrading && !s.Coverage.Building(name) {
+				n++
+			}
+		}
+		if n > 0 {
+			return fmt.Errorf("waiting for the cluster's nodes to build %d symbols", n)
+		}
+		s.built.Store(true)
 	}
 	return nil
 }

@@ -112,10 +112,8 @@ func (s *Service) Status() Status {
 	st.Exactness = Exactness{Duplicates: rs.Duplicates.Load(), Filled: rs.Filled.Load(), Unfillable: rs.Unfillable.Load(),
 		Overflowed: rs.Overflowing.Load(), TooLate: est.TooLate, Rotations: ist.Rotations.Load()}
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
-	if s.Coverage != nil {
-		f := s.Coverage.Figures()
-		st.History = &f
-	}
+	f := s.Coverage.Figures()
+	st.History = &f
 	if s.Leases != nil {
 		c := &ClusterStatus{Node: s.cfg.Cluster.Node, Roles: s.cfg.Cluster.Roles, Owned: s.Leases.Held(),
 			Takeovers: s.Leases.Takeovers.Load(), Rebalanced: s.Leases.Rebalanced.Load(), Lost: s.Leases.Lost.Load()}
