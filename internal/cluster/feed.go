@@ -38,7 +38,7 @@ type Pending interface {
 // Remote learns which symbols other nodes build live, from when, from
 // their checkpoints: coverage.
 type Remote interface {
-	Remote(symbol, owner string, m0, open, at int64)
+	Remote(symbol, owner string, m0, open, at, rel int64)
 }
 
 // Feed shows a serve node the klines other nodes build: the open ones as
@@ -369,7 +369,7 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 // Rel.
 func (f *Feed) vouch(c checkpoint) {
 	if f.remote != nil {
-		f.remote.Remote(c.Symbol, c.Owner, *c.M0, c.open, c.At)
+		f.remote.Remote(c.Symbol, c.Owner, *c.M0, c.open, c.At, c.Rel)
 	}
 	if f.rel[c.Symbol] == c.Rel {
 		return

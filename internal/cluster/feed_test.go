@@ -351,7 +351,7 @@ type remotes struct {
 	ch    chan struct{}
 }
 
-func (r *remotes) Remote(symbol, owner string, m0, open, at int64) {
+func (r *remotes) Remote(symbol, owner string, m0, open, at, rel int64) {
 	r.mu.Lock()
 	r.calls = append(r.calls, fmt.Sprintf("%s %s m0=%d open=%d", symbol, owner, m0, open))
 	r.mu.Unlock()

@@ -80,6 +80,7 @@ type remote struct {
 	m0    int64  // the minute its owners have built it live since
 	open  int64  // the minute the owner stood at: every kline closed before it is held
 	at    int64  // when the checkpoint was written (the owner's clock), unix ms
+	rel   int64  // trade time since which its klines lack trades until a repair (0: none)
 	// resumed is false while a new owner has taken the symbol and not yet
 	// written a checkpoint of its own: until then it may lack klines.
 	resumed bool
@@ -224,7 +225,7 @@ func (c *Set) LiveSince(symbol string) (int64, bool) {
 }
 
 // Building reports whether symbol is built live now: here, or by a live
-// node that has resumed it.
+// node that has resumed it and lacks none of its trades.
 func (c *Set) Building(symbol string) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -232,17 +233,18 @@ func (c *Set) Building(symbol string) bool {
 		return true
 	}
 	r, ok := c.remote[symbol]
-	return ok && r.resumed && c.cfg.Alive != nil && c.cfg.Alive(r.owner)
+	return ok && r.resumed && r.rel == 0 && c.cfg.Alive != nil && c.cfg.Alive(r.owner)
 }
 
 // Remote says, from its newest checkpoint, written at at (unix ms), that
 // node owner builds symbol live from the minute m0 on (0: from its first
-// trade) and stood at the minute open; owner "" says it was released. A
-// symbol built here is held as Live says, whatever its checkpoints say.
-func (c *Set) Remote(symbol, owner string, m0, open, at int64) {
+// trade) and stood at the minute open, its klines lacking trades since
+// rel (0: none); owner "" says it was released. A symbol built here is
+// held as Live says, whatever its checkpoints say.
+func (c *Set) Remote(symbol, owner string, m0, open, at, rel int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := remote{owner: owner, m0: m0, open: open, at: at, resumed: owner != ""}
+	r := remote{owner: owner, m0: m0, open: open, at: at, rel: rel, resumed: owner != ""}
 	if prev, ok := c.remote[symbol]; ok && owner != prev.owner && at == prev.at {
 		// Taken over: the checkpoint is the last owner's until the new
 		// one writes its own.

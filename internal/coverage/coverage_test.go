@@ -201,7 +201,7 @@ func TestRemote(t *testing.T) {
 		c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
 			Now: func() time.Time { return time.UnixMilli(200*m + 30_000) }, Shared: true, Alive: func(n string) bool { return alive[n] }})
 		for _, s := range tc.steps {
-			c.Remote("X", s.owner, s.m0, s.open, s.at)
+			c.Remote("X", s.owner, s.m0, s.open, s.at, 0)
 		}
 		if got := c.Missing("X", oneMin, tc.lo*m, 210*m); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: missing %v, want %v", tc.name, got, tc.want)
@@ -210,13 +210,27 @@ func TestRemote(t *testing.T) {
 	// Built here too: the node's own live span wins over any checkpoint.
 	c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
 		Shared: true, Alive: func(string) bool { return false }})
-	c.Remote("X", "dead", 150*m, 160*m, 1)
+	c.Remote("X", "dead", 150*m, 160*m, 1, 0)
 	c.Live("X", 100*m)
 	if got := c.Missing("X", oneMin, 100*m, 210*m); got != nil {
 		t.Errorf("built here: missing %v", got)
 	}
 	if m0, ok := c.LiveSince("X"); !ok || m0 != 100*m {
 		t.Errorf("LiveSince = %d %v, want %d", m0, ok, 100*m)
+	}
+	// Built by a live node, whole, or lacking trades until a repair.
+	b := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
+		Shared: true, Alive: func(n string) bool { return alive[n] }})
+	if b.Building("Y") {
+		t.Error("a symbol nobody builds is building")
+	}
+	b.Remote("Y", "a", 150*m, 200*m, 1, 199*m)
+	if b.Building("Y") {
+		t.Error("a symbol lacking trades is building")
+	}
+	b.Remote("Y", "a", 150*m, 200*m, 2, 0)
+	if !b.Building("Y") || !c.Building("X") {
+		t.Error("a symbol built live is not building")
 	}
 }
 

@@ -219,7 +219,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
 			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
-			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.Router.Released,
+			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.lacking,
 			IngestNodes: func(n int) {
 				// The nodes are taken to share one IP: each keeps to its
 				// share, and Binance's count in every answer bounds them all.
@@ -243,8 +243,10 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 	}
 	qcfg := query.Config{Store: st, Head: s.Head, Held: s.Coverage, Fill: s.History, Repairs: s.Router, Now: s.ExchangeNow, Log: log.With("part", "query")}
 	if s.Feed != nil {
+		// A serve node refuses what lacks trades by the rule the owners'
+		// checkpoints follow, for its own symbols as for the others'.
 		qcfg.Replay = s.Feed
-		qcfg.Repairs = repairs{s.Router, s.Feed}
+		qcfg.Repairs = repairs{lackingFunc(s.lacking), s.Feed}
 	}
 	s.Klines = query.New(qcfg)
 	s.Registry = symbols.New(symbols.Config{
@@ -274,6 +276,43 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 	}
 	return s, nil
 }
+
+// heldLong is how long a symbol may miss trades before a cluster's
+// checkpoints say its klines lack them: a gap filled at once (trades
+// across connections out of order) is not worth refusing answers for; a
+// symbol resumed after minutes down is.
+const heldLong = 2 * time.Second
+
+// lacking returns the symbols of this node whose klines lack trades,
+// since when: those whose holds the router released, and those it has
+// held for heldLong (a symbol resumed from a checkpoint, reading the
+// trades since from REST, among them).
+func (s *Service) lacking() map[string]int64 {
+	rel, holds := s.Router.Released(), s.Router.Holds()
+	cut := s.ExchangeNow().Add(-heldLong).UnixMilli()
+	var out map[string]int64
+	for sym, t := range holds {
+		if _, ok := rel[sym]; ok || t >= cut {
+			continue
+		}
+		if out == nil {
+			out = maps.Clone(rel)
+			if out == nil {
+				out = map[string]int64{}
+			}
+		}
+		out[sym] = t
+	}
+	if out == nil {
+		return rel
+	}
+	return out
+}
+
+// lackingFunc is a func giving what Repairs gives.
+type lackingFunc func() map[string]int64
+
+func (f lackingFunc) Released() map[string]int64 { return f() }
 
 // repairs are the symbols whose klines lack trades until a repair: this
 // node's, and those of the symbols other nodes build.
