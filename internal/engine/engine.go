@@ -68,7 +68,9 @@ type Engine struct {
 	cur     []kline.Kline // open kline per slot; OpenTime 0 = not started
 	prev    []kline.Kline // last closed kline per slot; OpenTime 0 = none
 	floor   []int64       // trades with LastID ≤ floor are already in the slot (seed)
-	seeded  []int64       // the slot's open kline holds every trade before this time (seed)
+	// seeded: the slot's kline opening at iv.Open(seeded) holds every
+	// trade before this time (seed), open or, once rolled, closed.
+	seeded []int64
 	// recent holds, per symbol, the 1m klines closed before the 1m slot's
 	// prev, direct-mapped by minute, so that a reconciliation arriving
 	// minutes late can still be carried into the longer intervals.
@@ -490,7 +492,9 @@ func (e *Engine) roll(si, s int, iv kline.Interval, open int64) {
 		}
 		e.prev[s] = *k
 		*k = kline.Empty(iv, iv.Next(k.OpenTime), k.Close)
-		e.floor[s], e.seeded[s] = 0, 0
+		// seeded stays: a correction of a minute the seed held must not
+		// reach the kline once it has closed either.
+		e.floor[s] = 0
 	}
 	e.markDirty(s)
 }
@@ -653,6 +657,12 @@ func (e *Engine) amendLonger(s int, old, ex *kline.Kline) {
 			t, closed = &e.prev[sj], true
 			if m < t.OpenTime || m > t.CloseTime {
 				e.stats.Unamended++
+				continue
+			}
+			if m < e.seeded[sj] && t.OpenTime == e.ivs[sj%n].Open(e.seeded[sj]) {
+				// Seeded from the exchange's klines after this minute
+				// ended, and closed by the clock since (a repair's
+				// corrections may follow its seed by seconds).
 				continue
 			}
 		}

@@ -443,6 +443,55 @@ func TestOlderSeedRollsForwardAgain(t *testing.T) {
 	}
 }
 
+// TestSeededKlineClosedIsNotAmended: a repair seeds the 5m kline from the
+// exchange's closed 1m klines and then corrects those minutes one by one;
+// when the clock closes the 5m kline between the two (a slow REST answer),
+// the corrections must not be counted into it a second time.
+func TestSeededKlineClosedIsNotAmended(t *testing.T) {
+	one, five := kline.OneMinute(), kline.MustInterval("5m")
+	h := newHarness(t, []kline.Interval{one, five}, 0)
+	h.add("A")
+	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false)}) // minute 0 so far; minutes 1 and 2 lost
+	h.sync()
+	// The exchange's minutes: 0 with trades 1 and 2, 1 and 2 with one
+	// trade each. The repair seeds at minute 3.
+	ex := func(min, id int64, price string) kline.Kline {
+		k := kline.Empty(one, t0+min*60_000, 10*decimal.Unit)
+		tr := trade(id, t0+min*60_000+1000, price, "1", false)
+		k.Add(&tr)
+		k.Closed = true
+		return k
+	}
+	m0 := ex(0, 1, "10")
+	extra := trade(2, t0+2000, "10", "1", false)
+	m0.Add(&extra)
+	m1, m2 := ex(1, 3, "11"), ex(2, 4, "12")
+	base := kline.Empty(five, t0, 10*decimal.Unit)
+	for _, k := range []kline.Kline{m0, m1, m2} {
+		base.Merge(&k)
+	}
+	base.FirstTradeID, base.LastTradeID = -1, -1
+	ctx := context.Background()
+	if err := h.e.Seed(ctx, "A", five, base, t0+3*60_000); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.Seed(ctx, "A", one, kline.Empty(one, t0+3*60_000, 12*decimal.Unit), t0+3*60_000); err != nil {
+		t.Fatal(err)
+	}
+	h.tick(t0 + 5*60_000 + 1) // the 5m kline closes before the corrections come
+	for _, k := range []kline.Kline{m0, m1, m2} {
+		k.FirstTradeID, k.LastTradeID = -1, -1
+		if err := h.e.Correct(ctx, "A", one, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.sync()
+	got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0})
+	if !got.Closed || got.Trades != base.Trades || got.Volume != base.Volume {
+		t.Errorf("the seeded 5m kline after the corrections: %d trades, volume %s; want %d, %s", got.Trades, got.Volume.String(8), base.Trades, base.Volume.String(8))
+	}
+}
+
 // TestHandover carries a symbol from one engine to another mid-stream by
 // its State, as a cluster does when a node dies: the second engine's
 // klines equal those of an engine that saw every trade, and the first,
