@@ -1,9 +1,11 @@
 package archive
 
 import (
+	"archive/zip"
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -100,8 +102,52 @@ func readCSVKlines(path string) (Series, error) {
 		return Series{}, err
 	}
 	defer rc.Close()
+	return parseCSVKlines(rc)
+}
+
+// ParseKlinesZip reads an archive kline file (a zip holding one CSV, with
+// a header row or without): its klines by open time, a row the file
+// repeats kept once. Futures timestamps are milliseconds; spot ones in
+// microseconds since 2025 are read as milliseconds too.
+func ParseKlinesZip(data []byte) ([]kline.Kline, error) {
+	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		return nil, fmt.Errorf("archive: not a zip: %w", err)
+	}
+	for _, f := range zr.File {
+		if !strings.HasSuffix(f.Name, ".csv") {
+			continue
+		}
+		r, err := f.Open()
+		if err != nil {
+			return nil, fmt.Errorf("archive: %s: %w", f.Name, err)
+		}
+		s, err := parseCSVKlines(r)
+		r.Close()
+		if err != nil {
+			return nil, fmt.Errorf("archive: %s: %w", f.Name, err)
+		}
+		if s.Fields != FieldsFull {
+			return nil, fmt.Errorf("archive: %s: rows of fewer than 12 columns: not Binance's kline layout", f.Name)
+		}
+		ks := s.Klines[:0]
+		for _, k := range s.Klines {
+			if n := len(ks); n > 0 && ks[n-1].OpenTime == k.OpenTime {
+				if ks[n-1] != k {
+					return nil, fmt.Errorf("archive: %s: two different rows open at %d", f.Name, k.OpenTime)
+				}
+				continue
+			}
+			ks = append(ks, k)
+		}
+		return ks, nil
+	}
+	return nil, errors.New("archive: the zip holds no .csv file")
+}
+
+func parseCSVKlines(r io.Reader) (Series, error) {
 	s := Series{Fields: FieldsFull}
-	sc := bufio.NewScanner(rc)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	line := 0
 	for sc.Scan() {

@@ -1,7 +1,10 @@
-// Package archive owns data.binance.vision archive files: reading aggTrades
-// CSV and zip files, writing klines in the archive's kline CSV layout, and
-// reading reference klines (archive CSV or zip, JSON arrays, stream captures)
-// for verification. Build turns trade archives into klines.
+// Package archive owns data.binance.vision, Binance's public archive: its
+// bucket listing and files, checked against their checksums (Bucket, from
+// the archive's URL or a folder laid out like it); reading aggTrades and
+// kline CSV and zip files, writing klines in the archive's kline CSV
+// layout, and reading reference klines (archive CSV or zip, JSON arrays,
+// stream captures) for verification. Build turns trade archives into
+// klines.
 package archive
 
 import (
