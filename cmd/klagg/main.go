@@ -36,6 +36,7 @@ func commands() []command {
 		{"build", "[-intervals 1m,5m,...] (-out DIR | -db PATH) FILE...", "turn aggTrades archives into klines", runBuild},
 		{"verify", "(-db PATH | -ours FILE...) REFERENCE...", "compare klines with Binance's, field by field", runVerify},
 		{"backfill", "", "store closed klines from REST for every symbol and interval, then exit", runBackfill},
+		{"import", "-symbols A,B,... -since DATE [-until DATE] [-from URL|DIR]", "store 1m klines from Binance's public archive, then exit", runImport},
 		{"demo", "[-symbols N]", "run the service against a built-in fake exchange (no network needed)", runDemo},
 		{"fake-exchange", "[-symbols N] [-speed X] [-listen ADDR]", "run the fake Binance exchange alone", runFakeExchange},
 	}

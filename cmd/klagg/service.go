@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/klagg/klagg/internal/api"
+	"github.com/klagg/klagg/internal/archive"
 	"github.com/klagg/klagg/internal/config"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/run"
@@ -182,6 +184,48 @@ func runBackfill(ctx context.Context, e *env, args []string) error {
 	}
 	svc.Progress = progress(e, "backfill")
 	return svc.Backfill(ctx)
+}
+
+func runImport(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "import", "")
+	from := fs.String("from", "", "the archive's address: a URL answering its bucket listing and files, or a folder laid out like it (default: data.binance.vision)")
+	syms := fs.String("symbols", "", "comma-separated symbols to import, as Binance names them")
+	since := fs.String("since", "", "the first UTC day to import, YYYY-MM-DD")
+	until := fs.String("until", "", "the UTC day to stop before, YYYY-MM-DD (default: today)")
+	parallel := fs.Int("parallel", 8, "files read at once")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg := archive.ImportConfig{Parallel: *parallel, Until: time.Now().UTC()}
+	for _, s := range strings.Split(*syms, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.Symbols = append(cfg.Symbols, strings.ToUpper(s))
+		}
+	}
+	if len(cfg.Symbols) == 0 || *since == "" {
+		fmt.Fprintln(e.stderr, "klagg import: give -symbols and -since")
+		fs.Usage()
+		return errUsage
+	}
+	var err error
+	if cfg.Since, err = time.Parse(time.DateOnly, *since); err != nil {
+		return fmt.Errorf("-since %q: want a day as YYYY-MM-DD", *since)
+	}
+	if *until != "" {
+		if cfg.Until, err = time.Parse(time.DateOnly, *until); err != nil {
+			return fmt.Errorf("-until %q: want a day as YYYY-MM-DD", *until)
+		}
+	}
+	conf, err := loadConfig(e)
+	if err != nil {
+		return err
+	}
+	svc, err := service.New(conf, e.log)
+	if err != nil {
+		return err
+	}
+	svc.Progress = progress(e, "import")
+	return svc.Import(ctx, *from, cfg)
 }
 
 // progress returns a progress callback drawing a bar on a terminal, or nil.

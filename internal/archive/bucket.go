@@ -167,18 +167,27 @@ func (b *Bucket) listDir(prefix string) ([]string, []Object, error) {
 // .CHECKSUM: a corrupt or half-uploaded file, to be read again later.
 var ErrChecksum = errors.New("archive: the file does not match its checksum")
 
-// Fetch returns the file at key and its sha256 checksum, checked against
-// the archive's key.CHECKSUM (a file without one is refused: nothing then
-// says the bytes are whole).
-func (b *Bucket) Fetch(ctx context.Context, key string) (data []byte, sum string, err error) {
+// Checksum returns the sha256 the archive's key.CHECKSUM gives for key.
+func (b *Bucket) Checksum(ctx context.Context, key string) (string, error) {
 	want, err := b.read(ctx, key+".CHECKSUM")
 	if err != nil {
-		return nil, "", fmt.Errorf("archive: checksum of %s: %w", key, err)
+		return "", fmt.Errorf("archive: checksum of %s: %w", key, err)
 	}
 	// "<hex>  <name>", sometimes without a newline: the first token.
 	fields := strings.Fields(string(want))
 	if len(fields) == 0 || len(fields[0]) != 64 {
-		return nil, "", fmt.Errorf("archive: checksum of %s: %q is not a sha256", key, want)
+		return "", fmt.Errorf("archive: checksum of %s: %q is not a sha256", key, want)
+	}
+	return strings.ToLower(fields[0]), nil
+}
+
+// Fetch returns the file at key and its sha256 checksum, checked against
+// the archive's key.CHECKSUM (a file without one is refused: nothing then
+// says the bytes are whole).
+func (b *Bucket) Fetch(ctx context.Context, key string) (data []byte, sum string, err error) {
+	want, err := b.Checksum(ctx, key)
+	if err != nil {
+		return nil, "", err
 	}
 	data, err = b.read(ctx, key)
 	if err != nil {
@@ -186,8 +195,8 @@ func (b *Bucket) Fetch(ctx context.Context, key string) (data []byte, sum string
 	}
 	h := sha256.Sum256(data)
 	sum = hex.EncodeToString(h[:])
-	if !strings.EqualFold(sum, fields[0]) {
-		return nil, sum, fmt.Errorf("%w: %s has sha256 %s, its .CHECKSUM says %s", ErrChecksum, key, sum, fields[0])
+	if sum != want {
+		return nil, sum, fmt.Errorf("%w: %s has sha256 %s, its .CHECKSUM says %s", ErrChecksum, key, sum, want)
 	}
 	return data, sum, nil
 }

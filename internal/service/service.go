@@ -96,6 +96,8 @@ type Store interface {
 	AddSpans(spans []store.Span) error
 	CompactSpans(ctx context.Context) ([]store.Span, error)
 	Spans(ctx context.Context) ([]store.Span, error)
+	AddImported(files []store.Imported) error
+	Imported(ctx context.Context) (map[string]store.Imported, error)
 	Close() error
 }
 

@@ -69,6 +69,12 @@ var migrations = []string{
 		to_time   BIGINT NOT NULL,
 		PRIMARY KEY (symbol, interval, from_time)
 	);`,
+	// The archive files imported (store.Imported).
+	`CREATE TABLE imported (
+		name     TEXT PRIMARY KEY,
+		checksum TEXT   NOT NULL,
+		size     BIGINT NOT NULL
+	);`,
 }
 
 // Store is a PostgreSQL kline database.
@@ -399,6 +405,38 @@ func (s *Store) AddSpans(spans []store.Span) error {
 		return fmt.Errorf("postgres: save the spans held: %w", err)
 	}
 	return nil
+}
+
+// AddImported records archive files imported; the klines must be stored
+// first.
+func (s *Store) AddImported(files []store.Imported) error {
+	batch := &pgx.Batch{}
+	for _, f := range files {
+		batch.Queue(`INSERT INTO imported (name, checksum, size) VALUES ($1,$2,$3)
+			ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, size = excluded.size`, f.Name, f.Checksum, f.Size)
+	}
+	if err := s.inTx(batch); err != nil {
+		return fmt.Errorf("postgres: record the archive files imported: %w", err)
+	}
+	return nil
+}
+
+// Imported returns the archive files imported, by name.
+func (s *Store) Imported(ctx context.Context) (map[string]store.Imported, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name, checksum, size FROM imported`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read the archive files imported: %w", err)
+	}
+	out := map[string]store.Imported{}
+	var f store.Imported
+	_, err = pgx.ForEachRow(rows, []any{&f.Name, &f.Checksum, &f.Size}, func() error {
+		out[f.Name] = f
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read the archive files imported: %w", err)
+	}
+	return out, nil
 }
 
 // Spans returns the spans recorded, as they are: what every node reads

@@ -84,6 +84,12 @@ var migrations = []string{
 		to_time   INTEGER NOT NULL,
 		PRIMARY KEY (symbol, interval, from_time)
 	) WITHOUT ROWID;`,
+	// The archive files imported (store.Imported).
+	`CREATE TABLE imported (
+		name     TEXT PRIMARY KEY,
+		checksum TEXT    NOT NULL,
+		size     INTEGER NOT NULL
+	) WITHOUT ROWID;`,
 }
 
 // Store is a SQLite kline database. Reads run concurrently on a pool; writes
@@ -517,6 +523,42 @@ func (s *Store) AddSpans(spans []store.Span) error {
 		}
 		return nil
 	})
+}
+
+// AddImported records archive files imported; the klines must be stored
+// first.
+func (s *Store) AddImported(files []store.Imported) error {
+	return s.writeTx(func() error {
+		for _, f := range files {
+			err := sqlitex.Execute(s.w, `INSERT INTO imported (name, checksum, size) VALUES (?,?,?)
+				ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, size = excluded.size`,
+				&sqlitex.ExecOptions{Args: []any{f.Name, f.Checksum, f.Size}})
+			if err != nil {
+				return fmt.Errorf("store: record the archive file %s imported: %w", f.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Imported returns the archive files imported, by name.
+func (s *Store) Imported(ctx context.Context) (map[string]store.Imported, error) {
+	c, err := s.read.Take(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer s.read.Put(c)
+	out := map[string]store.Imported{}
+	err = sqlitex.Execute(c, `SELECT name, checksum, size FROM imported`, &sqlitex.ExecOptions{
+		ResultFunc: func(st *zs.Stmt) error {
+			out[st.ColumnText(0)] = store.Imported{Name: st.ColumnText(0), Checksum: st.ColumnText(1), Size: st.ColumnInt64(2)}
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read the archive files imported: %w", err)
+	}
+	return out, nil
 }
 
 // Spans returns the spans recorded, as they are.

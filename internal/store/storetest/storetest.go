@@ -27,6 +27,8 @@ type Store interface {
 	AddSpans(spans []store.Span) error
 	CompactSpans(ctx context.Context) ([]store.Span, error)
 	Spans(ctx context.Context) ([]store.Span, error)
+	AddImported(files []store.Imported) error
+	Imported(ctx context.Context) (map[string]store.Imported, error)
 	Close() error
 }
 
@@ -40,6 +42,29 @@ func Run(t *testing.T, open func(t *testing.T) Store, reopen func(t *testing.T, 
 	t.Run("SymbolsAndLists", func(t *testing.T) { symbolsAndLists(t, open(t), reopen) })
 	t.Run("ClosedVersion", func(t *testing.T) { closedVersion(t, open(t)) })
 	t.Run("Spans", func(t *testing.T) { spans(t, open(t), reopen) })
+	t.Run("Imported", func(t *testing.T) { imported(t, open(t), reopen) })
+}
+
+// imported: the ledger of archive files keeps each file once, with the
+// checksum it was last imported with, across a reopen.
+func imported(t *testing.T, s Store, reopen func(*testing.T, Store) Store) {
+	ctx := context.Background()
+	a := store.Imported{Name: "data/futures/um/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2026-01.zip", Checksum: "aa", Size: 10}
+	b := store.Imported{Name: "data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2026-02-01.zip", Checksum: "bb", Size: 3}
+	if err := s.AddImported([]store.Imported{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	a.Checksum, a.Size = "cc", 11 // re-uploaded, imported again
+	if err := s.AddImported([]store.Imported{a}); err != nil {
+		t.Fatal(err)
+	}
+	if reopen != nil {
+		s = reopen(t, s)
+	}
+	got, err := s.Imported(ctx)
+	if want := map[string]store.Imported{a.Name: a, b.Name: b}; err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("Imported = %v %v, want %v", got, err, want)
+	}
 }
 
 // spans: the spans held are kept, merged where they meet or overlap, and

@@ -1,0 +1,272 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/klagg/klagg/internal/kline"
+	"github.com/klagg/klagg/internal/store"
+)
+
+// ImportStore is where an import writes the klines and its ledger: the
+// store.
+type ImportStore interface {
+	Upsert(updates []kline.Update) error
+	AddImported(files []store.Imported) error
+	Imported(ctx context.Context) (map[string]store.Imported, error)
+}
+
+// Held records the spans of klines stored: coverage.
+type Held interface {
+	Add(p store.Span) error
+}
+
+// ImportConfig sets up an import.
+type ImportConfig struct {
+	Symbols []string
+	// Since and Until bound the UTC days imported, [Since, Until).
+	Since, Until time.Time
+	// Parallel is how many files are read at once [8].
+	Parallel int
+	// Progress, if set, is told after each file.
+	Progress func(ImportProgress)
+	Log      *slog.Logger
+}
+
+// ImportProgress counts an import's work.
+type ImportProgress struct {
+	Files     int   // to read
+	Done      int   // read, or skipped as imported before with the same checksum
+	Skipped   int   // of Done: imported before
+	Klines    int64 // stored
+	Bytes     int64 // downloaded
+	Corrupt   int   // files refused by their checksum or unreadable
+	Uncovered int   // days of the range no file holds
+}
+
+// Import stores the 1m klines of cfg.Symbols in [Since, Until) from the
+// archive's files: each whole month from its monthly file, the rest (and
+// any day a monthly file lacks) from daily files. Every file is checked
+// against its checksum; one in the ledger with the same checksum is
+// skipped, so a killed import goes on where it stopped, and one the
+// archive re-uploaded is imported again. The minutes a file holds are
+// recorded held in runs; a minute no file holds is left to the exchange's
+// REST (the exchange's own gaps among them) and counted in Uncovered by
+// the day.
+func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg ImportConfig) (ImportProgress, error) {
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = 8
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	since, until := day(cfg.Since), day(cfg.Until)
+	if !since.Before(until) {
+		return ImportProgress{}, fmt.Errorf("archive: nothing to import: %s is not before %s", since.Format(time.DateOnly), until.Format(time.DateOnly))
+	}
+	ledger, err := st.Imported(ctx)
+	if err != nil {
+		return ImportProgress{}, err
+	}
+	im := &importer{b: b, st: st, held: held, cfg: cfg, ledger: ledger}
+	var plan []string
+	for _, sym := range cfg.Symbols {
+		files, err := im.plan(ctx, sym, since, until)
+		if err != nil {
+			return im.progress(), err
+		}
+		plan = append(plan, files...)
+	}
+	im.files.Store(int64(len(plan)))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(cfg.Parallel)
+	for _, key := range plan {
+		g.Go(func() error { return im.file(gctx, key) })
+	}
+	err = g.Wait()
+	return im.progress(), err
+}
+
+type importer struct {
+	b      *Bucket
+	st     ImportStore
+	held   Held
+	cfg    ImportConfig
+	ledger map[string]store.Imported
+	daily  sync.Map // the daily files listed, by key: a day a monthly file lacks is read from its own
+
+	mu                                       sync.Mutex // serializes writes and progress
+	files, done, skipped, corrupt, uncovered atomic.Int64
+	klines, bytes                            atomic.Int64
+}
+
+func (im *importer) progress() ImportProgress {
+	return ImportProgress{Files: int(im.files.Load()), Done: int(im.done.Load()), Skipped: int(im.skipped.Load()),
+		Klines: im.klines.Load(), Bytes: im.bytes.Load(), Corrupt: int(im.corrupt.Load()), Uncovered: int(im.uncovered.Load())}
+}
+
+// plan returns the files holding symbol's 1m klines of the days in
+// [since, until): a month's file where the month is whole in the range
+// and listed, else the days' files.
+func (im *importer) plan(ctx context.Context, symbol string, since, until time.Time) ([]string, error) {
+	_, monthly, err := im.b.List(ctx, KlinesPrefix(symbol, "1m", true))
+	if err != nil {
+		return nil, err
+	}
+	_, daily, err := im.b.List(ctx, KlinesPrefix(symbol, "1m", false))
+	if err != nil {
+		return nil, err
+	}
+	has := map[string]bool{}
+	for _, o := range monthly {
+		has[o.Key] = true
+	}
+	for _, o := range daily {
+		has[o.Key] = true
+		im.daily.Store(o.Key, true)
+	}
+	var out []string
+	for d := since; d.Before(until); {
+		month := time.Date(d.Year(), d.Month(), 1, 0, 0, 0, 0, time.UTC)
+		next := month.AddDate(0, 1, 0)
+		key := KlinesPrefix(symbol, "1m", true) + fmt.Sprintf("%s-1m-%s.zip", symbol, month.Format("2006-01"))
+		if d.Equal(month) && !next.After(until) && has[key] {
+			out = append(out, key)
+			d = next
+			continue
+		}
+		key = KlinesPrefix(symbol, "1m", false) + fmt.Sprintf("%s-1m-%s.zip", symbol, d.Format(time.DateOnly))
+		if has[key] {
+			out = append(out, key)
+		} else {
+			im.uncovered.Add(1)
+			im.cfg.Log.Warn("the archive has no file of this day; its klines are read from the exchange when asked for", "symbol", symbol, "day", d.Format(time.DateOnly))
+		}
+		d = d.AddDate(0, 0, 1)
+	}
+	return out, nil
+}
+
+// file imports one file, unless the ledger has it with the same checksum.
+func (im *importer) file(ctx context.Context, key string) error {
+	defer im.report()
+	sum, err := im.b.Checksum(ctx, key)
+	if err != nil {
+		return im.refuse(key, err)
+	}
+	if f, ok := im.ledger[key]; ok && strings.EqualFold(f.Checksum, sum) {
+		im.skipped.Add(1)
+		im.done.Add(1)
+		return nil
+	}
+	data, sum, err := im.b.Fetch(ctx, key)
+	if err != nil {
+		return im.refuse(key, err)
+	}
+	im.bytes.Add(int64(len(data)))
+	ks, err := ParseKlinesZip(data)
+	if err != nil {
+		return im.refuse(key, err)
+	}
+	symbol := strings.SplitN(path.Base(key), "-", 2)[0]
+	if err := im.store(key, symbol, ks, sum, len(data)); err != nil {
+		return err
+	}
+	if !strings.Contains(key, "/monthly/") {
+		return nil
+	}
+	// A day the monthly file lacks (a known defect of the archive) is
+	// read from that day's file.
+	days := map[int64]bool{}
+	for _, k := range ks {
+		days[k.OpenTime-k.OpenTime%86_400_000] = true
+	}
+	month, err := time.Parse("2006-01", strings.TrimSuffix(strings.TrimPrefix(path.Base(key), symbol+"-1m-"), ".zip"))
+	if err != nil {
+		return nil
+	}
+	for d := month; d.Before(month.AddDate(0, 1, 0)); d = d.AddDate(0, 0, 1) {
+		if days[d.UnixMilli()] {
+			continue
+		}
+		dk := KlinesPrefix(symbol, "1m", false) + fmt.Sprintf("%s-1m-%s.zip", symbol, d.Format(time.DateOnly))
+		if _, ok := im.daily.Load(dk); !ok {
+			im.uncovered.Add(1)
+			im.cfg.Log.Warn("a monthly archive file lacks a day the archive has no daily file of; its klines are read from the exchange when asked for", "file", key, "day", d.Format(time.DateOnly))
+			continue
+		}
+		im.files.Add(1)
+		if err := im.file(ctx, dk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// store writes a file's klines, the runs of minutes they hold, and the
+// file in the ledger, in that order: a crash leaves the file to import
+// again, never a span without its klines.
+func (im *importer) store(key, symbol string, ks []kline.Kline, sum string, size int) error {
+	one := kline.OneMinute()
+	ups := make([]kline.Update, len(ks))
+	for i, k := range ks {
+		k.Closed = true
+		ups[i] = kline.Update{Symbol: symbol, Interval: one, Kline: k}
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if err := im.st.Upsert(ups); err != nil {
+		return fmt.Errorf("archive: store the klines of %s: %w", key, err)
+	}
+	// Held in runs of minutes; a minute the file lacks is the exchange's
+	// to say (a gap of its own, or the file's defect).
+	for i := 0; i < len(ks); {
+		j := i
+		for j+1 < len(ks) && ks[j+1].OpenTime == one.Next(ks[j].OpenTime) {
+			j++
+		}
+		if err := im.held.Add(store.Span{Symbol: symbol, Interval: one, From: ks[i].OpenTime, To: ks[j].OpenTime}); err != nil {
+			return err
+		}
+		i = j + 1
+	}
+	if err := im.st.AddImported([]store.Imported{{Name: key, Checksum: sum, Size: int64(size)}}); err != nil {
+		return err
+	}
+	im.klines.Add(int64(len(ks)))
+	im.done.Add(1)
+	return nil
+}
+
+// refuse counts a file that cannot be imported now and goes on with the
+// others; only a stop ends the import.
+func (im *importer) refuse(key string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	im.corrupt.Add(1)
+	im.done.Add(1)
+	im.cfg.Log.Warn("an archive file was not imported; the next import tries it again, and its klines are read from the exchange when asked for", "file", key, "err", err)
+	return nil
+}
+
+func (im *importer) report() {
+	if im.cfg.Progress != nil {
+		im.cfg.Progress(im.progress())
+	}
+}
+
+// day is t's UTC day.
+func day(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
