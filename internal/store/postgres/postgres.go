@@ -446,10 +446,19 @@ func (s *Store) Spans(ctx context.Context) ([]store.Span, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read the spans held: %w", err)
 	}
+	out, err := scanSpans(rows)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read the spans held: %w", err)
+	}
+	return out, nil
+}
+
+// scanSpans reads rows of symbol, interval, from_time, to_time.
+func scanSpans(rows pgx.Rows) ([]store.Span, error) {
 	var out []store.Span
 	var p store.Span
 	var name string
-	_, err = pgx.ForEachRow(rows, []any{&p.Symbol, &name, &p.From, &p.To}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&p.Symbol, &name, &p.From, &p.To}, func() error {
 		iv, err := kline.ParseInterval(name)
 		if err != nil {
 			return fmt.Errorf("a span of %s: %w", p.Symbol, err)
@@ -458,10 +467,7 @@ func (s *Store) Spans(ctx context.Context) ([]store.Span, error) {
 		out = append(out, p)
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("postgres: read the spans held: %w", err)
-	}
-	return out, nil
+	return out, err
 }
 
 // CompactSpans merges the spans recorded per series, keeps the merged
@@ -474,18 +480,7 @@ func (s *Store) CompactSpans(ctx context.Context) ([]store.Span, error) {
 		if err != nil {
 			return err
 		}
-		var recorded []store.Span
-		var p store.Span
-		var name string
-		_, err = pgx.ForEachRow(rows, []any{&p.Symbol, &name, &p.From, &p.To}, func() error {
-			iv, err := kline.ParseInterval(name)
-			if err != nil {
-				return fmt.Errorf("a span of %s: %w", p.Symbol, err)
-			}
-			p.Interval = iv
-			recorded = append(recorded, p)
-			return nil
-		})
+		recorded, err := scanSpans(rows)
 		if err != nil {
 			return err
 		}

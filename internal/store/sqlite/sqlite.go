@@ -568,8 +568,13 @@ func (s *Store) Spans(ctx context.Context) ([]store.Span, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	defer s.read.Put(c)
+	return readSpans(c)
+}
+
+// readSpans reads the spans recorded on c.
+func readSpans(c *zs.Conn) ([]store.Span, error) {
 	var out []store.Span
-	err = sqlitex.Execute(c, `SELECT symbol, interval, from_time, to_time FROM spans`, &sqlitex.ExecOptions{
+	err := sqlitex.Execute(c, `SELECT symbol, interval, from_time, to_time FROM spans`, &sqlitex.ExecOptions{
 		ResultFunc: func(st *zs.Stmt) error {
 			iv, err := kline.ParseInterval(st.ColumnText(1))
 			if err != nil {
@@ -590,19 +595,9 @@ func (s *Store) Spans(ctx context.Context) ([]store.Span, error) {
 func (s *Store) CompactSpans(ctx context.Context) ([]store.Span, error) {
 	var out []store.Span
 	err := s.writeTx(func() error {
-		var recorded []store.Span
-		err := sqlitex.Execute(s.w, `SELECT symbol, interval, from_time, to_time FROM spans`, &sqlitex.ExecOptions{
-			ResultFunc: func(st *zs.Stmt) error {
-				iv, err := kline.ParseInterval(st.ColumnText(1))
-				if err != nil {
-					return fmt.Errorf("a span of %s: %w", st.ColumnText(0), err)
-				}
-				recorded = append(recorded, store.Span{Symbol: st.ColumnText(0), Interval: iv, From: st.ColumnInt64(2), To: st.ColumnInt64(3)})
-				return nil
-			},
-		})
+		recorded, err := readSpans(s.w)
 		if err != nil {
-			return fmt.Errorf("store: read the spans held: %w", err)
+			return err
 		}
 		out = store.MergeSpans(recorded)
 		if len(out) == len(recorded) {
