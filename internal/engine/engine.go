@@ -71,6 +71,10 @@ type Engine struct {
 	// seeded: the slot's kline opening at iv.Open(seeded) holds every
 	// trade before this time (seed), open or, once rolled, closed.
 	seeded []int64
+	// exact is the open time of the slot's closed kline last taken whole
+	// from the exchange (a correction of it, not of a minute in it): a
+	// later correction of one of its minutes is in it already.
+	exact []int64
 	// recent holds, per symbol, the 1m klines closed before the 1m slot's
 	// prev, direct-mapped by minute, so that a reconciliation arriving
 	// minutes late can still be carried into the longer intervals.
@@ -340,7 +344,7 @@ func (e *Engine) addSymbol(name string) {
 	if len(e.free) > 0 {
 		si, e.free = e.free[len(e.free)-1], e.free[:len(e.free)-1]
 		for s := si * n; s < (si+1)*n; s++ {
-			e.cur[s], e.prev[s], e.floor[s], e.seeded[s] = kline.Kline{}, kline.Kline{}, 0, 0
+			e.cur[s], e.prev[s], e.floor[s], e.seeded[s], e.exact[s] = kline.Kline{}, kline.Kline{}, 0, 0, 0
 		}
 		clear(e.recent[si*recentMinutes : (si+1)*recentMinutes])
 	} else {
@@ -352,6 +356,7 @@ func (e *Engine) addSymbol(name string) {
 			e.prev = append(e.prev, kline.Kline{})
 			e.floor = append(e.floor, 0)
 			e.seeded = append(e.seeded, 0)
+			e.exact = append(e.exact, 0)
 			e.dirty = append(e.dirty, false)
 		}
 	}
@@ -577,6 +582,8 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 			e.followPrev(s, iv)
 			if e.isOneMinute(s) {
 				e.amendLonger(s, &old, &k)
+			} else {
+				e.exact[s] = k.OpenTime
 			}
 		}
 	}
@@ -664,6 +671,9 @@ func (e *Engine) amendLonger(s int, old, ex *kline.Kline) {
 				// ended, and closed by the clock since (a repair's
 				// corrections may follow its seed by seconds).
 				continue
+			}
+			if e.exact[sj] == t.OpenTime {
+				continue // taken whole from the exchange since it closed
 			}
 		}
 		// Trade counts are exact, so the minute holds t's first trade when

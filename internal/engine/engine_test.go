@@ -486,9 +486,41 @@ func TestSeededKlineClosedIsNotAmended(t *testing.T) {
 		}
 	}
 	h.sync()
-	got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0})
+	got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0}).Kline
 	if !got.Closed || got.Trades != base.Trades || got.Volume != base.Volume {
 		t.Errorf("the seeded 5m kline after the corrections: %d trades, volume %s; want %d, %s", got.Trades, got.Volume.String(8), base.Trades, base.Volume.String(8))
+	}
+}
+
+// TestExchangesLongerKlineNotAmended: a longer kline taken whole from the
+// exchange (reconciliation fetches it when one of its minutes differed)
+// holds every minute's final trades: a correction of one of its minutes
+// arriving after it changes it no more.
+func TestExchangesLongerKlineNotAmended(t *testing.T) {
+	one, five := kline.OneMinute(), kline.MustInterval("5m")
+	h := newHarness(t, []kline.Interval{one, five}, 0)
+	h.add("A")
+	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false), trade(2, t0+61_000, "11", "1", false)})
+	h.tick(t0 + 5*60_000 + 1)
+	h.sync()
+	// The exchange's minute 1 has one more trade; its 5m kline says so.
+	ctx := context.Background()
+	ex1 := h.c.get(kline.Key{Symbol: "A", Interval: "1m", OpenTime: t0 + 60_000}).Kline
+	extra := trade(3, t0+62_000, "12", "1", false)
+	ex1.Add(&extra)
+	ex5 := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0}).Kline
+	ex5.Add(&extra)
+	if err := h.e.Correct(ctx, "A", five, ex5); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.Correct(ctx, "A", one, ex1); err != nil {
+		t.Fatal(err)
+	}
+	h.sync()
+	got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0}).Kline
+	if got.Trades != ex5.Trades || got.Volume != ex5.Volume || got.Close != ex5.Close {
+		t.Errorf("the exchange's 5m kline after a correction of its minute: %d trades, volume %s; want %d, %s",
+			got.Trades, got.Volume.String(8), ex5.Trades, ex5.Volume.String(8))
 	}
 }
 
