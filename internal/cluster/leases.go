@@ -61,6 +61,10 @@ type Config struct {
 	// carry both to the other nodes.
 	LiveSince func(symbol string) (int64, bool)
 	Released  func() map[string]int64
+	// Holds, if set, tells the symbols missing trades now (the router):
+	// a symbol taken over is written as resumed, its first checkpoint of
+	// this node's, only once it misses none.
+	Holds func() map[string]int64
 }
 
 // Leases is this node's side of the symbol leases: it keeps the node in the
@@ -109,6 +113,7 @@ type lease struct {
 	lastID  int64 // as last written
 	open    int64 // 1m open time as last written
 	rel     int64 // Rel as last written
+	mine    bool  // a checkpoint of this node's own written since it took the lease
 	written time.Time
 }
 
@@ -559,9 +564,12 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		}
 		states = append(states, st...)
 	}
-	var released map[string]int64
+	var released, holds map[string]int64
 	if l.cfg.Released != nil {
 		released = l.cfg.Released()
+	}
+	if l.cfg.Holds != nil {
+		holds = l.cfg.Holds()
 	}
 	// Marked after the states: every closed kline emitted before them is
 	// queued by now.
@@ -585,13 +593,18 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		l.mu.Lock()
 		ls := l.held[st.Symbol]
 		var rev uint64
-		changed := false
+		changed, mine := false, false
 		rel := released[st.Symbol]
 		if ls != nil {
-			rev = ls.rev
+			rev, mine = ls.rev, ls.mine
 			changed = st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node || rel != ls.rel
 		}
 		l.mu.Unlock()
+		if _, held := holds[st.Symbol]; held && !mine && owner == l.cfg.Node {
+			// Still reading the trades since the last owner's checkpoint:
+			// the other nodes go on taking it as not resumed.
+			continue
+		}
 		// A symbol not yet seeded has nothing to write, and one not traded
 		// since it resumed at a known aggregate id keeps that id in its
 		// checkpoint. One not traded since a seed from the exchange is
@@ -622,7 +635,7 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 				written.Add(1)
 				l.mu.Lock()
 				if l.held[st.Symbol] == ls {
-					ls.rev, ls.lastID, ls.written, ls.rel = nrev, st.LastID, now, rel
+					ls.rev, ls.lastID, ls.written, ls.rel, ls.mine = nrev, st.LastID, now, rel, true
 					if len(st.Open) > 0 {
 						ls.open = st.Open[0].OpenTime
 					}

@@ -221,7 +221,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
 			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
-			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.lacking,
+			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.lacking, Holds: s.Router.Holds,
 			IngestNodes: func(n int) {
 				// The nodes are taken to share one IP: each keeps to its
 				// share, and Binance's count in every answer bounds them all.
