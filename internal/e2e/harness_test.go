@@ -60,9 +60,6 @@ type run struct {
 	earlier []string // the log of the test's earlier klagg runs
 	bin     string   // what to run instead of klaggBin (a wrapper); optional
 	pgURL   string   // klagg's database.url when it runs on PostgreSQL
-	// extentsOnly makes askAll check that answers are whole (no kline
-	// missing, none stale), not each kline's fields.
-	extentsOnly bool
 }
 
 // usePostgres makes klagg keep its klines in a PostgreSQL schema of the
