@@ -365,18 +365,8 @@ func (s *Service) WritePrometheus(w io.Writer) {
 
 // ExchangeNow is the local clock corrected by the measured offset to the
 // exchange's.
-//
-// It is never before the newest trade every connection has delivered
-// (the router's watermark): a clock measured behind the exchange would
-// take a kline the exchange has closed, and seeded from, for the open one.
 func (s *Service) ExchangeNow() time.Time {
-	now := time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
-	if s.Router != nil {
-		if w := s.Router.Watermark(); w > now.UnixMilli() {
-			return time.UnixMilli(w)
-		}
-	}
-	return now
+	return time.Now().Add(time.Duration(s.offset.Load()) * time.Millisecond)
 }
 
 // Readiness returns nil while klagg serves all it should: every symbol
