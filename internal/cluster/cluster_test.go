@@ -298,3 +298,67 @@ func containsOwner(owners map[string]string, node string) bool {
 	}
 	return false
 }
+
+// untraded is an engine whose symbols had no trade since their seed.
+type untraded struct{}
+
+func (untraded) States(_ context.Context, syms []string) ([]engine.State, error) {
+	var out []engine.State
+	for _, s := range syms {
+		out = append(out, engine.State{Symbol: s, LastID: -1, Open: []kline.Kline{{OpenTime: 60_000, CloseTime: 119_999}}})
+	}
+	return out, nil
+}
+
+// TestQuietTakeover: a node that takes a symbol over writes its own
+// checkpoint even if the symbol has no trade since, keeping the aggregate
+// id it resumed after: until it does, the other nodes take the symbol as
+// not resumed and refuse what it lacks.
+func TestQuietTakeover(t *testing.T) {
+	url := bustest.Server(t)
+	nc, js := bustest.Connect(t, url)
+	b, err := EnsureBuckets(context.Background(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ivs := []kline.Interval{kline.OneMinute()}
+	st := engine.State{Symbol: "S00USDT", LastID: 77, Open: []kline.Kline{{OpenTime: 60_000, CloseTime: 119_999}}}
+	if _, err := b.Live.Create(context.Background(), Key(st.Symbol), encodeCheckpoint("gone", st, ivs, time.UnixMilli(5), 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan ownership, 10)
+	l := NewLeases(nc, b, Config{Node: "a", Ingest: true, Roles: []string{"ingest"}, Staleness: 300 * time.Millisecond,
+		CheckpointEvery: 20 * time.Millisecond, Intervals: ivs, Log: slog.New(slog.DiscardHandler)}, untraded{}, acked{})
+	l.Want([]string{st.Symbol})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, &registry{"a", ch}) }()
+	defer func() { cancel(); <-done }()
+	w, err := b.Live.Watch(ctx, Key(st.Symbol))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil {
+				continue
+			}
+			c, got, err := decodeCheckpoint(e.Value(), ivs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Owner != "a" || c.At == 5 {
+				continue // the take, which keeps the last owner's checkpoint
+			}
+			if got.LastID != 77 || got.Open[0].OpenTime != 60_000 {
+				t.Fatalf("a's first checkpoint of the quiet symbol: %+v, want it at aggregate id 77", got)
+			}
+			return
+		case <-timeout:
+			t.Fatal("a never wrote its own checkpoint of the quiet symbol it took")
+		}
+	}
+}

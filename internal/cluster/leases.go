@@ -597,7 +597,15 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 		rel := released[st.Symbol]
 		if ls != nil {
 			rev, mine = ls.rev, ls.mine
-			changed = st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node || rel != ls.rel
+			if st.LastID < 0 && ls.lastID >= 0 {
+				// Not traded since it resumed at a known aggregate id: its
+				// checkpoint keeps that id.
+				st.LastID = ls.lastID
+			}
+			// A new owner writes its first checkpoint whether or not the
+			// symbol traded: until then the other nodes take it as not
+			// resumed, and refuse what it lacks.
+			changed = !mine || st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node || rel != ls.rel
 		}
 		l.mu.Unlock()
 		if _, held := holds[st.Symbol]; held && !mine && owner == l.cfg.Node {
@@ -605,11 +613,10 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 			// the other nodes go on taking it as not resumed.
 			continue
 		}
-		// A symbol not yet seeded has nothing to write, and one not traded
-		// since it resumed at a known aggregate id keeps that id in its
-		// checkpoint. One not traded since a seed from the exchange is
-		// written without an id: its taker resynchronizes it from klines.
-		if ls == nil || !changed || len(st.Open) == 0 || st.Open[0].OpenTime == 0 || st.LastID < 0 && ls.lastID >= 0 {
+		// A symbol not yet seeded has nothing to write. One not traded
+		// since a seed from the exchange is written without an id: its
+		// taker resynchronizes it from klines.
+		if ls == nil || !changed || len(st.Open) == 0 || st.Open[0].OpenTime == 0 {
 			continue
 		}
 		m0 := int64(-1)
