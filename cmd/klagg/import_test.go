@@ -75,6 +75,15 @@ func TestImportCommand(t *testing.T) {
 	if err != nil || len(ks) != 1500 || !ks[0].Closed || ks[1499].OpenTime != day.UnixMilli()+1499*60_000 {
 		t.Fatalf("stored: %d klines, %v", len(ks), err)
 	}
+	// The configured intervals are derived from them: both days whole.
+	if ks, err := st.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: kline.MustInterval("1d"), Start: day.UnixMilli()}); err != nil || len(ks) != 2 || ks[1].Volume.IsZero() {
+		t.Fatalf("derived 1d klines: %+v, %v", ks, err)
+	}
+	cmd = exec.CommandContext(ctx, klaggBin, "import", "-from", folder, "-symbols", "BTCUSDT", "-since", "2026-02-01", "-intervals", "1h,2x")
+	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "-intervals") {
+		t.Errorf("klagg import -intervals 1h,2x: %v\n%s", err, out)
+	}
 	// Without -since it says what it needs.
 	cmd = exec.CommandContext(ctx, klaggBin, "import", "-symbols", "BTCUSDT")
 	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)

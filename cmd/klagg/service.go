@@ -193,6 +193,7 @@ func runImport(ctx context.Context, e *env, args []string) error {
 	since := fs.String("since", "", "the first UTC day to import, YYYY-MM-DD")
 	until := fs.String("until", "", "the UTC day to stop before, YYYY-MM-DD (default: today)")
 	parallel := fs.Int("parallel", 8, "files read at once")
+	intervals := fs.String("intervals", "", "comma-separated intervals to derive from the 1m klines imported (default: the configured intervals)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -208,6 +209,11 @@ func runImport(ctx context.Context, e *env, args []string) error {
 		return errUsage
 	}
 	var err error
+	if *intervals != "" {
+		if cfg.Intervals, err = kline.ParseIntervals(*intervals); err != nil {
+			return fmt.Errorf("-intervals: %w", err)
+		}
+	}
 	if cfg.Since, err = time.Parse(time.DateOnly, *since); err != nil {
 		return fmt.Errorf("-since %q: want a day as YYYY-MM-DD", *since)
 	}

@@ -21,6 +21,7 @@ import (
 // store.
 type ImportStore interface {
 	Upsert(updates []kline.Update) error
+	Klines(ctx context.Context, q store.Query) ([]kline.Kline, error)
 	AddImported(files []store.Imported) error
 	Imported(ctx context.Context) (map[string]store.Imported, error)
 }
@@ -28,6 +29,7 @@ type ImportStore interface {
 // Held records the spans of klines stored: coverage.
 type Held interface {
 	Add(p store.Span) error
+	Holds(symbol string, iv kline.Interval, lo, hi int64) bool
 }
 
 // ImportConfig sets up an import.
@@ -35,6 +37,9 @@ type ImportConfig struct {
 	Symbols []string
 	// Since and Until bound the UTC days imported, [Since, Until).
 	Since, Until time.Time
+	// Intervals are derived from the 1m klines imported (1m, if listed,
+	// is left out: it is what is imported).
+	Intervals []kline.Interval
 	// Parallel is how many files are read at once [8].
 	Parallel int
 	// Progress, if set, is told after each file.
@@ -47,7 +52,8 @@ type ImportProgress struct {
 	Files     int   // to read
 	Done      int   // read, or skipped as imported before with the same checksum
 	Skipped   int   // of Done: imported before
-	Klines    int64 // stored
+	Klines    int64 // 1m klines stored
+	Derived   int64 // klines of longer intervals derived and stored
 	Bytes     int64 // downloaded
 	Corrupt   int   // files refused by their checksum or unreadable
 	Uncovered int   // days of the range no file holds
@@ -92,8 +98,17 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 	for _, key := range plan {
 		g.Go(func() error { return im.file(gctx, key) })
 	}
-	err = g.Wait()
-	return im.progress(), err
+	if err := g.Wait(); err != nil {
+		return im.progress(), err
+	}
+	// The klines longer than a day span files: derived once every file
+	// is in, from the minutes stored.
+	for _, sym := range cfg.Symbols {
+		if err := im.deriveAcross(ctx, sym, since, until); err != nil {
+			return im.progress(), err
+		}
+	}
+	return im.progress(), nil
 }
 
 type importer struct {
@@ -106,12 +121,12 @@ type importer struct {
 
 	mu                                       sync.Mutex // serializes writes and progress
 	files, done, skipped, corrupt, uncovered atomic.Int64
-	klines, bytes                            atomic.Int64
+	klines, derived, bytes                   atomic.Int64
 }
 
 func (im *importer) progress() ImportProgress {
 	return ImportProgress{Files: int(im.files.Load()), Done: int(im.done.Load()), Skipped: int(im.skipped.Load()),
-		Klines: im.klines.Load(), Bytes: im.bytes.Load(), Corrupt: int(im.corrupt.Load()), Uncovered: int(im.uncovered.Load())}
+		Klines: im.klines.Load(), Derived: im.derived.Load(), Bytes: im.bytes.Load(), Corrupt: int(im.corrupt.Load()), Uncovered: int(im.uncovered.Load())}
 }
 
 // plan returns the files holding symbol's 1m klines of the days in
@@ -222,6 +237,8 @@ func (im *importer) store(key, symbol string, ks []kline.Kline, sum string, size
 		k.Closed = true
 		ups[i] = kline.Update{Symbol: symbol, Interval: one, Kline: k}
 	}
+	derived, spans := Derive(symbol, im.cfg.Intervals, ks)
+	ups = append(ups, derived...)
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if err := im.st.Upsert(ups); err != nil {
@@ -229,22 +246,66 @@ func (im *importer) store(key, symbol string, ks []kline.Kline, sum string, size
 	}
 	// Held in runs of minutes; a minute the file lacks is the exchange's
 	// to say (a gap of its own, or the file's defect).
-	for i := 0; i < len(ks); {
-		j := i
-		for j+1 < len(ks) && ks[j+1].OpenTime == one.Next(ks[j].OpenTime) {
-			j++
-		}
-		if err := im.held.Add(store.Span{Symbol: symbol, Interval: one, From: ks[i].OpenTime, To: ks[j].OpenTime}); err != nil {
+	for _, r := range runs(one, ks) {
+		spans = append(spans, store.Span{Symbol: symbol, Interval: one, From: ks[r[0]].OpenTime, To: ks[r[1]].OpenTime})
+	}
+	for _, p := range spans {
+		if err := im.held.Add(p); err != nil {
 			return err
 		}
-		i = j + 1
 	}
 	if err := im.st.AddImported([]store.Imported{{Name: key, Checksum: sum, Size: int64(size)}}); err != nil {
 		return err
 	}
 	im.klines.Add(int64(len(ks)))
+	im.derived.Add(int64(len(derived)))
 	im.done.Add(1)
 	return nil
+}
+
+// runs returns the runs [i, j] of ks (sorted by open time) whose klines
+// follow each other without a slot of iv between.
+func runs(iv kline.Interval, ks []kline.Kline) [][2]int {
+	var out [][2]int
+	for i := 0; i < len(ks); {
+		j := i
+		for j+1 < len(ks) && ks[j+1].OpenTime == iv.Next(ks[j].OpenTime) {
+			j++
+		}
+		out = append(out, [2]int{i, j})
+		i = j + 1
+	}
+	return out
+}
+
+// Derive returns the klines of ivs (1m left out) that ks, closed 1m
+// klines sorted by open time, hold every minute of, aggregated as Binance
+// aggregates them (kline.Rollup: a minute without trades sets no price),
+// and the spans of slots they fill. A slot a missing minute falls in is
+// left out: the exchange's klines say what it holds.
+func Derive(symbol string, ivs []kline.Interval, ks []kline.Kline) ([]kline.Update, []store.Span) {
+	var out []kline.Update
+	var spans []store.Span
+	for _, r := range runs(kline.OneMinute(), ks) {
+		run := ks[r[0] : r[1]+1]
+		first, last := run[0].OpenTime, run[len(run)-1].CloseTime
+		for _, iv := range ivs {
+			if iv == kline.OneMinute() {
+				continue
+			}
+			n := len(out)
+			for _, k := range kline.Rollup(iv, run) {
+				if k.OpenTime < first || k.CloseTime > last {
+					continue // the run holds part of it
+				}
+				out = append(out, kline.Update{Symbol: symbol, Interval: iv, Kline: k})
+			}
+			if len(out) > n { // consecutive slots
+				spans = append(spans, store.Span{Symbol: symbol, Interval: iv, From: out[n].OpenTime, To: out[len(out)-1].OpenTime})
+			}
+		}
+	}
+	return out, spans
 }
 
 // refuse counts a file that cannot be imported now and goes on with the
@@ -263,6 +324,43 @@ func (im *importer) report() {
 	if im.cfg.Progress != nil {
 		im.cfg.Progress(im.progress())
 	}
+}
+
+// deriveAcross derives the klines of symbol's intervals longer than a
+// day (3d, 1w, 1M) opening in [since, until) that no file held whole, from
+// the minutes stored, where every minute is held and stored.
+func (im *importer) deriveAcross(ctx context.Context, symbol string, since, until time.Time) error {
+	one := kline.OneMinute()
+	for _, iv := range im.cfg.Intervals {
+		if iv.Duration() <= 24*time.Hour {
+			continue // inside a day, and so inside any file
+		}
+		for open := iv.Open(since.UnixMilli()); open < until.UnixMilli(); open = iv.Next(open) {
+			lastMin := iv.CloseTime(open) + 1 - one.Duration().Milliseconds()
+			if im.held.Holds(symbol, iv, open, open) || !im.held.Holds(symbol, one, open, lastMin) {
+				continue
+			}
+			slots := int(one.Slots(open, lastMin))
+			ks, err := im.st.Klines(ctx, store.Query{Symbol: symbol, Interval: one, Start: open, End: lastMin, Limit: slots})
+			if err != nil {
+				return fmt.Errorf("archive: read %s's minutes to derive its %s kline of %s: %w", symbol, iv, time.UnixMilli(open).UTC().Format(time.DateOnly), err)
+			}
+			if len(ks) != slots {
+				continue // the exchange's own gap: its kline says what it holds
+			}
+			ups, spans := Derive(symbol, []kline.Interval{iv}, ks)
+			if err := im.st.Upsert(ups); err != nil {
+				return fmt.Errorf("archive: store %s's %s klines: %w", symbol, iv, err)
+			}
+			for _, p := range spans {
+				if err := im.held.Add(p); err != nil {
+					return err
+				}
+			}
+			im.derived.Add(int64(len(ups)))
+		}
+	}
+	return nil
 }
 
 // day is t's UTC day.

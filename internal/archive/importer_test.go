@@ -10,10 +10,13 @@ import (
 
 	"github.com/klagg/klagg/internal/archive"
 	"github.com/klagg/klagg/internal/coverage"
+	"github.com/klagg/klagg/internal/decimal"
+	"github.com/klagg/klagg/internal/fakex"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/store"
 	"github.com/klagg/klagg/internal/store/sqlite"
 	"github.com/klagg/klagg/internal/store/storetest"
+	"github.com/klagg/klagg/internal/synth"
 )
 
 // minutes returns the archive's 1m klines of [from, to).
@@ -102,3 +105,80 @@ func TestImport(t *testing.T) {
 		t.Errorf("the re-uploaded kline: %+v %v", got, err)
 	}
 }
+
+// TestImportDerives: the longer intervals are derived from the 1m klines
+// imported, within each file and across files (3d, 1w), and equal the
+// klines the exchange builds from the same trades, minutes without a
+// trade included (the market is slow and has quiet stretches, so many
+// hours open with empty minutes).
+func TestImportDerives(t *testing.T) {
+	day := func(s string) time.Time { d, _ := time.Parse(time.DateOnly, s); return d }
+	since, until := day("2025-12-01"), day("2026-01-13")
+	m := synth.Market{Symbol: "BTCUSDT", Seed: 3, Start: since.UnixMilli() - 60_000, Price: 100_000 * decimal.Unit,
+		Precision: kline.Precision{Price: 2, Qty: 3}, MeanGapMs: 4000, QuietEvery: 40, FirstID: 1}
+	s := synth.NewStream(m)
+	var trades []kline.Trade
+	for t := s.Next(); t.Time < until.UnixMilli(); t = s.Next() {
+		trades = append(trades, t)
+	}
+	one := kline.OneMinute()
+	files := map[string][]byte{}
+	put := func(key string, from, to time.Time) {
+		ks := fakex.Reference(trades, one, from.UnixMilli(), to.UnixMilli()-1)
+		data := klinesZip(t, filepath.Base(key), ks, true)
+		files[key] = data
+		files[key+".CHECKSUM"] = checksum(data, filepath.Base(key), true)
+	}
+	put(archive.KlinesPrefix("BTCUSDT", "1m", true)+"BTCUSDT-1m-2025-12.zip", since, day("2026-01-01"))
+	for d := day("2026-01-01"); d.Before(until); d = d.AddDate(0, 0, 1) {
+		put(archive.KlinesPrefix("BTCUSDT", "1m", false)+fmt.Sprintf("BTCUSDT-1m-%s.zip", d.Format(time.DateOnly)), d, d.AddDate(0, 0, 1))
+	}
+	srv := httptest.NewServer(&fakeBucket{files: files, page: 1000})
+	defer srv.Close()
+	b, err := archive.OpenBucket(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ivs := kline.BinanceIntervals()
+	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 10})
+	ctx := context.Background()
+	p, err := archive.Import(ctx, b, st, held, archive.ImportConfig{Symbols: []string{"BTCUSDT"}, Since: since, Until: until, Intervals: ivs})
+	if err != nil || p.Corrupt != 0 || p.Derived == 0 {
+		t.Fatalf("import: %+v %v", p, err)
+	}
+	for _, iv := range ivs {
+		// Every kline whose minutes the range holds.
+		lo := iv.Open(since.UnixMilli())
+		if lo < since.UnixMilli() {
+			lo = iv.Next(lo)
+		}
+		hi := iv.Prev(iv.Open(until.UnixMilli()))
+		want := fakex.Reference(trades, iv, lo, hi)
+		if len(want) == 0 {
+			t.Fatalf("%s: no reference klines in [%s, %s]", iv, ms(lo), ms(hi))
+		}
+		if gaps := held.Missing("BTCUSDT", iv, lo, hi); len(gaps) != 0 {
+			t.Errorf("%s: not held: %v", iv, gaps)
+		}
+		got, err := st.Klines(ctx, store.Query{Symbol: "BTCUSDT", Interval: iv, Start: lo, End: hi})
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("%s: %d klines stored in [%s, %s], the exchange has %d (%v)", iv, len(got), ms(lo), ms(hi), len(want), err)
+		}
+		for i := range want {
+			g, w := got[i], want[i]
+			if g.OpenTime != w.OpenTime || g.CloseTime != w.CloseTime || g.Open != w.Open || g.High != w.High || g.Low != w.Low || g.Close != w.Close ||
+				g.Volume != w.Volume || g.QuoteVolume != w.QuoteVolume || g.Trades != w.Trades || g.TakerVolume != w.TakerVolume ||
+				g.TakerQuoteVolume != w.TakerQuoteVolume || !g.Closed {
+				t.Fatalf("%s kline at %s: %+v, the exchange's %+v", iv, ms(w.OpenTime), g, w)
+			}
+		}
+		t.Logf("%s: %d klines equal the exchange's", iv, len(want))
+	}
+}
+
+func ms(t int64) string { return time.UnixMilli(t).UTC().Format("2006-01-02 15:04") }

@@ -12,8 +12,9 @@ import (
 
 // Import stores the 1m klines of Binance's public archive for cfg's
 // symbols and days, read from from (the archive's URL, a bucket's URL or
-// a folder laid out like it; "" is Binance's own), records them held, and
-// returns: the `klagg import` command. It needs no exchange: what the
+// a folder laid out like it; "" is Binance's own), and the klines of
+// cfg.Intervals (by default the configured ones) derived from them,
+// records them held, and returns: the `klagg import` command. It needs no exchange: what the
 // files hold is enough. A log line every 10 s says how far it is.
 func (s *Service) Import(ctx context.Context, from string, cfg archive.ImportConfig) (err error) {
 	defer func() { err = errors.Join(err, s.Store.Close()) }()
@@ -23,6 +24,9 @@ func (s *Service) Import(ctx context.Context, from string, cfg archive.ImportCon
 	b, err := archive.OpenBucket(from, nil)
 	if err != nil {
 		return err
+	}
+	if cfg.Intervals == nil {
+		cfg.Intervals = s.cfg.Intervals
 	}
 	var last atomic.Pointer[archive.ImportProgress]
 	last.Store(&archive.ImportProgress{})
@@ -58,7 +62,7 @@ func (s *Service) Import(ctx context.Context, from string, cfg archive.ImportCon
 	p, err := archive.Import(ctx, b, s.Store, s.Coverage, cfg)
 	close(done)
 	<-stopped
-	s.log.Info("import done", "files", p.Files, "skipped_as_imported", p.Skipped, "klines", p.Klines, "bytes", p.Bytes,
+	s.log.Info("import done", "files", p.Files, "skipped_as_imported", p.Skipped, "klines", p.Klines, "derived", p.Derived, "bytes", p.Bytes,
 		"corrupt", p.Corrupt, "days_without_file", p.Uncovered, "took", time.Since(start).Round(time.Millisecond))
 	if err == nil && p.Corrupt > 0 {
 		err = fmt.Errorf("%d archive files could not be imported (see the log); run the import again to retry them", p.Corrupt)
