@@ -37,18 +37,24 @@ func (h *History) yield(ctx context.Context) error {
 
 // Fill stores the exchange's closed klines of symbol and iv opening in
 // [lo, hi] and records them held, at once and ahead of backfill: a client
-// waits for them. With lo 0 it asks for the want newest up to hi, and
+// waits for them, and for the last of them to have been closed Settle. With lo 0 it asks for the want newest up to hi, and
 // fewer mean the exchange has none before them. The kline open now is
 // never stored: the engine builds it, or nobody does; but for a symbol
 // that stopped trading for good what the exchange has up to now is all it
 // will ever have. Fills of the same run wait for one request.
 func (h *History) Fill(ctx context.Context, symbol string, iv kline.Interval, lo, hi int64, want int) error {
 	cur := iv.Open(h.now().UnixMilli())
-	if !h.held.Ended(symbol) {
+	ended := h.held.Ended(symbol)
+	if !ended {
 		hi = min(hi, iv.Prev(cur))
 	}
 	if lo > hi {
 		return nil
+	}
+	if !ended {
+		if err := h.settle(ctx, iv.CloseTime(hi)); err != nil {
+			return err
+		}
 	}
 	h.lastFill.Store(time.Now().UnixNano())
 	defer func() { h.lastFill.Store(time.Now().UnixNano()) }()
@@ -65,6 +71,27 @@ func (h *History) Fill(ctx context.Context, symbol string, iv kline.Interval, lo
 		return ctx.Err()
 	case r := <-ch:
 		return r.Err
+	}
+}
+
+// settle waits until the kline closing at close has been closed for
+// Settle, exchange time: one still open on the exchange (its clock may be
+// behind the one klagg measured), or closed so lately that its last
+// trades may not be in, would be stored short for good. The wait polls
+// the clock, which runs at the exchange's pace, not the machine's.
+func (h *History) settle(ctx context.Context, close int64) error {
+	for {
+		left := time.Duration(close+1-h.now().UnixMilli())*time.Millisecond + h.Settle
+		if left <= 0 {
+			return nil
+		}
+		t := time.NewTimer(min(left, 100*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
 }
 

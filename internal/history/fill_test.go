@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,4 +160,47 @@ func TestFill(t *testing.T) {
 	if !held.Holds("X", iv, 0, 120*min1) {
 		t.Errorf("held after a fill from the listing: missing %v", held.Missing("X", iv, 0, 300*min1))
 	}
+}
+
+// TestFillSettles: a kline closed less than Settle ago (exchange time) is
+// read through only once it has been closed that long: the exchange may
+// still be adding its last trades.
+func TestFillSettles(t *testing.T) {
+	x := &minutes{listing: 100 * min1}
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ivs := []kline.Interval{kline.OneMinute()}
+	// Half a second after 199 closed; each reading of the clock moves it
+	// on by 400 ms, as the exchange's time runs while the fill waits.
+	var now atomic.Int64
+	now.Store(200*min1 + 500)
+	var asked atomic.Int64
+	clock := func() time.Time { return time.UnixMilli(now.Add(400)) }
+	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 1000, Now: clock})
+	w := &written{}
+	h := New(askedAt{x, &now, &asked}, x, nil, nil, nil, held, w, ivs, 1000, clock, nil)
+	h.Settle = 2 * time.Second
+	if err := h.Fill(context.Background(), "X", kline.OneMinute(), 150*min1, 199*min1, 50); err != nil {
+		t.Fatal(err)
+	}
+	if at := asked.Load(); at < 200*min1+2000 {
+		t.Errorf("the exchange was asked %d ms after 199 closed; want it settled 2 s", at-200*min1)
+	}
+	if len(w.opens) != 50 || w.opens[49] != 199*min1 {
+		t.Errorf("stored %d klines, want the 50 up to 199", len(w.opens))
+	}
+}
+
+// askedAt notes the clock when klines are asked for.
+type askedAt struct {
+	*minutes
+	now, at *atomic.Int64
+}
+
+func (a askedAt) Klines(ctx context.Context, symbol string, iv kline.Interval, start, end int64, limit int) ([]kline.Kline, error) {
+	a.at.Store(a.now.Load())
+	return a.minutes.Klines(ctx, symbol, iv, start, end, limit)
 }

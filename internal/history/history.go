@@ -74,19 +74,23 @@ type Writer interface {
 // History catches symbols up. Its methods may be called from several
 // goroutines; REST weight is shared through the Exchange.
 type History struct {
-	ex        Exchange // seeds and repairs: live klines wait on these
-	bulk      Exchange // backfill: history can wait
-	engine    Engine
-	router    Router
-	streams   Streams
-	held      Held
-	writer    Writer
-	ivs       []kline.Interval
-	limit     int
-	now       func() time.Time // exchange time
-	log       *slog.Logger
-	fills     singleflight.Group
-	lastFill  atomic.Int64 // when a read through last began or ended, Unix ns
+	ex       Exchange // seeds and repairs: live klines wait on these
+	bulk     Exchange // backfill: history can wait
+	engine   Engine
+	router   Router
+	streams  Streams
+	held     Held
+	writer   Writer
+	ivs      []kline.Interval
+	limit    int
+	now      func() time.Time // exchange time
+	log      *slog.Logger
+	fills    singleflight.Group
+	lastFill atomic.Int64 // when a read through last began or ended, Unix ns
+	// Settle is how long after its close a kline is the exchange's final
+	// one to read through (the engine's grace): the exchange's clock may
+	// be behind the one klagg measured, and its last trades late.
+	Settle    time.Duration
 	Backfills atomic.Int64 // klines written by backfill
 	Requests  atomic.Int64
 	Weight    atomic.Int64 // REST weight spent

@@ -215,6 +215,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		HTTPClient: wsClient, Now: s.ExchangeNow, Log: log.With("part", "ingest"),
 	}, s.Router)
 	s.History = history.New(s.Client.Urgent(), s.Client, s.Engine, s.Router, s.Ingest, s.Coverage, s.writer, cfg.Intervals, cfg.Klines.BackfillLimit, s.ExchangeNow, log.With("part", "history"))
+	s.History.Settle = cfg.Klines.Grace.Duration
 	var hist symbols.History = s.History
 	var owner symbols.Owner
 	if cfg.Clustered() {
