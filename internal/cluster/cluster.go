@@ -111,8 +111,12 @@ type checkpoint struct {
 	M0 *int64 `json:"m0,omitempty"`
 	// Rel, when set, is the trade time after which the owner's klines
 	// lack trades until its repair (ingest.Router.Released).
-	Rel  int64             `json:"rel,omitempty"`
-	Open []json.RawMessage `json:"open"` // open klines as kline-stream messages
+	Rel int64 `json:"rel,omitempty"`
+	// Taken is set when a node takes the lease over: the checkpoint is
+	// still the last owner's, and the new owner has not resumed the
+	// symbol from it until it writes its own.
+	Taken bool              `json:"taken,omitempty"`
+	Open  []json.RawMessage `json:"open"` // open klines as kline-stream messages
 
 	open int64 // the open time of the open 1m kline, once decoded
 }
@@ -222,13 +226,14 @@ func checkpointHead(b []byte) checkpoint {
 	return c
 }
 
-// withOwner returns the checkpoint b with its owner replaced.
+// withOwner returns the checkpoint b with its owner replaced, and marked
+// taken: not yet resumed by that owner.
 func withOwner(b []byte, owner string) ([]byte, error) {
 	var c checkpoint
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("cluster: malformed checkpoint: %w", err)
 	}
-	c.Owner = owner
+	c.Owner, c.Taken = owner, owner != ""
 	return json.Marshal(c)
 }
 

@@ -354,8 +354,8 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 			f.vouched[c.Symbol] = c
 		}
 	}
-	if c.Owner == "" {
-		return batch
+	if c.Owner == "" || c.Taken {
+		return batch // its open klines are as the last owner left them
 	}
 	for i, k := range st.Open {
 		if k.OpenTime != 0 && f.newer(c.Symbol, f.ivs[i], &k) {
@@ -369,7 +369,14 @@ func (f *Feed) openKlines(batch []kline.Update, value []byte) []kline.Update {
 // Rel.
 func (f *Feed) vouch(c checkpoint) {
 	if f.remote != nil {
-		f.remote.Remote(c.Symbol, c.Owner, *c.M0, c.open, c.At, c.Rel)
+		owner := c.Owner
+		if c.Taken {
+			// Not resumed yet: the klines after the checkpoint are its
+			// new owner's to rebuild, as after a release. Seen from
+			// the take on, or only later (a node starting), alike.
+			owner = ""
+		}
+		f.remote.Remote(c.Symbol, owner, *c.M0, c.open, c.At, c.Rel)
 	}
 	if f.rel[c.Symbol] == c.Rel {
 		return

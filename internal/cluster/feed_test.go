@@ -364,7 +364,8 @@ func (r *remotes) Remote(symbol, owner string, m0, open, at, rel int64) {
 // TestFeedTellsWhatOthersBuild: once the feed has read the stream's
 // backlog and every checkpoint there was, it tells coverage each other
 // node's checkpoint (the minute its owners have built it live since, or
-// else its open minute), not this node's own, and Released says whose
+// else its open minute), not this node's own, a checkpoint taken over
+// as owned by nobody until its new owner writes its own, and Released says whose
 // klines lack trades until a repair.
 func TestFeedTellsWhatOthersBuild(t *testing.T) {
 	_, _, js, _, b := streamAndBuckets(t)
@@ -376,6 +377,12 @@ func TestFeedTellsWhatOthersBuild(t *testing.T) {
 		k.Closed = false
 		return engine.State{Symbol: sym, LastID: 9, Open: []kline.Kline{k}}
 	}
+	// Taken by d from a, which wrote it: not resumed by d yet, whether or
+	// not the feed saw a's own write first.
+	taken, err := withOwner(encodeCheckpoint("a", open("DUSDT", 600_000), ivs, time.Now(), 120_000, 0), "d")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		key   string
 		value []byte
@@ -384,6 +391,7 @@ func TestFeedTellsWhatOthersBuild(t *testing.T) {
 		{Key("BUSDT"), encodeCheckpoint("b", open("BUSDT", 600_000), ivs, time.Now(), -1, 590_000)}, // no m0: from its open minute
 		{Key("OWNUSDT"), encodeCheckpoint("serve", open("OWNUSDT", 600_000), ivs, time.Now(), 0, 0)},
 		{Key("CUSDT"), encodeCheckpoint("c", engine.State{Symbol: "CUSDT", LastID: -1}, ivs, time.Now(), -1, 0)}, // nothing to vouch for
+		{Key("DUSDT"), taken},
 	} {
 		if _, err := b.Live.Put(ctx, c.key, c.value); err != nil {
 			t.Fatal(err)
@@ -399,7 +407,7 @@ func TestFeedTellsWhatOthersBuild(t *testing.T) {
 	})
 	defer wg.Wait()
 	defer cancel()
-	want := []string{"AUSDT a m0=120000 open=600000", "BUSDT b m0=600000 open=600000"}
+	want := []string{"AUSDT a m0=120000 open=600000", "BUSDT b m0=600000 open=600000", "DUSDT  m0=120000 open=600000"}
 	for timeout := time.After(20 * time.Second); ; {
 		rs.mu.Lock()
 		got := slices.Clone(rs.calls)

@@ -76,14 +76,11 @@ type Set struct {
 // remote is a symbol another node builds live, as its newest checkpoint
 // says.
 type remote struct {
-	owner string // "": released, until another node takes it
+	owner string // "": no node builds it on from this checkpoint yet (released, or taken and not resumed)
 	m0    int64  // the minute its owners have built it live since
 	open  int64  // the minute the owner stood at: every kline closed before it is held
 	at    int64  // when the checkpoint was written (the owner's clock), unix ms
 	rel   int64  // trade time since which its klines lack trades until a repair (0: none)
-	// resumed is false while a new owner has taken the symbol and not yet
-	// written a checkpoint of its own: until then it may lack klines.
-	resumed bool
 }
 
 type key struct {
@@ -233,24 +230,19 @@ func (c *Set) Building(symbol string) bool {
 		return true
 	}
 	r, ok := c.remote[symbol]
-	return ok && r.resumed && r.rel == 0 && c.cfg.Alive != nil && c.cfg.Alive(r.owner)
+	return ok && r.owner != "" && r.rel == 0 && c.cfg.Alive != nil && c.cfg.Alive(r.owner)
 }
 
 // Remote says, from its newest checkpoint, written at at (unix ms), that
 // node owner builds symbol live from the minute m0 on (0: from its first
 // trade) and stood at the minute open, its klines lacking trades since
-// rel (0: none); owner "" says it was released. A symbol built here is
-// held as Live says, whatever its checkpoints say.
+// rel (0: none); owner "" says no node builds it on from the checkpoint
+// yet: it was released, or taken by a node that has not resumed it. A
+// symbol built here is held as Live says, whatever its checkpoints say.
 func (c *Set) Remote(symbol, owner string, m0, open, at, rel int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := remote{owner: owner, m0: m0, open: open, at: at, rel: rel, resumed: owner != ""}
-	if prev, ok := c.remote[symbol]; ok && owner != prev.owner && at == prev.at {
-		// Taken over: the checkpoint is the last owner's until the new
-		// one writes its own.
-		r.resumed = false
-	}
-	c.remote[symbol] = r
+	c.remote[symbol] = remote{owner: owner, m0: m0, open: open, at: at, rel: rel}
 }
 
 // End says symbol stopped trading for good: its live spans reach forever,
@@ -463,7 +455,7 @@ func (c *Set) liveSpan(symbol string, iv kline.Interval, s *series) (store.Span,
 	if r.m0 > 0 {
 		p.From = iv.Open(r.m0)
 	}
-	if !r.resumed || c.cfg.Alive == nil || !c.cfg.Alive(r.owner) {
+	if r.owner == "" || c.cfg.Alive == nil || !c.cfg.Alive(r.owner) {
 		// The owner is gone, or has not resumed it: the cluster holds
 		// what closed before its last checkpoint (and the kline open
 		// then, while it is open), and the symbol's next owner rebuilds

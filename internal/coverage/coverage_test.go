@@ -193,8 +193,8 @@ func TestRemote(t *testing.T) {
 		{"built from its first trade", []step{{"a", 0, 199 * m, 1}}, 0, nil},
 		{"owner dead: held up to its last checkpoint", []step{{"dead", 150 * m, 190 * m, 1}}, 150, []store.Span{span(190, 210)}},
 		{"released: the same until taken", []step{{"", 150 * m, 199 * m, 1}}, 150, []store.Span{span(199, 210)}},
-		{"taken over, not resumed", []step{{"a", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 1}}, 150, []store.Span{span(195, 210)}},
-		{"taken over and resumed", []step{{"a", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 2}}, 150, nil},
+		{"taken over, not resumed (no owner yet, as the feed tells it)", []step{{"a", 150 * m, 195 * m, 1}, {"", 150 * m, 195 * m, 1}}, 150, []store.Span{span(195, 210)}},
+		{"taken over and resumed", []step{{"a", 150 * m, 195 * m, 1}, {"", 150 * m, 195 * m, 1}, {"b", 150 * m, 195 * m, 2}}, 150, nil},
 		{"seeded afresh by the new owner", []step{{"a", 150 * m, 195 * m, 1}, {"b", 199 * m, 199 * m, 2}}, 150, []store.Span{span(150, 198)}},
 		{"owner dead this minute: the open kline is held while open", []step{{"dead", 150 * m, 200 * m, 1}}, 150, []store.Span{span(201, 210)}},
 	} {
