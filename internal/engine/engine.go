@@ -438,7 +438,12 @@ func (e *Engine) applyTrades(si int, trades []kline.Trade) {
 		for j := range cur {
 			k := &cur[j]
 			if t.Time > k.CloseTime || t.Time < k.OpenTime {
-				e.misfit(si, base+j, t, pq)
+				if !e.misfit(si, base+j, t, pq) && j == 0 && e.isOneMinute(base) {
+					// Too late for its minute: a longer kline taking it
+					// would hold a trade its minute lacks, and count it
+					// twice once the minute is corrected.
+					break
+				}
 				continue
 			}
 			if t.FirstID <= floor[j] {
@@ -459,8 +464,9 @@ func (e *Engine) applyTrades(si int, trades []kline.Trade) {
 }
 
 // misfit handles a trade outside the open kline's range: the first trade of
-// a slot, a trade that closes the open kline, or a late one.
-func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
+// a slot, a trade that closes the open kline, or a late one. It reports
+// whether the trade went into a kline.
+func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) bool {
 	iv := e.ivs[s%len(e.ivs)]
 	k := &e.cur[s]
 	switch {
@@ -477,10 +483,23 @@ func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
 			e.stats.Late++
 			e.emit(si, s, p)
 			e.followPrev(s, iv)
-			return
+			return true
+		}
+		if e.isOneMinute(s) {
+			// A minute closed earlier (its symbol's hold ran out while
+			// its trades were read): the longer klines open then take
+			// the trade too.
+			if r := e.recentAt(si, iv.Open(t.Time)); r.OpenTime == iv.Open(t.Time) {
+				r.AddProduct(t, pq)
+				e.stats.Late++
+				e.emit(si, s, r)
+				return true
+			}
 		}
 		e.stats.TooLate++
+		return false
 	}
+	return true
 }
 
 // roll closes slot s's open kline and every empty one after it, up to the

@@ -55,7 +55,7 @@ func TestClockClosesAndOpensAtPreviousClose(t *testing.T) {
 }
 
 func TestLateTradeCorrectsClosedKline(t *testing.T) {
-	h := newHarness(t, []kline.Interval{kline.OneMinute(), kline.MustInterval("5m")}, 0)
+	h := newHarness(t, []kline.Interval{kline.OneMinute(), kline.MustInterval("5m"), kline.MustInterval("1h")}, 0)
 	h.add("X")
 	h.trades("X", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
 	h.tick(t0 + 60_000 + 10) // 1m closed by the clock; 5m still open
@@ -71,23 +71,37 @@ func TestLateTradeCorrectsClosedKline(t *testing.T) {
 	if st := h.e.Stats(); st.Late != 1 || st.TooLate != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	// Older than the last closed kline: counted, not applied.
+	// Older than the last closed kline (a symbol whose hold ran out while
+	// its trades were read): the minute, among the recent ones, takes it,
+	// and so does the 5m kline still open, which holds what its minutes
+	// hold.
 	h.tick(t0 + 3*60_000)
 	h.trades("X", []kline.Trade{trade(3, t0+30_000, "99", "1", false)})
 	h.sync()
-	if st := h.e.Stats(); st.TooLate != 1 {
-		t.Errorf("too-late trade not counted: %+v", st)
+	if ks := h.c.series("X", "1m"); ks[0].Trades != 6 || ks[0].High != 99*decimal.Unit || !ks[0].Closed {
+		t.Errorf("the minute of a trade two minutes late: %+v", ks[0])
+	}
+	if ks := h.c.series("X", "5m"); len(ks) != 1 || ks[0].Trades != 6 || ks[0].High != 99*decimal.Unit {
+		t.Errorf("5m kline: %+v", ks)
+	}
+	// Older than the minutes the engine keeps: counted, not applied, and
+	// the hour still open leaves it out too, or a correction of its
+	// minute would count it twice there.
+	h.tick(t0 + 30*60_000)
+	h.trades("X", []kline.Trade{trade(4, t0+40_000, "98", "1", false)})
+	h.sync()
+	if st := h.e.Stats(); st.Late != 2 || st.TooLate != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	if ks := h.c.series("X", "1h"); len(ks) != 1 || ks[0].Trades != 6 {
+		t.Errorf("1h kline after a trade too late for its minute: %+v", ks)
 	}
 	var m strings.Builder
 	h.e.WritePrometheus(&m)
-	for _, want := range []string{"klagg_late_trades_total 1\n", "klagg_trades_too_late_total 1\n", "klagg_trades_total 3\n"} {
+	for _, want := range []string{"klagg_late_trades_total 2\n", "klagg_trades_too_late_total 1\n", "klagg_trades_total 4\n"} {
 		if !strings.Contains(m.String(), want) {
 			t.Errorf("the engine's metrics lack %q:\n%s", want, m.String())
 		}
-	}
-	// The 5m kline is still open, so the same trade is simply applied there.
-	if ks := h.c.series("X", "5m"); len(ks) != 1 || ks[0].Trades != 6 || ks[0].High != 99*decimal.Unit {
-		t.Errorf("5m kline: %+v", ks)
 	}
 }
 
@@ -645,5 +659,35 @@ func TestReleasedKlinesGoOutPartial(t *testing.T) {
 	tick(t0+3*60_000+2001, map[string]int64{"A": t0 + 2*60_000 + 10_000})
 	if u := at("A", t0+2*60_000); !u.Closed || !u.Partial {
 		t.Errorf("released again: closed %v, partial %v; want both", u.Closed, u.Partial)
+	}
+}
+
+// TestLateMinuteCorrectedOnce (each trade here is two): a minute the
+// clock closed before its trades came (its symbol's hold ran out) takes them when they come, as
+// the 5m kline open then does; the exchange's correction of the minute
+// then moves the 5m kline by what the minute still lacked, once.
+func TestLateMinuteCorrectedOnce(t *testing.T) {
+	one, five := kline.OneMinute(), kline.MustInterval("5m")
+	h := newHarness(t, []kline.Interval{one, five}, 0)
+	h.add("A")
+	h.trades("A", []kline.Trade{trade(1, t0+1000, "10", "1", false)})
+	h.tick(t0 + 3*60_000) // minutes 0 to 2 closed, 2 s of minute 1's trades not in
+	late := []kline.Trade{trade(2, t0+61_000, "11", "1", false), trade(3, t0+62_000, "12", "2", false)}
+	h.trades("A", late)
+	h.sync()
+	// The exchange's minute 1 has one more trade, which no stream showed.
+	ex := kline.Empty(one, t0+60_000, 10*decimal.Unit)
+	for _, tr := range append(late, trade(4, t0+63_000, "13", "1", false)) {
+		ex.Add(&tr)
+	}
+	ex.FirstTradeID, ex.LastTradeID = -1, -1
+	if err := h.e.Correct(context.Background(), "A", one, ex); err != nil {
+		t.Fatal(err)
+	}
+	h.sync()
+	got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0}).Kline
+	if want := int64(2 + 4 + 2); got.Trades != want || got.High != 13*decimal.Unit || got.Close != 13*decimal.Unit {
+		t.Errorf("the 5m kline after its minute's trades came late and the minute was corrected: %d trades, high %d, close %d; want %d, 13, 13",
+			got.Trades, got.High, got.Close, want)
 	}
 }
