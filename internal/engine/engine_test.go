@@ -663,9 +663,10 @@ func TestReleasedKlinesGoOutPartial(t *testing.T) {
 }
 
 // TestLateMinuteCorrectedOnce (each trade here is two): a minute the
-// clock closed before its trades came (its symbol's hold ran out) takes them when they come, as
-// the 5m kline open then does; the exchange's correction of the minute
-// then moves the 5m kline by what the minute still lacked, once.
+// clock closed before its trades came (its symbol's hold ran out) takes
+// them when they come, as the 5m kline open then does; the exchange's
+// correction of the minute then moves the 5m kline by what the minute
+// still lacked, once.
 func TestLateMinuteCorrectedOnce(t *testing.T) {
 	one, five := kline.OneMinute(), kline.MustInterval("5m")
 	h := newHarness(t, []kline.Interval{one, five}, 0)
