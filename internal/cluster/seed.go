@@ -20,6 +20,12 @@ type Seeds interface {
 	Seed(ctx context.Context, symbol string, iv kline.Interval, k kline.Kline, through int64) error
 }
 
+// Rechecker has closed 1m klines checked against the exchange's:
+// history.Reconciler.
+type Rechecker interface {
+	Recheck(symbol string, from, to int64)
+}
+
 // Resumer starts a symbol's trades at an aggregate id: the router.
 type Resumer interface {
 	Resume(ctx context.Context, symbol string, next int64, asOf time.Time) error
@@ -37,6 +43,11 @@ type Seeder struct {
 	engine Seeds
 	router Resumer
 	ivs    []kline.Interval
+	// Recheck, if set, is told the minutes before a checkpoint that its
+	// last owner may not have checked against the exchange's: the last
+	// RecheckMinutes of them.
+	Recheck        Rechecker
+	RecheckMinutes int
 }
 
 // NewSeeder returns a seeder over hist for the symbols leases takes.
@@ -66,6 +77,12 @@ func (s *Seeder) Seed(ctx context.Context, symbol string) (int64, error) {
 				return 0, err
 			}
 		}
+	}
+	if s.Recheck != nil && s.RecheckMinutes > 0 {
+		// A trade of those minutes that comes now is too late for them
+		// here: the exchange's klines are taken instead.
+		open := st.Open[0].OpenTime
+		s.Recheck.Recheck(symbol, max(r.M0, open-int64(s.RecheckMinutes)*60_000), open-60_000)
 	}
 	if st.LastID < 0 {
 		// A standby that saw no trade since before the checkpoint vouches

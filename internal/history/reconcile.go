@@ -57,6 +57,25 @@ func (r *Reconciler) Publish(us []kline.Update) {
 	}
 }
 
+// Recheck has symbol's 1m klines opening in [from, to] checked once due
+// and taken from the exchange: this node took the symbol over from a
+// checkpoint and did not close them, and their last owner may have
+// stopped before it checked them, or closed one before its last trade
+// came. The longer klines holding a minute that changed follow as after
+// any correction.
+func (r *Reconciler) Recheck(symbol string, from, to int64) {
+	one := kline.OneMinute()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for open := from; open <= to; open = one.Next(open) {
+		u := kline.Update{Symbol: symbol, Interval: one,
+			Kline: kline.Kline{OpenTime: open, CloseTime: one.CloseTime(open), Trades: -1, FirstTradeID: -1, LastTradeID: -1}}
+		if _, ok := r.pending[u.Key()]; !ok {
+			r.pending[u.Key()] = u
+		}
+	}
+}
+
 // FieldDiffs returns the number of differences found per field.
 func (r *Reconciler) FieldDiffs() map[string]int64 {
 	r.fieldMu.Lock()
@@ -123,7 +142,14 @@ func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) e
 		// the newer version is checked on its own.
 		return nil
 	}
-	if u.Interval.String() == "1m" {
+	switch {
+	case u.Interval.String() == "1m" && u.Trades < 0:
+		// Rechecked after a takeover: what klagg holds of it is not
+		// known here, so it is taken as the exchange has it, and not
+		// counted as a difference.
+		r.log.Debug("minute closed by the symbol's last owner taken from the exchange", "symbol", u.Symbol, "open_time", u.OpenTime)
+		r.watchLonger(u)
+	case u.Interval.String() == "1m":
 		// The counts are of klagg's own minutes against the exchange's;
 		// a longer kline checked after a correction is taken as it is.
 		r.Differ.Add(1)
@@ -134,7 +160,7 @@ func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) e
 		r.fieldMu.Unlock()
 		r.log.Info("kline differs from the exchange's; taking the exchange's", "symbol", u.Symbol, "open_time", u.OpenTime, "fields", diffs)
 		r.watchLonger(u)
-	} else {
+	default:
 		r.log.Debug("longer kline holding a corrected minute taken from the exchange", "symbol", u.Symbol, "interval", u.Interval.String(), "open_time", u.OpenTime)
 	}
 	// The exchange's REST klines carry no trade ids. Ours are right where

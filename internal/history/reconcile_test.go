@@ -107,3 +107,40 @@ func wait(t *testing.T, ch chan string) string {
 		return ""
 	}
 }
+
+// TestRecheckAfterTakeover: the minutes before a checkpoint a node took a
+// symbol over from are taken from the exchange, not counted as
+// differences, and the longer klines holding them follow once they close.
+func TestRecheckAfterTakeover(t *testing.T) {
+	const m = int64(1_700_000_040_000) // a minute inside a 3m kline
+	three := kline.MustInterval("3m")
+	one := kline.OneMinute()
+	exMinute := kline.Kline{OpenTime: m, CloseTime: m + 59_999, Open: 10, High: 12, Low: 9, Close: 11, Trades: 5, FirstTradeID: -1, LastTradeID: -1}
+	ex3 := kline.Kline{OpenTime: three.Open(m), CloseTime: three.CloseTime(three.Open(m)), Open: 10, High: 12, Low: 9, Close: 11, Trades: 9, FirstTradeID: -1, LastTradeID: -1}
+	x := &exchange{klines: map[string]map[int64]kline.Kline{"1m": {m: exMinute}, "3m": {ex3.OpenTime: ex3}}}
+	var now atomic.Int64
+	now.Store(m + 61_000)
+	r := NewReconciler(x, []kline.Interval{one, three}, 20*time.Millisecond, func() time.Time { return time.UnixMilli(now.Load()) },
+		slog.New(slog.DiscardHandler))
+	c := &corrections{got: map[string]kline.Kline{}, ch: make(chan string, 4)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, c) }()
+	defer func() { cancel(); <-done }()
+	r.Recheck("A", m, m)
+	if iv := wait(t, c.ch); iv != "1m" {
+		t.Fatalf("first correction is of %s, want 1m", iv)
+	}
+	now.Store(ex3.CloseTime + 1_000)
+	if iv := wait(t, c.ch); iv != "3m" {
+		t.Fatalf("second correction is of %s, want 3m", iv)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if got := c.got["1m"]; got.Trades != 5 || got.Close != 11 || !got.Closed && got.CloseTime != exMinute.CloseTime {
+		t.Errorf("1m taken as %+v, want the exchange's", got)
+	}
+	if len(r.FieldDiffs()) != 0 || r.Differ.Load() != 0 {
+		t.Errorf("differences counted for a recheck: %v", r.FieldDiffs())
+	}
+}

@@ -231,7 +231,15 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 				log.Info("REST weight shared by the live ingest nodes", "nodes", n, "per_node_per_minute", share)
 			},
 		}, s.Engine, s.Publisher)
-		hist, owner = cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals), s.Leases
+		seeder := cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals)
+		if s.Reconciler != nil {
+			// The minutes the last owner closed and may not have checked:
+			// those closed within the reconcile delay and the grace
+			// before its checkpoint, and one more for a late trade.
+			seeder.Recheck = s.Reconciler
+			seeder.RecheckMinutes = 2 + int((cfg.Reconcile.Delay.Duration+cfg.Klines.Grace.Duration)/time.Minute)
+		}
+		hist, owner = seeder, s.Leases
 		if cfg.Has(config.RoleServe) {
 			out := []engine.Sink{s.Head}
 			for _, c := range consumers {
