@@ -264,8 +264,13 @@ func KlinesPrefix(symbol, iv string, monthly bool) string {
 	if monthly {
 		period = "monthly"
 	}
+	return "data/futures/um/" + period + "/klines/" + symbol + "/" + archiveInterval(iv) + "/"
+}
+
+// archiveInterval is iv as the archive spells it: "1M" is "1mo".
+func archiveInterval(iv string) string {
 	if iv == "1M" {
-		iv = "1mo" // the archive's spelling
+		return "1mo"
 	}
-	return "data/futures/um/" + period + "/klines/" + symbol + "/" + iv + "/"
+	return iv
 }

@@ -153,13 +153,13 @@ func (im *importer) plan(ctx context.Context, symbol string, since, until time.T
 	for d := since; d.Before(until); {
 		month := time.Date(d.Year(), d.Month(), 1, 0, 0, 0, 0, time.UTC)
 		next := month.AddDate(0, 1, 0)
-		key := KlinesPrefix(symbol, "1m", true) + fmt.Sprintf("%s-1m-%s.zip", symbol, month.Format("2006-01"))
+		key := MonthlyKey(symbol, "1m", month)
 		if d.Equal(month) && !next.After(until) && has[key] {
 			out = append(out, key)
 			d = next
 			continue
 		}
-		key = KlinesPrefix(symbol, "1m", false) + fmt.Sprintf("%s-1m-%s.zip", symbol, d.Format(time.DateOnly))
+		key = DailyKey(symbol, "1m", d)
 		if has[key] {
 			out = append(out, key)
 		} else {
@@ -213,7 +213,7 @@ func (im *importer) file(ctx context.Context, key string) error {
 		if days[d.UnixMilli()] {
 			continue
 		}
-		dk := KlinesPrefix(symbol, "1m", false) + fmt.Sprintf("%s-1m-%s.zip", symbol, d.Format(time.DateOnly))
+		dk := DailyKey(symbol, "1m", d)
 		if _, ok := im.daily.Load(dk); !ok {
 			im.uncovered.Add(1)
 			im.cfg.Log.Warn("a monthly archive file lacks a day the archive has no daily file of; its klines are read from the exchange when asked for", "file", key, "day", d.Format(time.DateOnly))

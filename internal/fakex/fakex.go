@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klagg/klagg/internal/archive"
 	"github.com/klagg/klagg/internal/binance"
 	"github.com/klagg/klagg/internal/kline"
 	"github.com/klagg/klagg/internal/synth"
@@ -49,6 +50,9 @@ type Config struct {
 	BreakFrom, BreakTo time.Duration
 	// Retention is how far back REST aggTrades reaches [48h].
 	Retention time.Duration
+	// ArchiveDelay is how long after a day ends the archive publishes its
+	// file [8h] (archive.go).
+	ArchiveDelay time.Duration
 
 	PingInterval      time.Duration // server pings [3m]
 	Lifetime          time.Duration // connections are cut after this [24h]
@@ -174,6 +178,9 @@ func New(cfg Config) (*Exchange, error) {
 	if cfg.Retention == 0 {
 		cfg.Retention = 48 * time.Hour
 	}
+	if cfg.ArchiveDelay == 0 {
+		cfg.ArchiveDelay = 8 * time.Hour
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -208,6 +215,9 @@ func New(cfg Config) (*Exchange, error) {
 	mux.HandleFunc("GET /fapi/v1/exchangeInfo", x.rest(1, x.handleExchangeInfo))
 	mux.HandleFunc("GET /fapi/v1/klines", x.rest(-1, x.handleKlines))
 	mux.HandleFunc("GET /fapi/v1/aggTrades", x.rest(20, x.handleAggTrades))
+	files := archive.Server{Files: &archiveFiles{x: x, cache: map[string][]byte{}}}
+	mux.Handle("GET /archive", http.StripPrefix("/archive", files))
+	mux.Handle("GET /archive/", http.StripPrefix("/archive", files))
 	mux.HandleFunc("GET /market/stream", x.handleWS)
 	mux.HandleFunc("GET /market/ws/", x.handleWS)
 	x.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: withConn}
