@@ -34,6 +34,10 @@ type Config struct {
 	Seed    uint64        // generator seed [1]
 	Start   time.Time     // simulated time at the start [now]
 	History time.Duration // trades generated before Start, for backfill [0]
+	// Deep is history before History, generated at DeepGap, sparser, so
+	// that the archive holds days and weeks without the memory of a busy
+	// market's [0; DeepGap 1m].
+	Deep, DeepGap time.Duration
 	Speed   float64       // simulated seconds per wall-clock second [1]
 	// MeanGap is the mean simulated time between one symbol's trades [200ms].
 	MeanGap time.Duration
@@ -79,6 +83,11 @@ type Exchange struct {
 	realT0   time.Time
 	shift    time.Duration
 	simNow   int64 // last simulated time generated up to
+	// undelivered holds the trades generated and not yet pushed to the
+	// streams: REST generates up to its answer's time too, as the
+	// exchange's REST shows every trade up to its clock however late its
+	// streams are. Nil while the exchange builds its history.
+	undelivered map[string][]kline.Trade
 	symbols  []*symbol
 	bySym    map[string]*symbol
 	conns    map[*wsConn]bool
@@ -178,6 +187,9 @@ func New(cfg Config) (*Exchange, error) {
 	if cfg.Retention == 0 {
 		cfg.Retention = 48 * time.Hour
 	}
+	if cfg.DeepGap == 0 {
+		cfg.DeepGap = time.Minute
+	}
 	if cfg.ArchiveDelay == 0 {
 		cfg.ArchiveDelay = 8 * time.Hour
 	}
@@ -188,7 +200,7 @@ func New(cfg Config) (*Exchange, error) {
 		cfg: cfg, log: cfg.Log, bySym: map[string]*symbol{}, conns: map[*wsConn]bool{},
 		done: make(chan struct{}), realT0: time.Now(),
 	}
-	from := cfg.Start.Add(-cfg.History).UnixMilli()
+	from := cfg.Start.Add(-cfg.History - cfg.Deep).UnixMilli()
 	for i := 0; i < cfg.Symbols; i++ {
 		x.addSymbolLocked(i, from)
 	}
@@ -196,7 +208,14 @@ func New(cfg Config) (*Exchange, error) {
 	if !cfg.Plain {
 		settling = x.addSymbolLocked(cfg.Symbols, from)
 	}
+	if cfg.Deep > 0 {
+		x.generateLocked(cfg.Start.Add(-cfg.History).UnixMilli())
+		for _, s := range x.symbols {
+			s.stream.SetMeanGap(float64(cfg.MeanGap) / float64(time.Millisecond))
+		}
+	}
 	x.generateLocked(cfg.Start.UnixMilli())
+	x.undelivered = map[string][]kline.Trade{}
 	if settling != nil {
 		settling.status = "SETTLING"
 	}
@@ -231,6 +250,9 @@ func New(cfg Config) (*Exchange, error) {
 func (x *Exchange) addSymbolLocked(i int, from int64) *symbol {
 	m := synth.DefaultMarket(i, x.cfg.Seed, from)
 	m.MeanGapMs = float64(x.cfg.MeanGap) / float64(time.Millisecond)
+	if x.cfg.Deep > 0 && from < x.cfg.Start.Add(-x.cfg.History).UnixMilli() {
+		m.MeanGapMs = float64(x.cfg.DeepGap) / float64(time.Millisecond)
+	}
 	m.QuietEvery = x.cfg.QuietEvery
 	contract := "PERPETUAL"
 	if !x.cfg.Plain && i == 2 {
@@ -292,7 +314,9 @@ func (x *Exchange) run(ctx context.Context) {
 		}
 		x.mu.Lock()
 		now := x.nowLocked()
-		fresh := x.generateLocked(now)
+		x.generateLocked(now)
+		fresh := x.undelivered
+		x.undelivered = map[string][]kline.Trade{}
 		conns := make([]*wsConn, 0, len(x.conns))
 		for c := range x.conns {
 			conns = append(conns, c)
@@ -344,9 +368,8 @@ func (x *Exchange) currentKline(symbol string, iv kline.Interval, now int64) (kl
 }
 
 // generateLocked extends every trading symbol's history to simulated time
-// now and returns the new trades by symbol.
-func (x *Exchange) generateLocked(now int64) map[string][]kline.Trade {
-	fresh := map[string][]kline.Trade{}
+// now, the new trades undelivered.
+func (x *Exchange) generateLocked(now int64) {
 	for _, s := range x.symbols {
 		if s.status != "TRADING" {
 			continue
@@ -383,13 +406,14 @@ func (x *Exchange) generateLocked(now int64) map[string][]kline.Trade {
 			if s.all != nil {
 				s.all = append(s.all, t)
 			}
-			fresh[s.name] = append(fresh[s.name], t)
+			if x.undelivered != nil {
+				x.undelivered[s.name] = append(x.undelivered[s.name], t)
+			}
 		}
 	}
 	if now > x.simNow {
 		x.simNow = now
 	}
-	return fresh
 }
 
 // pausedAt tells whether s does not trade at time t: halted, or a TradFi

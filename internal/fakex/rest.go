@@ -209,6 +209,7 @@ func (x *Exchange) handleKlines(r *http.Request, now int64) (any, *binance.APIEr
 	}
 	end = min(end, now)
 	x.mu.Lock()
+	x.generateLocked(now)
 	trades := s.history()
 	prec := s.prec
 	x.mu.Unlock()
@@ -269,6 +270,7 @@ func (x *Exchange) handleAggTrades(r *http.Request, now int64) (any, *binance.AP
 		return nil, aerr
 	}
 	x.mu.Lock()
+	x.generateLocked(now)
 	trades := s.trades
 	prec := s.prec
 	x.mu.Unlock()

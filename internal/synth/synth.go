@@ -133,6 +133,9 @@ func (s *Stream) Next() kline.Trade {
 	return t
 }
 
+// SetMeanGap sets the mean time between trades from the next one on.
+func (s *Stream) SetMeanGap(ms float64) { s.m.MeanGapMs = ms }
+
 // Unread hands t back: the next call to Next returns it again.
 func (s *Stream) Unread(t kline.Trade) { s.back = &t }
 
