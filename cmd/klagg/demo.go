@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/klagg/klagg/internal/archive"
 	"github.com/klagg/klagg/internal/config"
 	"github.com/klagg/klagg/internal/fakex"
+	"github.com/klagg/klagg/internal/service"
 )
 
 func runDemo(ctx context.Context, e *env, args []string) error {
@@ -21,7 +24,10 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	if *symbols < 1 || *symbols > 2000 {
 		return fmt.Errorf("-symbols %d: give 1 to 2000", *symbols)
 	}
+	// Six busy hours for backfill, and a sparser week before them for the
+	// archive.
 	x, err := fakex.New(fakex.Config{Symbols: *symbols, Seed: uint64(time.Now().Unix()), History: 6 * time.Hour,
+		Deep: demoWeek + 24*time.Hour, DeepGap: 20 * time.Second,
 		MeanGap: 400 * time.Millisecond, QuietEvery: 2000, Log: e.log.With("part", "fake-exchange")})
 	if err != nil {
 		return err
@@ -45,7 +51,39 @@ status_interval = "10s"
 		return err
 	}
 	e.log.Info("demo: a fake exchange with generated trades runs in this process", "symbols", *symbols, "exchange", x.URL())
+	if err := demoImport(ctx, e, cfg, x); err != nil {
+		return err
+	}
 	return serve(ctx, e, cfg)
+}
+
+// demoWeek is how much of the fake exchange's archive the demo imports.
+const demoWeek = 7 * 24 * time.Hour
+
+// demoImport imports the last week of the fake exchange's archive, as
+// `klagg import -from` would from Binance's: deep history, offline. The
+// archive's defects are the fake's too; a file it could not import is
+// read from the exchange when asked for, so the demo goes on.
+func demoImport(ctx context.Context, e *env, cfg *config.Config, x *fakex.Exchange) error {
+	svc, err := service.New(cfg, e.log)
+	if err != nil {
+		return err
+	}
+	svc.Progress = progress(e, "import")
+	var syms []string
+	for s := range x.Symbols() {
+		syms = append(syms, s)
+	}
+	slices.Sort(syms)
+	// The days the archive has published: each 8 hours after it ends.
+	until := x.Now().UTC().Add(-8 * time.Hour).Truncate(24 * time.Hour)
+	e.log.Info("demo: importing a week of the fake exchange's archive", "archive", x.ArchiveURL(), "symbols", len(syms))
+	err = svc.Import(ctx, x.ArchiveURL(), archive.ImportConfig{Symbols: syms, Since: until.Add(-demoWeek), Until: until})
+	if err != nil && ctx.Err() == nil {
+		e.log.Warn("demo: the import did not take every file; the service reads what it lacks from the exchange", "err", err)
+		return nil
+	}
+	return err
 }
 
 func runFakeExchange(ctx context.Context, e *env, args []string) error {
