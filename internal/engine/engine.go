@@ -438,12 +438,7 @@ func (e *Engine) applyTrades(si int, trades []kline.Trade) {
 		for j := range cur {
 			k := &cur[j]
 			if t.Time > k.CloseTime || t.Time < k.OpenTime {
-				if !e.misfit(si, base+j, t, pq) && j == 0 && e.isOneMinute(base) {
-					// Too late for its minute: a longer kline taking it
-					// would hold a trade its minute lacks, and count it
-					// twice once the minute is corrected.
-					break
-				}
+				e.misfit(si, base+j, t, pq)
 				continue
 			}
 			if t.FirstID <= floor[j] {
@@ -464,9 +459,13 @@ func (e *Engine) applyTrades(si int, trades []kline.Trade) {
 }
 
 // misfit handles a trade outside the open kline's range: the first trade of
-// a slot, a trade that closes the open kline, or a late one. It reports
-// whether the trade went into a kline.
-func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) bool {
+// a slot, a trade that closes the open kline, or a late one. A late trade
+// goes into its 1m kline where the engine still holds it, so that a longer
+// kline taking it holds what its minutes hold: a correction of the minute
+// moves the longer kline by what the minute lacked, once. A minute it no
+// longer holds is corrected without touching the longer klines, which
+// keep the trade.
+func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
 	iv := e.ivs[s%len(e.ivs)]
 	k := &e.cur[s]
 	switch {
@@ -483,23 +482,22 @@ func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) bool {
 			e.stats.Late++
 			e.emit(si, s, p)
 			e.followPrev(s, iv)
-			return true
+			return
 		}
 		if e.isOneMinute(s) {
 			// A minute closed earlier (its symbol's hold ran out while
-			// its trades were read): the longer klines open then take
-			// the trade too.
+			// its trades were read).
 			if r := e.recentAt(si, iv.Open(t.Time)); r.OpenTime == iv.Open(t.Time) {
 				r.AddProduct(t, pq)
 				e.stats.Late++
 				e.emit(si, s, r)
-				return true
+				return
 			}
 		}
-		e.stats.TooLate++
-		return false
+		if s%len(e.ivs) == 0 { // a trade, counted once
+			e.stats.TooLate++
+		}
 	}
-	return true
 }
 
 // roll closes slot s's open kline and every empty one after it, up to the

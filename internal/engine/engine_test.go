@@ -84,16 +84,17 @@ func TestLateTradeCorrectsClosedKline(t *testing.T) {
 	if ks := h.c.series("X", "5m"); len(ks) != 1 || ks[0].Trades != 6 || ks[0].High != 99*decimal.Unit {
 		t.Errorf("5m kline: %+v", ks)
 	}
-	// Older than the minutes the engine keeps: counted, not applied, and
-	// the hour still open leaves it out too, or a correction of its
-	// minute would count it twice there.
+	// Older than the minutes the engine keeps: counted, not applied to
+	// the minute, which a correction from the exchange's klines replaces
+	// whole, without moving the longer klines; the hour still open takes
+	// it.
 	h.tick(t0 + 30*60_000)
 	h.trades("X", []kline.Trade{trade(4, t0+40_000, "98", "1", false)})
 	h.sync()
 	if st := h.e.Stats(); st.Late != 2 || st.TooLate != 1 {
 		t.Errorf("stats %+v", st)
 	}
-	if ks := h.c.series("X", "1h"); len(ks) != 1 || ks[0].Trades != 6 {
+	if ks := h.c.series("X", "1h"); len(ks) != 1 || ks[0].Trades != 8 {
 		t.Errorf("1h kline after a trade too late for its minute: %+v", ks)
 	}
 	var m strings.Builder
