@@ -38,7 +38,7 @@ type Config struct {
 	// that the archive holds days and weeks without the memory of a busy
 	// market's [0; DeepGap 1m].
 	Deep, DeepGap time.Duration
-	Speed   float64       // simulated seconds per wall-clock second [1]
+	Speed         float64 // simulated seconds per wall-clock second [1]
 	// MeanGap is the mean simulated time between one symbol's trades [200ms].
 	MeanGap time.Duration
 	// QuietEvery makes about one gap in N a quiet stretch of minutes [0: never].
@@ -79,24 +79,24 @@ type Exchange struct {
 	stop context.CancelFunc
 	done chan struct{}
 
-	mu       sync.Mutex
-	realT0   time.Time
-	shift    time.Duration
-	simNow   int64 // last simulated time generated up to
+	mu     sync.Mutex
+	realT0 time.Time
+	shift  time.Duration
+	simNow int64 // last simulated time generated up to
 	// undelivered holds the trades generated and not yet pushed to the
 	// streams: REST generates up to its answer's time too, as the
 	// exchange's REST shows every trade up to its clock however late its
 	// streams are. Nil while the exchange builds its history.
 	undelivered map[string][]kline.Trade
-	symbols  []*symbol
-	bySym    map[string]*symbol
-	conns    map[*wsConn]bool
-	weight   weightWindow
-	restFail []restFault
-	hide     int // generated trades still to hide
-	refused  map[string]bool
-	stats    Stats
-	waiters  []waiter
+	symbols     []*symbol
+	bySym       map[string]*symbol
+	conns       map[*wsConn]bool
+	weight      weightWindow
+	restFail    []restFault
+	hide        int // generated trades still to hide
+	refused     map[string]bool
+	stats       Stats
+	waiters     []waiter
 }
 
 type waiter struct {
