@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,9 +312,10 @@ func (untraded) States(_ context.Context, syms []string) ([]engine.State, error)
 }
 
 // TestQuietTakeover: a node that takes a symbol over writes its own
-// checkpoint even if the symbol has no trade since, keeping the aggregate
-// id it resumed after: until it does, the other nodes take the symbol as
-// not resumed and refuse what it lacks.
+// checkpoint once it has checked the minutes before the last owner's,
+// even if the symbol has no trade since, keeping the aggregate id it
+// resumed after: until it does, the other nodes take the symbol as not
+// resumed and refuse what it lacks.
 func TestQuietTakeover(t *testing.T) {
 	url := bustest.Server(t)
 	nc, js := bustest.Connect(t, url)
@@ -327,8 +329,17 @@ func TestQuietTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch := make(chan ownership, 10)
+	// Its minutes before the checkpoint are checked in the first two
+	// rounds: no checkpoint of a's own before.
+	var rounds atomic.Int64
+	rechecking := func() map[string]bool {
+		if rounds.Add(1) <= 2 {
+			return map[string]bool{"S00USDT": true}
+		}
+		return nil
+	}
 	l := NewLeases(nc, b, Config{Node: "a", Ingest: true, Roles: []string{"ingest"}, Staleness: 300 * time.Millisecond,
-		CheckpointEvery: 20 * time.Millisecond, Intervals: ivs, Log: slog.New(slog.DiscardHandler)}, untraded{}, acked{})
+		CheckpointEvery: 20 * time.Millisecond, Intervals: ivs, Log: slog.New(slog.DiscardHandler), Rechecking: rechecking}, untraded{}, acked{})
 	l.Want([]string{st.Symbol})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -355,6 +366,9 @@ func TestQuietTakeover(t *testing.T) {
 			}
 			if got.LastID != 77 || got.Open[0].OpenTime != 60_000 {
 				t.Fatalf("a's first checkpoint of the quiet symbol: %+v, want it at aggregate id 77", got)
+			}
+			if n := rounds.Load(); n < 3 {
+				t.Fatalf("a's first checkpoint written in round %d, while the minutes before it were rechecked", n)
 			}
 			return
 		case <-timeout:

@@ -63,8 +63,11 @@ type Config struct {
 	Released  func() map[string]int64
 	// Holds, if set, tells the symbols missing trades now (the router):
 	// a symbol taken over is written as resumed, its first checkpoint of
-	// this node's, only once it misses none.
-	Holds func() map[string]int64
+	// this node's, only once it misses none. So does Rechecking, the
+	// symbols whose minutes before the takeover are still to check
+	// against the exchange's (the reconciler).
+	Holds      func() map[string]int64
+	Rechecking func() map[string]bool
 }
 
 // Leases is this node's side of the symbol leases: it keeps the node in the
@@ -571,6 +574,10 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 	if l.cfg.Holds != nil {
 		holds = l.cfg.Holds()
 	}
+	var rechecking map[string]bool
+	if l.cfg.Rechecking != nil {
+		rechecking = l.cfg.Rechecking()
+	}
 	// Marked after the states: every closed kline emitted before them is
 	// queued by now.
 	mark := l.pub.Mark()
@@ -608,9 +615,10 @@ func (l *Leases) checkpoint(ctx context.Context, owner string) int {
 			changed = !mine || st.LastID != ls.lastID || len(st.Open) > 0 && st.Open[0].OpenTime != ls.open || owner != l.cfg.Node || rel != ls.rel
 		}
 		l.mu.Unlock()
-		if _, held := holds[st.Symbol]; held && !mine && owner == l.cfg.Node {
-			// Still reading the trades since the last owner's checkpoint:
-			// the other nodes go on taking it as not resumed.
+		if _, held := holds[st.Symbol]; (held || rechecking[st.Symbol]) && !mine && owner == l.cfg.Node {
+			// Still reading the trades since the last owner's checkpoint,
+			// or checking the minutes before it: the other nodes go on
+			// taking it as not resumed.
 			continue
 		}
 		// A symbol not yet seeded has nothing to write. One not traded

@@ -57,7 +57,12 @@ type Config struct {
 	// Alive, in a cluster, tells whether the node named lives; nil: none
 	// does but this one.
 	Alive func(node string) bool
-	Log   *slog.Logger
+	// Unchecked, in a cluster, is how long before a checkpoint its owner
+	// may have closed 1m klines it has not checked against the exchange's
+	// yet: while no live owner has resumed the symbol, those are held no
+	// more than what comes after them.
+	Unchecked time.Duration
+	Log       *slog.Logger
 }
 
 // Set is the spans held of every series; it is safe for concurrent use.
@@ -458,10 +463,11 @@ func (c *Set) liveSpan(symbol string, iv kline.Interval, s *series) (store.Span,
 	if r.owner == "" || c.cfg.Alive == nil || !c.cfg.Alive(r.owner) {
 		// The owner is gone, or has not resumed it: the cluster holds
 		// what closed before its last checkpoint (and the kline open
-		// then, while it is open), and the symbol's next owner rebuilds
-		// the rest.
-		p.To = iv.Prev(iv.Open(r.open))
-		if cur := iv.Open(c.cfg.Now().UnixMilli()); cur == iv.Open(r.open) {
+		// then, while it is open), less what its owner may not have
+		// checked, and the symbol's next owner rebuilds and checks the
+		// rest.
+		p.To = iv.Prev(iv.Open(r.open - c.cfg.Unchecked.Milliseconds()))
+		if cur := iv.Open(c.cfg.Now().UnixMilli()); cur == iv.Open(r.open) && c.cfg.Unchecked == 0 {
 			p.To = cur
 		}
 	}

@@ -207,6 +207,15 @@ func TestRemote(t *testing.T) {
 			t.Errorf("%s: missing %v, want %v", tc.name, got, tc.want)
 		}
 	}
+	// With minutes the owner may not have checked: those before its
+	// checkpoint are not held either, nor is the kline open then.
+	u := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
+		Now: func() time.Time { return time.UnixMilli(200*m + 30_000) }, Shared: true, Alive: func(n string) bool { return alive[n] },
+		Unchecked: 3 * time.Minute})
+	u.Remote("X", "", 150*m, 200*m, 1, 0)
+	if got, want := u.Missing("X", oneMin, 150*m, 210*m), []store.Span{span(197, 210)}; !reflect.DeepEqual(got, want) {
+		t.Errorf("released, 3 minutes unchecked: missing %v, want %v", got, want)
+	}
 	// Built here too: the node's own live span wins over any checkpoint.
 	c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5,
 		Shared: true, Alive: func(string) bool { return false }})

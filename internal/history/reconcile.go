@@ -29,6 +29,9 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	pending map[kline.Key]kline.Update
+	// rechecks counts, by symbol, the minutes Recheck asked for that are
+	// not checked yet.
+	rechecks map[string]int
 
 	Checked atomic.Int64
 	Differ  atomic.Int64
@@ -39,7 +42,7 @@ type Reconciler struct {
 // NewReconciler returns a reconciler; now tells exchange time.
 func NewReconciler(ex Exchange, ivs []kline.Interval, delay time.Duration, now func() time.Time, log *slog.Logger) *Reconciler {
 	return &Reconciler{ex: ex, ivs: ivs, delay: delay, now: now, log: log,
-		pending: map[kline.Key]kline.Update{}, fields: map[string]int64{}}
+		pending: map[kline.Key]kline.Update{}, rechecks: map[string]int{}, fields: map[string]int64{}}
 }
 
 // Publish implements the engine's Sink.
@@ -50,7 +53,10 @@ func (r *Reconciler) Publish(us []kline.Update) {
 			continue
 		}
 		r.mu.Lock()
-		if _, watched := r.pending[u.Key()]; watched || u.Interval.String() == "1m" {
+		if w, watched := r.pending[u.Key()]; watched || u.Interval.String() == "1m" {
+			if watched {
+				r.rechecked(w) // the engine's own now: checked as any
+			}
 			r.pending[u.Key()] = *u
 		}
 		r.mu.Unlock()
@@ -72,7 +78,30 @@ func (r *Reconciler) Recheck(symbol string, from, to int64) {
 			Kline: kline.Kline{OpenTime: open, CloseTime: one.CloseTime(open), Trades: -1, FirstTradeID: -1, LastTradeID: -1}}
 		if _, ok := r.pending[u.Key()]; !ok {
 			r.pending[u.Key()] = u
+			r.rechecks[symbol]++
 		}
+	}
+}
+
+// Rechecking returns the symbols with minutes Recheck asked for not yet
+// checked: until then their klines before the takeover may lack trades.
+func (r *Reconciler) Rechecking() map[string]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]bool, len(r.rechecks))
+	for s := range r.rechecks {
+		out[s] = true
+	}
+	return out
+}
+
+// rechecked notes that a minute Recheck asked for is no longer to check.
+func (r *Reconciler) rechecked(u kline.Update) {
+	if u.Trades >= 0 || u.Interval.String() != "1m" {
+		return
+	}
+	if r.rechecks[u.Symbol]--; r.rechecks[u.Symbol] <= 0 {
+		delete(r.rechecks, u.Symbol)
 	}
 }
 
@@ -109,10 +138,21 @@ func (r *Reconciler) Run(ctx context.Context, engine Engine) error {
 		}
 		r.mu.Unlock()
 		for _, u := range due {
-			if err := r.check(ctx, engine, u); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			err := r.check(ctx, engine, u)
+			if ctx.Err() != nil {
+				return nil
+			}
+			r.mu.Lock()
+			switch _, again := r.pending[u.Key()]; {
+			case err != nil && u.Trades < 0 && !again:
+				// A recheck is tried until it is done: the symbol's
+				// first checkpoint waits for it.
+				r.pending[u.Key()] = u
+			case u.Trades < 0:
+				r.rechecked(u)
+			}
+			r.mu.Unlock()
+			if err != nil {
 				r.log.Warn("reconcile failed", "symbol", u.Symbol, "open_time", u.OpenTime, "err", err)
 			}
 		}

@@ -123,11 +123,14 @@ func TestRecheckAfterTakeover(t *testing.T) {
 	r := NewReconciler(x, []kline.Interval{one, three}, 20*time.Millisecond, func() time.Time { return time.UnixMilli(now.Load()) },
 		slog.New(slog.DiscardHandler))
 	c := &corrections{got: map[string]kline.Kline{}, ch: make(chan string, 4)}
+	r.Recheck("A", m, m)
+	if got := r.Rechecking(); !got["A"] || len(got) != 1 {
+		t.Errorf("rechecking %v, want A", got)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, c) }()
 	defer func() { cancel(); <-done }()
-	r.Recheck("A", m, m)
 	if iv := wait(t, c.ch); iv != "1m" {
 		t.Fatalf("first correction is of %s, want 1m", iv)
 	}
@@ -142,5 +145,9 @@ func TestRecheckAfterTakeover(t *testing.T) {
 	}
 	if len(r.FieldDiffs()) != 0 || r.Differ.Load() != 0 {
 		t.Errorf("differences counted for a recheck: %v", r.FieldDiffs())
+	}
+	// The 3m kline was checked a round after the minute: done with it.
+	if got := r.Rechecking(); len(got) != 0 {
+		t.Errorf("rechecking %v after the minute was checked", got)
 	}
 }

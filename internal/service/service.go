@@ -161,7 +161,11 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 	// acknowledgements (the sinks store what it acknowledged); a cluster's
 	// nodes share what they record, and a serve node learns from the
 	// owners' checkpoints which symbols they build, from when.
-	s.Coverage = coverage.New(coverage.Config{Store: st, Intervals: cfg.Intervals, Depth: cfg.Klines.BackfillLimit, Now: s.ExchangeNow,
+	var unchecked time.Duration
+	if cfg.Reconcile.Enabled {
+		unchecked = time.Duration(uncheckedMinutes(cfg)) * time.Minute
+	}
+	s.Coverage = coverage.New(coverage.Config{Store: st, Intervals: cfg.Intervals, Depth: cfg.Klines.BackfillLimit, Now: s.ExchangeNow, Unchecked: unchecked,
 		Shared: cfg.Clustered(), Alive: func(node string) bool { return s.Leases != nil && s.Leases.Alive(node) }, Log: log.With("part", "coverage")})
 	// The head takes each update before the writer can: what the writer
 	// confirms it has stored is then always in the head to let go.
@@ -219,10 +223,14 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 	var hist symbols.History = s.History
 	var owner symbols.Owner
 	if cfg.Clustered() {
+		var rechecking func() map[string]bool
+		if s.Reconciler != nil {
+			rechecking = s.Reconciler.Rechecking
+		}
 		s.Leases = cluster.NewLeases(s.nc, buckets, cluster.Config{
 			Node: cfg.Cluster.Node, Ingest: cfg.Has(config.RoleIngest), Roles: cfg.Cluster.Roles,
 			Staleness: cfg.Cluster.Staleness.Duration, Intervals: cfg.Intervals, Log: log.With("part", "cluster"),
-			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.lacking, Holds: s.Router.Holds,
+			Standby: cfg.Cluster.Standby, LiveSince: s.Coverage.LiveSince, Released: s.lacking, Holds: s.Router.Holds, Rechecking: rechecking,
 			IngestNodes: func(n int) {
 				// The nodes are taken to share one IP: each keeps to its
 				// share, and Binance's count in every answer bounds them all.
@@ -233,11 +241,7 @@ func New(cfg *config.Config, log *slog.Logger, makers ...func(*Service) Consumer
 		}, s.Engine, s.Publisher)
 		seeder := cluster.NewSeeder(s.History, s.Leases, s.Engine, s.Router, cfg.Intervals)
 		if s.Reconciler != nil {
-			// The minutes the last owner closed and may not have checked:
-			// those closed within the reconcile delay and the grace
-			// before its checkpoint, and one more for a late trade.
-			seeder.Recheck = s.Reconciler
-			seeder.RecheckMinutes = 2 + int((cfg.Reconcile.Delay.Duration+cfg.Klines.Grace.Duration)/time.Minute)
+			seeder.Recheck, seeder.RecheckMinutes = s.Reconciler, uncheckedMinutes(cfg)
 		}
 		hist, owner = seeder, s.Leases
 		if cfg.Has(config.RoleServe) {
@@ -461,3 +465,12 @@ func (s *Service) ExchangeLists(ctx context.Context) map[string][]byte {
 
 // Intervals returns the configured intervals, shortest first.
 func (s *Service) Intervals() []kline.Interval { return s.cfg.Intervals }
+
+// uncheckedMinutes is how many minutes before a symbol's checkpoint its
+// last owner may have closed and not yet checked against the exchange's
+// klines: those closed within the reconcile delay and the grace, and one
+// more for a trade that came after its minute closed. A node taking the
+// symbol over checks them again; until it has, other nodes hold them not.
+func uncheckedMinutes(cfg *config.Config) int {
+	return 2 + int((cfg.Reconcile.Delay.Duration+cfg.Klines.Grace.Duration)/time.Minute)
+}
