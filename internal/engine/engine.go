@@ -78,7 +78,12 @@ type Engine struct {
 	// recent holds, per symbol, the 1m klines closed before the 1m slot's
 	// prev, direct-mapped by minute, so that a reconciliation arriving
 	// minutes late can still be carried into the longer intervals.
-	recent     []kline.Kline
+	recent []kline.Kline
+	// final holds, per symbol and mapped as recent, the open times of the
+	// minutes taken from the exchange's klines (reconciled, repaired):
+	// they hold every trade, so a trade of theirs arriving late goes into
+	// no kline.
+	final      []int64
 	dirty      []bool
 	dirtyQ     []int32
 	out        []kline.Update
@@ -347,10 +352,12 @@ func (e *Engine) addSymbol(name string) {
 			e.cur[s], e.prev[s], e.floor[s], e.seeded[s], e.exact[s] = kline.Kline{}, kline.Kline{}, 0, 0, 0
 		}
 		clear(e.recent[si*recentMinutes : (si+1)*recentMinutes])
+		clear(e.final[si*recentMinutes : (si+1)*recentMinutes])
 	} else {
 		si = len(e.symbols)
 		e.symbols = append(e.symbols, symbol{})
 		e.recent = append(e.recent, make([]kline.Kline, recentMinutes)...)
+		e.final = append(e.final, make([]int64, recentMinutes)...)
 		for range n {
 			e.cur = append(e.cur, kline.Kline{})
 			e.prev = append(e.prev, kline.Kline{})
@@ -434,6 +441,12 @@ func (e *Engine) applyTrades(si int, trades []kline.Trade) {
 		}
 		sym.lastID = t.ID
 		applied++
+		if one := cur[0].OpenTime; t.Time < one && e.isOneMinute(base) {
+			if m := t.Time - t.Time%60_000; e.final[si*recentMinutes+int(m/60_000%recentMinutes)] == m {
+				e.stats.TooLate++ // its minute, and the klines holding it, are the exchange's already
+				continue
+			}
+		}
 		pq := decimal.Mul(t.Price, t.Qty)
 		for j := range cur {
 			k := &cur[j]
@@ -478,6 +491,9 @@ func (e *Engine) misfit(si, s int, t *kline.Trade, pq decimal.U128) {
 	default:
 		p := &e.prev[s]
 		if p.OpenTime != 0 && t.Time >= p.OpenTime && t.Time <= p.CloseTime {
+			if e.exact[s] == p.OpenTime {
+				return // taken whole from the exchange: it holds the trade
+			}
 			p.AddProduct(t, pq)
 			e.stats.Late++
 			e.emit(si, s, p)
@@ -584,6 +600,9 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 	k.Closed = true
 	k.CloseTime = iv.CloseTime(k.OpenTime)
 	if s, ok := e.slot(name, iv); ok {
+		if e.isOneMinute(s) {
+			e.final[s/len(e.ivs)*recentMinutes+int(k.OpenTime/60_000%recentMinutes)] = k.OpenTime
+		}
 		var held *kline.Kline
 		switch {
 		case e.prev[s].OpenTime == k.OpenTime:

@@ -667,7 +667,8 @@ func TestReleasedKlinesGoOutPartial(t *testing.T) {
 // clock closed before its trades came (its symbol's hold ran out) takes
 // them when they come, as the 5m kline open then does; the exchange's
 // correction of the minute then moves the 5m kline by what the minute
-// still lacked, once.
+// still lacked, once; and a trade of the corrected minute coming after
+// goes nowhere.
 func TestLateMinuteCorrectedOnce(t *testing.T) {
 	one, five := kline.OneMinute(), kline.MustInterval("5m")
 	h := newHarness(t, []kline.Interval{one, five}, 0)
@@ -691,5 +692,15 @@ func TestLateMinuteCorrectedOnce(t *testing.T) {
 	if want := int64(2 + 4 + 2); got.Trades != want || got.High != 13*decimal.Unit || got.Close != 13*decimal.Unit {
 		t.Errorf("the 5m kline after its minute's trades came late and the minute was corrected: %d trades, high %d, close %d; want %d, 13, 13",
 			got.Trades, got.High, got.Close, want)
+	}
+	// The trade the exchange's minute had comes now, later still: the
+	// minute and the 5m kline hold it already.
+	h.trades("A", []kline.Trade{trade(4, t0+63_000, "13", "1", false)})
+	h.sync()
+	if got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0}).Kline; got.Trades != 8 {
+		t.Errorf("the 5m kline after a trade of its corrected minute came: %d trades, want 8", got.Trades)
+	}
+	if got := h.c.get(kline.Key{Symbol: "A", Interval: "1m", OpenTime: t0 + 60_000}).Kline; got.Trades != 6 {
+		t.Errorf("the corrected minute after a trade of its came: %d trades, want 6", got.Trades)
 	}
 }
