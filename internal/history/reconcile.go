@@ -32,6 +32,7 @@ type Reconciler struct {
 	// rechecks counts, by symbol, the minutes Recheck asked for that are
 	// not checked yet.
 	rechecks map[string]int
+	kick     chan struct{} // a recheck is due now
 
 	Checked atomic.Int64
 	Differ  atomic.Int64
@@ -42,7 +43,7 @@ type Reconciler struct {
 // NewReconciler returns a reconciler; now tells exchange time.
 func NewReconciler(ex Exchange, ivs []kline.Interval, delay time.Duration, now func() time.Time, log *slog.Logger) *Reconciler {
 	return &Reconciler{ex: ex, ivs: ivs, delay: delay, now: now, log: log,
-		pending: map[kline.Key]kline.Update{}, rechecks: map[string]int{}, fields: map[string]int64{}}
+		pending: map[kline.Key]kline.Update{}, rechecks: map[string]int{}, kick: make(chan struct{}, 1), fields: map[string]int64{}}
 }
 
 // Publish implements the engine's Sink.
@@ -80,6 +81,12 @@ func (r *Reconciler) Recheck(symbol string, from, to int64) {
 			r.pending[u.Key()] = u
 			r.rechecks[symbol]++
 		}
+	}
+	// Checked at once, not at the next tick: the symbol's other nodes
+	// refuse those minutes until then.
+	select {
+	case r.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -126,6 +133,7 @@ func (r *Reconciler) Run(ctx context.Context, engine Engine) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-r.kick:
 		}
 		now := r.now().UnixMilli()
 		var due []kline.Update
