@@ -111,3 +111,45 @@ func TestImportFakeArchive(t *testing.T) {
 		t.Logf("symbols %v", syms)
 	}
 }
+
+// BenchmarkImport imports 30 days of the fake archive for its symbols
+// (five, with the archive's defects) into a fresh SQLite store, deriving
+// every interval: parse, check, derive, write, over loopback HTTP.
+func BenchmarkImport(b *testing.B) {
+	start := time.Date(2026, 3, 20, 12, 0, 0, 0, time.UTC)
+	x, err := fakex.New(fakex.Config{Symbols: 4, Start: start, History: time.Hour, Deep: 31 * 24 * time.Hour, DeepGap: 20 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Close()
+	var syms []string
+	for s := range x.Symbols() {
+		syms = append(syms, s)
+	}
+	ivs := kline.BinanceIntervals()
+	until := start.Add(-9 * time.Hour).Truncate(24 * time.Hour)
+	var klines int64
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		st, err := sqlite.Open(filepath.Join(b.TempDir(), "k.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		bk, err := archive.OpenBucket(x.ArchiveURL(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 10})
+		b.StartTimer()
+		p, err := archive.Import(context.Background(), bk, st, held, archive.ImportConfig{Symbols: syms, Since: until.AddDate(0, 0, -30), Until: until, Intervals: ivs})
+		if err != nil {
+			b.Fatal(err)
+		}
+		klines += p.Klines
+		b.StopTimer()
+		st.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(klines)/b.Elapsed().Seconds(), "1m-klines/s")
+}
