@@ -190,7 +190,7 @@ func runImport(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "import", "")
 	from := fs.String("from", "", "the archive's address: a URL answering its bucket listing and files, or a folder laid out like it (default: data.binance.vision)")
 	syms := fs.String("symbols", "", "comma-separated symbols to import, as Binance names them")
-	since := fs.String("since", "", "the first UTC day to import, YYYY-MM-DD")
+	since := fs.String("since", "", "the first UTC day to import, YYYY-MM-DD, or \"listing\": each symbol's first day in the archive")
 	until := fs.String("until", "", "the UTC day to stop before, YYYY-MM-DD (default: today)")
 	parallel := fs.Int("parallel", 8, "files read at once")
 	intervals := fs.String("intervals", "", "comma-separated intervals to derive from the 1m klines imported (default: the configured intervals)")
@@ -214,8 +214,10 @@ func runImport(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("-intervals: %w", err)
 		}
 	}
-	if cfg.Since, err = time.Parse(time.DateOnly, *since); err != nil {
-		return fmt.Errorf("-since %q: want a day as YYYY-MM-DD", *since)
+	if *since != "listing" {
+		if cfg.Since, err = time.Parse(time.DateOnly, *since); err != nil {
+			return fmt.Errorf("-since %q: want a day as YYYY-MM-DD, or listing", *since)
+		}
 	}
 	if *until != "" {
 		if cfg.Until, err = time.Parse(time.DateOnly, *until); err != nil {

@@ -21,9 +21,10 @@ import (
 // Binance's has (a day missing from each monthly file, files with and
 // without a header, a duplicated row, a file published late, a corrupt
 // one), imported for every symbol (a non-ASCII one, a TradFi one with
-// daily breaks, one no longer trading among them): every kline of every
-// interval klagg then holds equals the exchange's, built from the same
-// trades; the late day and the corrupt one are not held.
+// daily breaks, one no longer trading among them) from their listing:
+// every kline of every interval klagg then holds equals the exchange's,
+// built from the same trades; the late day and the corrupt one are not
+// held. A symbol the archive lacks is an error.
 func TestImportFakeArchive(t *testing.T) {
 	start := time.Date(2026, 3, 20, 12, 0, 0, 0, time.UTC)
 	x, err := fakex.New(fakex.Config{Symbols: 4, Start: start, History: 47 * 24 * time.Hour, MeanGap: time.Minute, QuietEvery: 30})
@@ -49,9 +50,13 @@ func TestImportFakeArchive(t *testing.T) {
 	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 10})
 	since, until := start.Add(-47*24*time.Hour), start.Truncate(24*time.Hour)
 	ctx := context.Background()
-	p, err := archive.Import(ctx, b, st, held, archive.ImportConfig{Symbols: syms, Since: since, Until: until, Intervals: ivs})
+	// From each symbol's listing: the day of its first file.
+	p, err := archive.Import(ctx, b, st, held, archive.ImportConfig{Symbols: syms, Until: until, Intervals: ivs})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := archive.Import(ctx, b, st, held, archive.ImportConfig{Symbols: []string{"NOPEUSDT"}, Until: until}); err == nil || !strings.Contains(err.Error(), "no 1m klines of NOPEUSDT") {
+		t.Errorf("importing a symbol the archive lacks from its listing: %v", err)
 	}
 	t.Logf("import: %+v", p)
 	if p.Corrupt != 1 || p.Uncovered < 1 || p.Derived == 0 {

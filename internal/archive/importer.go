@@ -35,7 +35,8 @@ type Held interface {
 // ImportConfig sets up an import.
 type ImportConfig struct {
 	Symbols []string
-	// Since and Until bound the UTC days imported, [Since, Until).
+	// Since and Until bound the UTC days imported, [Since, Until); a
+	// zero Since is each symbol's listing, its first day in the archive.
 	Since, Until time.Time
 	// Intervals are derived from the 1m klines imported (1m, if listed,
 	// is left out: it is what is imported).
@@ -76,7 +77,7 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	since, until := day(cfg.Since), day(cfg.Until)
-	if !since.Before(until) {
+	if !cfg.Since.IsZero() && !since.Before(until) {
 		return ImportProgress{}, fmt.Errorf("archive: nothing to import: %s is not before %s", since.Format(time.DateOnly), until.Format(time.DateOnly))
 	}
 	ledger, err := st.Imported(ctx)
@@ -85,12 +86,13 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 	}
 	im := &importer{b: b, st: st, held: held, cfg: cfg, ledger: ledger}
 	var plan []string
+	from := map[string]time.Time{} // by symbol, the first day imported
 	for _, sym := range cfg.Symbols {
-		files, err := im.plan(ctx, sym, since, until)
+		files, first, err := im.plan(ctx, sym, since, until)
 		if err != nil {
 			return im.progress(), err
 		}
-		plan = append(plan, files...)
+		plan, from[sym] = append(plan, files...), first
 	}
 	im.files.Store(int64(len(plan)))
 	g, gctx := errgroup.WithContext(ctx)
@@ -104,7 +106,7 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 	// The klines longer than a day span files: derived once every file
 	// is in, from the minutes stored.
 	for _, sym := range cfg.Symbols {
-		if err := im.deriveAcross(ctx, sym, since, until); err != nil {
+		if err := im.deriveAcross(ctx, sym, from[sym], until); err != nil {
 			return im.progress(), err
 		}
 	}
@@ -131,15 +133,21 @@ func (im *importer) progress() ImportProgress {
 
 // plan returns the files holding symbol's 1m klines of the days in
 // [since, until): a month's file where the month is whole in the range
-// and listed, else the days' files.
-func (im *importer) plan(ctx context.Context, symbol string, since, until time.Time) ([]string, error) {
+// and listed, else the days' files; and since, which a zero since makes
+// the day of the symbol's first file (its listing).
+func (im *importer) plan(ctx context.Context, symbol string, since, until time.Time) ([]string, time.Time, error) {
 	_, monthly, err := im.b.List(ctx, KlinesPrefix(symbol, "1m", true))
 	if err != nil {
-		return nil, err
+		return nil, since, err
 	}
 	_, daily, err := im.b.List(ctx, KlinesPrefix(symbol, "1m", false))
 	if err != nil {
-		return nil, err
+		return nil, since, err
+	}
+	if since.IsZero() {
+		if since, err = listing(symbol, monthly, daily); err != nil {
+			return nil, since, err
+		}
 	}
 	has := map[string]bool{}
 	for _, o := range monthly {
@@ -168,7 +176,7 @@ func (im *importer) plan(ctx context.Context, symbol string, since, until time.T
 		}
 		d = d.AddDate(0, 0, 1)
 	}
-	return out, nil
+	return out, since, nil
 }
 
 // file imports one file, unless the ledger has it with the same checksum.
@@ -361,6 +369,28 @@ func (im *importer) deriveAcross(ctx context.Context, symbol string, since, unti
 		}
 	}
 	return nil
+}
+
+// listing returns the first day of symbol's 1m files listed: its listing
+// day, or the first of its listing month.
+func listing(symbol string, monthly, daily []Object) (time.Time, error) {
+	var first time.Time
+	for _, o := range append(monthly, daily...) {
+		name := strings.TrimSuffix(strings.TrimPrefix(path.Base(o.Key), symbol+"-1m-"), ".zip")
+		t, err := time.Parse(time.DateOnly, name)
+		if err != nil {
+			if t, err = time.Parse("2006-01", name); err != nil {
+				continue
+			}
+		}
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	if first.IsZero() {
+		return first, fmt.Errorf("archive: the archive has no 1m klines of %s (is it spelled as Binance spells it?)", symbol)
+	}
+	return first, nil
 }
 
 // day is t's UTC day.
