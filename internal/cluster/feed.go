@@ -36,9 +36,11 @@ type Pending interface {
 }
 
 // Remote learns which symbols other nodes build live, from when, from
-// their checkpoints: coverage.
+// their checkpoints, and which of their closed klines the node awaits:
+// coverage.
 type Remote interface {
 	Remote(symbol, owner string, m0, open, at, rel int64)
+	Awaiting(symbol string, iv kline.Interval, from, to int64)
 }
 
 // Feed shows a serve node the klines other nodes build: the open ones as
@@ -73,6 +75,10 @@ type Feed struct {
 	// checkpoint behind the owner's last message) is not.
 	closed  map[[2]string]int64
 	open    map[[2]string]version
+	// awaiting is, per series, the slots [from, to] between the newest
+	// closed kline read and the newest open one: closed by their owner
+	// and not read yet, or never to come (the owner died first).
+	awaiting map[[2]string][2]int64
 	backlog uint64 // the stream's last sequence when the feed started reading it
 	read    uint64 // the last sequence read, to follow on from after a failure
 	// streamed and seqs are the closed klines of one gathering and their
@@ -97,7 +103,7 @@ type Feed struct {
 // start it with Run.
 func NewFeed(js jetstream.JetStream, b Buckets, self string, owner Owner, sinks []engine.Sink, closed func([]kline.Update), pending Pending, remote Remote, ivs []kline.Interval, log *slog.Logger) *Feed {
 	return &Feed{js: js, b: b, self: self, owner: owner, sinks: sinks, onClosed: closed, pending: pending, remote: remote, ivs: ivs, log: log,
-		closed: map[[2]string]int64{}, open: map[[2]string]version{}, vouched: map[string]checkpoint{}, rel: map[string]int64{},
+		closed: map[[2]string]int64{}, open: map[[2]string]version{}, awaiting: map[[2]string][2]int64{}, vouched: map[string]checkpoint{}, rel: map[string]int64{},
 		replays: make(chan struct{}, maxReplays)}
 }
 
@@ -301,6 +307,9 @@ func (f *Feed) closedKline(batch []kline.Update, m jetstream.Msg) []kline.Update
 	}
 	key := [2]string{u.Symbol, u.Interval.String()}
 	f.closed[key] = max(f.closed[key], u.OpenTime)
+	if a, ok := f.awaiting[key]; ok && u.OpenTime >= a[0] {
+		f.await(key, u.Interval, u.Interval.Next(f.closed[key]), a[1])
+	}
 	if md, err := m.Metadata(); err == nil {
 		f.streamed, f.seqs = append(f.streamed, u), append(f.seqs, md.Sequence.Stream)
 		f.read = max(f.read, md.Sequence.Stream)
@@ -424,5 +433,21 @@ func (f *Feed) newer(symbol string, iv kline.Interval, k *kline.Kline) bool {
 		return false
 	}
 	f.open[key] = version{k.OpenTime, k.Trades}
+	if last := f.closed[key]; last != 0 && k.OpenTime > iv.Next(last) {
+		f.await(key, iv, iv.Next(last), iv.Prev(k.OpenTime))
+	}
 	return true
+}
+
+// await notes that the node awaits the closed klines of series key in
+// [from, to] (none when from > to), and tells remote.
+func (f *Feed) await(key [2]string, iv kline.Interval, from, to int64) {
+	if from > to {
+		delete(f.awaiting, key)
+	} else {
+		f.awaiting[key] = [2]int64{from, to}
+	}
+	if f.remote != nil {
+		f.remote.Awaiting(key[0], iv, from, to)
+	}
 }

@@ -351,6 +351,8 @@ type remotes struct {
 	ch    chan struct{}
 }
 
+func (r *remotes) Awaiting(string, kline.Interval, int64, int64) {}
+
 func (r *remotes) Remote(symbol, owner string, m0, open, at, rel int64) {
 	r.mu.Lock()
 	r.calls = append(r.calls, fmt.Sprintf("%s %s m0=%d open=%d", symbol, owner, m0, open))

@@ -74,6 +74,10 @@ type Set struct {
 	ended  map[string]bool   // symbols that stopped trading for good
 	since  map[string]int64  // symbols built live here: the minute they are built from
 	remote map[string]remote // symbols other nodes build, by their checkpoints
+	// awaited are, per series another node builds, the slots whose closed
+	// klines this node has not read yet though it read a later open one
+	// (Awaiting).
+	awaited map[key][2]int64
 	// ended live spans, to record at the next flush
 	unrecorded []store.Span
 }
@@ -130,7 +134,7 @@ func New(cfg Config) *Set {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Set{cfg: cfg, series: map[key]*series{}, ended: map[string]bool{}, since: map[string]int64{}, remote: map[string]remote{}}
+	return &Set{cfg: cfg, series: map[key]*series{}, ended: map[string]bool{}, since: map[string]int64{}, remote: map[string]remote{}, awaited: map[key][2]int64{}}
 }
 
 func (c *Set) get(k key) *series {
@@ -338,9 +342,44 @@ func (c *Set) Add(p store.Span) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := c.get(key{p.Symbol, p.Interval})
+	k := key{p.Symbol, p.Interval}
+	s := c.get(k)
 	s.spans = merge(s.spans, p)
+	if a, ok := c.awaited[k]; ok && p.From <= a[0] && store.After(p) > a[0] {
+		// Read through from the exchange meanwhile.
+		if a[0] = store.After(p); a[0] > a[1] {
+			delete(c.awaited, k)
+		} else {
+			c.awaited[k] = a
+		}
+	}
 	return nil
+}
+
+// Awaiting says this node has read a newer open kline of symbol and iv,
+// which another node builds, than the closed ones in [from, to] (none
+// when from > to): closed by that node, and not read here yet.
+func (c *Set) Awaiting(symbol string, iv kline.Interval, from, to int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if from > to {
+		delete(c.awaited, key{symbol, iv})
+		return
+	}
+	c.awaited[key{symbol, iv}] = [2]int64{from, to}
+}
+
+// Awaited reports whether a slot in [lo, hi] of symbol and iv, which
+// another node builds, is awaited from it (Awaiting): held by the rule
+// that the owner holds all up to now, but not here.
+func (c *Set) Awaited(symbol string, iv kline.Interval, lo, hi int64) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if _, here := c.since[symbol]; here {
+		return false
+	}
+	a, ok := c.awaited[key{symbol, iv}]
+	return ok && a[0] <= hi && a[1] >= lo
 }
 
 // Flush records what the store holds of the live spans.

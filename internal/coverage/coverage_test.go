@@ -261,3 +261,29 @@ func TestRefresh(t *testing.T) {
 		t.Errorf("after a refresh: missing %v, want %v", got, want)
 	}
 }
+
+// TestAwaited: slots awaited from the node that builds a symbol are
+// awaited until the feed reads them or a read through stores them; a
+// symbol built here awaits nothing.
+func TestAwaited(t *testing.T) {
+	c := New(Config{Store: openStore(t, filepath.Join(t.TempDir(), "k.db")), Intervals: []kline.Interval{oneMin}, Depth: 5, Shared: true})
+	c.Awaiting("X", oneMin, 10*m, 12*m)
+	if !c.Awaited("X", oneMin, 12*m, 20*m) || c.Awaited("X", oneMin, 13*m, 20*m) || c.Awaited("Y", oneMin, 0, 20*m) {
+		t.Error("awaited slots misread")
+	}
+	if err := c.Add(span(5, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if c.Awaited("X", oneMin, 10*m, 10*m) || !c.Awaited("X", oneMin, 11*m, 11*m) {
+		t.Error("a read through of an awaited slot left it awaited")
+	}
+	c.Awaiting("X", oneMin, 13*m, 12*m)
+	if c.Awaited("X", oneMin, 0, 20*m) {
+		t.Error("awaited after the feed read them")
+	}
+	c.Awaiting("X", oneMin, 10*m, 12*m)
+	c.Live("X", 5*m)
+	if c.Awaited("X", oneMin, 0, 20*m) {
+		t.Error("a symbol built here awaits its own klines")
+	}
+}

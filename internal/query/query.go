@@ -36,7 +36,15 @@ type Replayer interface {
 type Held interface {
 	Missing(symbol string, iv kline.Interval, lo, hi int64) []store.Span
 	Ended(symbol string) bool // stopped trading: the exchange has all there will be
+	// Awaited tells whether closed klines in [lo, hi] that another node
+	// built are on their way here.
+	Awaited(symbol string, iv kline.Interval, lo, hi int64) bool
 }
+
+// AwaitWait is how long an answer waits for closed klines on their way
+// from the node that builds them: at a minute's turn its new open kline
+// may come a moment before the kline it closed.
+const AwaitWait = 250 * time.Millisecond
 
 // Filler reads klines klagg does not hold from the exchange, stores them
 // and records them held: history.
@@ -156,6 +164,13 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 					ErrIncomplete, q.Symbol, timeText(q.Interval.Open(since)))
 			}
 		}
+		if r.cfg.Held.Awaited(q.Symbol, q.Interval, lo, hi) {
+			if attempt == 2 || !r.await(ctx, q, lo, hi) {
+				return nil, fmt.Errorf("%w: klines of %s %s closed by the node that builds them have not reached this node (it may have stopped; another takes the symbol over)",
+					ErrIncomplete, q.Symbol, q.Interval)
+			}
+			continue // read again: they came
+		}
 		gaps := r.cfg.Held.Missing(q.Symbol, q.Interval, lo, hi)
 		if len(gaps) == 0 {
 			return out, nil
@@ -180,6 +195,24 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 			}
 		}
 	}
+}
+
+// await waits up to AwaitWait for the awaited klines of q in [lo, hi],
+// and reports whether they came.
+func (r *Querier) await(ctx context.Context, q binance.KlinesQuery, lo, hi int64) bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(AwaitWait)
+	for r.cfg.Held.Awaited(q.Symbol, q.Interval, lo, hi) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 func timeText(ms int64) string {

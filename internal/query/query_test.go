@@ -259,3 +259,38 @@ func TestReadThrough(t *testing.T) {
 		})
 	}
 }
+
+// TestAwaited: klines another node closed and this node has not read
+// (its newer open kline came first) are waited for a moment, then the
+// answer is refused, never given with a hole; once read, it is whole.
+func TestAwaited(t *testing.T) {
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	held := coverage.New(coverage.Config{Store: st, Intervals: []kline.Interval{one}, Depth: 1000, Shared: true,
+		Alive: func(n string) bool { return n == "b" }, Now: func() time.Time { return time.UnixMilli(9*60_000 + 30_000) }})
+	held.Remote("A", "b", 60_000, 9*60_000, 1, 0) // b builds A live since minute 1
+	h := head.New(head.Config{Confirmed: true})
+	var ks []kline.Update
+	for i := int64(1); i <= 7; i++ {
+		ks = append(ks, k(i, 1, true))
+	}
+	h.Publish(append(ks, k(9, 1, false))) // minute 8 closed by b, not read here
+	held.Awaiting("A", one, 8*60_000, 8*60_000)
+	q, aerr := binance.ParseKlinesQuery(url.Values{"symbol": {"A"}, "interval": {"1m"}, "limit": {"5"}})
+	if aerr != nil {
+		t.Fatal(aerr)
+	}
+	r := New(Config{Store: st, Head: h, Held: held, Now: func() time.Time { return time.UnixMilli(9*60_000 + 30_000) }})
+	if _, err := r.AppendKlines(context.Background(), nil, q, kline.Precision{Price: 2, Qty: 3}); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("minute 8 awaited: %v, want it refused", err)
+	}
+	h.Publish([]kline.Update{k(8, 1, true)})
+	held.Awaiting("A", one, 9*60_000, 8*60_000)
+	b, err := r.AppendKlines(context.Background(), nil, q, kline.Precision{Price: 2, Qty: 3})
+	if rows := answered(t, b, err, false); len(rows) != 5 {
+		t.Fatalf("minute 8 read: %d klines, want 5", len(rows))
+	}
+}
