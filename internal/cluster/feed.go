@@ -73,14 +73,14 @@ type Feed struct {
 	// handed on, so that an older checkpoint's open copy of it is not;
 	// and the newest open kline handed on, so that an older one (a
 	// checkpoint behind the owner's last message) is not.
-	closed  map[[2]string]int64
-	open    map[[2]string]version
+	closed map[[2]string]int64
+	open   map[[2]string]version
 	// awaiting is, per series, the slots [from, to] between the newest
 	// closed kline read and the newest open one: closed by their owner
 	// and not read yet, or never to come (the owner died first).
 	awaiting map[[2]string][2]int64
-	backlog uint64 // the stream's last sequence when the feed started reading it
-	read    uint64 // the last sequence read, to follow on from after a failure
+	backlog  uint64 // the stream's last sequence when the feed started reading it
+	read     uint64 // the last sequence read, to follow on from after a failure
 	// streamed and seqs are the closed klines of one gathering and their
 	// sequences, for pending.
 	streamed []kline.Update
