@@ -62,6 +62,17 @@ func TestImportFakeArchive(t *testing.T) {
 	if p.Corrupt != 1 || p.Uncovered < 1 || p.Derived == 0 {
 		t.Errorf("import: %+v; want one corrupt file, the late day uncovered", p)
 	}
+	// The symbols the store did not know are recorded with the precisions
+	// their files are written in: served under their names.
+	recorded, err := st.Symbols(ctx)
+	if err != nil || len(recorded) != len(syms) {
+		t.Fatalf("symbols recorded: %v %v, want %d", recorded, err, len(syms))
+	}
+	for _, y := range recorded {
+		if p := x.Precision(y.Name); y.PricePrecision != p.Price || y.QuantityPrecision != p.Qty {
+			t.Errorf("%s recorded with %d and %d decimals, the exchange's %+v", y.Name, y.PricePrecision, y.QuantityPrecision, p)
+		}
+	}
 	// The monthly files are read, and the day each lacks from its daily file.
 	feb := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
 	ledger, err := st.Imported(ctx)

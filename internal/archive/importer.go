@@ -22,6 +22,8 @@ import (
 type ImportStore interface {
 	Upsert(updates []kline.Update) error
 	Klines(ctx context.Context, q store.Query) ([]kline.Kline, error)
+	Symbols(ctx context.Context) ([]store.Symbol, error)
+	PutSymbols(syms []store.Symbol) error
 	AddImported(files []store.Imported) error
 	Imported(ctx context.Context) (map[string]store.Imported, error)
 }
@@ -84,7 +86,7 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 	if err != nil {
 		return ImportProgress{}, err
 	}
-	im := &importer{b: b, st: st, held: held, cfg: cfg, ledger: ledger}
+	im := &importer{b: b, st: st, held: held, cfg: cfg, ledger: ledger, seen: map[string]store.Symbol{}}
 	var plan []string
 	from := map[string]time.Time{} // by symbol, the first day imported
 	for _, sym := range cfg.Symbols {
@@ -101,6 +103,9 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 		g.Go(func() error { return im.file(gctx, key) })
 	}
 	if err := g.Wait(); err != nil {
+		return im.progress(), err
+	}
+	if err := im.record(ctx); err != nil {
 		return im.progress(), err
 	}
 	// The klines longer than a day span files: derived once every file
@@ -121,7 +126,8 @@ type importer struct {
 	ledger map[string]store.Imported
 	daily  sync.Map // the daily files listed, by key: a day a monthly file lacks is read from its own
 
-	mu                                       sync.Mutex // serializes writes and progress
+	mu                                       sync.Mutex              // serializes writes and progress
+	seen                                     map[string]store.Symbol // symbols imported: their precisions and first kline, under mu
 	files, done, skipped, corrupt, uncovered atomic.Int64
 	klines, derived, bytes                   atomic.Int64
 }
@@ -196,7 +202,7 @@ func (im *importer) file(ctx context.Context, key string) error {
 		return im.refuse(key, err)
 	}
 	im.bytes.Add(int64(len(data)))
-	ks, err := ParseKlinesZip(data)
+	ks, prec, err := ParseKlinesFile(data)
 	if err != nil {
 		return im.refuse(key, err)
 	}
@@ -204,6 +210,7 @@ func (im *importer) file(ctx context.Context, key string) error {
 	if err := im.store(key, symbol, ks, sum, len(data)); err != nil {
 		return err
 	}
+	im.saw(symbol, ks, prec)
 	if !strings.Contains(key, "/monthly/") {
 		return nil
 	}
@@ -268,6 +275,48 @@ func (im *importer) store(key, symbol string, ks []kline.Kline, sum string, size
 	im.klines.Add(int64(len(ks)))
 	im.derived.Add(int64(len(derived)))
 	im.done.Add(1)
+	return nil
+}
+
+// saw notes a symbol's precisions and first kline from a file of it.
+func (im *importer) saw(symbol string, ks []kline.Kline, p kline.Precision) {
+	if len(ks) == 0 {
+		return
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	y, ok := im.seen[symbol]
+	if !ok || ks[0].OpenTime < y.OnboardDate {
+		y.OnboardDate = ks[0].OpenTime
+	}
+	y.Name, y.PricePrecision, y.QuantityPrecision = symbol, max(y.PricePrecision, p.Price), max(y.QuantityPrecision, p.Qty)
+	im.seen[symbol] = y
+}
+
+// record stores the symbols imported that the store does not know (one
+// delisted, or an import before klagg first ran): their klines are served
+// under their names with the precisions their files are written in.
+// What the exchange says of a symbol it lists wins over this.
+func (im *importer) record(ctx context.Context) error {
+	known, err := im.st.Symbols(ctx)
+	if err != nil {
+		return fmt.Errorf("archive: read the symbols stored: %w", err)
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	for _, y := range known {
+		delete(im.seen, y.Name)
+	}
+	var fresh []store.Symbol
+	for _, y := range im.seen {
+		fresh = append(fresh, y)
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := im.st.PutSymbols(fresh); err != nil {
+		return fmt.Errorf("archive: store the symbols imported: %w", err)
+	}
 	return nil
 }
 

@@ -37,6 +37,9 @@ type Series struct {
 	Interval string
 	Fields   Fields
 	Klines   []kline.Kline
+	// Precision is the decimals a CSV's first row writes its open price
+	// and its volume with, as Binance writes every row.
+	Precision kline.Precision
 }
 
 // ReadKlines loads klines from a file in any layout klagg knows:
@@ -110,9 +113,21 @@ func readCSVKlines(path string) (Series, error) {
 // repeats kept once. Futures timestamps are milliseconds; spot ones in
 // microseconds since 2025 are read as milliseconds too.
 func ParseKlinesZip(data []byte) ([]kline.Kline, error) {
+	ks, _, err := ParseKlinesFile(data)
+	return ks, err
+}
+
+// ParseKlinesFile is ParseKlinesZip, and also returns the decimals the
+// file writes prices and quantities with: the symbol's precisions.
+func ParseKlinesFile(data []byte) ([]kline.Kline, kline.Precision, error) {
+	ks, s, err := parseKlinesZip(data)
+	return ks, s.Precision, err
+}
+
+func parseKlinesZip(data []byte) ([]kline.Kline, Series, error) {
 	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
-		return nil, fmt.Errorf("archive: not a zip: %w", err)
+		return nil, Series{}, fmt.Errorf("archive: not a zip: %w", err)
 	}
 	for _, f := range zr.File {
 		if !strings.HasSuffix(f.Name, ".csv") {
@@ -120,29 +135,29 @@ func ParseKlinesZip(data []byte) ([]kline.Kline, error) {
 		}
 		r, err := f.Open()
 		if err != nil {
-			return nil, fmt.Errorf("archive: %s: %w", f.Name, err)
+			return nil, Series{}, fmt.Errorf("archive: %s: %w", f.Name, err)
 		}
 		s, err := parseCSVKlines(r)
 		r.Close()
 		if err != nil {
-			return nil, fmt.Errorf("archive: %s: %w", f.Name, err)
+			return nil, Series{}, fmt.Errorf("archive: %s: %w", f.Name, err)
 		}
 		if s.Fields != FieldsFull {
-			return nil, fmt.Errorf("archive: %s: rows of fewer than 12 columns: not Binance's kline layout", f.Name)
+			return nil, Series{}, fmt.Errorf("archive: %s: rows of fewer than 12 columns: not Binance's kline layout", f.Name)
 		}
 		ks := s.Klines[:0]
 		for _, k := range s.Klines {
 			if n := len(ks); n > 0 && ks[n-1].OpenTime == k.OpenTime {
 				if ks[n-1] != k {
-					return nil, fmt.Errorf("archive: %s: two different rows open at %d", f.Name, k.OpenTime)
+					return nil, Series{}, fmt.Errorf("archive: %s: two different rows open at %d", f.Name, k.OpenTime)
 				}
 				continue
 			}
 			ks = append(ks, k)
 		}
-		return ks, nil
+		return ks, s, nil
 	}
-	return nil, errors.New("archive: the zip holds no .csv file")
+	return nil, Series{}, errors.New("archive: the zip holds no .csv file")
 }
 
 func parseCSVKlines(r io.Reader) (Series, error) {
@@ -156,9 +171,13 @@ func parseCSVKlines(r io.Reader) (Series, error) {
 		if row == "" || (line == 1 && (row[0] < '0' || row[0] > '9')) {
 			continue
 		}
-		k, n, err := binance.ParseKlineFields(strings.Split(row, ","))
+		fields := strings.Split(row, ",")
+		k, n, err := binance.ParseKlineFields(fields)
 		if err != nil {
 			return s, fmt.Errorf("line %d: %w", line, err)
+		}
+		if len(s.Klines) == 0 && len(fields) > 5 {
+			s.Precision = kline.Precision{Price: written(fields[1]), Qty: written(fields[5])}
 		}
 		if n < 12 {
 			s.Fields = FieldsOHLCV
@@ -275,4 +294,12 @@ func EachCapturedFrame(r io.Reader, fn func(frame []byte) error) error {
 
 func sortKlines(ks []kline.Kline) {
 	sort.Slice(ks, func(i, j int) bool { return ks[i].OpenTime < ks[j].OpenTime })
+}
+
+// written is the number of decimals the number s is written with.
+func written(s string) int {
+	if dot := strings.IndexByte(s, '.'); dot >= 0 {
+		return len(s) - dot - 1
+	}
+	return 0
 }
