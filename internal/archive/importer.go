@@ -52,14 +52,14 @@ type ImportConfig struct {
 
 // ImportProgress counts an import's work.
 type ImportProgress struct {
-	Files     int   // to read
-	Done      int   // read, or skipped as imported before with the same checksum
-	Skipped   int   // of Done: imported before
-	Klines    int64 // 1m klines stored
-	Derived   int64 // klines of longer intervals derived and stored
-	Bytes     int64 // downloaded
-	Corrupt   int   // files refused by their checksum or unreadable
-	Uncovered int   // days of the range no file holds
+	Files     int   `json:"files"`     // to read
+	Done      int   `json:"done"`      // read, or skipped as imported before with the same checksum
+	Skipped   int   `json:"skipped"`   // of Done: imported before
+	Klines    int64 `json:"klines"`    // 1m klines stored
+	Derived   int64 `json:"derived"`   // klines of longer intervals derived and stored
+	Bytes     int64 `json:"bytes"`     // downloaded
+	Corrupt   int   `json:"corrupt"`   // files refused by their checksum or unreadable
+	Uncovered int   `json:"uncovered"` // days of the range no file holds
 }
 
 // Import stores the 1m klines of cfg.Symbols in [Since, Until) from the

@@ -116,6 +116,13 @@ type Config struct {
 		WeightPerMinute   int      `toml:"weight_per_minute"`
 		MaxHTTPConns      int      `toml:"max_http_connections"`
 	} `toml:"server"`
+	History struct {
+		Enabled  bool     `toml:"enabled"`
+		From     string   `toml:"from"`
+		Since    string   `toml:"since"`
+		Parallel int      `toml:"parallel"`
+		Every    Duration `toml:"every"`
+	} `toml:"history"`
 	Log struct {
 		StatusInterval Duration `toml:"status_interval"`
 	} `toml:"log"`
@@ -305,6 +312,17 @@ func (c *Config) validate() error {
 	}
 	if d := c.Database.WriteEvery.Duration; d < 0 || d > time.Minute {
 		bad("database.write_every", "%s is outside 0s..1m", d)
+	}
+	if h := c.History; h.Since != "listing" {
+		if _, err := time.Parse(time.DateOnly, h.Since); err != nil {
+			bad("history.since", "%q is not a day as \"YYYY-MM-DD\", nor \"listing\"", h.Since)
+		}
+	}
+	if n := c.History.Parallel; n < 1 || n > 64 {
+		bad("history.parallel", "%d is outside 1..64 (downloaders use 8 to 16)", n)
+	}
+	if d := c.History.Every.Duration; d < time.Hour {
+		bad("history.every", "%s is less than an hour (the archive publishes a day's files once a day)", d)
 	}
 	if c.Server.Listen == "" {
 		bad("server.listen", "must not be empty, e.g. \"127.0.0.1:8080\"")

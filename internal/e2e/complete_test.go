@@ -369,3 +369,44 @@ func (r *run) checkClosings(sym string, got []kline.Kline) {
 	}
 	r.t.Logf("%d closing events of %s, each the exchange's", len(got), sym)
 }
+
+// TestHistoryImport: with [history] on, klagg imports the archive's
+// days in the background once live, and answers klines days back, every
+// interval derived, equal to the exchange's, from what it imported (no
+// read through to the exchange for them).
+func TestHistoryImport(t *testing.T) {
+	r := newRun(t, fakex.Config{Symbols: 4, Deep: 5 * 24 * time.Hour, DeepGap: 30 * time.Second}, "")
+	f, err := os.OpenFile(r.conf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "[history]\nenabled = true\nfrom = %q\nsince = \"listing\"\n", r.x.ArchiveURL())
+	f.Close()
+	r.startKlagg()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := r.k.WaitLogged(ctx, "import done"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.k.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Value("klagg_import_running") != 0 || m.Value("klagg_import_bytes") == 0 {
+		t.Errorf("/metrics after the import: running %v, bytes %v", m.Value("klagg_import_running"), m.Value("klagg_import_bytes"))
+	}
+	deep := start.Add(-4 * 24 * time.Hour).Truncate(24 * time.Hour).UnixMilli() // a day the archive has
+	var asks []ask
+	for _, iv := range []string{"1m", "15m", "1h", "4h", "1d"} {
+		asks = append(asks, ask{interval: iv, limit: 100, start: deep})
+	}
+	if whole, refused := r.askAll("days back, after the import", asks...); refused > 0 {
+		t.Errorf("%d of %d answers refused", refused, whole+refused)
+	}
+	for _, l := range r.k.Lines() {
+		if strings.Contains(l, "reading klines not held through") && strings.Contains(l, "2026-02-2") {
+			t.Errorf("imported days read through to the exchange: %s", l)
+		}
+	}
+	r.stop()
+}

@@ -98,6 +98,14 @@ func (s *Service) Tiers(g *run.Group) {
 	if s.Feed != nil {
 		in.Add("cluster feed", after(s.Feed.Run))
 	}
+	if s.cfg.History.Enabled {
+		if s.cfg.Clustered() {
+			// One node at a time must import: not built yet.
+			s.log.Warn("history.enabled is not supported in a cluster yet; run klagg import against the cluster's database instead")
+		} else {
+			in.Add("history import", after(s.importHistory))
+		}
+	}
 	in.Add("status", after(func(ctx context.Context) error { s.status(ctx); return nil }))
 }
 

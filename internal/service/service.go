@@ -78,8 +78,11 @@ type Service struct {
 	known   map[string]store.Symbol // symbols with history from earlier runs
 	rate    atomic.Uint64           // trades per second, float64 bits
 	built   atomic.Bool             // a serve node: the cluster built every symbol once
-	metrics *metrics.Set            // figures only the service sees, for /metrics
-	figures []prometheusWriter      // the parts that write their own, in /metrics's order
+	// imported is how far the last import of the archive is (nil: none
+	// ran): klagg import, or [history] in the background.
+	imported atomic.Pointer[ImportStatus]
+	metrics  *metrics.Set       // figures only the service sees, for /metrics
+	figures  []prometheusWriter // the parts that write their own, in /metrics's order
 }
 
 // Store is where klines, symbols and the exchange's lists are kept:
@@ -373,6 +376,7 @@ func (s *Service) WritePrometheus(w io.Writer) {
 	for _, p := range s.figures {
 		p.WritePrometheus(w)
 	}
+	s.writeImportMetrics(w)
 	s.metrics.WritePrometheus(w)
 }
 

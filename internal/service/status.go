@@ -49,6 +49,9 @@ type Status struct {
 	// History is what is held and missing of the klines history should
 	// reach (klines.backfill_limit of each series); nil in a cluster.
 	History *coverage.Figures `json:"history,omitempty"`
+	// Import is how far the last import of Binance's archive is, while
+	// [history] imports in the background; absent when none ran.
+	Import *ImportStatus `json:"import,omitempty"`
 }
 
 // Exactness are the counters that show what klagg could not take as it
@@ -114,6 +117,7 @@ func (s *Service) Status() Status {
 	st.BackfillDone, st.BackfillTotal = s.Registry.Backfill()
 	f := s.Coverage.Figures()
 	st.History = &f
+	st.Import = s.imported.Load()
 	if s.Leases != nil {
 		c := &ClusterStatus{Node: s.cfg.Cluster.Node, Roles: s.cfg.Cluster.Roles, Owned: s.Leases.Held(),
 			Takeovers: s.Leases.Takeovers.Load(), Rebalanced: s.Leases.Rebalanced.Load(), Lost: s.Leases.Lost.Load()}
