@@ -22,9 +22,9 @@ import (
 // without a header, a duplicated row, a file published late, a corrupt
 // one), imported for every symbol (a non-ASCII one, a TradFi one with
 // daily breaks, one no longer trading among them) from their listing:
-// every kline of every interval klagg then holds equals the exchange's,
-// built from the same trades; the late day and the corrupt one are not
-// held. A symbol the archive lacks is an error.
+// every kline of every interval imported that klagg then holds equals
+// the exchange's, built from the same trades; the late day and the
+// corrupt one are not held. A symbol the archive lacks is an error.
 func TestImportFakeArchive(t *testing.T) {
 	start := time.Date(2026, 3, 20, 12, 0, 0, 0, time.UTC)
 	x, err := fakex.New(fakex.Config{Symbols: 4, Start: start, History: 47 * 24 * time.Hour, MeanGap: time.Minute, QuietEvery: 30})
@@ -46,7 +46,12 @@ func TestImportFakeArchive(t *testing.T) {
 		syms = append(syms, s)
 	}
 	sort.Strings(syms)
-	ivs := kline.BinanceIntervals()
+	// A few of the intervals, each kind: within a day, a day, across
+	// files (3d, 1w), a month. TestImportDerives checks every one.
+	ivs, err := kline.ParseIntervals("1m,15m,4h,1d,3d,1w,1M")
+	if err != nil {
+		t.Fatal(err)
+	}
 	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 10})
 	since, until := start.Add(-47*24*time.Hour), start.Truncate(24*time.Hour)
 	ctx := context.Background()
