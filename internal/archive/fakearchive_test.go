@@ -36,11 +36,7 @@ func TestImportFakeArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	var syms []string
 	for s := range x.Symbols() {
 		syms = append(syms, s)

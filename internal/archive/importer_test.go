@@ -57,17 +57,8 @@ func TestImport(t *testing.T) {
 	for d := feb; d.Before(day("2026-02-04")); d = d.AddDate(0, 0, 1) {
 		put(daily+fmt.Sprintf("BTCUSDT-1m-%s.zip", d.Format(time.DateOnly)), minutes(d, d.AddDate(0, 0, 1)))
 	}
-	srv := httptest.NewServer(&fakeBucket{files: files, page: 1000})
-	defer srv.Close()
-	b, err := archive.OpenBucket(srv.URL, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	b := serveBucket(t, files)
+	st := openStore(t)
 	one := kline.OneMinute()
 	held := coverage.New(coverage.Config{Store: st, Intervals: []kline.Interval{one}, Depth: 10})
 	ctx := context.Background()
@@ -133,17 +124,8 @@ func TestImportDerives(t *testing.T) {
 	for d := day("2026-01-01"); d.Before(until); d = d.AddDate(0, 0, 1) {
 		put(archive.KlinesPrefix("BTCUSDT", "1m", false)+fmt.Sprintf("BTCUSDT-1m-%s.zip", d.Format(time.DateOnly)), d, d.AddDate(0, 0, 1))
 	}
-	srv := httptest.NewServer(&fakeBucket{files: files, page: 1000})
-	defer srv.Close()
-	b, err := archive.OpenBucket(srv.URL, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	b := serveBucket(t, files)
+	st := openStore(t)
 	ivs := kline.BinanceIntervals()
 	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 10})
 	ctx := context.Background()
@@ -182,3 +164,26 @@ func TestImportDerives(t *testing.T) {
 }
 
 func ms(t int64) string { return time.UnixMilli(t).UTC().Format("2006-01-02 15:04") }
+
+// serveBucket serves files as the archive's bucket, for the test's time.
+func serveBucket(t testing.TB, files map[string][]byte) *archive.Bucket {
+	t.Helper()
+	srv := httptest.NewServer(&fakeBucket{files: files, page: 1000})
+	t.Cleanup(srv.Close)
+	b, err := archive.OpenBucket(srv.URL, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// openStore opens a fresh SQLite store, for the test's time.
+func openStore(t testing.TB) *sqlite.Store {
+	t.Helper()
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}

@@ -51,17 +51,8 @@ func (c *corrections) Correct(_ context.Context, _ string, iv kline.Interval, k 
 // exchange's is corrected, and so, once it closes, is the 3m kline holding
 // it, which klagg no longer held when the correction came.
 func TestReconcileReachesLongerIntervals(t *testing.T) {
-	const m = int64(1_700_000_040_000) // a minute inside a 3m kline
-	three := kline.MustInterval("3m")
-	one := kline.OneMinute()
-	exMinute := kline.Kline{OpenTime: m, CloseTime: m + 59_999, Open: 10, High: 12, Low: 9, Close: 11, Trades: 5, FirstTradeID: -1, LastTradeID: -1}
-	ex3 := kline.Kline{OpenTime: three.Open(m), CloseTime: three.CloseTime(three.Open(m)), Open: 10, High: 12, Low: 9, Close: 11, Trades: 9, FirstTradeID: -1, LastTradeID: -1}
-	x := &exchange{klines: map[string]map[int64]kline.Kline{"1m": {m: exMinute}, "3m": {ex3.OpenTime: ex3}}}
-	var now atomic.Int64
-	now.Store(m + 61_000)
-	r := NewReconciler(x, []kline.Interval{one, three}, 20*time.Millisecond, func() time.Time { return time.UnixMilli(now.Load()) },
-		slog.New(slog.DiscardHandler))
-	c := &corrections{got: map[string]kline.Kline{}, ch: make(chan string, 4)}
+	rc := newReconciling()
+	one, exMinute, ex3, now, r, c := rc.one, rc.exMinute, rc.ex3, &rc.now, rc.r, rc.c
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, c) }()
@@ -92,6 +83,32 @@ func TestReconcileReachesLongerIntervals(t *testing.T) {
 	}
 }
 
+// reconciling is a reconciler over an exchange whose minute m, inside a
+// 3m kline, has 5 trades and its 3m kline 9; the clock is just after m.
+type reconciling struct {
+	m             int64
+	one           kline.Interval
+	exMinute, ex3 kline.Kline
+	now           atomic.Int64
+	r             *Reconciler
+	c             *corrections
+}
+
+func newReconciling() *reconciling {
+	const m = int64(1_700_000_040_000)
+	three := kline.MustInterval("3m")
+	rc := &reconciling{m: m, one: kline.OneMinute(),
+		exMinute: kline.Kline{OpenTime: m, CloseTime: m + 59_999, Open: 10, High: 12, Low: 9, Close: 11, Trades: 5, FirstTradeID: -1, LastTradeID: -1},
+		ex3: kline.Kline{OpenTime: three.Open(m), CloseTime: three.CloseTime(three.Open(m)), Open: 10, High: 12, Low: 9, Close: 11, Trades: 9,
+			FirstTradeID: -1, LastTradeID: -1},
+		c: &corrections{got: map[string]kline.Kline{}, ch: make(chan string, 4)}}
+	x := &exchange{klines: map[string]map[int64]kline.Kline{"1m": {m: rc.exMinute}, "3m": {rc.ex3.OpenTime: rc.ex3}}}
+	rc.now.Store(m + 61_000)
+	rc.r = NewReconciler(x, []kline.Interval{rc.one, three}, 20*time.Millisecond, func() time.Time { return time.UnixMilli(rc.now.Load()) },
+		slog.New(slog.DiscardHandler))
+	return rc
+}
+
 func withClosed(k kline.Kline) kline.Kline {
 	k.Closed = true
 	return k
@@ -112,17 +129,8 @@ func wait(t *testing.T, ch chan string) string {
 // symbol over from are taken from the exchange, not counted as
 // differences, and the longer klines holding them follow once they close.
 func TestRecheckAfterTakeover(t *testing.T) {
-	const m = int64(1_700_000_040_000) // a minute inside a 3m kline
-	three := kline.MustInterval("3m")
-	one := kline.OneMinute()
-	exMinute := kline.Kline{OpenTime: m, CloseTime: m + 59_999, Open: 10, High: 12, Low: 9, Close: 11, Trades: 5, FirstTradeID: -1, LastTradeID: -1}
-	ex3 := kline.Kline{OpenTime: three.Open(m), CloseTime: three.CloseTime(three.Open(m)), Open: 10, High: 12, Low: 9, Close: 11, Trades: 9, FirstTradeID: -1, LastTradeID: -1}
-	x := &exchange{klines: map[string]map[int64]kline.Kline{"1m": {m: exMinute}, "3m": {ex3.OpenTime: ex3}}}
-	var now atomic.Int64
-	now.Store(m + 61_000)
-	r := NewReconciler(x, []kline.Interval{one, three}, 20*time.Millisecond, func() time.Time { return time.UnixMilli(now.Load()) },
-		slog.New(slog.DiscardHandler))
-	c := &corrections{got: map[string]kline.Kline{}, ch: make(chan string, 4)}
+	rc := newReconciling()
+	m, exMinute, ex3, now, r, c := rc.m, rc.exMinute, rc.ex3, &rc.now, rc.r, rc.c
 	r.Recheck("A", m, m)
 	if got := r.Rechecking(); !got["A"] || len(got) != 1 {
 		t.Errorf("rechecking %v, want A", got)
