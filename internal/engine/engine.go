@@ -622,8 +622,55 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 				e.exact[s] = k.OpenTime
 			}
 		}
+		if e.isOneMinute(s) && k.Trades > 0 {
+			e.followClose(s/len(e.ivs), k.OpenTime, k.Close)
+		}
 	}
 	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Series: e.series(name, iv), Kline: k})
+}
+
+// followClose carries the close of symbol si's minute m, just corrected,
+// into the klines after it without a trade, which stand flat at the close
+// before them: the minutes the engine holds up to the first with a trade,
+// and the longer klines opening before that one. Those already closed
+// are sent again.
+func (e *Engine) followClose(si int, m, price int64) {
+	n := len(e.ivs)
+	s := si * n
+	until := int64(1<<63 - 1) // the first minute after m with a trade
+	for mm := m + 60_000; mm <= e.cur[s].OpenTime; mm += 60_000 {
+		k := e.minute(si, s, mm)
+		if k == nil {
+			until = mm // not held: its trades are not known
+			break
+		}
+		if k.Trades != 0 {
+			until = mm
+			break
+		}
+		e.flatten(si, s, k, price)
+	}
+	for sj := s + 1; sj < s+n; sj++ {
+		for _, k := range []*kline.Kline{&e.prev[sj], &e.cur[sj]} {
+			if k.OpenTime > m && k.OpenTime < until && k.Trades == 0 {
+				e.flatten(si, sj, k, price)
+			}
+		}
+	}
+}
+
+// flatten sets the kline k of slot s, which has no trade, flat at price,
+// sending it again if it closed.
+func (e *Engine) flatten(si, s int, k *kline.Kline, price int64) {
+	if k.Close == price && k.Open == price {
+		return
+	}
+	k.Open, k.High, k.Low, k.Close = price, price, price, price
+	if k.Closed {
+		e.emit(si, s, k)
+	} else {
+		e.markDirty(s)
+	}
 }
 
 // series returns the Update.Series of name and iv: its slot's while the

@@ -704,3 +704,32 @@ func TestLateMinuteCorrectedOnce(t *testing.T) {
 		t.Errorf("the corrected minute after a trade of its came: %d trades, want 6", got.Trades)
 	}
 }
+
+// TestCorrectionMovesEmptyKlinesAfter: the klines without a trade after a
+// minute stand flat at its close; when the exchange corrects that close,
+// they follow: the closed ones are sent again, the 5m kline closed since
+// too.
+func TestCorrectionMovesEmptyKlinesAfter(t *testing.T) {
+	one, five := kline.OneMinute(), kline.MustInterval("5m")
+	h := newHarness(t, []kline.Interval{one, five}, 0)
+	h.add("A")
+	h.trades("A", []kline.Trade{trade(1, t0+4*60_000+1000, "10", "1", false)})
+	h.tick(t0 + 12*60_000 + 1)
+	h.sync()
+	ex := h.c.get(kline.Key{Symbol: "A", Interval: "1m", OpenTime: t0 + 4*60_000}).Kline
+	ex.Close, ex.High = 20*decimal.Unit, 20*decimal.Unit
+	if err := h.e.Correct(context.Background(), "A", one, ex); err != nil {
+		t.Fatal(err)
+	}
+	h.sync()
+	for m := int64(5); m <= 12; m++ {
+		if k := h.c.get(kline.Key{Symbol: "A", Interval: "1m", OpenTime: t0 + m*60_000}).Kline; k.Open != 20*decimal.Unit || k.Close != 20*decimal.Unit {
+			t.Errorf("minute %d after the corrected one: %+v, want flat at 20", m, k)
+		}
+	}
+	for _, open := range []int64{t0 + 5*60_000, t0 + 10*60_000} {
+		if k := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: open}).Kline; k.Open != 20*decimal.Unit || k.Close != 20*decimal.Unit {
+			t.Errorf("5m kline at %d: %+v, want flat at 20", (open-t0)/60_000, k)
+		}
+	}
+}
