@@ -2,6 +2,7 @@ package history
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -152,28 +153,45 @@ func (r *Reconciler) Run(ctx context.Context, engine Engine) error {
 			}
 			r.mu.Lock()
 			switch _, again := r.pending[u.Key()]; {
-			case err != nil && u.Trades < 0 && !again:
-				// A recheck is tried until it is done: the symbol's
-				// first checkpoint waits for it.
+			case (errors.Is(err, errOpen) || err != nil && u.Trades < 0) && !again:
+				// Checked again at the next tick: a kline the exchange
+				// still has open, and a recheck, which the symbol's first
+				// checkpoint waits for, until it is done.
 				r.pending[u.Key()] = u
 			case u.Trades < 0:
 				r.rechecked(u)
 			}
 			r.mu.Unlock()
-			if err != nil {
+			if err != nil && !errors.Is(err, errOpen) {
 				r.log.Warn("reconcile failed", "symbol", u.Symbol, "open_time", u.OpenTime, "err", err)
 			}
 		}
 	}
 }
 
+// errOpen is check's answer for a kline the exchange has not closed yet.
+var errOpen = errors.New("the exchange has not closed the kline yet")
+
+// openFor is how long after a kline's close the exchange not having the
+// next one is taken as having none (a symbol that stopped trading), not
+// as its clock being behind.
+const openFor = time.Minute
+
 func (r *Reconciler) check(ctx context.Context, engine Engine, u kline.Update) error {
-	ks, err := r.ex.Klines(ctx, u.Symbol, u.Interval, u.OpenTime, u.OpenTime, 1)
+	// With the next kline: the exchange answers it only once its clock
+	// has passed u's close, so that the kline is final there. By klagg's
+	// clock alone, one running ahead of the exchange's took a kline still
+	// open there for the exchange's own, short of its last trades.
+	next := u.Interval.Next(u.OpenTime)
+	ks, err := r.ex.Klines(ctx, u.Symbol, u.Interval, u.OpenTime, u.Interval.CloseTime(next), 2)
 	if err != nil {
 		return err
 	}
 	if len(ks) == 0 || ks[0].OpenTime != u.OpenTime {
 		return nil // the exchange has no such kline (delisted meanwhile)
+	}
+	if len(ks) == 1 && r.now().UnixMilli() < u.CloseTime+openFor.Milliseconds() {
+		return errOpen
 	}
 	r.Checked.Add(1)
 	ex := ks[0]

@@ -12,16 +12,30 @@ import (
 	"github.com/klagg/klagg/internal/kline"
 )
 
-// exchange serves fixed klines by interval and open time.
+// exchange serves fixed klines by interval and open time, each with the
+// one after it (the exchange has closed it) unless it is still open.
 type exchange struct {
 	klines map[string]map[int64]kline.Kline
+	mu     sync.Mutex
+	open   map[int64]bool
+	asked  chan int64 // if set, told of each request's start (buffered)
 }
 
-func (x *exchange) Klines(_ context.Context, _ string, iv kline.Interval, start, _ int64, _ int) ([]kline.Kline, error) {
-	if k, ok := x.klines[iv.String()][start]; ok {
-		return []kline.Kline{k}, nil
+func (x *exchange) Klines(_ context.Context, _ string, iv kline.Interval, start, end int64, limit int) ([]kline.Kline, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.asked != nil {
+		x.asked <- start
 	}
-	return nil, nil
+	k, ok := x.klines[iv.String()][start]
+	if !ok {
+		return nil, nil
+	}
+	out := []kline.Kline{k}
+	if next := iv.Next(start); limit > 1 && end >= next && !x.open[start] {
+		out = append(out, kline.Empty(iv, next, k.Close))
+	}
+	return out, nil
 }
 
 func (x *exchange) AggTrades(context.Context, string, int64, int64, int) ([]kline.Trade, error) {
@@ -157,5 +171,35 @@ func TestRecheckAfterTakeover(t *testing.T) {
 	// The 3m kline was checked a round after the minute: done with it.
 	if got := r.Rechecking(); len(got) != 0 {
 		t.Errorf("rechecking %v after the minute was checked", got)
+	}
+}
+
+// TestReconcileWaitsForTheExchangeToClose: a kline the exchange has not
+// closed yet (its clock behind klagg's) is asked for again, not taken:
+// taken, it would be the exchange's value short of its last trades.
+func TestReconcileWaitsForTheExchangeToClose(t *testing.T) {
+	rc := newReconciling()
+	x := rc.r.ex.(*exchange)
+	x.open = map[int64]bool{rc.m: true}
+	x.asked = make(chan int64, 1000)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rc.r.Run(ctx, rc.c) }()
+	defer func() { cancel(); <-done }()
+	ours := rc.exMinute
+	ours.Trades = 4
+	rc.r.Publish([]kline.Update{{Symbol: "A", Interval: rc.one, Kline: withClosed(ours)}})
+	<-x.asked
+	<-x.asked // asked again: the first answer was not taken
+	select {
+	case iv := <-rc.c.ch:
+		t.Fatalf("a kline the exchange has open was taken (%s)", iv)
+	default:
+	}
+	x.mu.Lock()
+	x.open, x.asked = nil, nil
+	x.mu.Unlock()
+	if iv := wait(t, rc.c.ch); iv != "1m" {
+		t.Fatalf("correction of %s, want 1m", iv)
 	}
 }
