@@ -80,9 +80,9 @@ type Engine struct {
 	// minutes late can still be carried into the longer intervals.
 	recent []kline.Kline
 	// final holds, per symbol and mapped as recent, the open times of the
-	// minutes taken from the exchange's klines (reconciled, repaired):
-	// they hold every trade, so a trade of theirs arriving late goes into
-	// no kline.
+	// minutes the engine held and took from the exchange's klines
+	// (reconciled, repaired): they and the longer klines amended with them
+	// hold every trade, so a trade of theirs arriving late goes into none.
 	final      []int64
 	dirty      []bool
 	dirtyQ     []int32
@@ -600,9 +600,6 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 	k.Closed = true
 	k.CloseTime = iv.CloseTime(k.OpenTime)
 	if s, ok := e.slot(name, iv); ok {
-		if e.isOneMinute(s) {
-			e.final[s/len(e.ivs)*recentMinutes+int(k.OpenTime/60_000%recentMinutes)] = k.OpenTime
-		}
 		var held *kline.Kline
 		switch {
 		case e.prev[s].OpenTime == k.OpenTime:
@@ -617,6 +614,11 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 			*held = k
 			e.followPrev(s, iv)
 			if e.isOneMinute(s) {
+				// The longer klines now hold the exchange's minute: a
+				// trade of it coming later is in them already. (A minute
+				// the engine does not hold moves no longer kline, and
+				// they still take such a trade.)
+				e.final[s/len(e.ivs)*recentMinutes+int(k.OpenTime/60_000%recentMinutes)] = k.OpenTime
 				e.amendLonger(s, &old, &k)
 			} else {
 				e.exact[s] = k.OpenTime

@@ -733,3 +733,36 @@ func TestCorrectionMovesEmptyKlinesAfter(t *testing.T) {
 		}
 	}
 }
+
+// TestCorrectedUnheldMinuteLeavesLongerKlines: a node that took a symbol
+// over holds its 5m kline (from the checkpoint) but not the minutes the
+// last owner closed in it; one of them is corrected from the exchange,
+// which moves no longer kline, and a trade of it coming after still goes
+// into the 5m kline.
+func TestCorrectedUnheldMinuteLeavesLongerKlines(t *testing.T) {
+	one, five := kline.OneMinute(), kline.MustInterval("5m")
+	h := newHarness(t, []kline.Interval{one, five}, 0)
+	h.add("A")
+	ctx := context.Background()
+	k5 := kline.Empty(five, t0, 10*decimal.Unit)
+	first := trade(1, t0+1000, "10", "1", false)
+	k5.Add(&first)
+	if err := h.e.Seed(ctx, "A", five, k5, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.Seed(ctx, "A", one, kline.Empty(one, t0+3*60_000, 10*decimal.Unit), 0); err != nil {
+		t.Fatal(err)
+	}
+	ex := kline.Empty(one, t0+60_000, 10*decimal.Unit)
+	late := trade(2, t0+61_000, "11", "1", false)
+	ex.Add(&late)
+	ex.FirstTradeID, ex.LastTradeID = -1, -1
+	if err := h.e.Correct(ctx, "A", one, ex); err != nil {
+		t.Fatal(err)
+	}
+	h.trades("A", []kline.Trade{late})
+	h.sync()
+	if got := h.c.get(kline.Key{Symbol: "A", Interval: "5m", OpenTime: t0}).Kline; got.Trades != 4 || got.High != 11*decimal.Unit {
+		t.Errorf("the 5m kline after a trade of a corrected minute it was not moved by: %d trades, high %d; want 4, 11", got.Trades, got.High)
+	}
+}
