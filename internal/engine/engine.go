@@ -624,14 +624,15 @@ func (e *Engine) correct(name string, iv kline.Interval, k kline.Kline) {
 				e.exact[s] = k.OpenTime
 			}
 		}
-		if e.isOneMinute(s) && k.Trades > 0 {
+		if e.isOneMinute(s) {
 			e.followClose(s/len(e.ivs), k.OpenTime, k.Close)
 		}
 	}
 	e.out = append(e.out, kline.Update{Symbol: name, Interval: iv, Series: e.series(name, iv), Kline: k})
 }
 
-// followClose carries the close of symbol si's minute m, just corrected,
+// followClose carries the close of symbol si's minute m, just taken from
+// the exchange (with trades or flat, whether the engine held it or not),
 // into the klines after it without a trade, which stand flat at the close
 // before them: the minutes the engine holds up to the first with a trade,
 // and the longer klines opening before that one. Those already closed

@@ -732,6 +732,16 @@ func TestCorrectionMovesEmptyKlinesAfter(t *testing.T) {
 			t.Errorf("5m kline at %d: %+v, want flat at 20", (open-t0)/60_000, k)
 		}
 	}
+	// The exchange's minute without a trade (a node that took the symbol
+	// over rechecks one its last owner closed) carries its price too.
+	flat := kline.Empty(one, t0+8*60_000, 21*decimal.Unit)
+	if err := h.e.Correct(context.Background(), "A", one, flat); err != nil {
+		t.Fatal(err)
+	}
+	h.sync()
+	if k := h.c.get(kline.Key{Symbol: "A", Interval: "1m", OpenTime: t0 + 9*60_000}).Kline; k.Close != 21*decimal.Unit {
+		t.Errorf("the minute after a corrected one without trades: %+v, want flat at 21", k)
+	}
 }
 
 // TestCorrectedUnheldMinuteLeavesLongerKlines: a node that took a symbol
