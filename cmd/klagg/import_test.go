@@ -87,7 +87,7 @@ func TestImportCommand(t *testing.T) {
 	// Without -since it says what it needs.
 	cmd = exec.CommandContext(ctx, klaggBin, "import", "-symbols", "BTCUSDT")
 	cmd.Env = append(os.Environ(), "CONFIG_PATH="+conf)
-	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "give -symbols and -since") {
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "give -symbols or -all, and -since") {
 		t.Errorf("klagg import without -since: %v\n%s", err, out)
 	}
 }

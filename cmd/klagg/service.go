@@ -190,6 +190,7 @@ func runImport(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "import", "")
 	from := fs.String("from", "", "the archive's address: a URL answering its bucket listing and files, or a folder laid out like it (default: data.binance.vision)")
 	syms := fs.String("symbols", "", "comma-separated symbols to import, as Binance names them")
+	all := fs.Bool("all", false, "import every symbol the archive has, delisted ones too")
 	since := fs.String("since", "", "the first UTC day to import, YYYY-MM-DD, or \"listing\": each symbol's first day in the archive")
 	until := fs.String("until", "", "the UTC day to stop before, YYYY-MM-DD (default: today)")
 	parallel := fs.Int("parallel", 8, "files read at once")
@@ -203,8 +204,8 @@ func runImport(ctx context.Context, e *env, args []string) error {
 			cfg.Symbols = append(cfg.Symbols, strings.ToUpper(s))
 		}
 	}
-	if len(cfg.Symbols) == 0 || *since == "" {
-		fmt.Fprintln(e.stderr, "klagg import: give -symbols and -since")
+	if len(cfg.Symbols) == 0 && !*all || len(cfg.Symbols) > 0 && *all || *since == "" {
+		fmt.Fprintln(e.stderr, "klagg import: give -symbols or -all, and -since")
 		fs.Usage()
 		return errUsage
 	}

@@ -51,8 +51,13 @@ func TestImportFakeArchive(t *testing.T) {
 	held := coverage.New(coverage.Config{Store: st, Intervals: ivs, Depth: 10})
 	since, until := start.Add(-47*24*time.Hour), start.Truncate(24*time.Hour)
 	ctx := context.Background()
-	// From each symbol's listing: the day of its first file.
-	p, err := archive.Import(ctx, b, st, held, archive.ImportConfig{Symbols: syms, Until: until, Intervals: ivs})
+	// Every symbol the archive has, from each one's listing: the day of
+	// its first file.
+	listed, err := archive.Symbols(ctx, b)
+	if err != nil || !slices.Equal(listed, syms) {
+		t.Fatalf("the archive lists %v (%v), want %v", listed, err, syms)
+	}
+	p, err := archive.Import(ctx, b, st, held, archive.ImportConfig{Until: until, Intervals: ivs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,8 @@ type Held interface {
 
 // ImportConfig sets up an import.
 type ImportConfig struct {
+	// Symbols are the symbols to import; none is every symbol the archive
+	// has 1m klines of, those delisted long ago too (Symbols lists them).
 	Symbols []string
 	// Since and Until bound the UTC days imported, [Since, Until); a
 	// zero Since is each symbol's listing, its first day in the archive.
@@ -85,6 +87,12 @@ func Import(ctx context.Context, b *Bucket, st ImportStore, held Held, cfg Impor
 	ledger, err := st.Imported(ctx)
 	if err != nil {
 		return ImportProgress{}, err
+	}
+	if len(cfg.Symbols) == 0 {
+		if cfg.Symbols, err = Symbols(ctx, b); err != nil {
+			return ImportProgress{}, err
+		}
+		cfg.Log.Info("importing every symbol the archive has", "symbols", len(cfg.Symbols))
 	}
 	im := &importer{b: b, st: st, held: held, cfg: cfg, ledger: ledger, seen: map[string]store.Symbol{}}
 	var plan []string
@@ -276,6 +284,27 @@ func (im *importer) store(key, symbol string, ks []kline.Kline, sum string, size
 	im.derived.Add(int64(len(derived)))
 	im.done.Add(1)
 	return nil
+}
+
+// Symbols returns every symbol the archive has daily 1m klines of, by
+// name: the USDⓈ-M contracts trading now and those delisted (some as
+// <SYMBOL>SETTLED).
+func Symbols(ctx context.Context, b *Bucket) ([]string, error) {
+	const prefix = "data/futures/um/daily/klines/"
+	folders, _, err := b.List(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("archive: list its symbols: %w", err)
+	}
+	out := make([]string, 0, len(folders))
+	for _, f := range folders {
+		if s := strings.TrimSuffix(strings.TrimPrefix(f, prefix), "/"); s != "" {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("archive: it lists no symbol under " + prefix)
+	}
+	return out, nil
 }
 
 // saw notes a symbol's precisions and first kline from a file of it.
