@@ -164,7 +164,11 @@ func (r *Querier) AppendKlines(ctx context.Context, b []byte, q binance.KlinesQu
 					ErrIncomplete, q.Symbol, timeText(q.Interval.Open(since)))
 			}
 		}
-		if r.cfg.Held.Awaited(q.Symbol, q.Interval, lo, hi) {
+		// Awaited slots matter only where the answer lacks them: the
+		// store may have them though the feed has not read them (its
+		// link to the stream down and back).
+		hole := e.n > 0 && q.Interval.Slots(e.first, e.last) != int64(e.n)
+		if hole && r.cfg.Held.Awaited(q.Symbol, q.Interval, lo, hi) {
 			if attempt == 2 || !r.await(ctx, q, lo, hi) {
 				return nil, fmt.Errorf("%w: klines of %s %s closed by the node that builds them have not reached this node (it may have stopped; another takes the symbol over)",
 					ErrIncomplete, q.Symbol, q.Interval)
